@@ -1,0 +1,54 @@
+// einmoe/core/error.hpp - the exception hierarchy.
+//
+// Every misuse of the library throws one of these; the checks behind them stay
+// on under NDEBUG. Messages name the operation first, then the dims and sizes
+// involved, e.g.  einsum: dim "experts" has size 16 in input 0 but 8 in input 1
+#pragma once
+
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+namespace einmoe {
+
+/// Base of every exception einmoe throws.
+class error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// A dim is missing, duplicated, or has the wrong size for the operation.
+class shape_error : public error {
+ public:
+  using error::error;
+};
+
+/// An argument's value is out of its domain (negative capacity, NaN logits...).
+class value_error : public error {
+ public:
+  using error::error;
+};
+
+/// A file could not be read or written, or is not what it claims to be.
+class io_error : public error {
+ public:
+  using error::error;
+};
+
+namespace detail {
+
+template <class... Args>
+std::string cat(Args&&... args) {
+  std::ostringstream os;
+  (os << ... << std::forward<Args>(args));
+  return os.str();
+}
+
+template <class E, class... Args>
+[[noreturn]] void raise(Args&&... args) {
+  throw E(cat(std::forward<Args>(args)...));
+}
+
+}  // namespace detail
+}  // namespace einmoe

@@ -1,0 +1,154 @@
+// einmoe/ops/index.hpp - ops on integer indices: one_hot, top_1, top_k,
+// gather, range.
+//
+//   x: [group=3, experts=4]
+//   auto [v, i] = top_1(x, "experts");            // v, i: [group=3]
+//   auto oh = one_hot<float>(i, Dim{"experts", 4}); // [group=3, experts=4]
+//   auto t = top_k(x, "experts", Dim{"k", 2});      // values, indices: [group=3, k=2]
+//
+// Ordering: larger first; ties go to the lower index; NaN counts as larger
+// than any number (so argmax of a row with a NaN is its first NaN, as numpy).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <numeric>
+#include <type_traits>
+#include <vector>
+
+#include "einmoe/core/tensor.hpp"
+#include "einmoe/detail/axis.hpp"
+#include "einmoe/detail/strided.hpp"
+
+namespace einmoe {
+
+/// Values and their int64 positions along the reduced dim.
+template <class T>
+struct TopK {
+  Tensor<T> values;
+  Tensor<std::int64_t> indices;
+};
+
+namespace detail {
+/// a ranks before b: larger, with NaN largest.
+template <class T>
+inline bool ranks_before(T a, T b) {
+  const bool an = a != a, bn = b != b;
+  if (an || bn) return an && !bn;
+  return a > b;
+}
+}  // namespace detail
+
+/// [indices.shape] -> [indices.shape, dim]: `on` where the last coordinate
+/// equals the index, `off` elsewhere; an index outside [0, dim.size) gives an
+/// all-`off` row.
+template <class T = float, class I>
+Tensor<T> one_hot(const Tensor<I>& indices, const Dim& dim, T on = T(1), T off = T(0)) {
+  static_assert(std::is_integral<I>::value, "one_hot: indices must be integers");
+  if (indices.shape().has(dim.name))
+    detail::raise<shape_error>("one_hot: dim \"", dim.name, "\" is already in the indices' shape ", indices.shape());
+  Tensor<T> out(indices.shape().with(dim), off);
+  const index_t n = dim.size;
+  for (index_t p = 0; p < indices.size(); ++p) {
+    const auto id = static_cast<index_t>(indices[p]);
+    if (id >= 0 && id < n) out[p * n + id] = on;
+  }
+  return out;
+}
+
+/// The k largest entries along `dim`: [.., dim, ..] -> values and indices of
+/// shape [.. without dim, k_dim] (k_dim last), best first.
+template <class T>
+TopK<T> top_k(const Tensor<T>& x, const std::string& dim, const Dim& k_dim) {
+  const detail::AxisSplit ax(x.shape(), dim, "top_k");
+  if (k_dim.size > ax.n)
+    detail::raise<shape_error>("top_k: k dim \"", k_dim.name, "\" has size ", k_dim.size, " but dim \"", dim,
+                               "\" has only ", ax.n);
+  const Shape rest = x.shape().without({dim});
+  if (rest.has(k_dim.name))
+    detail::raise<shape_error>("top_k: k dim \"", k_dim.name, "\" is already in ", x.shape());
+  const Shape os = rest.with(k_dim);
+  TopK<T> r{Tensor<T>(os, uninitialized), Tensor<std::int64_t>(os, uninitialized)};
+  std::vector<index_t> order(detail::uz(ax.n));
+  const index_t k = k_dim.size;
+  for (index_t o = 0; o < ax.outer; ++o)
+    for (index_t j = 0; j < ax.inner; ++j) {
+      const T* base = x.data() + ax.at(o, 0, j);
+      std::iota(order.begin(), order.end(), index_t{0});
+      auto before = [&](index_t a, index_t b) {
+        const T va = base[a * ax.inner], vb = base[b * ax.inner];
+        if (detail::ranks_before(va, vb)) return true;
+        if (detail::ranks_before(vb, va)) return false;
+        return a < b;
+      };
+      std::partial_sort(order.begin(), order.begin() + k, order.end(), before);
+      const index_t out_row = (o * ax.inner + j) * k;
+      for (index_t t = 0; t < k; ++t) {
+        r.values[out_row + t] = base[order[detail::uz(t)] * ax.inner];
+        r.indices[out_row + t] = order[detail::uz(t)];
+      }
+    }
+  return r;
+}
+
+/// The largest entry along `dim` and its position (ties -> lowest index):
+/// [.., dim, ..] -> values, indices [.. without dim].
+template <class T>
+TopK<T> top_1(const Tensor<T>& x, const std::string& dim) {
+  const detail::AxisSplit ax(x.shape(), dim, "top_1");
+  if (ax.n == 0) detail::raise<shape_error>("top_1: dim \"", dim, "\" is empty");
+  const Shape os = x.shape().without({dim});
+  TopK<T> r{Tensor<T>(os, uninitialized), Tensor<std::int64_t>(os, uninitialized)};
+  for (index_t o = 0; o < ax.outer; ++o)
+    for (index_t j = 0; j < ax.inner; ++j) {
+      const T* base = x.data() + ax.at(o, 0, j);
+      index_t best = 0;
+      for (index_t i = 1; i < ax.n; ++i)
+        if (detail::ranks_before(base[i * ax.inner], base[best * ax.inner])) best = i;
+      r.values[o * ax.inner + j] = base[best * ax.inner];
+      r.indices[o * ax.inner + j] = best;
+    }
+  return r;
+}
+
+/// [dim]: 0, 1, ..., dim.size - 1.
+template <class T = std::int64_t>
+Tensor<T> range(const Dim& dim) {
+  Tensor<T> out(Shape{dim}, uninitialized);
+  for (index_t i = 0; i < dim.size; ++i) out[i] = static_cast<T>(i);
+  return out;
+}
+
+/// Mesh TF's gather: picks entries of x along `dim` at `indices`.
+/// Shape: [indices.shape] + [x.shape without dim and without indices' dims];
+/// dims shared by x and indices are matched (batch dims). An index outside
+/// [0, size of dim) gives 0, as Mesh TF's one-hot formulation does.
+///   x: [batch, beam, length], i: [batch] (over "beam") -> [batch, length]
+template <class T, class I>
+Tensor<T> gather(const Tensor<T>& x, const Tensor<I>& indices, const std::string& dim) {
+  static_assert(std::is_integral<I>::value, "gather: indices must be integers");
+  const index_t axis = x.shape().require(dim, "gather");
+  if (indices.shape().has(dim))
+    detail::raise<shape_error>("gather: dim \"", dim, "\" must not be in the indices' shape ", indices.shape());
+  detail::DimRegistry reg("gather");
+  reg.add(x.shape(), "the input");
+  reg.add(indices.shape(), "the indices");
+  std::vector<Dim> dims = indices.shape().dims();
+  for (const auto& d : x.shape())
+    if (d.name != dim && !indices.shape().has(d.name)) dims.push_back(d);
+  const Shape os(std::move(dims));
+  Tensor<T> out(os, uninitialized);
+  const index_t n = x.shape()[axis].size;
+  const index_t dstride = x.shape().strides()[detail::uz(axis)];
+  detail::StridedLoop<3> loop{detail::sizes_of(os),
+                              {os.strides(), detail::strides_in(indices.shape(), os), detail::strides_in(x.shape(), os)}};
+  loop.for_each_row([&](index_t cnt, const std::array<index_t, 3>& base, const std::array<index_t, 3>& step) {
+    for (index_t i = 0; i < cnt; ++i) {
+      const auto id = static_cast<index_t>(indices[base[1] + i * step[1]]);
+      out[base[0] + i * step[0]] = (id >= 0 && id < n) ? x[base[2] + i * step[2] + id * dstride] : T(0);
+    }
+  });
+  return out;
+}
+
+}  // namespace einmoe

@@ -1,0 +1,216 @@
+// einmoe/ops/manip.hpp - ops that move or relabel elements without arithmetic.
+//
+//   x: [batch=2, length=3, model=4]
+//   transpose(x, {"model", "batch", "length"})   -> [model=4, batch=2, length=3]
+//   rename(x, "length", "memory_length")         -> [batch=2, memory_length=3, model=4]
+//   slice(x, "length", 1, 2)                     -> [batch=2, length=2, model=4]
+//   concat({x, x}, "length")                     -> [batch=2, length=6, model=4]
+//   stack({x, x}, Dim{"copy", 2}, 0)             -> [copy=2, batch=2, length=3, model=4]
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "einmoe/core/tensor.hpp"
+#include "einmoe/detail/strided.hpp"
+
+namespace einmoe {
+namespace detail {
+
+/// Copies x into `out`, whose dims are a permutation of x's (same sizes).
+template <class T>
+void permute_into(const Tensor<T>& x, Tensor<T>& out) {
+  StridedLoop<2> loop{sizes_of(out.shape()), {out.shape().strides(), strides_in(x.shape(), out.shape())}};
+  const T* px = x.data();
+  T* po = out.data();
+  loop.for_each_row([&](index_t n, const std::array<index_t, 2>& base, const std::array<index_t, 2>& step) {
+    T* o = po + base[0];
+    const T* xi = px + base[1];
+    if (step[0] == 1 && step[1] == 1) {
+      std::copy(xi, xi + n, o);
+    } else {
+      for (index_t i = 0; i < n; ++i) o[i * step[0]] = xi[i * step[1]];
+    }
+  });
+}
+
+/// The shape of x's dims in the order given by `names` (a permutation).
+inline Shape permuted_shape(const Shape& x, const std::vector<std::string>& names, const char* op) {
+  if (static_cast<index_t>(names.size()) != x.rank())
+    raise<shape_error>(op, ": ", names.size(), " dims given for shape ", x, " of rank ", x.rank());
+  std::vector<Dim> dims;
+  for (const auto& n : names) dims.push_back(x.get(n, op));
+  return Shape(std::move(dims));  // throws on a repeated name
+}
+
+}  // namespace detail
+
+/// Reorders x's dims: [x.shape] -> [names...] (same dims, new memory order).
+template <class T>
+Tensor<T> transpose(const Tensor<T>& x, const Names& names) {
+  const Shape os = detail::permuted_shape(x.shape(), names.list, "transpose");
+  if (os == x.shape()) return x;
+  Tensor<T> out(os, uninitialized);
+  detail::permute_into(x, out);
+  return out;
+}
+/// Reorders x's dims to `shape`'s order; `shape` must have x's dims and sizes.
+template <class T>
+Tensor<T> transpose(const Tensor<T>& x, const Shape& shape) {
+  if (!(shape.rank() == x.rank() && shape.is_subset_of(x.shape())))
+    detail::raise<shape_error>("transpose: shape ", shape, " is not a reordering of ", x.shape());
+  return transpose(x, Names(shape.names()));
+}
+
+/// Relabels x's row-major elements with a new shape of the same total size:
+/// [a=2, b=3] -> [c=6]. Free when x is an rvalue.
+template <class T>
+Tensor<T> reshape(Tensor<T> x, const Shape& shape) {
+  x.set_shape(shape);
+  return x;
+}
+
+/// Renames one dim: [.., old, ..] -> [.., new_name, ..]. Data is unchanged.
+template <class T>
+Tensor<T> rename(Tensor<T> x, const std::string& old_name, const std::string& new_name) {
+  const index_t i = x.shape().require(old_name, "rename");
+  auto dims = x.shape().dims();
+  dims[detail::uz(i)] = Dim(new_name, dims[detail::uz(i)].size);
+  Shape s;
+  try {
+    s = Shape(std::move(dims));
+  } catch (const shape_error&) {
+    detail::raise<shape_error>("rename: dim \"", new_name, "\" already exists in ", x.shape());
+  }
+  return reshape(std::move(x), s);
+}
+
+/// A slice of `size` entries of `dim` starting at `begin`:
+/// [.., dim, ..] -> [.., dim=size, ..].
+template <class T>
+Tensor<T> slice(const Tensor<T>& x, const std::string& dim, index_t begin, index_t size) {
+  const index_t i = x.shape().require(dim, "slice");
+  const index_t n = x.shape()[i].size;
+  if (begin < 0 || size < 0 || begin + size > n)
+    detail::raise<shape_error>("slice: [", begin, ", ", begin + size, ") is out of range for dim \"", dim,
+                               "\" of size ", n);
+  auto dims = x.shape().dims();
+  dims[detail::uz(i)].size = size;
+  const Shape os(dims);
+  Tensor<T> out(os, uninitialized);
+  auto xs = detail::strides_in(x.shape(), os);
+  detail::StridedLoop<2> loop{detail::sizes_of(os), {os.strides(), xs}};
+  const T* px = x.data() + begin * x.shape().strides()[detail::uz(i)];
+  loop.for_each_row([&](index_t cnt, const std::array<index_t, 2>& base, const std::array<index_t, 2>& step) {
+    for (index_t k = 0; k < cnt; ++k) out.data()[base[0] + k * step[0]] = px[base[1] + k * step[1]];
+  });
+  return out;
+}
+
+/// Joins tensors along `dim`. Every input has the same other dims and sizes
+/// (in any order; the result takes the first input's order).
+template <class T>
+Tensor<T> concat(const std::vector<Tensor<T>>& xs, const std::string& dim) {
+  if (xs.empty()) detail::raise<value_error>("concat: no inputs");
+  const Shape& first = xs[0].shape();
+  const index_t axis = first.require(dim, "concat");
+  index_t total = 0;
+  for (std::size_t k = 0; k < xs.size(); ++k) {
+    const Shape& s = xs[k].shape();
+    const std::string where = "input " + std::to_string(k);
+    s.require(dim, "concat");
+    if (s.rank() != first.rank())
+      detail::raise<shape_error>("concat: input ", k, " has shape ", s, " but input 0 has ", first);
+    for (const auto& d : first) {
+      if (d.name == dim) continue;
+      const index_t j = s.index_of(d.name);
+      if (j < 0) detail::raise<shape_error>("concat: dim \"", d.name, "\" of input 0 is missing in ", where);
+      if (s[j].size != d.size)
+        detail::raise<shape_error>("concat: dim \"", d.name, "\" has size ", d.size, " in input 0 but ", s[j].size,
+                                   " in ", where);
+    }
+    total += s.size_of(dim);
+  }
+  auto dims = first.dims();
+  dims[detail::uz(axis)].size = total;
+  const Shape os(dims);
+  Tensor<T> out(os, uninitialized);
+  const index_t out_stride = os.strides()[detail::uz(axis)];
+  index_t at = 0;
+  for (const auto& x : xs) {
+    auto part_dims = dims;
+    part_dims[detail::uz(axis)].size = x.size_of(dim);
+    const Shape ps(part_dims);
+    detail::StridedLoop<2> loop{detail::sizes_of(ps), {os.strides(), detail::strides_in(x.shape(), ps)}};
+    T* po = out.data() + at * out_stride;
+    loop.for_each_row([&](index_t n, const std::array<index_t, 2>& base, const std::array<index_t, 2>& step) {
+      for (index_t k = 0; k < n; ++k) po[base[0] + k * step[0]] = x.data()[base[1] + k * step[1]];
+    });
+    at += x.size_of(dim);
+  }
+  return out;
+}
+
+/// Shifts x by `offset` along `dim`: out[i] = x[i - offset]. With wrap the
+/// shift is circular; without, vacated entries are zero.
+template <class T>
+Tensor<T> shift(const Tensor<T>& x, index_t offset, const std::string& dim, bool wrap) {
+  const index_t axis = x.shape().require(dim, "shift");
+  const index_t n = x.shape()[axis].size;
+  const index_t stride = x.shape().strides()[detail::uz(axis)];
+  const index_t outer = x.size() == 0 ? 0 : x.size() / (n * stride);
+  Tensor<T> out(x.shape(), T{});
+  for (index_t o = 0; o < outer; ++o) {
+    for (index_t i = 0; i < n; ++i) {
+      index_t src = i - offset;
+      if (wrap) {
+        src %= n;
+        if (src < 0) src += n;
+      } else if (src < 0 || src >= n) {
+        continue;
+      }
+      const T* from = x.data() + (o * n + src) * stride;
+      std::copy(from, from + stride, out.data() + (o * n + i) * stride);
+    }
+  }
+  return out;
+}
+
+/// Stacks same-shaped tensors along a new dim `dim` (of size xs.size()) put at
+/// position `axis` (0 = first, rank = last).
+template <class T>
+Tensor<T> stack(const std::vector<Tensor<T>>& xs, const std::string& dim, index_t axis) {
+  if (xs.empty()) detail::raise<value_error>("stack: no inputs");
+  const Shape& s = xs[0].shape();
+  if (axis < 0 || axis > s.rank())
+    detail::raise<value_error>("stack: axis ", axis, " is out of range for rank ", s.rank());
+  if (s.has(dim)) detail::raise<shape_error>("stack: dim \"", dim, "\" already exists in ", s);
+  for (std::size_t k = 1; k < xs.size(); ++k)
+    if (xs[k].shape() != s)
+      detail::raise<shape_error>("stack: input ", k, " has shape ", xs[k].shape(), " but input 0 has ", s);
+  auto dims = s.dims();
+  dims.insert(dims.begin() + axis, Dim(dim, static_cast<index_t>(xs.size())));
+  index_t outer = 1;
+  for (index_t i = 0; i < axis; ++i) outer *= s[i].size;
+  const index_t inner = outer == 0 ? 0 : s.num_elements() / outer;
+  Tensor<T> out(Shape(dims), uninitialized);
+  const index_t k_count = static_cast<index_t>(xs.size());
+  for (index_t o = 0; o < outer; ++o)
+    for (index_t k = 0; k < k_count; ++k) {
+      const T* from = xs[detail::uz(k)].data() + o * inner;
+      std::copy(from, from + inner, out.data() + (o * k_count + k) * inner);
+    }
+  return out;
+}
+
+/// Splits x along `dim` into x.size_of(dim) tensors without that dim.
+template <class T>
+std::vector<Tensor<T>> unstack(const Tensor<T>& x, const std::string& dim) {
+  const index_t n = x.shape().size_of(dim, "unstack");
+  std::vector<Tensor<T>> out;
+  out.reserve(detail::uz(n));
+  for (index_t k = 0; k < n; ++k) out.push_back(reshape(slice(x, dim, k, 1), x.shape().without({dim})));
+  return out;
+}
+
+}  // namespace einmoe

@@ -1,0 +1,76 @@
+#include "check.hpp"
+#include "naive.hpp"
+
+using namespace einmoe;
+
+TEST_CASE("transpose reorders dims", "[manip]") {
+  Tensor<int> x(Shape::parse("a:2,b:3"), {0, 1, 2, 3, 4, 5});
+  const auto t = transpose(x, {"b", "a"});
+  CHECK(t.shape() == Shape::parse("b:3,a:2"));
+  CHECK(t.to_vector() == std::vector<int>{0, 3, 1, 4, 2, 5});
+  CHECK(transpose(x, Shape::parse("b:3,a:2")).to_vector() == t.to_vector());
+  CHECK_THROWS_NAMING(transpose(x, {"b", "c"}), shape_error, "\"c\"");
+  CHECK_THROWS_AS(transpose(x, {"b"}), shape_error);
+  CHECK_THROWS_AS(transpose(x, Shape::parse("b:4,a:2")), shape_error);
+}
+
+TEST_CASE("transpose equals a naive loop on random shapes", "[manip][property]") {
+  for (int trial = 0; trial < 200; ++trial) {
+    const Shape s = naive::random_shape(0, 5);
+    auto dims = s.dims();
+    std::shuffle(dims.begin(), dims.end(), naive::rng());
+    const Shape p(dims);
+    const auto x = naive::random_tensor<double>(s);
+    const auto t = transpose(x, p);
+    naive::for_each(s, [&](const naive::Index& idx) { REQUIRE(t[naive::offset(p, idx)] == naive::get(x, idx)); });
+  }
+}
+
+TEST_CASE("rename and reshape relabel without moving data", "[manip]") {
+  Tensor<int> x(Shape::parse("length:2,model:3"), {0, 1, 2, 3, 4, 5});
+  const auto r = rename(x, "length", "memory_length");
+  CHECK(r.shape() == Shape::parse("memory_length:2,model:3"));
+  CHECK(r.to_vector() == x.to_vector());
+  CHECK_THROWS_NAMING(rename(x, "length", "model"), shape_error, "\"model\"");
+  CHECK_THROWS_NAMING(rename(x, "batch", "b"), shape_error, "\"batch\"");
+  const auto f = reshape(x, Shape::parse("flat:6"));
+  CHECK(f.to_vector() == x.to_vector());
+  CHECK_THROWS_AS(reshape(x, Shape::parse("flat:5")), shape_error);
+}
+
+TEST_CASE("slice, concat, shift, stack, unstack (hand-worked)", "[manip]") {
+  Tensor<int> x(Shape::parse("a:2,b:3"), {0, 1, 2, 3, 4, 5});
+  const auto s = slice(x, "b", 1, 2);
+  CHECK(s.shape() == Shape::parse("a:2,b:2"));
+  CHECK(s.to_vector() == std::vector<int>{1, 2, 4, 5});
+  CHECK(slice(x, "a", 1, 0).size() == 0);
+  CHECK_THROWS_NAMING(slice(x, "b", 2, 2), shape_error, "\"b\"");
+  CHECK_THROWS_NAMING(slice(x, "c", 0, 1), shape_error, "\"c\"");
+
+  const auto c = concat<int>({x, s}, "b");
+  CHECK(c.shape() == Shape::parse("a:2,b:5"));
+  CHECK(c.to_vector() == std::vector<int>{0, 1, 2, 1, 2, 3, 4, 5, 4, 5});
+  // the other inputs may have another dim order
+  const auto c2 = concat<int>({x, transpose(x, {"b", "a"})}, "a");
+  CHECK(c2.shape() == Shape::parse("a:4,b:3"));
+  CHECK(c2.to_vector() == std::vector<int>{0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5});
+  CHECK_THROWS_NAMING(concat<int>({x, Tensor<int>(Shape::parse("a:3,b:3"))}, "b"), shape_error, "\"a\"");
+  CHECK_THROWS_NAMING(concat<int>({x, x}, "z"), shape_error, "\"z\"");
+
+  CHECK(shift(x, 1, "b", false).to_vector() == std::vector<int>{0, 0, 1, 0, 3, 4});
+  CHECK(shift(x, -1, "b", false).to_vector() == std::vector<int>{1, 2, 0, 4, 5, 0});
+  CHECK(shift(x, 1, "b", true).to_vector() == std::vector<int>{2, 0, 1, 5, 3, 4});
+  CHECK(shift(x, 4, "b", true).to_vector() == std::vector<int>{2, 0, 1, 5, 3, 4});
+  CHECK(shift(x, 1, "a", false).to_vector() == std::vector<int>{0, 0, 0, 0, 1, 2});
+  CHECK(shift(Tensor<int>(Shape::parse("a:2,b:0")), 1, "a", true).size() == 0);
+
+  const auto st = stack<int>({x, x}, "copy", 1);
+  CHECK(st.shape() == Shape::parse("a:2,copy:2,b:3"));
+  CHECK(st.to_vector() == std::vector<int>{0, 1, 2, 0, 1, 2, 3, 4, 5, 3, 4, 5});
+  CHECK_THROWS_NAMING(stack<int>({x}, "a", 0), shape_error, "\"a\"");
+  CHECK_THROWS_AS(stack<int>({x}, "z", 3), value_error);
+  const auto us = unstack(st, "copy");
+  REQUIRE(us.size() == 2);
+  CHECK(us[1].shape() == x.shape());
+  CHECK(us[1].to_vector() == x.to_vector());
+}
