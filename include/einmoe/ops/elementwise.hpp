@@ -207,6 +207,26 @@ Tensor<T> pow(const Tensor<T>& x, T p) {
   return map(x, [p](T v) { return static_cast<T>(std::pow(v, p)); });
 }
 
+/// Scalar forms of the unary ops, shared with code that applies them in its
+/// own loops (the expert FFN), so that both compute the same bits.
+namespace scalar {
+template <class T> T relu(T v) { return v > T(0) ? v : T(0); }
+/// 1 / (1 + e^-x), computed without overflow for large |x|.
+template <class T> T sigmoid(T v) {
+  return v >= T(0) ? T(1) / (T(1) + std::exp(-v)) : std::exp(v) / (T(1) + std::exp(v));
+}
+/// log(1 + e^x), computed without overflow for large x.
+template <class T> T softplus(T v) { return v > T(0) ? v + std::log1p(std::exp(-v)) : std::log1p(std::exp(v)); }
+/// x * Phi(x), the exact erf form: x/2 * (1 + erf(x / sqrt 2)).
+template <class T> T gelu(T v) { return T(0.5) * v * (T(1) + std::erf(v * T(0.70710678118654752440))); }
+/// The tanh approximation: x/2 * (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+template <class T> T gelu_tanh(T v) {
+  return T(0.5) * v * (T(1) + std::tanh(T(0.79788456080286535588) * (v + T(0.044715) * v * v * v)));
+}
+/// x * sigmoid(x)
+template <class T> T silu(T v) { return v * sigmoid(v); }
+}  // namespace scalar
+
 #define EINMOE_UNARY(NAME, EXPR)                   \
   template <class T>                               \
   Tensor<T> NAME(const Tensor<T>& x) {             \
@@ -219,20 +239,12 @@ EINMOE_UNARY(sqrt, std::sqrt(v))
 EINMOE_UNARY(abs, std::abs(v))
 EINMOE_UNARY(tanh, std::tanh(v))
 EINMOE_UNARY(erf, std::erf(v))
-/// max(x, 0)
-EINMOE_UNARY(relu, v > T(0) ? v : T(0))
-/// 1 / (1 + e^-x), computed without overflow for large |x|.
-EINMOE_UNARY(sigmoid, v >= T(0) ? T(1) / (T(1) + std::exp(-v)) : std::exp(v) / (T(1) + std::exp(v)))
-/// log(1 + e^x), computed without overflow for large x.
-EINMOE_UNARY(softplus, v > T(0) ? v + std::log1p(std::exp(-v)) : std::log1p(std::exp(v)))
-/// x * Phi(x) with the exact erf form: x/2 * (1 + erf(x / sqrt 2)).
-EINMOE_UNARY(gelu, T(0.5) * v * (T(1) + std::erf(v * T(0.70710678118654752440))))
-/// The tanh approximation of gelu: x/2 * (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
-EINMOE_UNARY(gelu_tanh,
-             T(0.5) * v * (T(1) + std::tanh(T(0.79788456080286535588) * (v + T(0.044715) * v * v * v))))
-/// x * sigmoid(x)
-EINMOE_UNARY(silu, v >= T(0) ? v / (T(1) + std::exp(-v)) : v * std::exp(v) / (T(1) + std::exp(v)))
-
+EINMOE_UNARY(relu, scalar::relu(v))
+EINMOE_UNARY(sigmoid, scalar::sigmoid(v))
+EINMOE_UNARY(softplus, scalar::softplus(v))
+EINMOE_UNARY(gelu, scalar::gelu(v))
+EINMOE_UNARY(gelu_tanh, scalar::gelu_tanh(v))
+EINMOE_UNARY(silu, scalar::silu(v))
 #undef EINMOE_UNARY
 
 }  // namespace einmoe

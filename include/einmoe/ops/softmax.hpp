@@ -21,33 +21,47 @@ namespace detail {
 
 enum class SoftmaxKind { prob, log_prob };
 
+/// The max of n strided values, NaN if any is NaN.
+template <class T>
+T row_max(const T* x, index_t n, index_t stride) {
+  T m = -std::numeric_limits<T>::infinity();
+  for (index_t i = 0; i < n; ++i) {
+    const T v = x[i * stride];
+    if (v > m || v != v) m = v;
+    if (m != m) break;
+  }
+  return m;
+}
+
+/// Softmax (or log-softmax) of one strided row. Shared by the softmax op and
+/// MoE gating so that both give bit-identical gates.
+template <class T>
+void softmax_row(const T* x, T* y, index_t n, index_t stride, SoftmaxKind kind = SoftmaxKind::prob) {
+  T m = row_max(x, n, stride);
+  if (m == -std::numeric_limits<T>::infinity()) m = T(0);
+  T sum = 0;
+  for (index_t i = 0; i < n; ++i) {
+    const T e = std::exp(x[i * stride] - m);
+    if (kind == SoftmaxKind::prob) y[i * stride] = e;
+    sum += e;
+  }
+  if (kind == SoftmaxKind::prob) {
+    const T inv = T(1) / sum;
+    for (index_t i = 0; i < n; ++i) y[i * stride] *= inv;
+  } else {
+    const T lse = m + std::log(sum);
+    for (index_t i = 0; i < n; ++i) y[i * stride] = x[i * stride] - lse;
+  }
+}
+
 template <class T>
 Tensor<T> softmax_impl(const Tensor<T>& x, const std::string& dim, SoftmaxKind kind, const char* op) {
   static_assert(std::is_floating_point<T>::value, "softmax: needs a floating-point tensor");
   const AxisSplit ax(x.shape(), dim, op);
   Tensor<T> out(x.shape(), uninitialized);
   for (index_t o = 0; o < ax.outer; ++o)
-    for (index_t k = 0; k < ax.inner; ++k) {
-      const T* xi = x.data() + ax.at(o, 0, k);
-      T* yi = out.data() + ax.at(o, 0, k);
-      const index_t s = ax.inner;
-      T m = -std::numeric_limits<T>::infinity();
-      for (index_t i = 0; i < ax.n; ++i) m = (xi[i * s] > m || xi[i * s] != xi[i * s]) ? xi[i * s] : m;
-      if (m == -std::numeric_limits<T>::infinity()) m = T(0);
-      T sum = 0;
-      for (index_t i = 0; i < ax.n; ++i) {
-        const T e = std::exp(xi[i * s] - m);
-        if (kind == SoftmaxKind::prob) yi[i * s] = e;
-        sum += e;
-      }
-      if (kind == SoftmaxKind::prob) {
-        const T inv = T(1) / sum;
-        for (index_t i = 0; i < ax.n; ++i) yi[i * s] *= inv;
-      } else {
-        const T lse = m + std::log(sum);
-        for (index_t i = 0; i < ax.n; ++i) yi[i * s] = xi[i * s] - lse;
-      }
-    }
+    for (index_t k = 0; k < ax.inner; ++k)
+      softmax_row(x.data() + ax.at(o, 0, k), out.data() + ax.at(o, 0, k), ax.n, ax.inner, kind);
   return out;
 }
 
@@ -74,8 +88,7 @@ Tensor<T> logsumexp(const Tensor<T>& x, const std::string& dim) {
   for (index_t o = 0; o < ax.outer; ++o)
     for (index_t k = 0; k < ax.inner; ++k) {
       const T* xi = x.data() + ax.at(o, 0, k);
-      T m = -std::numeric_limits<T>::infinity();
-      for (index_t i = 0; i < ax.n; ++i) m = (xi[i * ax.inner] > m || xi[i * ax.inner] != xi[i * ax.inner]) ? xi[i * ax.inner] : m;
+      const T m = detail::row_max(xi, ax.n, ax.inner);
       const T shift = m == -std::numeric_limits<T>::infinity() ? T(0) : m;
       T sum = 0;
       for (index_t i = 0; i < ax.n; ++i) sum += std::exp(xi[i * ax.inner] - shift);

@@ -1,0 +1,98 @@
+// einmoe/moe/routing_plan.hpp - the sparse result of MoE routing.
+//
+// Gating decides, per token, up to k (expert, slot, weight) choices. The
+// sources encode this as dense [<batch>, group, experts, expert_capacity]
+// dispatch/combine tensors that are almost all zeros; a RoutingPlan keeps only
+// the choices:
+//
+//   per token t = g * S + s and choice j < k:  expert, slot, weight
+//   per (g, e): fill (slots 0..fill-1 are taken) and, per slot, its entry
+//
+// Its size is O(G*S*k + G*E*C): it never holds an S x E x C tensor. The dense
+// tensors can always be rebuilt from it (combine_tensor, dispatch_tensor).
+// G is the product of the batch dims (flattened, row-major).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "einmoe/core/tensor.hpp"
+
+namespace einmoe {
+
+/// Load statistics of one routing, over all groups.
+struct RoutingStats {
+  std::vector<index_t> tokens_per_expert;   ///< kept choices per expert (all groups)
+  std::vector<double> density_1;            ///< fraction of tokens whose first choice is e (before capacity)
+  index_t first_wanted = 0, first_kept = 0;    ///< first choices before / after capacity
+  index_t second_wanted = 0, second_kept = 0;  ///< second choices (after the policy) before / after capacity
+  index_t slots = 0;                        ///< G * E * C
+
+  double dropped_first() const { return first_wanted ? 1.0 - double(first_kept) / double(first_wanted) : 0.0; }
+  double dropped_second() const { return second_wanted ? 1.0 - double(second_kept) / double(second_wanted) : 0.0; }
+  /// Filled slots / all slots.
+  double fill() const { return slots ? double(first_kept + second_kept) / double(slots) : 0.0; }
+};
+
+template <class T>
+struct RoutingPlan {
+  Shape batch;      ///< the dims before the group dim, flattened into G groups
+  Dim group;        ///< S tokens per group
+  Dim experts;      ///< E
+  Dim capacity;     ///< C slots per expert per group
+  index_t k = 2;    ///< choices per token
+
+  std::vector<std::int32_t> expert;  ///< [G*S*k] chosen expert, -1 = none
+  std::vector<std::int32_t> slot;    ///< [G*S*k] slot in that expert, -1 = none
+  std::vector<T> weight;             ///< [G*S*k] combine weight (0 where none)
+  std::vector<std::int32_t> fill;    ///< [G*E] slots taken
+  std::vector<index_t> slot_entry;   ///< [G*E*C] entry (t*k + j) in each slot, -1 if empty
+
+  index_t groups() const { return batch.num_elements(); }
+  index_t tokens() const { return groups() * group.size; }
+
+  /// Sets up an empty plan for the given dims.
+  void reset(Shape batch_shape, Dim group_dim, Dim experts_dim, Dim capacity_dim, index_t choices) {
+    batch = std::move(batch_shape);
+    group = std::move(group_dim);
+    experts = std::move(experts_dim);
+    capacity = std::move(capacity_dim);
+    k = choices;
+    const auto entries = static_cast<std::size_t>(tokens() * k);
+    expert.assign(entries, -1);
+    slot.assign(entries, -1);
+    weight.assign(entries, T(0));
+    fill.assign(static_cast<std::size_t>(groups() * experts.size), 0);
+    slot_entry.assign(static_cast<std::size_t>(groups() * experts.size * capacity.size), -1);
+  }
+
+  /// [<batch>, group, experts, capacity]
+  Shape dense_shape() const { return batch.with(group).with(experts).with(capacity); }
+
+  /// The dense combine tensor of the sources: weight at [.., s, e, c].
+  Tensor<T> combine_tensor() const {
+    Tensor<T> out(dense_shape());
+    const index_t E = experts.size, C = capacity.size;
+    for (index_t t = 0; t < tokens(); ++t)
+      for (index_t j = 0; j < k; ++j) {
+        const auto i = static_cast<std::size_t>(t * k + j);
+        if (expert[i] >= 0) out[(t * E + expert[i]) * C + slot[i]] += weight[i];
+      }
+    return out;
+  }
+  /// The dense dispatch tensor: 1 where combine is nonzero (as the sources
+  /// derive it), else 0.
+  Tensor<T> dispatch_tensor() const {
+    Tensor<T> c = combine_tensor();
+    for (auto& v : c) v = v != T(0) ? T(1) : T(0);
+    return c;
+  }
+
+  /// Bytes held by the plan (for memory bounds and reports).
+  std::size_t bytes() const {
+    return expert.size() * sizeof(std::int32_t) + slot.size() * sizeof(std::int32_t) + weight.size() * sizeof(T) +
+           fill.size() * sizeof(std::int32_t) + slot_entry.size() * sizeof(index_t);
+  }
+};
+
+}  // namespace einmoe

@@ -1,0 +1,242 @@
+// einmoe/moe/top2_gating.hpp - top-2 gating with capacity, the fast way.
+//
+// Same numbers as Mesh TF's _top_2_gating and lingvo's Top2GatingOnLogits
+// (see top2_gating_dense.hpp for the literal one-hot formulation, which the
+// tests hold this against), computed in O(G*S*E) time without any
+// [S, E, C] tensor: per group, one pass picks both experts and accumulates
+// the balancing loss, and a second pass hands out slots with per-expert
+// counters (the exclusive cumsum of one-hot masks, done as counting).
+//
+//   // logits: [batch=4, group=1024, experts=16]
+//   Top2Options o;
+//   o.capacity = Dim{"expert_capacity", 160};
+//   auto r = top2_gating(logits, o);
+//   r.plan;        // sparse routing (RoutingPlan)
+//   r.aux_loss;    // balancing loss (scalar)
+//   r.stats;       // per-expert load, dropped fractions
+//
+// Per group, for each token (see the routing issue for the full statement):
+//  1. raw = softmax(logits) over experts.
+//  2. index_1 = argmax raw (ties -> lowest); gate_1 = raw[index_1]; both
+//     dropped where importance != 1.
+//  3. index_2 = argmax of raw without index_1 (or, policy sampling, argmax of
+//     logits + Gumbel with the first expert's logit at -0.7 * max(T));
+//     gate_2 = raw[index_2]; dropped where importance <= 0.
+//  4. normalize before: gate_k /= gate_1 + gate_2 + 1e-9.
+//  5. aux loss = mean_{batch,experts}(mean_group(raw * [imp = 1]) *
+//     mean_group(mask_1)) * E^2 (+ the second-place loss; with normalize
+//     after, both group means are divided by mean_group(importance) + 1e-6).
+//  6. the second policy drops second choices.
+//  7. slots: first choices in token order, then second choices after all
+//     kept first choices; a choice is kept if its slot < C.
+//  8. gates of dropped choices are 0; normalize after: gate_k /= their sum
+//     where it is > 0.
+#pragma once
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+#include "einmoe/core/threads.hpp"
+#include "einmoe/moe/gating_options.hpp"
+#include "einmoe/moe/routing_plan.hpp"
+#include "einmoe/ops/index.hpp"
+#include "einmoe/ops/softmax.hpp"
+
+namespace einmoe {
+
+/// The result of top-2 gating: the sparse plan, the balancing loss, and load
+/// statistics.
+template <class T>
+struct Top2Result {
+  RoutingPlan<T> plan;
+  T aux_loss = T(0);
+  RoutingStats stats;
+};
+
+namespace detail {
+
+template <class T>
+index_t argmax_row(const T* x, index_t n) {
+  index_t best = 0;
+  for (index_t i = 1; i < n; ++i)
+    if (ranks_before(x[i], x[best])) best = i;
+  return best;
+}
+
+/// Per-group loss accumulators: sums over the group's tokens, per expert.
+template <class T>
+struct GroupLoss {
+  std::vector<T> proxy_1, mask_1, proxy_2, mask_2;
+  T importance_sum = T(0);
+};
+
+}  // namespace detail
+
+/// Top-2 gating: logits [<batch>, group, experts] -> sparse routing plan.
+template <class T>
+Top2Result<T> top2_gating(const Tensor<T>& logits, const Top2Options& opt, const GatingInputs<T>& in = {}) {
+  const auto p = detail::make_problem(logits, opt, in, "top2_gating");
+  const index_t G = p.G, S = p.S, E = p.E, C = p.C;
+  Top2Result<T> r;
+  r.plan.reset(p.batch, p.group, p.experts, p.capacity, 2);
+  auto& plan = r.plan;
+
+  std::vector<detail::GroupLoss<T>> losses(detail::uz(G));
+  std::vector<index_t> wanted1(detail::uz(G)), wanted2(detail::uz(G)), kept1(detail::uz(G)), kept2(detail::uz(G));
+  const T very_negative = T(-0.7) * std::numeric_limits<T>::max();
+  const T eps_before = T(1e-9);
+
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(dynamic, 1) if (G > 1)
+#endif
+  for (index_t g = 0; g < G; ++g) {
+    std::vector<T> raw(detail::uz(E)), without(detail::uz(E)), noised(detail::uz(E));
+    std::vector<index_t> index1(detail::uz(S)), index2(detail::uz(S));
+    std::vector<T> gate1(detail::uz(S)), gate2(detail::uz(S));
+    std::vector<char> m1(detail::uz(S)), m2(detail::uz(S));
+    auto& L = losses[detail::uz(g)];
+    L.proxy_1.assign(detail::uz(E), T(0));
+    L.mask_1.assign(detail::uz(E), T(0));
+    L.proxy_2.assign(detail::uz(E), T(0));
+    L.mask_2.assign(detail::uz(E), T(0));
+
+    for (index_t s = 0; s < S; ++s) {
+      const index_t t = g * S + s;
+      const T* lg = p.logits.data() + t * E;
+      detail::softmax_row(lg, raw.data(), E, 1);
+      const T imp = p.importance ? (*p.importance)[t] : T(1);
+      // 1st choice
+      const index_t i1 = detail::argmax_row(raw.data(), E);
+      const bool has1 = imp == T(1);
+      T g1 = has1 ? raw[detail::uz(i1)] : T(0);
+      // 2nd choice
+      for (index_t e = 0; e < E; ++e) without[detail::uz(e)] = (has1 && e == i1) ? T(0) : raw[detail::uz(e)];
+      index_t i2;
+      if (opt.policy == SecondPolicy::sampling) {
+        const T* gu = p.gumbel->data() + t * E;
+        for (index_t e = 0; e < E; ++e)
+          noised[detail::uz(e)] = ((has1 && e == i1) ? very_negative : lg[e]) + gu[e];
+        i2 = detail::argmax_row(noised.data(), E);
+      } else {
+        i2 = detail::argmax_row(without.data(), E);
+      }
+      T g2 = without[detail::uz(i2)];
+      bool has2 = imp > T(0);
+      if (opt.normalize == Normalize::before) {
+        const T d = g1 + g2 + eps_before;
+        g1 /= d;
+        g2 /= d;
+      }
+      // balancing-loss sums (before policy and capacity, as the sources)
+      for (index_t e = 0; e < E; ++e) L.proxy_1[detail::uz(e)] += has1 ? raw[detail::uz(e)] : T(0);
+      if (has1) L.mask_1[detail::uz(i1)] += T(1);
+      L.importance_sum += imp;
+      if (opt.second_place_loss) {
+        T z = T(0);
+        for (index_t e = 0; e < E; ++e) z += without[detail::uz(e)];
+        const T inv = T(1) / (z + eps_before);
+        for (index_t e = 0; e < E; ++e) L.proxy_2[detail::uz(e)] += without[detail::uz(e)] * inv;
+        if (has2) L.mask_2[detail::uz(i2)] += T(1);
+      }
+      // second policy
+      switch (opt.policy) {
+        case SecondPolicy::none: has2 = false; break;
+        case SecondPolicy::threshold: has2 = has2 && g2 > static_cast<T>(opt.threshold); break;
+        case SecondPolicy::random:
+          has2 = has2 && (*p.uniform)[t] < g2 / static_cast<T>(std::max(opt.threshold, 1e-9));
+          break;
+        default: break;
+      }
+      index1[detail::uz(s)] = i1;
+      index2[detail::uz(s)] = i2;
+      gate1[detail::uz(s)] = g1;
+      gate2[detail::uz(s)] = g2;
+      m1[detail::uz(s)] = has1;
+      m2[detail::uz(s)] = has2;
+    }
+
+    // Slots: first choices in token order, then second choices.
+    std::int32_t* fill = plan.fill.data() + g * E;
+    std::vector<index_t> count1(detail::uz(E), 0), count2(detail::uz(E), 0);
+    index_t w1 = 0, w2 = 0, k1 = 0, k2 = 0;
+    std::vector<index_t> pos1(detail::uz(S), -1), pos2(detail::uz(S), -1);
+    for (index_t s = 0; s < S; ++s) {
+      if (!m1[detail::uz(s)]) continue;
+      ++w1;
+      const index_t pos = count1[detail::uz(index1[detail::uz(s)])]++;
+      if (pos < C) pos1[detail::uz(s)] = pos, ++k1;
+    }
+    for (index_t e = 0; e < E; ++e) fill[e] = static_cast<std::int32_t>(std::min(count1[detail::uz(e)], C));
+    for (index_t s = 0; s < S; ++s) {
+      if (!m2[detail::uz(s)]) continue;
+      ++w2;
+      const index_t e = index2[detail::uz(s)];
+      const index_t pos = count2[detail::uz(e)]++ + std::min(count1[detail::uz(e)], C);
+      if (pos < C) pos2[detail::uz(s)] = pos, ++k2;
+    }
+    for (index_t s = 0; s < S; ++s) {
+      const index_t t = g * S + s;
+      T g1 = pos1[detail::uz(s)] >= 0 ? gate1[detail::uz(s)] : T(0);
+      T g2 = pos2[detail::uz(s)] >= 0 ? gate2[detail::uz(s)] : T(0);
+      if (opt.normalize == Normalize::after) {
+        const T d = g1 + g2;
+        if (d > T(0)) g1 /= d, g2 /= d;
+      }
+      const index_t pos[2] = {pos1[detail::uz(s)], pos2[detail::uz(s)]};
+      const index_t idx[2] = {index1[detail::uz(s)], index2[detail::uz(s)]};
+      const T gate[2] = {g1, g2};
+      for (index_t j = 0; j < 2; ++j) {
+        if (pos[j] < 0) continue;
+        const auto entry = detail::uz(t * 2 + j);
+        plan.expert[entry] = static_cast<std::int32_t>(idx[j]);
+        plan.slot[entry] = static_cast<std::int32_t>(pos[j]);
+        plan.weight[entry] = gate[j];
+        plan.slot_entry[detail::uz((g * E + idx[j]) * C + pos[j])] = static_cast<index_t>(entry);
+        if (j == 1) ++fill[idx[j]];
+      }
+    }
+    wanted1[detail::uz(g)] = w1, wanted2[detail::uz(g)] = w2, kept1[detail::uz(g)] = k1, kept2[detail::uz(g)] = k2;
+  }
+
+  // Balancing loss, reduced in the same order as the dense formulation.
+  if (G * S > 0) {
+    // Divisions, not reciprocal multiplies, exactly as the dense form's means.
+    const T Ef = static_cast<T>(E);
+    const T Sf = static_cast<T>(S);
+    T total = T(0), total2 = T(0);
+    for (index_t g = 0; g < G; ++g) {
+      const auto& L = losses[detail::uz(g)];
+      const T denom = L.importance_sum / Sf + T(1e-6);
+      for (index_t e = 0; e < E; ++e) {
+        T proxy = L.proxy_1[detail::uz(e)] / Sf, density = L.mask_1[detail::uz(e)] / Sf;
+        if (opt.normalize == Normalize::after) proxy /= denom, density /= denom;
+        total += proxy * density;
+        if (opt.second_place_loss) total2 += (L.proxy_2[detail::uz(e)] / Sf) * (L.mask_2[detail::uz(e)] / Sf);
+      }
+    }
+    const T n = static_cast<T>(G * E);
+    r.aux_loss = total / n * (Ef * Ef);
+    if (opt.second_place_loss) r.aux_loss += total2 / n * (Ef * Ef) * T(0.5);
+  }
+
+  // Statistics.
+  auto& st = r.stats;
+  st.tokens_per_expert.assign(detail::uz(E), 0);
+  st.density_1.assign(detail::uz(E), 0.0);
+  for (index_t g = 0; g < G; ++g) {
+    for (index_t e = 0; e < E; ++e) {
+      st.tokens_per_expert[detail::uz(e)] += plan.fill[detail::uz(g * E + e)];
+      st.density_1[detail::uz(e)] += static_cast<double>(losses[detail::uz(g)].mask_1[detail::uz(e)]);
+    }
+    st.first_wanted += wanted1[detail::uz(g)];
+    st.second_wanted += wanted2[detail::uz(g)];
+    st.first_kept += kept1[detail::uz(g)];
+    st.second_kept += kept2[detail::uz(g)];
+  }
+  for (auto& d : st.density_1) d = G * S > 0 ? d / static_cast<double>(G * S) : 0.0;
+  st.slots = G * E * C;
+  return r;
+}
+
+}  // namespace einmoe

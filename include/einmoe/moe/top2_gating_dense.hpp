@@ -1,0 +1,136 @@
+// einmoe/moe/top2_gating_dense.hpp - top-2 gating written as the sources
+// write it: one-hot masks, cumsums and broadcasts over [<batch>, group,
+// experts, expert_capacity] tensors.
+//
+// This is the oracle: slow (it builds S x E x C tensors) but a line-by-line
+// transcription of Mesh TF's _top_2_gating / lingvo's Top2GatingOnLogits, so
+// the fast top2_gating can be tested against it. Use top2_gating in models.
+//
+//   auto d = top2_gating_dense(logits, opt);   // logits [<batch>, group, experts]
+//   d.dispatch, d.combine;                     // [<batch>, group, experts, expert_capacity]
+//   d.aux_loss;
+#pragma once
+
+#include <algorithm>
+#include <limits>
+
+#include "einmoe/moe/gating_options.hpp"
+#include "einmoe/ops/cumsum.hpp"
+#include "einmoe/ops/elementwise.hpp"
+#include "einmoe/ops/index.hpp"
+#include "einmoe/ops/reduce.hpp"
+#include "einmoe/ops/softmax.hpp"
+
+namespace einmoe {
+
+template <class T>
+struct DenseGating {
+  Tensor<T> dispatch;  ///< [<batch>, group, experts, expert_capacity], 0 / 1
+  Tensor<T> combine;   ///< [<batch>, group, experts, expert_capacity]
+  T aux_loss = T(0);
+};
+
+/// Top-2 gating, dense formulation: logits [<batch>, group, experts] ->
+/// dispatch and combine [<batch>, group, experts, expert_capacity].
+template <class T>
+DenseGating<T> top2_gating_dense(const Tensor<T>& logits_in, const Top2Options& opt, const GatingInputs<T>& in = {}) {
+  const auto p = detail::make_problem(logits_in, opt, in, "top2_gating_dense");
+  const std::string& group = p.group.name;
+  const std::string& experts = p.experts.name;
+  const Tensor<T>& logits = p.logits;
+  const T C = static_cast<T>(p.C);
+  const T one(1), eps(1e-9);
+
+  // FIND TOP 2 EXPERTS PER POSITION
+  const Tensor<T> raw_gates = softmax(logits, experts);
+  auto top1 = top_1(raw_gates, experts);
+  Tensor<T> gate_1 = std::move(top1.values);
+  const Tensor<std::int64_t> index_1 = std::move(top1.indices);
+  Tensor<T> mask_1 = one_hot<T>(index_1, p.experts);
+  Tensor<T> density_1_proxy = raw_gates;
+  if (p.importance) {
+    const Tensor<T> is_one = cast<T>(equal(*p.importance, one));
+    mask_1 = mask_1 * is_one;
+    gate_1 = gate_1 * is_one;
+    density_1_proxy = density_1_proxy * is_one;
+  }
+  const Tensor<T> gates_without_top_1 = raw_gates * (one - mask_1);
+  Tensor<std::int64_t> index_2;
+  if (opt.policy == SecondPolicy::sampling) {
+    const T very_negative = T(-0.7) * std::numeric_limits<T>::max();
+    const Tensor<T> updated = where(greater(mask_1, T(0)), very_negative, logits);
+    index_2 = top_1(updated + *p.gumbel, experts).indices;
+  } else {
+    index_2 = top_1(gates_without_top_1, experts).indices;
+  }
+  Tensor<T> mask_2 = one_hot<T>(index_2, p.experts);
+  Tensor<T> gate_2 = sum(gates_without_top_1 * mask_2, experts);
+  if (p.importance) mask_2 = mask_2 * cast<T>(greater(*p.importance, T(0)));
+
+  if (opt.normalize == Normalize::before) {
+    const Tensor<T> denom = gate_1 + gate_2 + eps;
+    gate_1 = gate_1 / denom;
+    gate_2 = gate_2 / denom;
+  }
+
+  // BALANCING LOSSES
+  DenseGating<T> out;
+  const T E2 = static_cast<T>(p.E * p.E);
+  if (p.G * p.S > 0) {
+    Tensor<T> density_1 = mean(mask_1, group);
+    Tensor<T> density_1_proxy_mean = mean(density_1_proxy, group);
+    if (opt.normalize == Normalize::after) {
+      const Tensor<T> importance = p.importance ? *p.importance : Tensor<T>(p.batch.with(p.group), one);
+      const Tensor<T> denom = mean(importance, group) + T(1e-6);
+      density_1 = density_1 / denom;
+      density_1_proxy_mean = density_1_proxy_mean / denom;
+    }
+    out.aux_loss = mean_to(density_1_proxy_mean * density_1, Shape()).item() * E2;
+    if (opt.second_place_loss) {
+      const Tensor<T> density_2 = mean(mask_2, group);
+      const Tensor<T> normalized = gates_without_top_1 / (sum(gates_without_top_1, experts) + eps);
+      const Tensor<T> density_2_proxy = mean(normalized, group);
+      out.aux_loss += mean_to(density_2_proxy * density_2, Shape()).item() * E2 * T(0.5);
+    }
+  }
+
+  // SECOND POLICY
+  switch (opt.policy) {
+    case SecondPolicy::none: mask_2.fill(T(0)); break;
+    case SecondPolicy::threshold: mask_2 = mask_2 * cast<T>(greater(gate_2, static_cast<T>(opt.threshold))); break;
+    case SecondPolicy::random:
+      mask_2 = mask_2 * cast<T>(less(*p.uniform, gate_2 / static_cast<T>(std::max(opt.threshold, 1e-9))));
+      break;
+    default: break;
+  }
+
+  // COMPUTE ASSIGNMENT TO EXPERTS
+  Tensor<T> position_in_expert_1 = cumsum(mask_1, group, true) * mask_1;
+  mask_1 = mask_1 * cast<T>(less(position_in_expert_1, C));
+  const Tensor<T> mask_1_count = sum(mask_1, group);
+  const Tensor<T> mask_1_flat = sum(mask_1, experts);
+  position_in_expert_1 = sum(position_in_expert_1, experts);
+  gate_1 = gate_1 * mask_1_flat;
+
+  Tensor<T> position_in_expert_2 = (cumsum(mask_2, group, true) + mask_1_count) * mask_2;
+  mask_2 = mask_2 * cast<T>(less(position_in_expert_2, C));
+  const Tensor<T> mask_2_flat = sum(mask_2, experts);
+  gate_2 = gate_2 * mask_2_flat;
+  position_in_expert_2 = sum(position_in_expert_2, experts);
+
+  if (opt.normalize == Normalize::after) {
+    Tensor<T> denom = gate_1 + gate_2;
+    denom = where(greater(denom, T(0)), denom, one);
+    gate_1 = gate_1 / denom;
+    gate_2 = gate_2 / denom;
+  }
+
+  out.combine = gate_1 * mask_1_flat * one_hot<T>(index_1, p.experts) *
+                    one_hot<T>(cast<std::int64_t>(position_in_expert_1), p.capacity) +
+                gate_2 * mask_2_flat * one_hot<T>(index_2, p.experts) *
+                    one_hot<T>(cast<std::int64_t>(position_in_expert_2), p.capacity);
+  out.dispatch = cast<T>(not_equal(out.combine, T(0)));
+  return out;
+}
+
+}  // namespace einmoe
