@@ -15,6 +15,7 @@
 #include <limits>
 
 #include "einmoe/moe/gating_options.hpp"
+#include "einmoe/moe/routing_plan.hpp"
 #include "einmoe/ops/cumsum.hpp"
 #include "einmoe/ops/elementwise.hpp"
 #include "einmoe/ops/index.hpp"
@@ -28,6 +29,7 @@ struct DenseGating {
   Tensor<T> dispatch;  ///< [<batch>, group, experts, expert_capacity], 0 / 1
   Tensor<T> combine;   ///< [<batch>, group, experts, expert_capacity]
   T aux_loss = T(0);
+  RoutingStats stats;  ///< the same statistics as the fast path, from the masks
 };
 
 /// Top-2 gating, dense formulation: logits [<batch>, group, experts] ->
@@ -39,7 +41,7 @@ DenseGating<T> top2_gating_dense(const Tensor<T>& logits_in, const Top2Options& 
   const std::string& experts = p.experts.name;
   const Tensor<T>& logits = p.logits;
   const T C = static_cast<T>(p.C);
-  const T one(1), eps(1e-9);
+  const T one(1), eps = static_cast<T>(1e-9);
 
   // FIND TOP 2 EXPERTS PER POSITION
   const Tensor<T> raw_gates = softmax(logits, experts);
@@ -104,6 +106,16 @@ DenseGating<T> top2_gating_dense(const Tensor<T>& logits_in, const Top2Options& 
     default: break;
   }
 
+  // statistics before capacity
+  auto total = [](const Tensor<T>& t) { return static_cast<index_t>(sum_to(t, Shape()).item()); };
+  out.stats.first_wanted = total(mask_1);
+  out.stats.second_wanted = total(mask_2);
+  {
+    const Tensor<T> d1 = sum_to(mask_1, Shape{p.experts});
+    const double n = static_cast<double>(p.G * p.S);
+    for (index_t e = 0; e < p.E; ++e) out.stats.density_1.push_back(n > 0 ? static_cast<double>(d1[e]) / n : 0.0);
+  }
+
   // COMPUTE ASSIGNMENT TO EXPERTS
   Tensor<T> position_in_expert_1 = cumsum(mask_1, group, true) * mask_1;
   mask_1 = mask_1 * cast<T>(less(position_in_expert_1, C));
@@ -124,6 +136,12 @@ DenseGating<T> top2_gating_dense(const Tensor<T>& logits_in, const Top2Options& 
     gate_1 = gate_1 / denom;
     gate_2 = gate_2 / denom;
   }
+
+  out.stats.first_kept = total(mask_1);
+  out.stats.second_kept = total(mask_2);
+  const Tensor<T> per_expert = sum_to(mask_1 + mask_2, Shape{p.experts});
+  for (index_t e = 0; e < p.E; ++e) out.stats.tokens_per_expert.push_back(static_cast<index_t>(per_expert[e]));
+  out.stats.slots = p.G * p.E * p.C;
 
   out.combine = gate_1 * mask_1_flat * one_hot<T>(index_1, p.experts) *
                     one_hot<T>(cast<std::int64_t>(position_in_expert_1), p.capacity) +

@@ -1,0 +1,128 @@
+// einmoe/moe/moe_layer.hpp - the MoE feed-forward layer: gating, dispatch,
+// experts, combine.
+//
+//   MoEOptions opt;
+//   opt.gating.capacity = Dim{"expert_capacity", 160};
+//   MoELayer<float> layer(weights, opt);         // wg [model, experts], wi, wo (+ bi, bo)
+//   auto out = layer.forward(x);                 // x [batch, group, model]
+//   out.outputs;    // [batch, group, model]
+//   out.aux_loss;   // balancing loss
+//   out.stats;      // per-expert load, dropped fractions
+//
+// Inputs are [<batch dims>, group, model] (dims named by the options). Inputs
+// without the group dim, e.g. [batch, length, model], are flattened to
+// tokens and split into groups of at most `max_group_size` with Mesh TF's
+// rule; the outputs come back in the input's shape.
+//
+// The fast path (default) routes with a sparse plan and runs each expert's
+// GEMMs over its filled rows only; `dense = true` runs the sources' one-hot
+// einsums instead (the oracle; same numbers, far slower).
+#pragma once
+
+#include <optional>
+
+#include "einmoe/moe/capacity.hpp"
+#include "einmoe/moe/experts.hpp"
+#include "einmoe/moe/top2_gating.hpp"
+#include "einmoe/moe/top2_gating_dense.hpp"
+
+namespace einmoe {
+
+template <class T>
+struct MoEWeights {
+  Tensor<T> wg;  ///< gating weights [model, experts]
+  ExpertWeights<T> experts;
+};
+
+struct MoEOptions {
+  Top2Options gating;                   ///< capacity, policy, normalize, group/experts dim names
+  std::string model_dim = "model";
+  std::string hidden_dim = "hidden";
+  Activation activation = Activation::relu;
+  bool dense = false;                   ///< run the dense oracle instead of the sparse fast path
+  double dropout = 0.0;                 ///< hidden-layer dropout rate (training-mode parity)
+  std::uint64_t dropout_seed = 0;
+  index_t max_group_size = 1024;        ///< for inputs without a group dim
+};
+
+template <class T>
+struct MoEOutput {
+  Tensor<T> outputs;  ///< inputs' shape
+  T aux_loss = T(0);
+  RoutingStats stats;
+};
+
+/// One MoE feed-forward layer forward pass; see the file comment.
+template <class T>
+MoEOutput<T> moe_forward(const Tensor<T>& inputs, const MoEWeights<T>& w, const MoEOptions& opt,
+                         const GatingInputs<T>& extras = {}) {
+  const Top2Options& g = opt.gating;
+  inputs.shape().require(opt.model_dim, "moe_forward");
+  // Group the tokens if the inputs are not grouped yet.
+  Tensor<T> x;
+  if (inputs.shape().has(g.group_dim)) {
+    x = inputs;
+  } else {
+    const Shape rest = inputs.shape().without({opt.model_dim});
+    const index_t n = rest.num_elements();
+    if (n == 0) detail::raise<shape_error>("moe_forward: inputs ", inputs.shape(), " hold no tokens");
+    const GroupSplit split = split_into_groups(n, opt.max_group_size);
+    const Dim model = inputs.dim(opt.model_dim);
+    Names order(rest.names());
+    order.list.push_back(opt.model_dim);
+    x = reshape(transpose(inputs, order), Shape{{"moe_groups", split.num_groups}, {g.group_dim, split.group_size}, model});
+  }
+  w.wg.shape().require(opt.model_dim, "moe_forward");
+  const Dim experts = w.wg.shape().get(g.experts_dim, "moe_forward");
+  const Shape logits_shape = x.shape().without({opt.model_dim}).with(experts);
+  const Tensor<T> logits = einsum({x, w.wg}, logits_shape);
+  ExpertConfig cfg;
+  cfg.experts_dim = g.experts_dim;
+  cfg.model_dim = opt.model_dim;
+  cfg.hidden_dim = opt.hidden_dim;
+  cfg.activation = opt.activation;
+  cfg.dropout = opt.dropout;
+  cfg.dropout_seed = opt.dropout_seed;
+
+  MoEOutput<T> out;
+  if (opt.dense) {
+    auto d = top2_gating_dense(logits, g, extras);
+    out.outputs = experts_dense(x, d.dispatch, d.combine, w.experts, cfg);
+    out.aux_loss = d.aux_loss;
+    out.stats = std::move(d.stats);
+  } else {
+    auto r = top2_gating(logits, g, extras);
+    out.outputs = experts_sparse(x, r.plan, w.experts, cfg);
+    out.aux_loss = r.aux_loss;
+    out.stats = std::move(r.stats);
+  }
+  // Back to the inputs' layout.
+  if (!inputs.shape().has(g.group_dim)) {
+    Names order(inputs.shape().without({opt.model_dim}).names());
+    order.list.push_back(opt.model_dim);
+    std::vector<Dim> dims;
+    for (const auto& n : order.list) dims.push_back(inputs.dim(n));
+    out.outputs = transpose(reshape(std::move(out.outputs), Shape(dims)), inputs.shape());
+  } else {
+    out.outputs = transpose(out.outputs, inputs.shape());
+  }
+  return out;
+}
+
+/// A layer object holding its weights and options.
+template <class T>
+class MoELayer {
+ public:
+  MoELayer(MoEWeights<T> weights, MoEOptions options) : w_(std::move(weights)), opt_(std::move(options)) {}
+  MoEOutput<T> forward(const Tensor<T>& inputs, const GatingInputs<T>& extras = {}) const {
+    return moe_forward(inputs, w_, opt_, extras);
+  }
+  const MoEWeights<T>& weights() const { return w_; }
+  const MoEOptions& options() const { return opt_; }
+
+ private:
+  MoEWeights<T> w_;
+  MoEOptions opt_;
+};
+
+}  // namespace einmoe

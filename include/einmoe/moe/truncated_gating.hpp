@@ -1,0 +1,153 @@
+// einmoe/moe/truncated_gating.hpp - Mesh TF's truncated top-2 gating
+// (_truncated_top_2_gating_mtf, used by moe_v0), fast and dense.
+//
+// Works on gates (probabilities), not logits: gates [<batch>, group, experts].
+// The first choice is the argmax with capacity as in top-2 gating. The second
+// choice avoids experts expected to be exhausted: with count_1[e] the kept
+// first choices of expert e,
+//   use_rate[e] = (count_1[e] + 1) / group_size
+//   exhaustion_pos[e] = (C - count_1[e]) / use_rate[e]
+// and token s treats e as exhausted when s > exhaustion_pos[e]. The second
+// expert is argmax(gates - mask_1 - exhausted) and gate_2 is that (masked)
+// value, exactly as in the source. Slots are then assigned as in top-2
+// gating and the kept gates renormalized by gate_1 + gate_2 + 1e-9.
+//
+//   auto plan = truncated_top2_gating(gates, opt).plan;          // fast
+//   auto combine = truncated_top2_gating_dense(gates, opt);        // [<batch>, group, experts, capacity]
+//
+// Of Top2Options only capacity, group_dim and experts_dim are used.
+#pragma once
+
+#include <vector>
+
+#include "einmoe/moe/gating_options.hpp"
+#include "einmoe/moe/routing_plan.hpp"
+#include "einmoe/moe/top2_gating.hpp"
+#include "einmoe/ops/cumsum.hpp"
+#include "einmoe/ops/elementwise.hpp"
+#include "einmoe/ops/index.hpp"
+#include "einmoe/ops/reduce.hpp"
+
+namespace einmoe {
+
+/// Truncated top-2 gating, fast: gates [<batch>, group, experts] -> plan.
+template <class T>
+Top2Result<T> truncated_top2_gating(const Tensor<T>& gates, const Top2Options& opt) {
+  const auto p = detail::make_problem(gates, opt, GatingInputs<T>{}, "truncated_top2_gating");
+  const index_t G = p.G, S = p.S, E = p.E, C = p.C;
+  Top2Result<T> r;
+  r.plan.reset(p.batch, p.group, p.experts, p.capacity, 2);
+  auto& plan = r.plan;
+  std::vector<index_t> w1(detail::uz(G)), k1(detail::uz(G)), w2(detail::uz(G)), k2(detail::uz(G));
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(dynamic, 1) if (G > 1)
+#endif
+  for (index_t g = 0; g < G; ++g) {
+    const T* gt = p.logits.data() + g * S * E;
+    std::vector<index_t> i1(detail::uz(S)), pos1(detail::uz(S), -1);
+    std::vector<index_t> count1(detail::uz(E), 0);
+    for (index_t s = 0; s < S; ++s) {
+      i1[detail::uz(s)] = detail::argmax_row(gt + s * E, E);
+      const index_t pos = count1[detail::uz(i1[detail::uz(s)])]++;
+      if (pos < C) pos1[detail::uz(s)] = pos;
+    }
+    std::vector<T> kept1(detail::uz(E)), exhaustion(detail::uz(E)), masked(detail::uz(E));
+    for (index_t e = 0; e < E; ++e) {
+      kept1[detail::uz(e)] = static_cast<T>(std::min(count1[detail::uz(e)], C));
+      const T use_rate = (kept1[detail::uz(e)] + T(1)) / static_cast<T>(S);
+      exhaustion[detail::uz(e)] = (static_cast<T>(C) - kept1[detail::uz(e)]) / use_rate;
+    }
+    std::vector<index_t> count2(detail::uz(E), 0);
+    std::int32_t* fill = plan.fill.data() + g * E;
+    for (index_t e = 0; e < E; ++e) fill[e] = static_cast<std::int32_t>(kept1[detail::uz(e)]);
+    index_t kk1 = 0, kk2 = 0;
+    for (index_t s = 0; s < S; ++s) {
+      const T* row = gt + s * E;
+      const index_t a = i1[detail::uz(s)];
+      for (index_t e = 0; e < E; ++e)
+        masked[detail::uz(e)] = row[e] - (e == a ? T(1) : T(0)) -
+                                (static_cast<T>(s) > exhaustion[detail::uz(e)] ? T(1) : T(0));
+      const index_t b = detail::argmax_row(masked.data(), E);
+      const index_t p2 = count2[detail::uz(b)]++ + static_cast<index_t>(kept1[detail::uz(b)]);
+      const bool keep1 = pos1[detail::uz(s)] >= 0, keep2 = p2 < C;
+      T g1 = keep1 ? row[a] : T(0);
+      T g2 = keep2 ? masked[detail::uz(b)] : T(0);
+      const T d = g1 + g2 + static_cast<T>(1e-9);
+      g1 /= d;
+      g2 /= d;
+      const index_t t = g * S + s;
+      if (keep1) {
+        plan.expert[detail::uz(2 * t)] = static_cast<std::int32_t>(a);
+        plan.slot[detail::uz(2 * t)] = static_cast<std::int32_t>(pos1[detail::uz(s)]);
+        plan.weight[detail::uz(2 * t)] = g1;
+        plan.slot_entry[detail::uz((g * E + a) * C + pos1[detail::uz(s)])] = 2 * t;
+        ++kk1;
+      }
+      if (keep2) {
+        plan.expert[detail::uz(2 * t + 1)] = static_cast<std::int32_t>(b);
+        plan.slot[detail::uz(2 * t + 1)] = static_cast<std::int32_t>(p2);
+        plan.weight[detail::uz(2 * t + 1)] = g2;
+        plan.slot_entry[detail::uz((g * E + b) * C + p2)] = 2 * t + 1;
+        ++fill[b];
+        ++kk2;
+      }
+    }
+    w1[detail::uz(g)] = S, w2[detail::uz(g)] = S, k1[detail::uz(g)] = kk1, k2[detail::uz(g)] = kk2;
+  }
+  auto& st = r.stats;
+  st.tokens_per_expert.assign(detail::uz(E), 0);
+  st.density_1.assign(detail::uz(E), 0.0);
+  for (index_t g = 0; g < G; ++g) {
+    for (index_t e = 0; e < E; ++e) st.tokens_per_expert[detail::uz(e)] += plan.fill[detail::uz(g * E + e)];
+    st.first_wanted += w1[detail::uz(g)], st.second_wanted += w2[detail::uz(g)];
+    st.first_kept += k1[detail::uz(g)], st.second_kept += k2[detail::uz(g)];
+  }
+  st.slots = G * E * C;
+  return r;
+}
+
+/// Truncated top-2 gating, written as Mesh TF writes it: gates [<batch>,
+/// group, experts] -> combine [<batch>, group, experts, capacity].
+template <class T>
+Tensor<T> truncated_top2_gating_dense(const Tensor<T>& gates_in, const Top2Options& opt) {
+  const auto p = detail::make_problem(gates_in, opt, GatingInputs<T>{}, "truncated_top2_gating_dense");
+  const std::string& group = p.group.name;
+  const std::string& experts = p.experts.name;
+  const Tensor<T>& gates = p.logits;
+  const T C = static_cast<T>(p.C);
+  auto top1 = top_1(gates, experts);
+  Tensor<T> gate_1 = std::move(top1.values);
+  const auto index_1 = std::move(top1.indices);
+  Tensor<T> mask_1 = one_hot<T>(index_1, p.experts);
+  Tensor<T> position_in_expert_1 = cumsum(mask_1, group, true) * mask_1;
+  mask_1 = mask_1 * cast<T>(less(position_in_expert_1, C));
+  const Tensor<T> mask_1_count = sum(mask_1, group);
+  const Tensor<T> mask_1_flat = sum(mask_1, experts);
+  position_in_expert_1 = sum(position_in_expert_1, experts);
+  gate_1 = gate_1 * mask_1_flat;
+
+  const Tensor<T> space_remaining = C - mask_1_count;
+  const Tensor<T> use_rate = (mask_1_count + T(1)) / static_cast<T>(p.S);
+  const Tensor<T> expected_exhaustion_pos = space_remaining / use_rate;
+  const Tensor<T> expected_exhausted = cast<T>(greater(range<T>(p.group), expected_exhaustion_pos));
+  const Tensor<T> masked_gates = gates - mask_1 - expected_exhausted;
+  auto top2 = top_1(masked_gates, experts);
+  Tensor<T> gate_2 = std::move(top2.values);
+  const auto index_2 = std::move(top2.indices);
+  Tensor<T> mask_2 = one_hot<T>(index_2, p.experts);
+  Tensor<T> position_in_expert_2 = (cumsum(mask_2, group, true) + mask_1_count) * mask_2;
+  mask_2 = mask_2 * cast<T>(less(position_in_expert_2, C));
+  const Tensor<T> mask_2_flat = sum(mask_2, experts);
+  position_in_expert_2 = sum(position_in_expert_2, experts);
+  gate_2 = gate_2 * mask_2_flat;
+
+  const Tensor<T> denom = gate_1 + gate_2 + static_cast<T>(1e-9);
+  gate_1 = gate_1 / denom;
+  gate_2 = gate_2 / denom;
+  return gate_1 * mask_1_flat * one_hot<T>(index_1, p.experts) *
+             one_hot<T>(cast<std::int64_t>(position_in_expert_1), p.capacity) +
+         gate_2 * mask_2_flat * one_hot<T>(index_2, p.experts) *
+             one_hot<T>(cast<std::int64_t>(position_in_expert_2), p.capacity);
+}
+
+}  // namespace einmoe
