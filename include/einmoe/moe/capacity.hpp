@@ -56,9 +56,11 @@ inline index_t moe_v0_capacity(index_t length, index_t experts, double overhead 
   return std::min(length, static_cast<index_t>(static_cast<double>(length) * 2.0 * overhead / static_cast<double>(experts)));
 }
 
-/// How Mesh TF splits n tokens into num_groups * group_size: the largest
-/// group_size <= max_group_size such that num_groups divides n and is a
-/// multiple of mesh_dim_size.
+/// How Mesh TF splits n tokens into num_groups * group_size: starting from
+/// max(1, n / max_group_size) groups (integer division), the first count that
+/// divides n and is a multiple of mesh_dim_size. As in the source (whose
+/// docstring says otherwise), group_size can exceed max_group_size:
+/// split_into_groups(30, 8) is 3 groups of 10.
 struct GroupSplit {
   index_t num_groups = 1;
   index_t group_size = 0;

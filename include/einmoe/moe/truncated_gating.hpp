@@ -64,8 +64,9 @@ Top2Result<T> truncated_top2_gating(const Tensor<T>& gates, const Top2Options& o
     for (index_t s = 0; s < S; ++s) {
       const T* row = gt + s * E;
       const index_t a = i1[detail::uz(s)];
+      const bool kept_first = pos1[detail::uz(s)] >= 0;  // mask_1 after capacity, as the source
       for (index_t e = 0; e < E; ++e)
-        masked[detail::uz(e)] = row[e] - (e == a ? T(1) : T(0)) -
+        masked[detail::uz(e)] = row[e] - (e == a && kept_first ? T(1) : T(0)) -
                                 (static_cast<T>(s) > exhaustion[detail::uz(e)] ? T(1) : T(0));
       const index_t b = detail::argmax_row(masked.data(), E);
       const index_t p2 = count2[detail::uz(b)]++ + static_cast<index_t>(kept1[detail::uz(b)]);

@@ -1,0 +1,288 @@
+// The einmoe command: einmoe's routing and MoE layer on .npy files, so that
+// results can be checked against Python frameworks. See `einmoe --help`.
+//
+// Bad input of any kind prints one line naming the flag or file and exits
+// with status 2; outputs are written all together or not at all.
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include <einmoe/einmoe.hpp>
+
+#include "cli/args.hpp"
+
+namespace {
+
+using namespace einmoe;
+using cli::Args;
+using cli::fail;
+using cli::Flag;
+
+const char* kUsage =
+    "usage: einmoe <command> [flags]   (einmoe <command> --help for its flags)\n"
+    "commands:\n"
+    "  gate            top-2 gating of logits [G,S,E] -> dispatch, combine [G,S,E,C], aux_loss\n"
+    "  truncated-gate  Mesh TF's truncated top-2 gating of gates [G,S,E] -> combine [G,S,E,C]\n"
+    "  moe             a whole MoE feed-forward layer on inputs [G,S,M] -> outputs [G,S,M], aux_loss\n"
+    "Arrays are .npy (float32 or float64, C order); outputs keep the type of the main input.\n";
+
+const char* kGateFlags =
+    "  --capacity C             slots per expert per group (required, positive)\n"
+    "  --policy P               second expert: all (default) | none | threshold | random | sampling\n"
+    "  --threshold T            for threshold and random (default 0.2)\n"
+    "  --importance I.npy       [G,S]: 1 -> two experts, (0,1) -> at most one, 0 -> none\n"
+    "  --normalize before|after renormalize gates before capacity (Mesh TF, default) or after (lingvo)\n"
+    "  --second-place-loss      add Mesh TF's second-place balancing loss\n"
+    "  --uniform U.npy          [G,S] uniforms for policy random (default: drawn from --seed)\n"
+    "  --gumbel N.npy           [G,S,E] Gumbel draws for policy sampling (default: drawn from --seed)\n"
+    "  --seed N                 seed for draws not given as files (default 0)\n";
+
+const char* kCommonFlags =
+    "  --dense                  use the dense one-hot formulation (the oracle) instead of the sparse plan\n"
+    "  --threads N              threads (default: all cores)\n"
+    "  --out DIR                output directory (required; created if missing)\n"
+    "  --help                   this text\n";
+
+std::vector<Flag> gate_flags() {
+  return {{"--capacity", true}, {"--policy", true},  {"--threshold", true}, {"--importance", true},
+          {"--normalize", true}, {"--second-place-loss", false}, {"--uniform", true}, {"--gumbel", true},
+          {"--seed", true}, {"--dense", false}, {"--threads", true}, {"--out", true}, {"--help", false}};
+}
+
+void apply_threads(const Args& a) {
+  if (a.has("--threads")) set_num_threads(static_cast<int>(a.integer("--threads", 1, 1)));
+}
+
+Top2Options gate_options(const Args& a) {
+  Top2Options o;
+  o.capacity = Dim("expert_capacity", a.required_integer("--capacity", 1));
+  o.group_dim = "group";
+  o.experts_dim = "experts";
+  try {
+    o.policy = parse_second_policy(a.get_or("--policy", "all"));
+  } catch (const einmoe::error&) {
+    fail("--policy: unknown policy \"", a.get("--policy"), "\" (all, none, threshold, random, sampling)");
+  }
+  o.threshold = a.real("--threshold", 0.2);
+  const std::string n = a.get_or("--normalize", "before");
+  if (n == "before") o.normalize = Normalize::before;
+  else if (n == "after") o.normalize = Normalize::after;
+  else fail("--normalize: \"", n, "\" is not before or after");
+  o.second_place_loss = a.has("--second-place-loss");
+  o.seed = static_cast<std::uint64_t>(a.integer("--seed", 0, 0));
+  return o;
+}
+
+/// Loads the optional per-token gating inputs, checked against [G,S](,E).
+template <class T>
+GatingInputs<T> gate_inputs(const Args& a, const Shape& tokens, const Shape& full) {
+  GatingInputs<T> in;
+  if (a.has("--importance")) {
+    auto t = cli::load_float<T>("--importance", a.get("--importance"), {"batch", "group"});
+    cli::expect_shape(t, tokens, "--importance", a.get("--importance"));
+    cli::expect_finite(t, "--importance", a.get("--importance"));
+    in.importance = std::move(t);
+  }
+  if (a.has("--uniform")) {
+    auto t = cli::load_float<T>("--uniform", a.get("--uniform"), {"batch", "group"});
+    cli::expect_shape(t, tokens, "--uniform", a.get("--uniform"));
+    cli::expect_finite(t, "--uniform", a.get("--uniform"));
+    in.uniform = std::move(t);
+  }
+  if (a.has("--gumbel")) {
+    auto t = cli::load_float<T>("--gumbel", a.get("--gumbel"), {"batch", "group", "experts"});
+    cli::expect_shape(t, full, "--gumbel", a.get("--gumbel"));
+    cli::expect_finite(t, "--gumbel", a.get("--gumbel"));
+    in.gumbel = std::move(t);
+  }
+  return in;
+}
+
+void print_stats(const char* what, const RoutingStats& s, double aux_loss) {
+  std::printf("%s: aux_loss %.6g, first choices kept %lld/%lld, second %lld/%lld, fill %.3f\n", what, aux_loss,
+              static_cast<long long>(s.first_kept), static_cast<long long>(s.first_wanted),
+              static_cast<long long>(s.second_kept), static_cast<long long>(s.second_wanted), s.fill());
+}
+
+template <class T>
+void run_gate(const Args& a) {
+  const std::string lp = a.get("--logits");
+  const auto logits = cli::load_float<T>("--logits", lp, {"batch", "group", "experts"});
+  cli::expect_finite(logits, "--logits", lp);
+  if (logits.size_of("experts") < 1) fail("--logits ", lp, ": no experts (last axis is 0)");
+  const Top2Options o = gate_options(a);
+  const Shape tokens = logits.shape().without({"experts"});
+  const auto in = gate_inputs<T>(a, tokens, logits.shape());
+  cli::Outputs out(a.get("--out"));
+  if (a.has("--dense")) {
+    const auto d = top2_gating_dense(logits, o, in);
+    out.add("dispatch.npy", d.dispatch);
+    out.add("combine.npy", d.combine);
+    out.add("aux_loss.npy", Tensor<T>::scalar(d.aux_loss));
+    out.commit();
+    print_stats("gate (dense)", d.stats, static_cast<double>(d.aux_loss));
+  } else {
+    const auto r = top2_gating(logits, o, in);
+    out.add("dispatch.npy", r.plan.dispatch_tensor());
+    out.add("combine.npy", r.plan.combine_tensor());
+    out.add("aux_loss.npy", Tensor<T>::scalar(r.aux_loss));
+    out.commit();
+    print_stats("gate", r.stats, static_cast<double>(r.aux_loss));
+  }
+}
+
+template <class T>
+void run_truncated(const Args& a) {
+  const std::string gp = a.get("--gates");
+  const auto gates = cli::load_float<T>("--gates", gp, {"batch", "group", "experts"});
+  cli::expect_finite(gates, "--gates", gp);
+  if (gates.size_of("experts") < 1) fail("--gates ", gp, ": no experts (last axis is 0)");
+  Top2Options o;
+  o.capacity = Dim("expert_capacity", a.required_integer("--capacity", 1));
+  cli::Outputs out(a.get("--out"));
+  if (a.has("--dense")) {
+    out.add("combine.npy", truncated_top2_gating_dense(gates, o));
+  } else {
+    const auto r = truncated_top2_gating(gates, o);
+    out.add("combine.npy", r.plan.combine_tensor());
+  }
+  out.commit();
+}
+
+template <class T>
+void run_moe(const Args& a) {
+  const std::string xp = a.get("--inputs");
+  const auto x = cli::load_float<T>("--inputs", xp, {"batch", "group", "model"});
+  cli::expect_finite(x, "--inputs", xp);
+  MoEWeights<T> w;
+  w.wg = cli::load_float<T>("--wg", a.get("--wg"), {"model", "experts"});
+  w.experts.wi = cli::load_float<T>("--wi", a.get("--wi"), {"experts", "model", "hidden"});
+  w.experts.wo = cli::load_float<T>("--wo", a.get("--wo"), {"experts", "hidden", "model"});
+  const index_t M = x.size_of("model"), E = w.wg.size_of("experts"), H = w.experts.wi.size_of("hidden");
+  if (E < 1) fail("--wg ", a.get("--wg"), ": no experts (last axis is 0)");
+  cli::expect_shape(w.wg, Shape{{"model", M}, {"experts", E}}, "--wg", a.get("--wg"));
+  cli::expect_shape(w.experts.wi, Shape{{"experts", E}, {"model", M}, {"hidden", H}}, "--wi", a.get("--wi"));
+  cli::expect_shape(w.experts.wo, Shape{{"experts", E}, {"hidden", H}, {"model", M}}, "--wo", a.get("--wo"));
+  if (a.has("--bi")) {
+    w.experts.bi = cli::load_float<T>("--bi", a.get("--bi"), {"experts", "hidden"});
+    cli::expect_shape(*w.experts.bi, Shape{{"experts", E}, {"hidden", H}}, "--bi", a.get("--bi"));
+  }
+  if (a.has("--bo")) {
+    w.experts.bo = cli::load_float<T>("--bo", a.get("--bo"), {"experts", "model"});
+    cli::expect_shape(*w.experts.bo, Shape{{"experts", E}, {"model", M}}, "--bo", a.get("--bo"));
+  }
+  MoEOptions o;
+  o.gating = gate_options(a);
+  try {
+    o.activation = parse_activation(a.get_or("--activation", "relu"));
+  } catch (const einmoe::error&) {
+    fail("--activation: unknown activation \"", a.get("--activation"), "\" (relu, gelu, gelu_tanh, silu)");
+  }
+  o.dense = a.has("--dense");
+  const Shape tokens = x.shape().without({"model"});
+  const auto in = gate_inputs<T>(a, tokens, tokens.with(Dim("experts", E)));
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto r = moe_forward(x, w, o, in);
+  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  cli::Outputs out(a.get("--out"));
+  out.add("outputs.npy", r.outputs);
+  out.add("aux_loss.npy", Tensor<T>::scalar(r.aux_loss));
+  out.commit();
+  print_stats(o.dense ? "moe (dense)" : "moe", r.stats, static_cast<double>(r.aux_loss));
+  std::printf("moe: %.3f ms\n", ms);
+}
+
+/// Runs `fn<float>` or `fn<double>` by the dtype of the file behind `flag`.
+template <class F32, class F64>
+void by_dtype(const Args& a, const std::string& flag, F32&& f32, F64&& f64) {
+  const std::string path = a.get(flag);
+  NpyInfo info;
+  try {
+    info = read_npy_info(path);
+  } catch (const einmoe::error& e) {
+    fail(flag, " ", path, ": ", e.what());
+  }
+  if (info.dtype == DType::float32) f32();
+  else if (info.dtype == DType::float64) f64();
+  else fail(flag, " ", path, ": dtype ", dtype_name(info.dtype), ", expected float32 or float64");
+}
+
+int run(const std::vector<std::string>& argv) {
+  if (argv.empty() || argv[0] == "--help" || argv[0] == "-h") {
+    std::fputs(kUsage, argv.empty() ? stderr : stdout);
+    return argv.empty() ? 2 : 0;
+  }
+  const std::string cmd = argv[0];
+  const std::vector<std::string> rest(argv.begin() + 1, argv.end());
+  const bool help = std::find(rest.begin(), rest.end(), "--help") != rest.end();
+  if (cmd == "gate") {
+    auto flags = gate_flags();
+    flags.push_back({"--logits", true});
+    if (help) {
+      std::printf("usage: einmoe gate --logits L.npy --capacity C [flags] --out DIR\n"
+                  "  --logits L.npy           [G,S,E] router logits\n%s%s"
+                  "writes DIR/dispatch.npy, DIR/combine.npy [G,S,E,C] and DIR/aux_loss.npy (0-d)\n",
+                  kGateFlags, kCommonFlags);
+      return 0;
+    }
+    const Args a(rest, flags, cmd);
+    apply_threads(a);
+    by_dtype(a, "--logits", [&] { run_gate<float>(a); }, [&] { run_gate<double>(a); });
+  } else if (cmd == "truncated-gate") {
+    const std::vector<Flag> flags{{"--gates", true}, {"--capacity", true}, {"--dense", false},
+                                  {"--threads", true}, {"--out", true},    {"--help", false}};
+    if (help) {
+      std::printf("usage: einmoe truncated-gate --gates P.npy --capacity C --out DIR\n"
+                  "  --gates P.npy            [G,S,E] gate probabilities\n"
+                  "  --capacity C             slots per expert per group (required, positive)\n%s"
+                  "writes DIR/combine.npy [G,S,E,C]\n",
+                  kCommonFlags);
+      return 0;
+    }
+    const Args a(rest, flags, cmd);
+    apply_threads(a);
+    by_dtype(a, "--gates", [&] { run_truncated<float>(a); }, [&] { run_truncated<double>(a); });
+  } else if (cmd == "moe") {
+    auto flags = gate_flags();
+    for (const char* f : {"--inputs", "--wg", "--wi", "--wo", "--bi", "--bo", "--activation"}) flags.push_back({f, true});
+    if (help) {
+      std::printf("usage: einmoe moe --inputs X.npy --wg WG.npy --wi WI.npy --wo WO.npy --capacity C [flags] --out DIR\n"
+                  "  --inputs X.npy           [G,S,M] tokens\n"
+                  "  --wg WG.npy              [M,E] gating weights\n"
+                  "  --wi WI.npy, --wo WO.npy [E,M,H] and [E,H,M] expert weights\n"
+                  "  --bi BI.npy, --bo BO.npy optional biases [E,H] and [E,M]\n"
+                  "  --activation A           relu (default) | gelu | gelu_tanh | silu\n%s%s"
+                  "writes DIR/outputs.npy [G,S,M] and DIR/aux_loss.npy (0-d)\n",
+                  kGateFlags, kCommonFlags);
+      return 0;
+    }
+    const Args a(rest, flags, cmd);
+    apply_threads(a);
+    by_dtype(a, "--inputs", [&] { run_moe<float>(a); }, [&] { run_moe<double>(a); });
+  } else {
+    fail("unknown command \"", cmd, "\" (gate, truncated-gate, moe; see einmoe --help)");
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(std::vector<std::string>(argv + 1, argv + argc));
+  } catch (const cli::CliError& e) {
+    std::fprintf(stderr, "einmoe: %s\n", e.what());
+    return 2;
+  } catch (const einmoe::error& e) {
+    std::fprintf(stderr, "einmoe: %s\n", e.what());
+    return 2;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "einmoe: out of memory (are the input sizes right?)\n");
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "einmoe: internal error: %s\n", e.what());
+    return 1;
+  }
+}

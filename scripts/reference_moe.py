@@ -1,0 +1,241 @@
+#!/usr/bin/env python3
+"""Reference MoE routing in numpy, written as Mesh TF / lingvo write it.
+
+Dev-time only: it writes the golden fixtures in tests/fixtures/moe/ that the
+C++ tests compare against. The test suite never runs Python.
+
+    python3 scripts/reference_moe.py            # rewrite the fixtures
+
+Each case directory holds its inputs (logits, importance, uniform, gumbel,
+weights ...), a config.txt with the options, and the expected outputs.
+"""
+import os
+import shutil
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(HERE, "..", "tests", "fixtures", "moe")
+
+
+def softmax(x, axis=-1):
+    m = np.max(x, axis=axis, keepdims=True)
+    e = np.exp(x - m)
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def one_hot(idx, n, dtype):
+    out = np.zeros(idx.shape + (n,), dtype)
+    valid = (idx >= 0) & (idx < n)
+    np.put_along_axis(out, np.where(valid, idx, 0)[..., None], valid[..., None].astype(dtype), axis=-1)
+    return out
+
+
+def exclusive_cumsum(x, axis):
+    return np.cumsum(x, axis=axis) - x
+
+
+def top2_gating(logits, capacity, policy="all", threshold=0.2, importance=None,
+                normalize="before", second_place_loss=False, uniform=None, gumbel=None):
+    """logits [G, S, E] -> dispatch, combine [G, S, E, C], aux_loss."""
+    dt = logits.dtype
+    G, S, E = logits.shape
+    raw = softmax(logits)
+    index_1 = np.argmax(raw, axis=-1)
+    mask_1 = one_hot(index_1, E, dt)
+    gate_1 = np.take_along_axis(raw, index_1[..., None], -1)[..., 0]
+    proxy_1 = raw
+    if importance is not None:
+        eq1 = (importance == 1.0).astype(dt)
+        mask_1 = mask_1 * eq1[..., None]
+        gate_1 = gate_1 * eq1
+        proxy_1 = proxy_1 * eq1[..., None]
+    without = raw * (1.0 - mask_1)
+    if policy == "sampling":
+        very_negative = np.array(-0.7, dt) * np.finfo(dt).max
+        updated = np.where(mask_1 > 0, very_negative, logits)
+        index_2 = np.argmax(updated + gumbel, axis=-1)
+    else:
+        index_2 = np.argmax(without, axis=-1)
+    mask_2 = one_hot(index_2, E, dt)
+    gate_2 = np.sum(without * mask_2, axis=-1)
+    if importance is not None:
+        mask_2 = mask_2 * (importance > 0.0).astype(dt)[..., None]
+    if normalize == "before":
+        denom = gate_1 + gate_2 + np.array(1e-9, dt)
+        gate_1 = gate_1 / denom
+        gate_2 = gate_2 / denom
+
+    density_1 = np.mean(mask_1, axis=1)
+    density_1_proxy = np.mean(proxy_1, axis=1)
+    if normalize == "after":
+        imp = importance if importance is not None else np.ones((G, S), dt)
+        d = np.mean(imp, axis=1)[..., None] + np.array(1e-6, dt)
+        density_1 = density_1 / d
+        density_1_proxy = density_1_proxy / d
+    loss = np.mean(density_1_proxy * density_1) * dt.type(E * E)
+    if second_place_loss:
+        density_2 = np.mean(mask_2, axis=1)
+        normalized = without / (np.sum(without, axis=-1, keepdims=True) + np.array(1e-9, dt))
+        loss = loss + np.mean(np.mean(normalized, axis=1) * density_2) * dt.type(E * E) * dt.type(0.5)
+
+    if policy == "none":
+        mask_2 = np.zeros_like(mask_2)
+    elif policy == "threshold":
+        mask_2 = mask_2 * (gate_2 > threshold).astype(dt)[..., None]
+    elif policy == "random":
+        mask_2 = mask_2 * (uniform < gate_2 / dt.type(max(threshold, 1e-9))).astype(dt)[..., None]
+
+    pos_1 = exclusive_cumsum(mask_1, 1) * mask_1
+    mask_1 = mask_1 * (pos_1 < capacity).astype(dt)
+    mask_1_count = np.sum(mask_1, axis=1, keepdims=True)
+    mask_1_flat = np.sum(mask_1, axis=-1)
+    pos_1 = np.sum(pos_1, axis=-1)
+    gate_1 = gate_1 * mask_1_flat
+    pos_2 = (exclusive_cumsum(mask_2, 1) + mask_1_count) * mask_2
+    mask_2 = mask_2 * (pos_2 < capacity).astype(dt)
+    mask_2_flat = np.sum(mask_2, axis=-1)
+    gate_2 = gate_2 * mask_2_flat
+    pos_2 = np.sum(pos_2, axis=-1)
+    if normalize == "after":
+        denom = gate_1 + gate_2
+        denom = np.where(denom > 0, denom, np.ones_like(denom))
+        gate_1 = gate_1 / denom
+        gate_2 = gate_2 / denom
+    combine = ((gate_1 * mask_1_flat)[..., None, None] * one_hot(index_1, E, dt)[..., None]
+               * one_hot(pos_1.astype(np.int64), capacity, dt)[..., None, :]
+               + (gate_2 * mask_2_flat)[..., None, None] * one_hot(index_2, E, dt)[..., None]
+               * one_hot(pos_2.astype(np.int64), capacity, dt)[..., None, :])
+    dispatch = (combine != 0).astype(dt)
+    return dispatch, combine, np.array(loss, dt)
+
+
+def truncated_top2_gating(gates, capacity):
+    """gates [G, S, E] -> combine [G, S, E, C] (Mesh TF _truncated_top_2_gating_mtf)."""
+    dt = gates.dtype
+    G, S, E = gates.shape
+    index_1 = np.argmax(gates, -1)
+    gate_1 = np.max(gates, -1)
+    mask_1 = one_hot(index_1, E, dt)
+    pos_1 = exclusive_cumsum(mask_1, 1) * mask_1
+    mask_1 = mask_1 * (pos_1 < capacity).astype(dt)
+    count_1 = np.sum(mask_1, axis=1, keepdims=True)
+    flat_1 = np.sum(mask_1, -1)
+    pos_1 = np.sum(pos_1, -1)
+    gate_1 = gate_1 * flat_1
+    space = dt.type(capacity) - count_1
+    use_rate = (count_1 + 1.0) / dt.type(S)
+    exhaustion = space / use_rate
+    exhausted = (np.arange(S, dtype=dt)[None, :, None] > exhaustion).astype(dt)
+    masked = gates - mask_1 - exhausted
+    index_2 = np.argmax(masked, -1)
+    gate_2 = np.max(masked, -1)
+    mask_2 = one_hot(index_2, E, dt)
+    pos_2 = (exclusive_cumsum(mask_2, 1) + count_1) * mask_2
+    mask_2 = mask_2 * (pos_2 < capacity).astype(dt)
+    flat_2 = np.sum(mask_2, -1)
+    pos_2 = np.sum(pos_2, -1)
+    gate_2 = gate_2 * flat_2
+    denom = gate_1 + gate_2 + dt.type(1e-9)
+    gate_1, gate_2 = gate_1 / denom, gate_2 / denom
+    return ((gate_1 * flat_1)[..., None, None] * one_hot(index_1, E, dt)[..., None]
+            * one_hot(pos_1.astype(np.int64), capacity, dt)[..., None, :]
+            + (gate_2 * flat_2)[..., None, None] * one_hot(index_2, E, dt)[..., None]
+            * one_hot(pos_2.astype(np.int64), capacity, dt)[..., None, :])
+
+
+ACTIVATIONS = {
+    "relu": lambda h: np.maximum(h, 0),
+    "gelu": lambda h: 0.5 * h * (1 + np.vectorize(__import__("math").erf)(h / np.sqrt(2.0))),
+    "gelu_tanh": lambda h: 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h ** 3))),
+    "silu": lambda h: h / (1 + np.exp(-h)),
+}
+
+
+def moe_layer(x, wg, wi, wo, capacity, activation="relu", bi=None, bo=None, **gate_kw):
+    """x [G, S, M] -> outputs [G, S, M], aux_loss (GShard's einsum formulation)."""
+    logits = np.einsum("gsm,me->gse", x, wg)
+    dispatch, combine, loss = top2_gating(logits, capacity, **gate_kw)
+    expert_inputs = np.einsum("gsec,gsm->egcm", dispatch, x)
+    h = np.einsum("egcm,emh->egch", expert_inputs, wi)
+    if bi is not None:
+        h = h + bi[:, None, None, :]
+    h = ACTIVATIONS[activation](h)
+    y = np.einsum("egch,ehm->egcm", h, wo)
+    if bo is not None:
+        y = y + bo[:, None, None, :]
+    return np.einsum("gsec,egcm->gsm", combine, y), loss
+
+
+def write_case(name, arrays, config):
+    d = os.path.join(OUT, name)
+    os.makedirs(d, exist_ok=True)
+    for k, v in arrays.items():
+        v = np.asarray(v)
+        np.save(os.path.join(d, k + ".npy"), np.ascontiguousarray(v) if v.ndim else v)  # keep 0-d arrays 0-d
+    with open(os.path.join(d, "config.txt"), "w") as f:
+        for k, v in config.items():
+            f.write(f"{k} {v}\n")
+
+
+def importance_draw(rng, shape, dt):
+    u = rng.random(shape)
+    return np.where(u < 0.2, 0.0, np.where(u < 0.4, 0.5, 1.0)).astype(dt)
+
+
+def main():
+    if os.path.isdir(OUT):
+        shutil.rmtree(OUT)
+    rng = np.random.default_rng(2024)
+    n = 0
+    for dt in (np.float64, np.float32):
+        tname = "f64" if dt == np.float64 else "f32"
+        for policy in ("all", "none", "threshold", "random", "sampling"):
+            for normalize in ("before", "after"):
+                for use_imp in (False, True):
+                    G, S, E = 2, 16, 4
+                    C = int(rng.integers(1, 9))
+                    logits = rng.normal(size=(G, S, E)).astype(dt) * dt(2)
+                    arrays = {"logits": logits}
+                    kw = dict(policy=policy, threshold=0.3, normalize=normalize,
+                              second_place_loss=bool(n % 3 == 0))
+                    if use_imp:
+                        arrays["importance"] = kw["importance"] = importance_draw(rng, (G, S), dt)
+                    if policy == "random":
+                        arrays["uniform"] = kw["uniform"] = rng.random((G, S)).astype(dt)
+                    if policy == "sampling":
+                        g = -np.log(-np.log(rng.random((G, S, E)) * 0.999998 + 1e-6))
+                        arrays["gumbel"] = kw["gumbel"] = g.astype(dt)
+                    dispatch, combine, loss = top2_gating(logits, C, **kw)
+                    arrays.update(expected_dispatch=dispatch, expected_combine=combine, expected_aux_loss=loss)
+                    cfg = dict(kind="gate", capacity=C, policy=policy, threshold=0.3, normalize=normalize,
+                               second_place_loss=int(kw["second_place_loss"]))
+                    write_case(f"gate_{tname}_{policy}_{normalize}_{'imp' if use_imp else 'noimp'}", arrays, cfg)
+                    n += 1
+        # truncated gating
+        for C in (1, 3, 6):
+            gates = softmax(rng.normal(size=(2, 20, 5)).astype(dt) * dt(2)).astype(dt)
+            write_case(f"truncated_{tname}_c{C}", {"gates": gates, "expected_combine": truncated_top2_gating(gates, C)},
+                       dict(kind="truncated", capacity=C))
+        # whole layers
+        for activation in ("relu", "gelu", "gelu_tanh", "silu"):
+            G, S, M, H, E = 2, 12, 6, 10, 4
+            C = 4
+            x = rng.normal(size=(G, S, M)).astype(dt)
+            wg = rng.normal(size=(M, E)).astype(dt)
+            wi = (rng.normal(size=(E, M, H)) / np.sqrt(M)).astype(dt)
+            wo = (rng.normal(size=(E, H, M)) / np.sqrt(H)).astype(dt)
+            bi = rng.normal(size=(E, H)).astype(dt) * dt(0.1)
+            bo = rng.normal(size=(E, M)).astype(dt) * dt(0.1)
+            use_bias = activation in ("gelu", "silu")
+            out, loss = moe_layer(x, wg, wi, wo, C, activation, bi if use_bias else None, bo if use_bias else None)
+            arrays = dict(inputs=x, wg=wg, wi=wi, wo=wo, expected_outputs=out.astype(dt), expected_aux_loss=loss)
+            if use_bias:
+                arrays.update(bi=bi, bo=bo)
+            write_case(f"moe_{tname}_{activation}", arrays, dict(kind="moe", capacity=C, activation=activation))
+    print(f"wrote fixtures to {os.path.normpath(OUT)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+// End-to-end tests of the einmoe command on small files.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "check.hpp"
+#include "moe_fixtures.hpp"
+#include "naive.hpp"
+
+#ifndef EINMOE_CLI
+#error "EINMOE_CLI must name the einmoe binary"
+#endif
+
+using namespace einmoe;
+namespace fs = std::filesystem;
+
+namespace {
+
+/// Scratch names unique to this process: ctest runs test cases in parallel.
+std::string scratch(const std::string& name) { return "cli_" + std::to_string(::getpid()) + "_" + name; }
+
+struct Result {
+  int status = -1;
+  std::string out, err;
+};
+
+Result run(const std::string& args) {
+  const std::string o = scratch("stdout.txt"), e = scratch("stderr.txt");
+  const std::string cmd = std::string(EINMOE_CLI) + " " + args + " > " + o + " 2> " + e;
+  const int raw = std::system(cmd.c_str());
+  Result r;
+  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
+  std::ifstream fo(o), fe(e);
+  std::stringstream so, se;
+  so << fo.rdbuf();
+  se << fe.rdbuf();
+  r.out = so.str();
+  r.err = se.str();
+  return r;
+}
+
+std::string fresh_dir(const std::string& name) {
+  const std::string d = scratch("out_" + name);
+  fs::remove_all(d);
+  return d;
+}
+
+/// Bad input: exit status 2, one line on stderr naming `what`, no output.
+void expect_rejected(const std::string& args, const std::string& what, const std::string& out_dir) {
+  INFO(args);
+  const Result r = run(args);
+  CHECK(r.status == 2);
+  CHECK(r.err.find(what) != std::string::npos);
+  CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+  CHECK_FALSE(fs::exists(out_dir));
+}
+
+}  // namespace
+
+TEST_CASE("einmoe gate reproduces the numpy reference, fast and dense", "[cli]") {
+  for (const auto& c : fixtures::cases("gate")) {
+    if (c.name.size() < 4 || c.name.compare(c.name.size() - 4, 4, "_imp") != 0) continue;  // cases with importance
+    INFO(c.name);
+    for (const char* mode : {"", " --dense"}) {
+      const std::string out = fresh_dir("gate");
+      std::string args = "gate --logits " + c.path("logits") + " --capacity " + c.config.at("capacity") + " --policy " +
+                         c.config.at("policy") + " --threshold " + c.config.at("threshold") + " --normalize " +
+                         c.config.at("normalize") + " --importance " + c.path("importance") + " --out " + out + mode;
+      if (c.integer("second_place_loss")) args += " --second-place-loss";
+      if (c.has("uniform")) args += " --uniform " + c.path("uniform");
+      if (c.has("gumbel")) args += " --gumbel " + c.path("gumbel");
+      const Result r = run(args);
+      REQUIRE(r.status == 0);
+      CHECK(r.out.find("aux_loss") != std::string::npos);
+      const std::vector<std::string> gsec{"g", "s", "e", "c"};
+      const double tol = c.f64 ? 1e-12 : 1e-5;
+      if (c.f64) {
+        CHECK(naive::all_close(load_npy<double>(out + "/combine.npy", gsec), c.load<double>("expected_combine", gsec), tol, tol));
+        CHECK(load_npy<double>(out + "/dispatch.npy", gsec).to_vector() == c.load<double>("expected_dispatch", gsec).to_vector());
+        CHECK(naive::close(load_npy<double>(out + "/aux_loss.npy", {}).item(), c.load<double>("expected_aux_loss", {}).item(), tol, tol));
+      } else {
+        // outputs keep the input's type
+        CHECK(read_npy_info(out + "/combine.npy").dtype == DType::float32);
+        CHECK(naive::all_close(load_npy<float>(out + "/combine.npy", gsec), c.load<float>("expected_combine", gsec), tol, tol));
+      }
+    }
+  }
+}
+
+TEST_CASE("einmoe truncated-gate and moe reproduce the numpy reference", "[cli]") {
+  for (const auto& c : fixtures::cases("truncated")) {
+    if (!c.f64) continue;
+    const std::string out = fresh_dir("trunc");
+    REQUIRE(run("truncated-gate --gates " + c.path("gates") + " --capacity " + c.config.at("capacity") + " --out " + out).status == 0);
+    const std::vector<std::string> gsec{"g", "s", "e", "c"};
+    CHECK(naive::all_close(load_npy<double>(out + "/combine.npy", gsec), c.load<double>("expected_combine", gsec), 1e-12));
+  }
+  for (const auto& c : fixtures::cases("moe")) {
+    INFO(c.name);
+    const std::string out = fresh_dir("moe");
+    std::string args = "moe --inputs " + c.path("inputs") + " --wg " + c.path("wg") + " --wi " + c.path("wi") + " --wo " +
+                       c.path("wo") + " --capacity " + c.config.at("capacity") + " --activation " +
+                       c.config.at("activation") + " --threads 1 --out " + out;
+    if (c.has("bi")) args += " --bi " + c.path("bi") + " --bo " + c.path("bo");
+    REQUIRE(run(args).status == 0);
+    const double tol = c.f64 ? 1e-12 : 1e-5;
+    if (c.f64)
+      CHECK(naive::all_close(load_npy<double>(out + "/outputs.npy", {"g", "s", "m"}),
+                             c.load<double>("expected_outputs", {"g", "s", "m"}), tol, tol));
+    else
+      CHECK(naive::all_close(load_npy<float>(out + "/outputs.npy", {"g", "s", "m"}),
+                             c.load<float>("expected_outputs", {"g", "s", "m"}), tol, tol));
+  }
+}
+
+TEST_CASE("einmoe rejects bad input with exit status 2, one line, and no output", "[cli][errors]") {
+  const auto cases = fixtures::cases("gate");
+  const fixtures::Case& c = cases.back();  // a float64 case
+  REQUIRE(c.f64);
+  const std::string L = c.path("logits");
+  const std::string out = fresh_dir("bad");
+  // helper files
+  save_npy(scratch("int.npy"), Tensor<std::int64_t>(Shape::parse("a:2,b:3,c:4")));
+  save_npy(scratch("rank2.npy"), Tensor<double>(Shape::parse("a:2,b:3")));
+  Tensor<double> nan_logits = load_npy<double>(L, {"a", "b", "c"});
+  nan_logits[3] = std::numeric_limits<double>::quiet_NaN();
+  save_npy(scratch("nan.npy"), nan_logits);
+  save_npy(scratch("imp_bad.npy"), Tensor<double>(Shape::parse("a:2,b:5")));
+  std::ofstream(scratch("garbage.npy")) << "not an npy file";
+
+  expect_rejected("gate --logits no_such_file.npy --capacity 2 --out " + out, "no_such_file.npy", out);
+  expect_rejected("gate --logits " + scratch("garbage.npy") + " --capacity 2 --out " + out, scratch("garbage.npy"), out);
+  expect_rejected("gate --logits " + scratch("int.npy") + " --capacity 2 --out " + out, "int64", out);
+  expect_rejected("gate --logits " + scratch("rank2.npy") + " --capacity 2 --out " + out, "rank", out);
+  expect_rejected("gate --logits " + scratch("nan.npy") + " --capacity 2 --out " + out, "--logits", out);
+  expect_rejected("gate --logits " + L + " --capacity 0 --out " + out, "--capacity", out);
+  expect_rejected("gate --logits " + L + " --capacity -3 --out " + out, "--capacity", out);
+  expect_rejected("gate --logits " + L + " --capacity two --out " + out, "--capacity", out);
+  expect_rejected("gate --logits " + L + " --out " + out, "--capacity", out);
+  expect_rejected("gate --logits " + L + " --capacity 2", "--out", out);
+  expect_rejected("gate --logits " + L + " --capacity 2 --policy best --out " + out, "--policy", out);
+  expect_rejected("gate --logits " + L + " --capacity 2 --normalize never --out " + out, "--normalize", out);
+  expect_rejected("gate --logits " + L + " --capacity 2 --threshold nan --out " + out, "--threshold", out);
+  expect_rejected("gate --logits " + L + " --capacity 2 --importance " + scratch("imp_bad.npy") + " --out " + out, "--importance", out);
+  expect_rejected("gate --logits " + L + " --capacity 2 --bogus --out " + out, "--bogus", out);
+  expect_rejected("gate --logits " + L + " --capacity 2 --capacity 3 --out " + out, "--capacity", out);
+  expect_rejected("gate --logits " + L + " --capacity 2 --threads 0 --out " + out, "--threads", out);
+  expect_rejected("gate --logits " + L + " --capacity", "--capacity", out);
+  expect_rejected("frobnicate --out " + out, "frobnicate", out);
+  expect_rejected("moe --inputs " + L + " --wg " + scratch("rank2.npy") + " --wi " + L + " --wo " + L + " --capacity 2 --out " + out,
+                  "--wg", out);
+  expect_rejected("moe --inputs " + L + " --wg " + scratch("rank2.npy") + " --wi " + L + " --wo " + L +
+                      " --capacity 2 --activation tanh --out " + out, "--wg", out);
+  expect_rejected("truncated-gate --gates " + scratch("int.npy") + " --capacity 2 --out " + out, "--gates", out);
+  // an unwritable output directory
+  std::ofstream(scratch("a_file")) << "x";
+  const Result r = run("gate --logits " + L + " --capacity 2 --out " + scratch("a_file") + "/sub");
+  CHECK(r.status == 2);
+  CHECK(r.err.find("--out") != std::string::npos);
+}
+
+TEST_CASE("einmoe --help works for every command", "[cli]") {
+  for (const char* cmd : {"--help", "gate --help", "truncated-gate --help", "moe --help"}) {
+    INFO(cmd);
+    const Result r = run(cmd);
+    CHECK(r.status == 0);
+    CHECK(r.out.find("usage: einmoe") != std::string::npos);
+  }
+  const Result none = run("");
+  CHECK(none.status == 2);
+}

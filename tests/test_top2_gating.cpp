@@ -1,0 +1,344 @@
+#include "check.hpp"
+#include "moe_fixtures.hpp"
+#include "naive.hpp"
+
+using namespace einmoe;
+
+namespace {
+
+/// logits = log(p), so that softmax(logits) = p.
+Tensor<double> logits_of(const Shape& s, const std::vector<double>& p) {
+  Tensor<double> t(s, p);
+  for (auto& v : t) v = std::log(v);
+  return t;
+}
+
+Top2Options options(index_t capacity) {
+  Top2Options o;
+  o.capacity = Dim("expert_capacity", capacity);
+  return o;
+}
+
+/// Fast and dense must agree exactly on the dense tensors (and loss).
+template <class T>
+void require_same(const Top2Result<T>& f, const DenseGating<T>& d, double rtol) {
+  REQUIRE(naive::all_close(f.plan.combine_tensor(), d.combine, rtol, rtol));
+  REQUIRE(f.plan.dispatch_tensor().to_vector() == d.dispatch.to_vector());
+  REQUIRE(naive::close(f.aux_loss, d.aux_loss, rtol, rtol));
+  REQUIRE(f.stats.tokens_per_expert == d.stats.tokens_per_expert);
+  REQUIRE(f.stats.first_kept == d.stats.first_kept);
+  REQUIRE(f.stats.second_kept == d.stats.second_kept);
+  REQUIRE(f.stats.first_wanted == d.stats.first_wanted);
+  REQUIRE(f.stats.second_wanted == d.stats.second_wanted);
+}
+
+}  // namespace
+
+TEST_CASE("top-2 gating, hand-worked: 2 groups, 6 tokens, 3 experts, capacity 2", "[top2]") {
+  // Probabilities per token (group 1 has ties, broken toward the lower index).
+  const Shape s = Shape::parse("batch:2,group:6,experts:3");
+  const auto logits = logits_of(s, {.6, .3, .1, /**/ .5, .2, .3, /**/ .7, .1, .2, /**/ .2, .5, .3, /**/ .1, .2, .7,
+                                    /**/ .4, .1, .5,
+                                    /* group 1 */ .1, .8, .1, /**/ .3, .3, .4, /**/ .2, .6, .2, /**/ .25, .25, .5,
+                                    /**/ .9, .05, .05, /**/ .1, .7, .2});
+  // Worked by hand. Group 0: first choices e0 <- t0, t1 (t2 dropped: slot 2),
+  // e1 <- t3, e2 <- t4, t5. Second choices start after the kept first ones:
+  // t0 -> e1 slot 1 kept; t1, t2, t3 -> e2 slot 2 dropped; t4 -> e1 slot 2
+  // dropped; t5 -> e0 slot 2 dropped. Group 1: first e1 <- t0, t2 (t5
+  // dropped), e2 <- t1, t3, e0 <- t4; second t0 -> e0 slot 1 kept, the rest
+  // land on slot 2 and are dropped. Gates are normalized before capacity:
+  // w(a, b) = a / (a + b + 1e-9) for the first choice a and second choice b.
+  auto w = [](double a, double b) { return a / (a + b + 1e-9); };
+  Tensor<double> expect(s.with(Dim("expert_capacity", 2)));
+  auto set = [&](index_t g, index_t t, index_t e, index_t c, double v) { expect.at({g, t, e, c}) = v; };
+  set(0, 0, 0, 0, w(.6, .3));
+  set(0, 0, 1, 1, w(.3, .6));
+  set(0, 1, 0, 1, w(.5, .3));
+  set(0, 3, 1, 0, w(.5, .3));
+  set(0, 4, 2, 0, w(.7, .2));
+  set(0, 5, 2, 1, w(.5, .4));
+  set(1, 0, 1, 0, w(.8, .1));
+  set(1, 0, 0, 1, w(.1, .8));
+  set(1, 1, 2, 0, w(.4, .3));
+  set(1, 2, 1, 1, w(.6, .2));
+  set(1, 3, 2, 1, w(.5, .25));
+  set(1, 4, 0, 0, w(.9, .05));
+  // aux loss = mean_{g,e}(mean_s raw * mean_s mask_1) * 9
+  //          = 9/6 * [(2.5*3 + 1.4*1 + 2.1*2) + (1.85*1 + 2.7*3 + 1.45*2)] / 36 = 1.08125
+  const double loss = 1.08125;
+
+  const auto f = top2_gating(logits, options(2));
+  const auto d = top2_gating_dense(logits, options(2));
+  CHECK(naive::all_close(f.plan.combine_tensor(), expect, 1e-12));
+  CHECK(naive::all_close(d.combine, expect, 1e-12));
+  CHECK(f.aux_loss == Approx(loss).epsilon(1e-12));
+  CHECK(d.aux_loss == Approx(loss).epsilon(1e-12));
+  for (index_t i = 0; i < expect.size(); ++i) CHECK(d.dispatch[i] == (expect[i] != 0 ? 1.0 : 0.0));
+  // the plan itself
+  CHECK(f.plan.fill == std::vector<std::int32_t>{2, 2, 2, /**/ 2, 2, 2});
+  CHECK(f.plan.expert[2 * 2] == -1);  // group 0, token 2: first choice dropped
+  CHECK(f.stats.first_wanted == 12);
+  CHECK(f.stats.first_kept == 10);
+  CHECK(f.stats.second_wanted == 12);
+  CHECK(f.stats.second_kept == 2);
+  CHECK(f.stats.tokens_per_expert == std::vector<index_t>{4, 4, 4});
+  CHECK(f.stats.dropped_first() == Approx(2.0 / 12));
+  CHECK(f.stats.fill() == Approx(12.0 / 12));
+}
+
+TEST_CASE("top-2 gating: policies, hand-worked on one token", "[top2]") {
+  // one token, probabilities [.6, .3, .1]
+  const auto logits = logits_of(Shape::parse("group:1,experts:3"), {.6, .3, .1});
+  const double g2 = .3 / (.9 + 1e-9);
+  auto second = [&](Top2Options o, GatingInputs<double> in = {}) {
+    o.capacity = Dim("expert_capacity", 4);
+    const auto r = top2_gating(logits, o, in);
+    require_same(r, top2_gating_dense(logits, o, in), 1e-12);
+    return r.plan.expert[1] >= 0;
+  };
+  Top2Options o;
+  CHECK(second(o));
+  o.policy = SecondPolicy::none;
+  CHECK_FALSE(second(o));
+  o.policy = SecondPolicy::threshold;
+  o.threshold = g2 - 1e-6;
+  CHECK(second(o));
+  o.threshold = g2 + 1e-6;
+  CHECK_FALSE(second(o));
+  o.policy = SecondPolicy::random;
+  o.threshold = 0.5;  // keep if u < g2 / 0.5 = 0.667
+  GatingInputs<double> in;
+  in.uniform = Tensor<double>(Shape::parse("group:1"), {0.6});
+  CHECK(second(o, in));
+  in.uniform = Tensor<double>(Shape::parse("group:1"), {0.7});
+  CHECK_FALSE(second(o, in));
+  // sampling: the Gumbel draws decide; the first expert can never be chosen again
+  o.policy = SecondPolicy::sampling;
+  GatingInputs<double> gs;
+  gs.gumbel = Tensor<double>(Shape::parse("group:1,experts:3"), {100, 0, 5});
+  auto r = top2_gating(logits, [&] { auto p = o; p.capacity = Dim("expert_capacity", 4); return p; }(), gs);
+  CHECK(r.plan.expert[1] == 2);
+  CHECK(r.plan.weight[1] == Approx(.1 / (.6 + .1 + 1e-9)));
+}
+
+TEST_CASE("top-2 gating: normalize after renormalizes the kept gates", "[top2]") {
+  const auto logits = logits_of(Shape::parse("group:3,experts:2"), {.7, .3, .6, .4, .8, .2});
+  Top2Options o = options(1);
+  o.normalize = Normalize::after;
+  const auto r = top2_gating(logits, o);
+  require_same(r, top2_gating_dense(logits, o), 1e-12);
+  // t0 -> e0 slot 0 (kept), second e1 slot 0 kept -> .7/(.7+.3), .3/(1)
+  CHECK(r.plan.weight[0] == Approx(.7));
+  CHECK(r.plan.weight[1] == Approx(.3));
+  // t1: first e0 slot 1 dropped; second e1 slot 1 dropped -> nothing
+  CHECK(r.plan.expert[2] == -1);
+  CHECK(r.plan.expert[3] == -1);
+  // with normalize after, a lone kept gate becomes 1
+  o.capacity = Dim("expert_capacity", 3);
+  o.policy = SecondPolicy::none;
+  const auto r2 = top2_gating(logits, o);
+  CHECK(r2.plan.weight[2] == Approx(1.0));
+}
+
+TEST_CASE("top-2 gating: importance 1 / 0.5 / 0", "[top2]") {
+  const auto logits = logits_of(Shape::parse("group:3,experts:3"), {.5, .3, .2, .5, .3, .2, .5, .3, .2});
+  GatingInputs<double> in;
+  in.importance = Tensor<double>(Shape::parse("group:3"), {1.0, 0.5, 0.0});
+  const auto o = options(3);
+  const auto r = top2_gating(logits, o, in);
+  require_same(r, top2_gating_dense(logits, o, in), 1e-12);
+  // importance 1: two experts
+  CHECK(r.plan.expert[0] == 0);
+  CHECK(r.plan.expert[1] == 1);
+  // importance 0.5: no first choice; its second choice is its top expert
+  CHECK(r.plan.expert[2] == -1);
+  CHECK(r.plan.expert[3] == 0);
+  // importance 0: nothing
+  CHECK(r.plan.expert[4] == -1);
+  CHECK(r.plan.expert[5] == -1);
+  // all-zero importance: no routing at all, and no balancing loss
+  in.importance = Tensor<double>(Shape::parse("group:3"), 0.0);
+  const auto z = top2_gating(logits, o, in);
+  require_same(z, top2_gating_dense(logits, o, in), 1e-12);
+  for (auto e : z.plan.expert) CHECK(e == -1);
+  CHECK(z.aux_loss == 0.0);
+}
+
+TEST_CASE("top-2 gating: capacity edge cases", "[top2][edge]") {
+  const Shape s = Shape::parse("batch:2,group:7,experts:4");
+  const auto logits = naive::random_tensor<double>(s);
+  SECTION("capacity 1") {
+    const auto o = options(1);
+    const auto r = top2_gating(logits, o);
+    require_same(r, top2_gating_dense(logits, o), 1e-12);
+    for (auto f : r.plan.fill) CHECK(f <= 1);
+  }
+  SECTION("capacity larger than the group keeps every choice") {
+    const auto o = options(20);
+    const auto r = top2_gating(logits, o);
+    require_same(r, top2_gating_dense(logits, o), 1e-12);
+    CHECK(r.stats.first_kept == 14);
+    CHECK(r.stats.second_kept == 14);
+    CHECK(r.stats.dropped_first() == 0.0);
+  }
+  SECTION("all tokens choose one expert") {
+    Tensor<double> l(s, 0.0);
+    for (index_t i = 0; i < l.size(); i += 4) l[i] = 5.0;  // expert 0 first everywhere
+    const auto o = options(3);
+    const auto r = top2_gating(l, o);
+    require_same(r, top2_gating_dense(l, o), 1e-12);
+    CHECK(r.stats.first_kept == 6);      // 3 per group
+    CHECK(r.plan.fill[0] == 3);
+    CHECK(r.stats.second_kept == 6);     // ties -> expert 1 for all, 3 slots per group
+    CHECK(r.plan.fill[1] == 3);
+  }
+  SECTION("a group of one token") {
+    const auto l = naive::random_tensor<double>(Shape::parse("batch:3,group:1,experts:4"));
+    const auto r = top2_gating(l, options(1));
+    require_same(r, top2_gating_dense(l, options(1)), 1e-12);
+    CHECK(r.stats.first_kept == 3);
+    CHECK(r.stats.second_kept == 3);
+  }
+  SECTION("one expert: the second choice repeats it with weight 0") {
+    const auto l = naive::random_tensor<double>(Shape::parse("group:3,experts:1"));
+    const auto r = top2_gating(l, options(4));
+    require_same(r, top2_gating_dense(l, options(4)), 1e-12);
+    CHECK(r.plan.expert[1] == 0);
+    CHECK(r.plan.weight[1] == 0.0);
+    CHECK(r.plan.dispatch_tensor().at({0, 0, 3}) == 0.0);
+  }
+  SECTION("empty group and empty batch") {
+    const auto l = Tensor<double>(Shape::parse("batch:2,group:0,experts:4"));
+    const auto r = top2_gating(l, options(2));
+    CHECK(r.aux_loss == 0.0);
+    CHECK(r.plan.combine_tensor().size() == 0);
+    require_same(r, top2_gating_dense(l, options(2)), 1e-12);
+    const auto l0 = Tensor<double>(Shape::parse("batch:0,group:3,experts:4"));
+    CHECK(top2_gating(l0, options(2)).plan.tokens() == 0);
+  }
+  SECTION("dims in another order and several batch dims") {
+    const auto l = naive::random_tensor<double>(Shape::parse("experts:4,b1:2,group:5,b2:3"));
+    const auto r = top2_gating(l, options(2));
+    require_same(r, top2_gating_dense(l, options(2)), 1e-12);
+    CHECK(r.plan.dense_shape() == Shape::parse("b1:2,b2:3,group:5,experts:4,expert_capacity:2"));
+  }
+}
+
+TEST_CASE("top-2 gating: bad input names the dim or value", "[top2][errors]") {
+  const auto l = naive::random_tensor<double>(Shape::parse("batch:2,group:3,experts:4"));
+  Top2Options o = options(2);
+  CHECK_THROWS_NAMING(top2_gating(naive::random_tensor<double>(Shape::parse("group:3,e:4")), o), shape_error, "\"experts\"");
+  CHECK_THROWS_NAMING(top2_gating(naive::random_tensor<double>(Shape::parse("g:3,experts:4")), o), shape_error, "\"group\"");
+  o.capacity = Dim("expert_capacity", 0);
+  CHECK_THROWS_NAMING(top2_gating(l, o), value_error, "expert_capacity");
+  o = options(2);
+  Tensor<double> bad = l;
+  bad[5] = std::numeric_limits<double>::quiet_NaN();
+  CHECK_THROWS_NAMING(top2_gating(bad, o), value_error, "nan");
+  bad[5] = std::numeric_limits<double>::infinity();
+  CHECK_THROWS_NAMING(top2_gating_dense(bad, o), value_error, "inf");
+  GatingInputs<double> in;
+  in.importance = Tensor<double>(Shape::parse("batch:2,group:4"));
+  CHECK_THROWS_NAMING(top2_gating(l, o, in), shape_error, "\"group\"");
+  in.importance = Tensor<double>(Shape::parse("batch:2"));
+  CHECK_THROWS_NAMING(top2_gating(l, o, in), shape_error, "\"group\"");
+  in = {};
+  in.gumbel = Tensor<double>(Shape::parse("batch:2,group:3"));
+  CHECK_THROWS_NAMING(top2_gating(l, o, in), shape_error, "\"experts\"");
+  CHECK_THROWS_NAMING(top2_gating(naive::random_tensor<double>(Shape::parse("group:3,experts:0")), o), value_error,
+                      "\"experts\"");
+  CHECK_THROWS_NAMING(parse_second_policy("best"), value_error, "best");
+  o.capacity = Dim("group", 2);
+  CHECK_THROWS_NAMING(top2_gating(l, o), shape_error, "\"group\"");
+}
+
+TEST_CASE("top-2 gating: seeded draws are reproducible and equal explicit draws", "[top2][random]") {
+  const auto l = naive::random_tensor<double>(Shape::parse("batch:2,group:9,experts:5"));
+  Top2Options o = options(3);
+  o.seed = 99;
+  for (auto policy : {SecondPolicy::random, SecondPolicy::sampling}) {
+    o.policy = policy;
+    const auto a = top2_gating(l, o), b = top2_gating(l, o);
+    CHECK(a.plan.combine_tensor().to_vector() == b.plan.combine_tensor().to_vector());
+    GatingInputs<double> in;
+    if (policy == SecondPolicy::random) in.uniform = Rng(99).uniform<double>(Shape::parse("batch:2,group:9"));
+    else in.gumbel = Rng(99).gumbel<double>(l.shape());
+    CHECK(top2_gating(l, o, in).plan.combine_tensor().to_vector() == a.plan.combine_tensor().to_vector());
+  }
+}
+
+TEMPLATE_TEST_CASE("sparse gating equals the dense formulation on random shapes and options", "[top2][property]",
+                   float, double) {
+  for (int trial = 0; trial < 150; ++trial) {
+    auto& g = naive::rng();
+    const index_t B = std::uniform_int_distribution<index_t>(1, 3)(g);
+    const index_t S = std::uniform_int_distribution<index_t>(1, 24)(g);
+    const index_t E = std::uniform_int_distribution<index_t>(1, 6)(g);
+    const auto l = naive::random_tensor<TestType>(Shape{{"batch", B}, {"group", S}, {"experts", E}}, -3, 3);
+    Top2Options o;
+    o.capacity = Dim("expert_capacity", std::uniform_int_distribution<index_t>(1, S + 2)(g));
+    o.policy = static_cast<SecondPolicy>(trial % 5);
+    o.normalize = trial % 2 ? Normalize::after : Normalize::before;
+    o.second_place_loss = trial % 3 == 0;
+    o.threshold = 0.25;
+    o.seed = static_cast<std::uint64_t>(trial);
+    GatingInputs<TestType> in;
+    if (trial % 4 == 1) {
+      Tensor<TestType> imp(Shape{{"batch", B}, {"group", S}});
+      for (auto& v : imp) v = static_cast<TestType>(std::uniform_int_distribution<int>(0, 2)(g)) / TestType(2);
+      in.importance = imp;
+    }
+    INFO("trial " << trial);
+    require_same(top2_gating(l, o, in), top2_gating_dense(l, o, in), std::is_same<TestType, float>::value ? 1e-6 : 1e-12);
+  }
+}
+
+TEST_CASE("top-2 gating matches the numpy reference (tests/fixtures/moe)", "[top2][fixtures]") {
+  const auto cases = fixtures::cases("gate");
+  REQUIRE(cases.size() == 40);
+  for (const auto& c : cases) {
+    INFO(c.name);
+    auto run = [&](auto zero) {
+      using T = decltype(zero);
+      Top2Options o;
+      o.capacity = Dim("expert_capacity", c.integer("capacity"));
+      o.policy = parse_second_policy(c.config.at("policy"));
+      o.threshold = std::stod(c.config.at("threshold"));
+      o.normalize = c.config.at("normalize") == "after" ? Normalize::after : Normalize::before;
+      o.second_place_loss = c.integer("second_place_loss") != 0;
+      const std::vector<std::string> gse{"batch", "group", "experts"}, gs{"batch", "group"};
+      GatingInputs<T> in;
+      if (c.has("importance")) in.importance = c.load<T>("importance", gs);
+      if (c.has("uniform")) in.uniform = c.load<T>("uniform", gs);
+      if (c.has("gumbel")) in.gumbel = c.load<T>("gumbel", gse);
+      const auto logits = c.load<T>("logits", gse);
+      const std::vector<std::string> gsec{"batch", "group", "experts", "expert_capacity"};
+      const auto combine = c.load<T>("expected_combine", gsec);
+      const auto dispatch = c.load<T>("expected_dispatch", gsec);
+      const T loss = c.load<T>("expected_aux_loss", {}).item();
+      const double tol = c.f64 ? 1e-12 : 1e-5;
+      const auto f = top2_gating(logits, o, in);
+      const auto d = top2_gating_dense(logits, o, in);
+      REQUIRE(naive::all_close(f.plan.combine_tensor(), combine, tol, tol));
+      REQUIRE(naive::all_close(d.combine, combine, tol, tol));
+      REQUIRE(f.plan.dispatch_tensor().to_vector() == dispatch.to_vector());
+      REQUIRE(d.dispatch.to_vector() == dispatch.to_vector());
+      REQUIRE(naive::close(f.aux_loss, loss, tol, tol));
+      REQUIRE(naive::close(d.aux_loss, loss, tol, tol));
+    };
+    if (c.f64) run(0.0);
+    else run(0.0f);
+  }
+}
+
+TEST_CASE("the routing plan never holds a G*S*E*C tensor", "[top2][memory]") {
+  const index_t G = 4, S = 1024, E = 16, C = 160;
+  const auto l = naive::random_tensor<float>(Shape{{"batch", G}, {"group", S}, {"experts", E}});
+  Top2Options o;
+  o.capacity = Dim("expert_capacity", C);
+  const auto r = top2_gating(l, o);
+  // entries: 2 per token (expert, slot, weight); slots: G*E*C entry ids; fill: G*E
+  const std::size_t bound = static_cast<std::size_t>(G * S * 2 * (4 + 4 + 4) + G * E * C * 8 + G * E * 4);
+  CHECK(r.plan.bytes() <= bound);
+  CHECK(r.plan.bytes() * 50 < static_cast<std::size_t>(G * S * E * C) * sizeof(float));
+}
