@@ -74,3 +74,12 @@ TEST_CASE("slice, concat, shift, stack, unstack (hand-worked)", "[manip]") {
   CHECK(us[1].shape() == x.shape());
   CHECK(us[1].to_vector() == x.to_vector());
 }
+
+TEST_CASE("in_order is zero-copy when the order already matches", "[manip]") {
+  Tensor<int> x(Shape::parse("a:2,b:3"), {0, 1, 2, 3, 4, 5});
+  Tensor<int> hold;
+  CHECK(&in_order(x, x.shape(), hold) == &x);
+  const auto& t = in_order(x, Shape::parse("b:3,a:2"), hold);
+  CHECK(&t == &hold);
+  CHECK(t.to_vector() == std::vector<int>{0, 3, 1, 4, 2, 5});
+}

@@ -119,3 +119,24 @@ TEST_CASE("MoE layer: bad inputs name the dim", "[moe][errors]") {
   CHECK_THROWS_NAMING(moe_forward(naive::random_tensor<double>(Shape::parse("batch:0,length:5,model:4")), w, o), shape_error,
                       "no tokens");
 }
+
+TEST_CASE("MoE layer: forward_into reuses the output buffer and gives the same result", "[moe]") {
+  const auto w = random_layer<float>(8, 16, 4);
+  const auto x = naive::random_tensor<float>(Shape::parse("batch:2,group:12,model:8"));
+  MoEOptions o;
+  o.gating.capacity = Dim("expert_capacity", 6);
+  MoELayer<float> layer(w, o);
+  MoEOutput<float> out;
+  layer.forward_into(out, x);
+  const float* buffer = out.outputs.data();
+  const auto first = out.outputs.to_vector();
+  layer.forward_into(out, x);
+  CHECK(out.outputs.data() == buffer);
+  CHECK(out.outputs.to_vector() == first);
+  CHECK(layer.forward(x).outputs.to_vector() == first);
+  // another shape through the same layer and workspace
+  const auto y = naive::random_tensor<float>(Shape::parse("batch:3,group:5,model:8"));
+  layer.forward_into(out, y);
+  CHECK(out.outputs.shape() == y.shape());
+  CHECK(naive::all_close(out.outputs, moe_forward(y, w, o).outputs, 1e-6));
+}

@@ -86,38 +86,40 @@ void apply_dropout(const ExpertConfig& cfg, T* x, index_t n, index_t first) {
     x[i] = Rng::uniform_at(cfg.dropout_seed, static_cast<std::uint64_t>(first + i)) >= cfg.dropout ? x[i] * scale : T(0);
 }
 
-/// The weights, validated and laid out as [E,M,H], [E,H,M], [E,H], [E,M].
+/// The weights, validated, as [E,M,H], [E,H,M], [E,H], [E,M]: the caller's
+/// tensors when already in that order (no copy), else transposed copies.
 template <class T>
 struct ExpertLayout {
-  Tensor<T> wi, wo, bi, bo;
-  bool has_bi = false, has_bo = false;
+  Tensor<T> wi_hold, wo_hold, bi_hold, bo_hold;
+  const Tensor<T>* wi = nullptr;
+  const Tensor<T>* wo = nullptr;
+  const Tensor<T>* bi = nullptr;
+  const Tensor<T>* bo = nullptr;
   index_t E = 0, M = 0, H = 0;
   Dim experts, model, hidden;
 };
 
 template <class T>
-ExpertLayout<T> layout_experts(const ExpertWeights<T>& w, const ExpertConfig& cfg, const char* op) {
+void layout_experts(ExpertLayout<T>& L, const ExpertWeights<T>& w, const ExpertConfig& cfg, const char* op) {
   if (!(cfg.dropout >= 0.0 && cfg.dropout < 1.0)) raise<value_error>(op, ": dropout rate ", cfg.dropout, " is not in [0, 1)");
   DimRegistry reg(op);
   reg.add(w.wi.shape(), "wi");
   reg.add(w.wo.shape(), "wo");
   if (w.bi) reg.add(w.bi->shape(), "bi");
   if (w.bo) reg.add(w.bo->shape(), "bo");
-  ExpertLayout<T> L;
   L.experts = w.wi.shape().get(cfg.experts_dim, op);
   L.model = w.wi.shape().get(cfg.model_dim, op);
   L.hidden = w.wi.shape().get(cfg.hidden_dim, op);
-  auto want = [&](const Tensor<T>& t, const Shape& s, const char* name) {
+  auto want = [&](const Tensor<T>& t, const Shape& s, Tensor<T>& hold, const char* name) {
     if (t.rank() != s.rank() || !t.shape().is_subset_of(s))
       raise<shape_error>(op, ": ", name, " has shape ", t.shape(), ", expected the dims ", s);
-    return transpose(t, s);
+    return &in_order(t, s, hold);
   };
-  L.wi = want(w.wi, Shape{L.experts, L.model, L.hidden}, "wi");
-  L.wo = want(w.wo, Shape{L.experts, L.hidden, L.model}, "wo");
-  if (w.bi) L.bi = want(*w.bi, Shape{L.experts, L.hidden}, "bi"), L.has_bi = true;
-  if (w.bo) L.bo = want(*w.bo, Shape{L.experts, L.model}, "bo"), L.has_bo = true;
+  L.wi = want(w.wi, Shape{L.experts, L.model, L.hidden}, L.wi_hold, "wi");
+  L.wo = want(w.wo, Shape{L.experts, L.hidden, L.model}, L.wo_hold, "wo");
+  if (w.bi) L.bi = want(*w.bi, Shape{L.experts, L.hidden}, L.bi_hold, "bi");
+  if (w.bo) L.bo = want(*w.bo, Shape{L.experts, L.model}, L.bo_hold, "bo");
   L.E = L.experts.size, L.M = L.model.size, L.H = L.hidden.size;
-  return L;
 }
 
 }  // namespace detail
@@ -129,7 +131,8 @@ ExpertLayout<T> layout_experts(const ExpertWeights<T>& w, const ExpertConfig& cf
 template <class T>
 Tensor<T> experts_dense(const Tensor<T>& x, const Tensor<T>& dispatch, const Tensor<T>& combine,
                         const ExpertWeights<T>& w, const ExpertConfig& cfg) {
-  const auto L = detail::layout_experts(w, cfg, "experts_dense");
+  detail::ExpertLayout<T> L;
+  detail::layout_experts(L, w, cfg, "experts_dense");
   const Shape& ds = dispatch.shape();
   // [<batch>, group, experts, capacity]: the last two dims are experts and capacity.
   if (ds.rank() < 3 || ds[ds.rank() - 2].name != cfg.experts_dim)
@@ -141,33 +144,49 @@ Tensor<T> experts_dense(const Tensor<T>& x, const Tensor<T>& dispatch, const Ten
   const Shape egcm = ei_shape.with(cap).with(L.model);
   const Shape egch = ei_shape.with(cap).with(L.hidden);
   const Tensor<T> expert_inputs = einsum({dispatch, x}, egcm);
-  Tensor<T> h = einsum({expert_inputs, L.wi}, egch);
-  if (L.has_bi) h = h + L.bi;
+  Tensor<T> h = einsum({expert_inputs, *L.wi}, egch);
+  if (L.bi) h = h + *L.bi;
   detail::apply_activation(cfg.activation, h.data(), h.size());
   detail::apply_dropout(cfg, h.data(), h.size(), 0);
-  Tensor<T> y = einsum({h, L.wo}, egcm);
-  if (L.has_bo) y = y + L.bo;
+  Tensor<T> y = einsum({h, *L.wo}, egcm);
+  if (L.bo) y = y + *L.bo;
   return einsum({combine, y}, tokens.with(L.model));
 }
 
-/// Fast experts: x [<batch>, group, model] routed by `plan` ->
-/// [<batch>, group, model]. Only filled rows are computed.
+/// Scratch memory of experts_sparse, reused across calls (buffers only
+/// grow), so that a steady-state forward pass allocates nothing large. Not
+/// for concurrent use: one workspace per thread of callers.
 template <class T>
-Tensor<T> experts_sparse(const Tensor<T>& x_in, const RoutingPlan<T>& plan, const ExpertWeights<T>& w,
-                         const ExpertConfig& cfg) {
-  const auto L = detail::layout_experts(w, cfg, "experts_sparse");
+struct ExpertWorkspace {
+  std::vector<T> x, h, y;  // gathered rows [R, M], hidden [R, H], expert outputs [R, M]
+  std::vector<index_t> offset, row_token, row_first_hidden, entry_row;
+};
+
+/// Fast experts into `out`: x [<batch>, group, model] routed by `plan` ->
+/// out [<batch>, group, model] (reallocated only if its shape differs). Only
+/// filled rows are computed.
+template <class T>
+void experts_sparse_into(Tensor<T>& out, const Tensor<T>& x_in, const RoutingPlan<T>& plan, const ExpertWeights<T>& w,
+                         const ExpertConfig& cfg, ExpertWorkspace<T>& ws) {
+  detail::ExpertLayout<T> L;
+  detail::layout_experts(L, w, cfg, "experts_sparse");
   if (L.experts != plan.experts)
     detail::raise<shape_error>("experts_sparse: dim \"", L.experts.name, "\" has size ", L.experts.size,
                                " in the weights but ", plan.experts.size, " in the routing plan");
-  const Shape tok_shape = plan.batch.with(plan.group);
-  const Shape xs = tok_shape.with(L.model);
+  const Shape xs = plan.batch.with(plan.group).with(L.model);
   if (x_in.rank() != xs.rank() || !x_in.shape().is_subset_of(xs))
     detail::raise<shape_error>("experts_sparse: inputs ", x_in.shape(), " do not match ", xs);
-  const Tensor<T> x = transpose(x_in, xs);
+  Tensor<T> x_hold;
+  const Tensor<T>& x = in_order(x_in, xs, x_hold);
   const index_t G = plan.groups(), S = plan.group.size, E = L.E, C = plan.capacity.size, M = L.M, H = L.H, K = plan.k;
+  auto grow = [](auto& v, index_t n) {
+    if (static_cast<index_t>(v.size()) < n) v.resize(detail::uz(n));
+  };
 
   // Rows: per expert, its filled nonzero slots in (group, slot) order.
-  std::vector<index_t> offset(detail::uz(E + 1), 0);
+  auto& offset = ws.offset;
+  grow(offset, E + 1);
+  offset[0] = 0;
   for (index_t e = 0; e < E; ++e) {
     index_t n = 0;
     for (index_t g = 0; g < G; ++g)
@@ -178,27 +197,33 @@ Tensor<T> experts_sparse(const Tensor<T>& x_in, const RoutingPlan<T>& plan, cons
     offset[detail::uz(e + 1)] = offset[detail::uz(e)] + n;
   }
   const index_t R = offset[detail::uz(E)];
-  std::vector<index_t> row_token(detail::uz(R)), row_first_hidden(detail::uz(R));
-  std::vector<index_t> entry_row(plan.expert.size(), -1);
+  grow(ws.row_token, R);
+  grow(ws.row_first_hidden, R);
+  ws.entry_row.assign(plan.expert.size(), -1);
   for (index_t e = 0; e < E; ++e) {
     index_t r = offset[detail::uz(e)];
     for (index_t g = 0; g < G; ++g)
       for (index_t c = 0; c < plan.fill[detail::uz(g * E + e)]; ++c) {
         const index_t entry = plan.slot_entry[detail::uz((g * E + e) * C + c)];
         if (plan.weight[detail::uz(entry)] == T(0)) continue;
-        row_token[detail::uz(r)] = entry / K;
-        row_first_hidden[detail::uz(r)] = ((e * G + g) * C + c) * H;
-        entry_row[detail::uz(entry)] = r++;
+        ws.row_token[detail::uz(r)] = entry / K;
+        ws.row_first_hidden[detail::uz(r)] = ((e * G + g) * C + c) * H;
+        ws.entry_row[detail::uz(entry)] = r++;
       }
   }
+  grow(ws.x, R * M);
+  grow(ws.h, R * H);
+  grow(ws.y, R * M);
+  T* X = ws.x.data();
+  T* Hb = ws.h.data();
+  T* Y = ws.y.data();
+  const index_t* row_token = ws.row_token.data();
 
   // Gather, then one GEMM pair per expert over its rows only.
-  Tensor<T> X(Shape{{"rows", R}, L.model}, uninitialized), Hb(Shape{{"rows", R}, L.hidden}, uninitialized),
-      Y(Shape{{"rows", R}, L.model}, uninitialized);
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static)
 #endif
-  for (index_t r = 0; r < R; ++r) std::copy_n(x.data() + row_token[detail::uz(r)] * M, M, X.data() + r * M);
+  for (index_t r = 0; r < R; ++r) std::copy_n(x.data() + row_token[r] * M, M, X + r * M);
 
   using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using Map = Eigen::Map<Mat>;
@@ -206,21 +231,21 @@ Tensor<T> experts_sparse(const Tensor<T>& x_in, const RoutingPlan<T>& plan, cons
   auto run_expert = [&](index_t e) {
     const index_t r0 = offset[detail::uz(e)], n = offset[detail::uz(e + 1)] - r0;
     if (n == 0) return;
-    CMap xe(X.data() + r0 * M, n, M);
-    Map he(Hb.data() + r0 * H, n, H);
-    Map ye(Y.data() + r0 * M, n, M);
-    he.noalias() = xe * CMap(L.wi.data() + e * M * H, M, H);
+    CMap xe(X + r0 * M, n, M);
+    Map he(Hb + r0 * H, n, H);
+    Map ye(Y + r0 * M, n, M);
+    he.noalias() = xe * CMap(L.wi->data() + e * M * H, M, H);
     for (index_t i = 0; i < n; ++i) {
-      T* hr = Hb.data() + (r0 + i) * H;
-      if (L.has_bi) {
-        const T* b = L.bi.data() + e * H;
+      T* hr = Hb + (r0 + i) * H;
+      if (L.bi) {
+        const T* b = L.bi->data() + e * H;
         for (index_t j = 0; j < H; ++j) hr[j] += b[j];
       }
       detail::apply_activation(cfg.activation, hr, H);
-      detail::apply_dropout(cfg, hr, H, row_first_hidden[detail::uz(r0 + i)]);
+      detail::apply_dropout(cfg, hr, H, ws.row_first_hidden[detail::uz(r0 + i)]);
     }
-    ye.noalias() = he * CMap(L.wo.data() + e * H * M, H, M);
-    if (L.has_bo) ye.rowwise() += Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(L.bo.data() + e * M, M);
+    ye.noalias() = he * CMap(L.wo->data() + e * H * M, H, M);
+    if (L.bo) ye.rowwise() += Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(L.bo->data() + e * M, M);
   };
   // Many experts: one per thread (Eigen then runs single-threaded inside).
   // Few: one at a time, each GEMM multi-threaded by Eigen.
@@ -233,8 +258,9 @@ Tensor<T> experts_sparse(const Tensor<T>& x_in, const RoutingPlan<T>& plan, cons
 #endif
 
   // Combine: each token sums its weighted expert rows.
-  Tensor<T> out(xs, uninitialized);
+  if (out.shape() != xs) out = Tensor<T>(xs, uninitialized);
   const index_t tokens = G * S;
+  const index_t* entry_row = ws.entry_row.data();
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static)
 #endif
@@ -242,13 +268,23 @@ Tensor<T> experts_sparse(const Tensor<T>& x_in, const RoutingPlan<T>& plan, cons
     T* o = out.data() + t * M;
     std::fill(o, o + M, T(0));
     for (index_t j = 0; j < K; ++j) {
-      const index_t r = entry_row[detail::uz(t * K + j)];
+      const index_t r = entry_row[t * K + j];
       if (r < 0) continue;
       const T wgt = plan.weight[detail::uz(t * K + j)];
-      const T* yr = Y.data() + r * M;
+      const T* yr = Y + r * M;
       for (index_t m = 0; m < M; ++m) o[m] += wgt * yr[m];
     }
   }
+}
+
+/// Fast experts: x [<batch>, group, model] routed by `plan` ->
+/// [<batch>, group, model]. Only filled rows are computed.
+template <class T>
+Tensor<T> experts_sparse(const Tensor<T>& x, const RoutingPlan<T>& plan, const ExpertWeights<T>& w,
+                         const ExpertConfig& cfg) {
+  ExpertWorkspace<T> ws;
+  Tensor<T> out(Shape(), uninitialized);
+  experts_sparse_into(out, x, plan, w, cfg, ws);
   return out;
 }
 

@@ -19,6 +19,7 @@
 // einsums instead (the oracle; same numbers, far slower).
 #pragma once
 
+#include <mutex>
 #include <optional>
 
 #include "einmoe/moe/capacity.hpp"
@@ -52,17 +53,17 @@ struct MoEOutput {
   RoutingStats stats;
 };
 
-/// One MoE feed-forward layer forward pass; see the file comment.
+/// One MoE feed-forward layer forward pass into `out` (whose buffers are
+/// reused when the shapes match), with scratch memory from `ws`.
 template <class T>
-MoEOutput<T> moe_forward(const Tensor<T>& inputs, const MoEWeights<T>& w, const MoEOptions& opt,
-                         const GatingInputs<T>& extras = {}) {
+void moe_forward_into(MoEOutput<T>& out, const Tensor<T>& inputs, const MoEWeights<T>& w, const MoEOptions& opt,
+                      const GatingInputs<T>& extras, ExpertWorkspace<T>& ws) {
   const Top2Options& g = opt.gating;
   inputs.shape().require(opt.model_dim, "moe_forward");
   // Group the tokens if the inputs are not grouped yet.
-  Tensor<T> x;
-  if (inputs.shape().has(g.group_dim)) {
-    x = inputs;
-  } else {
+  Tensor<T> grouped;
+  const bool has_groups = inputs.shape().has(g.group_dim);
+  if (!has_groups) {
     const Shape rest = inputs.shape().without({opt.model_dim});
     const index_t n = rest.num_elements();
     if (n == 0) detail::raise<shape_error>("moe_forward: inputs ", inputs.shape(), " hold no tokens");
@@ -70,8 +71,9 @@ MoEOutput<T> moe_forward(const Tensor<T>& inputs, const MoEWeights<T>& w, const 
     const Dim model = inputs.dim(opt.model_dim);
     Names order(rest.names());
     order.list.push_back(opt.model_dim);
-    x = reshape(transpose(inputs, order), Shape{{"moe_groups", split.num_groups}, {g.group_dim, split.group_size}, model});
+    grouped = reshape(transpose(inputs, order), Shape{{"moe_groups", split.num_groups}, {g.group_dim, split.group_size}, model});
   }
+  const Tensor<T>& x = has_groups ? inputs : grouped;
   w.wg.shape().require(opt.model_dim, "moe_forward");
   const Dim experts = w.wg.shape().get(g.experts_dim, "moe_forward");
   const Shape logits_shape = x.shape().without({opt.model_dim}).with(experts);
@@ -84,7 +86,6 @@ MoEOutput<T> moe_forward(const Tensor<T>& inputs, const MoEWeights<T>& w, const 
   cfg.dropout = opt.dropout;
   cfg.dropout_seed = opt.dropout_seed;
 
-  MoEOutput<T> out;
   if (opt.dense) {
     auto d = top2_gating_dense(logits, g, extras);
     out.outputs = experts_dense(x, d.dispatch, d.combine, w.experts, cfg);
@@ -92,30 +93,55 @@ MoEOutput<T> moe_forward(const Tensor<T>& inputs, const MoEWeights<T>& w, const 
     out.stats = std::move(d.stats);
   } else {
     auto r = top2_gating(logits, g, extras);
-    out.outputs = experts_sparse(x, r.plan, w.experts, cfg);
+    experts_sparse_into(out.outputs, x, r.plan, w.experts, cfg, ws);
     out.aux_loss = r.aux_loss;
     out.stats = std::move(r.stats);
   }
   // Back to the inputs' layout.
-  if (!inputs.shape().has(g.group_dim)) {
+  if (!has_groups) {
     Names order(inputs.shape().without({opt.model_dim}).names());
     order.list.push_back(opt.model_dim);
     std::vector<Dim> dims;
     for (const auto& n : order.list) dims.push_back(inputs.dim(n));
     out.outputs = transpose(reshape(std::move(out.outputs), Shape(dims)), inputs.shape());
-  } else {
+  } else if (out.outputs.shape() != inputs.shape()) {
     out.outputs = transpose(out.outputs, inputs.shape());
   }
+}
+
+/// One MoE feed-forward layer forward pass; see the file comment.
+template <class T>
+MoEOutput<T> moe_forward(const Tensor<T>& inputs, const MoEWeights<T>& w, const MoEOptions& opt,
+                         const GatingInputs<T>& extras = {}) {
+  MoEOutput<T> out;
+  ExpertWorkspace<T> ws;
+  moe_forward_into(out, inputs, w, opt, extras, ws);
   return out;
 }
 
-/// A layer object holding its weights and options.
+/// A layer object holding its weights, options and scratch memory.
+///
+/// forward_into reuses the output's buffers and the layer's workspace, so a
+/// steady-state forward pass allocates nothing of the size of the
+/// activations. Concurrent calls on one layer are safe: a call that finds
+/// the workspace busy uses a fresh one.
 template <class T>
 class MoELayer {
  public:
   MoELayer(MoEWeights<T> weights, MoEOptions options) : w_(std::move(weights)), opt_(std::move(options)) {}
   MoEOutput<T> forward(const Tensor<T>& inputs, const GatingInputs<T>& extras = {}) const {
-    return moe_forward(inputs, w_, opt_, extras);
+    MoEOutput<T> out;
+    forward_into(out, inputs, extras);
+    return out;
+  }
+  void forward_into(MoEOutput<T>& out, const Tensor<T>& inputs, const GatingInputs<T>& extras = {}) const {
+    std::unique_lock<std::mutex> lock(mutex_, std::try_to_lock);
+    if (lock.owns_lock()) {
+      moe_forward_into(out, inputs, w_, opt_, extras, ws_);
+    } else {
+      ExpertWorkspace<T> ws;
+      moe_forward_into(out, inputs, w_, opt_, extras, ws);
+    }
   }
   const MoEWeights<T>& weights() const { return w_; }
   const MoEOptions& options() const { return opt_; }
@@ -123,6 +149,8 @@ class MoELayer {
  private:
   MoEWeights<T> w_;
   MoEOptions opt_;
+  mutable ExpertWorkspace<T> ws_;
+  mutable std::mutex mutex_;
 };
 
 }  // namespace einmoe

@@ -45,6 +45,11 @@ inline Shape permuted_shape(const Shape& x, const std::vector<std::string>& name
 
 }  // namespace detail
 
+/// x itself when its dims are already in `shape`'s order, else a transposed
+/// copy kept in `holder`: a zero-copy "make sure of this layout".
+template <class T>
+const Tensor<T>& in_order(const Tensor<T>& x, const Shape& shape, Tensor<T>& holder);
+
 /// Reorders x's dims: [x.shape] -> [names...] (same dims, new memory order).
 template <class T>
 Tensor<T> transpose(const Tensor<T>& x, const Names& names) {
@@ -68,6 +73,13 @@ template <class T>
 Tensor<T> reshape(Tensor<T> x, const Shape& shape) {
   x.set_shape(shape);
   return x;
+}
+
+template <class T>
+const Tensor<T>& in_order(const Tensor<T>& x, const Shape& shape, Tensor<T>& holder) {
+  if (x.shape() == shape) return x;
+  holder = transpose(x, shape);
+  return holder;
 }
 
 /// Renames one dim: [.., old, ..] -> [.., new_name, ..]. Data is unchanged.
