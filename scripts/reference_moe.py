@@ -168,6 +168,101 @@ def moe_layer(x, wg, wi, wo, capacity, activation="relu", bi=None, bo=None, **ga
     return np.einsum("gsec,egcm->gsm", combine, y), loss
 
 
+def erf(x):
+    return np.vectorize(__import__("math").erf)(x)
+
+
+def cv_squared(x):
+    eps = 1e-10
+    n = x.size + eps
+    mean = np.sum(x) / n
+    var = np.sum((x - mean) ** 2) / n
+    return var / (mean ** 2 + eps)
+
+
+def noisy_top_k_gating(x, w_gate, w_noise, normal, k, train=True, noise_epsilon=1e-2):
+    """t2t NoisyTopKGating.Eval: x [B, M] -> gates [B, E], load [E], importance [E]."""
+    clean = x @ w_gate
+    E = w_gate.shape[1]
+    if w_noise is not None:
+        raw = x @ w_noise
+        stddev = (np.logaddexp(0, raw) + noise_epsilon) * (1.0 if train else 0.0)
+        noisy = clean + normal * stddev
+        logits = noisy
+    else:
+        logits = clean
+    m = min(k + 1, E)
+    # repeated argmax (ties to the lower index), as t2t's _MyTopK
+    work = logits.copy()
+    top_vals, top_idx = [], []
+    for i in range(m):
+        a = np.argmax(work, axis=1)
+        top_vals.append(work[np.arange(len(a)), a])
+        top_idx.append(a)
+        work[np.arange(len(a)), a] = -np.inf
+    top_vals, top_idx = np.stack(top_vals, 1), np.stack(top_idx, 1)
+    g = softmax(top_vals[:, :k])
+    gates = np.zeros_like(clean)
+    np.put_along_axis(gates, top_idx[:, :k], g, axis=1)
+    if w_noise is not None and k < E:
+        thr_in = top_vals[:, k:k + 1]
+        thr_out = top_vals[:, k - 1:k]
+        cdf = lambda v, sd: 0.5 * (1 + erf(v / (np.sqrt(2) * sd + 1e-20)))
+        prob = np.where(noisy > thr_in, cdf(clean - thr_in, stddev), cdf(clean - thr_out, stddev))
+        load = prob.sum(0)
+    else:
+        load = (gates > 0).sum(0).astype(x.dtype)
+    return gates, load, gates.sum(0)
+
+
+def moe_v0(x, wg, bg, wi, bi, wo, bo, loss_coef=1e-3, overhead=1.0):
+    """Mesh TF moe_v0: x [B, L, M] -> outputs [B, L, M], loss."""
+    B, L, M = x.shape
+    E = wg.shape[1]
+    C = min(L, int((L * 2 * overhead) / E))
+    gates = softmax(np.einsum("blm,me->ble", x, wg) + bg)
+    combine = truncated_top2_gating(gates, C)
+    dispatch = (combine != 0).astype(x.dtype)
+    ei = np.einsum("blec,blm->ebcm", dispatch, x)
+    h = np.maximum(np.einsum("ebcm,emh->ebch", ei, wi) + bi[:, None, None, :], 0)
+    y = np.einsum("ebch,ehm->ebcm", h, wo) + bo[:, None, None, :]
+    out = np.einsum("blec,ebcm->blm", combine, y)
+    importance = combine.sum(axis=(1, 3))
+    return out, np.array(cv_squared(importance) * loss_coef, x.dtype)
+
+
+def sentence_embeddings(x, seg):
+    """lingvo GetSentenceEmbeddings: ids global over all tokens, 0 = padding."""
+    G, S, M = x.shape
+    flat, ids = x.reshape(-1, M), seg.reshape(-1)
+    out = np.zeros_like(flat)
+    for i in np.unique(ids):
+        if i == 0:
+            continue
+        out[ids == i] = flat[ids == i].mean(0)
+    return out.reshape(G, S, M)
+
+
+def hierarchical_moe(x, wg_o, wg_i, wi, wo, co, ci):
+    """Mesh TF / t2t two-level MoE: x [B, N, M] -> outputs, outer + inner loss."""
+    logits_o = np.einsum("bnm,me->bne", x, wg_o)
+    d_o, c_o, loss_o = top2_gating(logits_o, co)
+    eio = np.einsum("bnm,bnec->ebcm", x, d_o)
+    imp = c_o.sum(axis=1).transpose(1, 0, 2)  # [E, B, C]
+    imp = 0.5 * ((imp > 0.5).astype(x.dtype) + (imp > 0).astype(x.dtype))
+    logits_i = np.einsum("ebcm,emf->ebcf", eio, wg_i)
+    Eo, B, Co, Ei = logits_i.shape
+    d_i, c_i, loss_i = top2_gating(logits_i.reshape(Eo * B, Co, Ei), ci, importance=imp.reshape(Eo * B, Co))
+    d_i = d_i.reshape(Eo, B, Co, Ei, ci)
+    c_i = c_i.reshape(Eo, B, Co, Ei, ci)
+    ein = np.einsum("ebcm,ebcfd->efbdm", eio, d_i)
+    h = np.maximum(np.einsum("efbdm,efmh->efbdh", ein, wi), 0)
+    y = np.einsum("efbdh,efhm->efbdm", h, wo)
+    yo = np.einsum("efbdm,ebcfd->ebcm", y, c_i)
+    out = np.einsum("ebcm,bnec->bnm", yo, c_o)
+    return out, np.array(loss_o + loss_i, x.dtype)
+
+
 def write_case(name, arrays, config):
     d = os.path.join(OUT, name)
     os.makedirs(d, exist_ok=True)
@@ -234,6 +329,43 @@ def main():
             if use_bias:
                 arrays.update(bi=bi, bo=bo)
             write_case(f"moe_{tname}_{activation}", arrays, dict(kind="moe", capacity=C, activation=activation))
+    # the rest of the family (float64)
+    dt = np.float64
+    for case, k, noisy, train in (("k2", 2, True, True), ("k1", 1, True, True), ("k4_all", 4, True, True),
+                                  ("eval", 2, True, False), ("clean", 2, False, True)):
+        B, M, E = 12, 5, 4
+        x = rng.normal(size=(B, M))
+        wg = rng.normal(size=(M, E))
+        wn = rng.normal(size=(M, E)) if noisy else None
+        normal = rng.normal(size=(B, E))
+        gates, load, importance = noisy_top_k_gating(x, wg, wn, normal, k, train)
+        arrays = dict(x=x, w_gate=wg, normal=normal, expected_gates=gates, expected_load=load,
+                      expected_importance=importance, expected_loss=np.array((cv_squared(importance) + cv_squared(load)) * 0.01))
+        if noisy:
+            arrays["w_noise"] = wn
+        write_case(f"noisy_{case}", arrays, dict(kind="noisy", k=k, train=int(train)))
+    for L in (8, 16):
+        B, M, H, E = 3, 5, 7, 4
+        x = rng.normal(size=(B, L, M))
+        w = dict(wg=rng.normal(size=(M, E)), bg=rng.normal(size=(E,)) * 0.1, wi=rng.normal(size=(E, M, H)) / 2,
+                 bi=rng.normal(size=(E, H)) * 0.1, wo=rng.normal(size=(E, H, M)) / 2, bo=rng.normal(size=(E, M)) * 0.1)
+        out, loss = moe_v0(x, **w)
+        write_case(f"moe_v0_l{L}", dict(inputs=x, expected_outputs=out, expected_loss=loss, **w), dict(kind="moe_v0"))
+    x = rng.normal(size=(2, 6, 3))
+    seg = np.array([[1, 1, 2, 2, 2, 0], [3, 3, 0, 1, 4, 4]], dtype=np.int64)  # id 1 spans both groups
+    emb = sentence_embeddings(x, seg)
+    wg = rng.normal(size=(3, 4))
+    d, c, loss = top2_gating(np.einsum("gsm,me->gse", emb, wg), 3, importance=(seg != 0).astype(dt))
+    write_case("sentence", dict(inputs=x, segment_ids=seg, wg=wg, expected_embeddings=emb, expected_combine=c,
+                                expected_aux_loss=loss), dict(kind="sentence", capacity=3))
+    for co, ci in ((3, 2), (6, 4)):
+        B, N, M, H, Eo, Ei = 2, 10, 4, 6, 3, 2
+        x = rng.normal(size=(B, N, M))
+        w = dict(wg_o=rng.normal(size=(M, Eo)), wg_i=rng.normal(size=(Eo, M, Ei)),
+                 wi=rng.normal(size=(Eo, Ei, M, H)) / 2, wo=rng.normal(size=(Eo, Ei, H, M)) / 2)
+        out, loss = hierarchical_moe(x, co=co, ci=ci, **w)
+        write_case(f"hierarchical_co{co}_ci{ci}", dict(inputs=x, expected_outputs=out, expected_aux_loss=loss, **w),
+                   dict(kind="hierarchical", outer_capacity=co, inner_capacity=ci))
     print(f"wrote fixtures to {os.path.normpath(OUT)}")
 
 

@@ -13,6 +13,7 @@
 // G is the product of the batch dims (flattened, row-major).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -86,6 +87,27 @@ struct RoutingPlan {
     Tensor<T> c = combine_tensor();
     for (auto& v : c) v = v != T(0) ? T(1) : T(0);
     return c;
+  }
+
+  /// The plan of groups [first, first + count) alone, as a plan whose batch
+  /// is `batch_shape` (count groups).
+  RoutingPlan slice_groups(index_t first, index_t count, Shape batch_shape) const {
+    if (first < 0 || count < 0 || first + count > groups() || batch_shape.num_elements() != count)
+      detail::raise<shape_error>("RoutingPlan::slice_groups: groups [", first, ", ", first + count, ") of ", groups(),
+                                 " as ", batch_shape);
+    RoutingPlan p;
+    p.reset(std::move(batch_shape), group, experts, capacity, k);
+    const index_t S = group.size, E = experts.size, C = capacity.size;
+    const index_t e0 = first * S * k, e1 = (first + count) * S * k;
+    std::copy(expert.begin() + e0, expert.begin() + e1, p.expert.begin());
+    std::copy(slot.begin() + e0, slot.begin() + e1, p.slot.begin());
+    std::copy(weight.begin() + e0, weight.begin() + e1, p.weight.begin());
+    std::copy(fill.begin() + first * E, fill.begin() + (first + count) * E, p.fill.begin());
+    for (index_t i = 0; i < count * E * C; ++i) {
+      const index_t v = slot_entry[detail::uz(first * E * C + i)];
+      p.slot_entry[detail::uz(i)] = v < 0 ? -1 : v - e0;
+    }
+    return p;
   }
 
   /// Bytes held by the plan (for memory bounds and reports).

@@ -1,0 +1,102 @@
+// einmoe/moe/moe_v0.hpp - Mesh TF's moe_v0: softmax gates, truncated top-2
+// gating per sequence, relu experts, and a cv^2 balancing loss.
+//
+//   inputs [batch, length, model]; each sequence (batch row) is one group.
+//   gates = softmax(inputs . wg + bg) over experts
+//   C = min(length, int(length * 2 * overhead / experts))       (moe_v0_capacity)
+//   combine = truncated top-2 gating of the gates with capacity C
+//   outputs = experts (relu, biases as given) dispatched and combined by it
+//   importance [batch, experts] = combine summed over length and capacity
+//   loss = cv_squared(importance) * loss_coef
+//
+// The experts map model -> model (moe_v0's output_dim = input_dim case).
+#pragma once
+
+#include <optional>
+#include <string>
+
+#include "einmoe/moe/capacity.hpp"
+#include "einmoe/moe/experts.hpp"
+#include "einmoe/moe/losses.hpp"
+#include "einmoe/moe/truncated_gating.hpp"
+#include "einmoe/ops/softmax.hpp"
+
+namespace einmoe {
+
+template <class T>
+struct MoeV0Weights {
+  Tensor<T> wg;                 ///< [model, experts]
+  std::optional<Tensor<T>> bg;  ///< [experts] (Mesh TF's dense layers have biases)
+  ExpertWeights<T> experts;     ///< wi, wo (+ bi, bo)
+};
+
+struct MoeV0Options {
+  std::string length_dim = "length";  ///< the group dim: one sequence per group
+  std::string model_dim = "model";
+  std::string hidden_dim = "hidden";
+  std::string experts_dim = "experts";
+  double loss_coef = 1e-3;
+  double overhead = 1.0;
+  bool dense = false;  ///< the one-hot formulation (oracle) instead of the sparse plan
+};
+
+template <class T>
+struct MoeV0Output {
+  Tensor<T> outputs;  ///< [batch, length, model]
+  T loss = T(0);
+  RoutingStats stats;  ///< filled on the sparse path
+};
+
+/// Mesh TF's moe_v0 forward pass; see the file comment.
+template <class T>
+MoeV0Output<T> moe_v0_forward(const Tensor<T>& inputs, const MoeV0Weights<T>& w, const MoeV0Options& o) {
+  const char* op = "moe_v0_forward";
+  const Dim length = inputs.shape().get(o.length_dim, op);
+  inputs.shape().require(o.model_dim, op);
+  const Dim experts = w.wg.shape().get(o.experts_dim, op);
+  const Shape logits_shape = inputs.shape().without({o.model_dim}).with(experts);
+  Tensor<T> logits = einsum({inputs, w.wg}, logits_shape);
+  if (w.bg) logits = logits + *w.bg;
+  const Tensor<T> gates = softmax(logits, o.experts_dim);
+  const index_t C = moe_v0_capacity(length.size, experts.size, o.overhead);
+  if (C < 1)
+    detail::raise<value_error>(op, ": capacity int(", length.size, " * 2 * ", o.overhead, " / ", experts.size,
+                               ") is 0; use longer sequences, fewer experts or more overhead");
+  Top2Options g;
+  g.capacity = Dim("expert_capacity", C);
+  g.group_dim = o.length_dim;
+  g.experts_dim = o.experts_dim;
+  ExpertConfig cfg;
+  cfg.experts_dim = o.experts_dim;
+  cfg.model_dim = o.model_dim;
+  cfg.hidden_dim = o.hidden_dim;
+  cfg.activation = Activation::relu;
+
+  MoeV0Output<T> out;
+  const Shape importance_shape = gates.shape().without({o.length_dim});  // [batch..., experts]
+  Tensor<T> importance;
+  if (o.dense) {
+    const Tensor<T> combine = truncated_top2_gating_dense(gates, g);
+    const Tensor<T> dispatch = cast<T>(not_equal(combine, T(0)));
+    out.outputs = experts_dense(inputs, dispatch, combine, w.experts, cfg);
+    importance = sum_to(combine, importance_shape);
+  } else {
+    auto r = truncated_top2_gating(gates, g);
+    out.outputs = experts_sparse(inputs, r.plan, w.experts, cfg);
+    // importance[b, e] = sum of the combine weights of row b routed to e
+    importance = Tensor<T>(r.plan.batch.with(experts));
+    const index_t S = length.size, E = experts.size;
+    for (index_t t = 0; t < r.plan.tokens(); ++t)
+      for (index_t j = 0; j < r.plan.k; ++j) {
+        const auto i = detail::uz(t * r.plan.k + j);
+        if (r.plan.expert[i] >= 0) importance[(t / S) * E + r.plan.expert[i]] += r.plan.weight[i];
+      }
+    importance = transpose(importance, importance_shape);
+    out.stats = std::move(r.stats);
+  }
+  out.outputs = transpose(out.outputs, inputs.shape());
+  out.loss = cv_squared(importance) * static_cast<T>(o.loss_coef);
+  return out;
+}
+
+}  // namespace einmoe

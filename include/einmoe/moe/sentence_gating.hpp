@@ -1,0 +1,111 @@
+// einmoe/moe/sentence_gating.hpp - lingvo's sentence- and task-level top-2
+// gating: every token of a segment is routed by its segment's mean embedding
+// (SentenceTop2Gating) or by a given task embedding (TaskTop2Gating).
+//
+//   auto emb = sentence_embeddings(x, segment_ids);     // [<batch>, group, model]
+//   auto r = sentence_top2_gating(wg, x, segment_ids, opt);
+//   auto t = task_top2_gating(wg, task_embeddings, opt);
+//
+// Segment ids follow lingvo's GetSentenceEmbeddings exactly: id 0 is padding
+// (its embedding is zero) and ids are global over all tokens of the call -
+// the same id in two groups is one segment, averaged over both. Give each
+// group its own ids to keep segments apart. Ids must lie in [0, number of
+// tokens).
+//
+// local_dispatch = false gates all tokens as one group (capacity is then per
+// expert for the whole batch): the plan has no batch dims and one group of
+// all tokens, in row-major order.
+#pragma once
+
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "einmoe/moe/top2_gating.hpp"
+#include "einmoe/ops/einsum.hpp"
+
+namespace einmoe {
+
+/// Mean embedding of each token's segment: inputs [<batch>, group, model],
+/// segment_ids (integers) [<batch>, group] -> [<batch>, group, model]; rows
+/// of segment 0 are zero.
+template <class T, class I>
+Tensor<T> sentence_embeddings(const Tensor<T>& inputs, const Tensor<I>& segment_ids, const std::string& model_dim = "model") {
+  static_assert(std::is_integral<I>::value, "sentence_embeddings: segment ids must be integers");
+  const char* op = "sentence_embeddings";
+  const Dim model = inputs.shape().get(model_dim, op);
+  const Shape tokens = inputs.shape().without({model_dim});
+  if (segment_ids.rank() != tokens.rank() || !segment_ids.shape().is_subset_of(tokens))
+    detail::raise<shape_error>(op, ": segment ids ", segment_ids.shape(), " do not match the tokens ", tokens);
+  Tensor<T> x_hold;
+  Tensor<I> id_hold;
+  const Tensor<T>& x = in_order(inputs, tokens.with(model), x_hold);
+  const Tensor<I>& ids = in_order(segment_ids, tokens, id_hold);
+  const index_t N = tokens.num_elements(), M = model.size;
+  std::vector<T> sums(detail::uz(N * M), T(0));
+  std::vector<index_t> counts(detail::uz(N), 0);
+  for (index_t t = 0; t < N; ++t) {
+    const auto id = static_cast<index_t>(ids[t]);
+    if (id < 0 || id >= std::max<index_t>(N, 1))
+      detail::raise<value_error>(op, ": segment id ", id, " (token ", t, ") is outside [0, ", N, ")");
+    if (id == 0) continue;
+    ++counts[detail::uz(id)];
+    for (index_t m = 0; m < M; ++m) sums[detail::uz(id * M + m)] += x[t * M + m];
+  }
+  Tensor<T> out(tokens.with(model));
+  for (index_t t = 0; t < N; ++t) {
+    const auto id = static_cast<index_t>(ids[t]);
+    if (id == 0) continue;
+    const T n = static_cast<T>(counts[detail::uz(id)]);
+    for (index_t m = 0; m < M; ++m) out[t * M + m] = sums[detail::uz(id * M + m)] / n;
+  }
+  return transpose(out, inputs.shape());
+}
+
+namespace detail {
+/// Gating on embeddings e [<batch>, group, model] with w [model, experts].
+template <class T>
+Top2Result<T> gate_embeddings(const Tensor<T>& w, const Tensor<T>& emb, const Top2Options& o, bool local_dispatch,
+                              const GatingInputs<T>& extras, const std::string& model_dim) {
+  const Dim experts = w.shape().get(o.experts_dim, "top2 gating on embeddings");
+  const Shape logits_shape = emb.shape().without({model_dim}).with(experts);
+  Tensor<T> logits = einsum({emb, w}, logits_shape);
+  if (local_dispatch) return top2_gating(logits, o, extras);
+  // One group of all tokens.
+  const Shape tokens = logits_shape.without({o.experts_dim});
+  Tensor<T> hold;
+  const Tensor<T> flat = reshape(in_order(logits, tokens.with(experts), hold),
+                                 Shape{Dim(o.group_dim, tokens.num_elements()), experts});
+  GatingInputs<T> fx;
+  auto flatten = [&](const std::optional<Tensor<T>>& t, const Shape& want, const Shape& to) -> std::optional<Tensor<T>> {
+    if (!t) return std::nullopt;
+    return reshape(transpose(*t, want), to);
+  };
+  const Shape ftok{Dim(o.group_dim, tokens.num_elements())};
+  fx.importance = flatten(extras.importance, tokens, ftok);
+  fx.uniform = flatten(extras.uniform, tokens, ftok);
+  fx.gumbel = flatten(extras.gumbel, tokens.with(experts), ftok.with(experts));
+  return top2_gating(flat, o, fx);
+}
+}  // namespace detail
+
+/// lingvo SentenceTop2Gating: w [model, experts], inputs [<batch>, group,
+/// model], segment_ids [<batch>, group] -> top-2 routing of every token by
+/// its segment's mean embedding.
+template <class T, class I>
+Top2Result<T> sentence_top2_gating(const Tensor<T>& w, const Tensor<T>& inputs, const Tensor<I>& segment_ids,
+                                   const Top2Options& o, bool local_dispatch = true, const GatingInputs<T>& extras = {},
+                                   const std::string& model_dim = "model") {
+  return detail::gate_embeddings(w, sentence_embeddings(inputs, segment_ids, model_dim), o, local_dispatch, extras, model_dim);
+}
+
+/// lingvo TaskTop2Gating: w [model, experts], task_embeddings [<batch>,
+/// group, model] -> top-2 routing of every token by its task embedding.
+template <class T>
+Top2Result<T> task_top2_gating(const Tensor<T>& w, const Tensor<T>& task_embeddings, const Top2Options& o,
+                               bool local_dispatch = true, const GatingInputs<T>& extras = {},
+                               const std::string& model_dim = "model") {
+  return detail::gate_embeddings(w, task_embeddings, o, local_dispatch, extras, model_dim);
+}
+
+}  // namespace einmoe
