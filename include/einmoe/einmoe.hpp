@@ -31,3 +31,4 @@
 #include "einmoe/moe/moe_v0.hpp"
 #include "einmoe/moe/sentence_gating.hpp"
 #include "einmoe/moe/hierarchical.hpp"
+#include "einmoe/moe/local_moe.hpp"

@@ -1,0 +1,34 @@
+#include "check.hpp"
+#include "naive.hpp"
+
+using namespace einmoe;
+
+TEST_CASE("local MoE equals gates -> SparseDispatcher -> per-expert FFN -> combine", "[local_moe]") {
+  const auto x = naive::random_tensor<double>(Shape::parse("batch:16,model:4"));
+  const auto wg = naive::random_tensor<double>(Shape::parse("model:4,experts:5"));
+  const auto wn = naive::random_tensor<double>(Shape::parse("model:4,experts:5"));
+  ExpertWeights<double> w;
+  w.wi = naive::random_tensor<double>(Shape::parse("experts:5,model:4,hidden:6"));
+  w.wo = naive::random_tensor<double>(Shape::parse("experts:5,hidden:6,model:4"));
+  NoisyTopKOptions o;
+  o.seed = 3;
+  Tensor<double> mult(Shape::parse("batch:16"));
+  for (index_t i = 0; i < 16; ++i) mult[i] = i % 3 == 0 ? 0.0 : 0.5;
+  const std::vector<const Tensor<double>*> multipliers{nullptr, &mult};
+  for (const Tensor<double>* m : multipliers) {
+    const auto r = local_moe_forward(x, wg, &wn, w, o, ExpertConfig{}, m);
+    auto gates = noisy_top_k_gating(x, wg, &wn, o).gates;
+    if (m) gates = gates * *m;
+    SparseDispatcher<double> d(gates);
+    const auto parts = d.dispatch(x);
+    std::vector<Tensor<double>> outs;
+    for (index_t e = 0; e < 5; ++e) {
+      const auto wi = reshape(slice(w.wi, "experts", e, 1), Shape::parse("model:4,hidden:6"));
+      const auto wo = reshape(slice(w.wo, "experts", e, 1), Shape::parse("hidden:6,model:4"));
+      outs.push_back(einsum({relu(einsum({parts[detail::uz(e)], wi})), wo}));
+    }
+    CHECK(naive::all_close(r.outputs, d.combine(outs), 1e-12));
+    CHECK(naive::all_close(r.importance, sum(gates, "batch"), 1e-12));
+    CHECK(r.loss(0.01) >= 0.0);
+  }
+}
