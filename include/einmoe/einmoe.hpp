@@ -32,3 +32,6 @@
 #include "einmoe/moe/sentence_gating.hpp"
 #include "einmoe/moe/hierarchical.hpp"
 #include "einmoe/moe/local_moe.hpp"
+#include "einmoe/attention/masks.hpp"
+#include "einmoe/decoding/beam_search.hpp"
+#include "einmoe/decoding/greedy.hpp"
