@@ -3,7 +3,10 @@
 //
 // Bad input of any kind prints one line naming the flag or file and exits
 // with status 2; outputs are written all together or not at all.
+#include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <limits>
 #include <cstdio>
 #include <iostream>
 #include <string>
@@ -26,6 +29,8 @@ const char* kUsage =
     "  gate            top-2 gating of logits [G,S,E] -> dispatch, combine [G,S,E,C], aux_loss\n"
     "  truncated-gate  Mesh TF's truncated top-2 gating of gates [G,S,E] -> combine [G,S,E,C]\n"
     "  moe             a whole MoE feed-forward layer on inputs [G,S,M] -> outputs [G,S,M], aux_loss\n"
+    "  mask            attention bias masks (causal, local-block, padding, segment) as float32 .npy\n"
+    "  beam            Mesh TF beam search on a bigram model -> ids, scores, steps\n"
     "Arrays are .npy (float32 or float64, C order); outputs keep the type of the main input.\n";
 
 const char* kGateFlags =
@@ -194,6 +199,110 @@ void run_moe(const Args& a) {
   std::printf("moe: %.3f ms\n", ms);
 }
 
+/// Loads an int32/int64 .npy as int64 with the given dim names.
+Tensor<std::int64_t> load_ids(const std::string& flag, const std::string& path, const std::vector<std::string>& names) {
+  NpyInfo info;
+  try {
+    info = read_npy_info(path);
+  } catch (const einmoe::error& e) {
+    fail(flag, " ", path, ": ", e.what());
+  }
+  if (info.dtype != DType::int32 && info.dtype != DType::int64)
+    fail(flag, " ", path, ": dtype ", dtype_name(info.dtype), ", expected int32 or int64");
+  if (info.sizes.size() != names.size()) fail(flag, " ", path, ": rank ", info.sizes.size(), ", expected ", names.size());
+  try {
+    if (info.dtype == DType::int32) return cast<std::int64_t>(load_npy<std::int32_t>(path, names));
+    return load_npy<std::int64_t>(path, names);
+  } catch (const einmoe::error& e) {
+    fail(flag, " ", path, ": ", e.what());
+  }
+}
+
+/// Writes one .npy file (atomically: nothing is left on failure).
+template <class T>
+void write_file(const std::string& path, const Tensor<T>& t) {
+  try {
+    save_npy(path, t);
+  } catch (const einmoe::error&) {
+    fail("--out ", path, ": cannot write");
+  }
+}
+
+void run_mask(const std::string& kind, const Args& a) {
+  const std::string out = a.get("--out");
+  Tensor<bool> vis;
+  if (kind == "causal") {
+    vis = causal_mask(Dim("length", a.required_integer("--length", 1)));
+  } else if (kind == "local-block") {
+    vis = local_block_mask(Dim("block_length", a.required_integer("--block", 1)));
+  } else if (kind == "padding") {
+    const auto ids = load_ids("--ids", a.get("--ids"), {"batch", "length"});
+    vis = padding_mask(ids);
+  } else {  // segment
+    const auto q = load_ids("--query", a.get("--query"), {"batch", "length"});
+    if (a.has("--memory")) {
+      const auto m = load_ids("--memory", a.get("--memory"), {"batch", "memory_length"});
+      if (m.size_of("batch") != q.size_of("batch"))
+        fail("--memory ", a.get("--memory"), ": batch ", m.size_of("batch"), " does not match --query's ", q.size_of("batch"));
+      vis = same_segment_mask(q, &m);
+    } else {
+      vis = same_segment_mask(q);
+    }
+  }
+  write_file(out, to_bias<float>(vis));
+}
+
+void run_beam(const Args& a) {
+  const std::string tp = a.get("--transitions");
+  const auto T = cli::load_float<double>("--transitions", tp, {"prev", "vocab"});
+  const index_t V = T.size_of("vocab");
+  if (T.size_of("prev") != V) fail("--transitions ", tp, ": shape ", T.shape(), " is not square [V, V]");
+  if (V < 2) fail("--transitions ", tp, ": vocab of ", V, "; beam search needs at least 2");
+  for (index_t r = 0; r < V; ++r) {
+    bool finite = false;
+    for (index_t v = 0; v < V; ++v) {
+      const double x = T[r * V + v];
+      if (std::isnan(x) || x == std::numeric_limits<double>::infinity())
+        fail("--transitions ", tp, ": element [", r, ", ", v, "] is ", x);
+      finite = finite || std::isfinite(x);
+    }
+    if (!finite) fail("--transitions ", tp, ": row ", r, " is all -inf");
+  }
+  const index_t B = a.required_integer("--batch", 1), K = a.required_integer("--beam", 1), L = a.required_integer("--length", 1);
+  a.get("--alpha");
+  const double alpha = a.real("--alpha", 0.0);
+  BeamSearchOptions o;
+  o.eos_id = a.integer("--eos", 0, 1);
+  if (o.eos_id >= V) fail("--eos: ", o.eos_id, " is not in the vocab [0, ", V, ")");
+  o.stop_early = !a.has("--no-stop-early");
+  o.decode_length = a.integer("--decode-length", 0, -1);
+  Tensor<std::int64_t> start(Shape{{"batch", B}});
+  if (a.has("--start")) {
+    start = load_ids("--start", a.get("--start"), {"batch"});
+    if (start.size() != B) fail("--start ", a.get("--start"), ": ", start.size(), " entries for --batch ", B);
+    for (auto s : start)
+      if (s < 0 || s >= V) fail("--start ", a.get("--start"), ": token ", s, " is not in [0, ", V, ")");
+  }
+  BeamLogitsFn<double> fn = [&](index_t i, const Tensor<std::int64_t>& ids, std::vector<Tensor<double>>&) {
+    Tensor<double> logits(Shape{{"batch", B}, {"beam", K}, {"vocab", V}}, uninitialized);
+    for (index_t b = 0; b < B; ++b)
+      for (index_t k = 0; k < K; ++k) {
+        const std::int64_t prev = i == 0 ? start[b] : ids[(b * K + k) * L + i - 1];
+        std::copy_n(T.data() + prev * V, V, logits.data() + (b * K + k) * V);
+      }
+    return logits;
+  };
+  const auto r = beam_search<double>(fn, Tensor<std::int64_t>(Shape{{"batch", B}, {"beam", K}, {"length", L}}), alpha, o);
+  cli::Outputs out(a.get("--out"));
+  out.add("ids.npy", r.ids);
+  out.add("scores.npy", r.scores);
+  out.add("steps.npy", Tensor<std::int64_t>::scalar(r.steps));
+  out.commit();
+  std::printf("beam: %lld steps; best score per row:", static_cast<long long>(r.steps));
+  for (index_t b = 0; b < B; ++b) std::printf(" %.6g", r.scores[b * K]);
+  std::printf("\n");
+}
+
 /// Runs `fn<float>` or `fn<double>` by the dtype of the file behind `flag`.
 template <class F32, class F64>
 void by_dtype(const Args& a, const std::string& flag, F32&& f32, F64&& f64) {
@@ -261,8 +370,50 @@ int run(const std::vector<std::string>& argv) {
     const Args a(rest, flags, cmd);
     apply_threads(a);
     by_dtype(a, "--inputs", [&] { run_moe<float>(a); }, [&] { run_moe<double>(a); });
+  } else if (cmd == "mask") {
+    const std::vector<std::string> kinds{"causal", "local-block", "padding", "segment"};
+    if (rest.empty() || rest[0] == "--help") {
+      std::printf("usage: einmoe mask <kind> [flags] --out F.npy     (float32 additive bias: 0 visible, -1e9 masked)\n"
+                  "  causal --length N                 [length, memory_length]\n"
+                  "  local-block --block N             [block_length, memory_length = 2N] (Mesh TF local block)\n"
+                  "  padding --ids IDS.npy             int32/int64 [B, L] -> [B, L] (masked where id == 0)\n"
+                  "  segment --query Q.npy [--memory K.npy]  [B, Lq] (and [B, Lm]) -> [B, Lq, Lm]\n");
+      if (rest.empty()) fail("mask: missing kind (causal, local-block, padding, segment)");
+      return 0;
+    }
+    const std::string kind = rest[0];
+    if (std::find(kinds.begin(), kinds.end(), kind) == kinds.end())
+      fail("mask: unknown kind \"", kind, "\" (causal, local-block, padding, segment)");
+    std::vector<Flag> flags{{"--out", true}, {"--help", false}};
+    if (kind == "causal") flags.push_back({"--length", true});
+    if (kind == "local-block") flags.push_back({"--block", true});
+    if (kind == "padding") flags.push_back({"--ids", true});
+    if (kind == "segment") flags.push_back({"--query", true}), flags.push_back({"--memory", true});
+    const Args a(std::vector<std::string>(rest.begin() + 1, rest.end()), flags, "mask " + kind);
+    if (a.has("--help")) return run({"mask", "--help"});
+    run_mask(kind, a);
+  } else if (cmd == "beam") {
+    const std::vector<Flag> flags{{"--transitions", true}, {"--batch", true},       {"--beam", true},
+                                  {"--length", true},      {"--alpha", true},       {"--eos", true},
+                                  {"--start", true},       {"--decode-length", true}, {"--no-stop-early", false},
+                                  {"--threads", true},     {"--out", true},         {"--help", false}};
+    if (help) {
+      std::printf("usage: einmoe beam --transitions T.npy --batch B --beam K --length L --alpha A [flags] --out DIR\n"
+                  "  --transitions T.npy      [V, V] bigram logits: step i of a beam uses row T[previous token]\n"
+                  "  --batch B, --beam K, --length L   sizes (positive)\n"
+                  "  --alpha A                length penalty exponent ((5 + i + 1) / 6)^A\n"
+                  "  --eos ID                 end-of-sequence id (default 1)\n"
+                  "  --start S.npy            int [B]: the token before step 0 per row (default 0)\n"
+                  "  --decode-length N        at most N steps (default: L)\n"
+                  "  --no-stop-early          run until the decode length\n"
+                  "  --out DIR                writes ids.npy int64 [B,K,L], scores.npy float64 [B,K], steps.npy int64\n");
+      return 0;
+    }
+    const Args a(rest, flags, cmd);
+    apply_threads(a);
+    run_beam(a);
   } else {
-    fail("unknown command \"", cmd, "\" (gate, truncated-gate, moe; see einmoe --help)");
+    fail("unknown command \"", cmd, "\" (gate, truncated-gate, moe, mask, beam; see einmoe --help)");
   }
   return 0;
 }

@@ -30,10 +30,10 @@ struct Case {
   long long integer(const std::string& k) const { return std::stoll(config.at(k)); }
 };
 
-/// The cases of a kind ("gate", "truncated", "moe").
-inline std::vector<Case> cases(const std::string& kind) {
+/// The cases of a kind ("gate", "truncated", "moe", ...) in a fixtures folder.
+inline std::vector<Case> cases(const std::string& kind, const std::string& folder = "moe") {
   std::vector<Case> out;
-  const std::filesystem::path root = std::filesystem::path(EINMOE_FIXTURES_DIR) / "moe";
+  const std::filesystem::path root = std::filesystem::path(EINMOE_FIXTURES_DIR) / folder;
   for (const auto& e : std::filesystem::directory_iterator(root)) {
     Case c;
     c.name = e.path().filename().string();
@@ -41,7 +41,7 @@ inline std::vector<Case> cases(const std::string& kind) {
     std::ifstream f(e.path() / "config.txt");
     std::string k, v;
     while (f >> k >> v) c.config[k] = v;
-    c.f64 = c.name.find("_f64") != std::string::npos;
+    c.f64 = c.name.find("_f32") == std::string::npos;
     if (c.config["kind"] == kind) out.push_back(c);
   }
   std::sort(out.begin(), out.end(), [](const Case& a, const Case& b) { return a.name < b.name; });

@@ -1,4 +1,5 @@
 #include "check.hpp"
+#include "moe_fixtures.hpp"
 #include "naive.hpp"
 
 using namespace einmoe;
@@ -162,4 +163,32 @@ TEST_CASE("greedy decoding: argmax, forced ids, EOS stop, sampling", "[greedy]")
   CHECK_THROWS_AS(greedy_decode<double>(fn, init, o), value_error);
   Tensor<std::int64_t> short_forced(Shape::parse("batch:2,length:5"));
   CHECK_THROWS_NAMING(greedy_decode<double>(fn, init, GreedyOptions{}, &short_forced), shape_error, "forced");
+}
+
+TEST_CASE("beam search matches the numpy transcription of Mesh TF on bigram models", "[beam][fixtures]") {
+  const auto cases = fixtures::cases("beam", "decoding");
+  REQUIRE(cases.size() == 5);
+  for (const auto& c : cases) {
+    INFO(c.name);
+    const auto T = c.load<double>("transitions", {"prev", "vocab"});
+    const auto start = c.load<std::int64_t>("start", {"batch"});
+    const index_t B = c.integer("batch"), K = c.integer("beam"), L = c.integer("length"), V = T.size_of("vocab");
+    BeamLogitsFn<double> fn = [&](index_t i, const Tensor<std::int64_t>& ids, std::vector<Tensor<double>>&) {
+      Tensor<double> l(Shape{{"batch", B}, {"beam", K}, {"vocab", V}});
+      for (index_t b = 0; b < B; ++b)
+        for (index_t k = 0; k < K; ++k) {
+          const std::int64_t prev = i == 0 ? start[b] : ids[(b * K + k) * L + i - 1];
+          std::copy_n(T.data() + prev * V, V, l.data() + (b * K + k) * V);
+        }
+      return l;
+    };
+    BeamSearchOptions o;
+    o.stop_early = c.integer("stop_early") != 0;
+    o.decode_length = c.integer("decode_length");
+    const auto r = beam_search<double>(fn, Tensor<std::int64_t>(Shape{{"batch", B}, {"beam", K}, {"length", L}}),
+                                       std::stod(c.config.at("alpha")), o);
+    CHECK(r.ids.to_vector() == c.load<std::int64_t>("expected_ids", {"batch", "beam", "length"}).to_vector());
+    CHECK(naive::all_close(r.scores, c.load<double>("expected_scores", {"batch", "beam"}), 1e-12, 1e-12));
+    CHECK(r.steps == c.load<std::int64_t>("expected_steps", {}).item());
+  }
 }

@@ -163,8 +163,76 @@ TEST_CASE("einmoe rejects bad input with exit status 2, one line, and no output"
   CHECK(r.err.find("--out") != std::string::npos);
 }
 
+TEST_CASE("einmoe mask writes Mesh TF's biases", "[cli][masks]") {
+  const std::string f = scratch("mask.npy");
+  REQUIRE(run("mask local-block --block 3 --out " + f).status == 0);
+  const auto lb = load_npy<float>(f, {"block_length", "memory_length"});
+  CHECK(lb.to_vector() == to_bias<float>(local_block_mask(Dim("block_length", 3))).to_vector());
+  REQUIRE(run("mask causal --length 4 --out " + f).status == 0);
+  CHECK(load_npy<float>(f, {"l", "m"}).to_vector() == to_bias<float>(causal_mask(Dim("length", 4))).to_vector());
+  const std::string ids = scratch("ids.npy");
+  const Tensor<std::int32_t> ids_t(Shape::parse("batch:2,length:3"), {4, 0, 2, 0, 0, 9});
+  save_npy(ids, ids_t);
+  REQUIRE(run("mask padding --ids " + ids + " --out " + f).status == 0);
+  CHECK(load_npy<float>(f, {"b", "m"}).to_vector() == to_bias<float>(padding_mask(ids_t)).to_vector());
+  const std::string seg = scratch("seg.npy"), mem = scratch("mem.npy");
+  const Tensor<std::int64_t> q(Shape::parse("batch:2,length:3"), {1, 1, 2, 3, 3, 3});
+  const Tensor<std::int64_t> m(Shape::parse("batch:2,memory_length:2"), {2, 1, 3, 0});
+  save_npy(seg, q);
+  save_npy(mem, m);
+  REQUIRE(run("mask segment --query " + seg + " --out " + f).status == 0);
+  CHECK(load_npy<float>(f, {"b", "l", "m"}).to_vector() == to_bias<float>(same_segment_mask(q)).to_vector());
+  REQUIRE(run("mask segment --query " + seg + " --memory " + mem + " --out " + f).status == 0);
+  CHECK(load_npy<float>(f, {"b", "l", "m"}).to_vector() == to_bias<float>(same_segment_mask(q, &m)).to_vector());
+  // bad input: exit 2, one line, no file
+  const std::string none = scratch("never.npy");
+  expect_rejected("mask causal --length 0 --out " + none, "--length", none);
+  expect_rejected("mask causal --length x --out " + none, "--length", none);
+  expect_rejected("mask diagonal --out " + none, "diagonal", none);
+  expect_rejected("mask padding --ids " + f + " --out " + none, "--ids", none);  // float32, not int
+  expect_rejected("mask padding --ids " + seg + " --length 3 --out " + none, "--length", none);
+  save_npy(scratch("mem3.npy"), Tensor<std::int64_t>(Shape::parse("batch:3,memory_length:2")));
+  expect_rejected("mask segment --query " + seg + " --memory " + scratch("mem3.npy") + " --out " + none, "--memory", none);
+}
+
+TEST_CASE("einmoe beam reproduces the numpy transcription of Mesh TF", "[cli][beam]") {
+  for (const auto& c : fixtures::cases("beam", "decoding")) {
+    INFO(c.name);
+    const std::string out = fresh_dir("beam");
+    std::string args = "beam --transitions " + c.path("transitions") + " --start " + c.path("start") + " --batch " +
+                       c.config.at("batch") + " --beam " + c.config.at("beam") + " --length " + c.config.at("length") +
+                       " --alpha " + c.config.at("alpha") + " --out " + out;
+    if (c.integer("stop_early") == 0) args += " --no-stop-early";
+    if (c.integer("decode_length") >= 0) args += " --decode-length " + c.config.at("decode_length");
+    const Result r = run(args);
+    REQUIRE(r.status == 0);
+    const std::vector<std::string> bkl{"b", "k", "l"};
+    CHECK(load_npy<std::int64_t>(out + "/ids.npy", bkl).to_vector() == c.load<std::int64_t>("expected_ids", bkl).to_vector());
+    CHECK(naive::all_close(load_npy<double>(out + "/scores.npy", {"b", "k"}), c.load<double>("expected_scores", {"b", "k"}),
+                           1e-12, 1e-12));
+    CHECK(load_npy<std::int64_t>(out + "/steps.npy", {}).item() == c.load<std::int64_t>("expected_steps", {}).item());
+  }
+  const auto c = fixtures::cases("beam", "decoding").front();
+  const std::string T = c.path("transitions"), out = fresh_dir("beam_bad");
+  const std::string base = "beam --transitions " + T + " --batch 2 --beam 2 --length 4 --alpha 0.5";
+  expect_rejected(base, "--out", out);
+  expect_rejected(base + " --beam 0 --out " + out, "--beam", out);
+  expect_rejected("beam --transitions " + T + " --batch 2 --beam 2 --length 4 --out " + out, "--alpha", out);
+  expect_rejected(base + " --alpha 1 --out " + out, "--alpha", out);  // given twice
+  expect_rejected(base + " --eos 99 --out " + out, "--eos", out);
+  expect_rejected(base + " --start " + T + " --out " + out, "--start", out);
+  save_npy(scratch("rect.npy"), Tensor<double>(Shape::parse("a:2,b:3")));
+  expect_rejected("beam --transitions " + scratch("rect.npy") + " --batch 1 --beam 1 --length 2 --alpha 0 --out " + out,
+                  "--transitions", out);
+  Tensor<double> nan_t(Shape::parse("a:2,b:2"));
+  nan_t[1] = std::numeric_limits<double>::quiet_NaN();
+  save_npy(scratch("nan_t.npy"), nan_t);
+  expect_rejected("beam --transitions " + scratch("nan_t.npy") + " --batch 1 --beam 1 --length 2 --alpha 0 --out " + out,
+                  "--transitions", out);
+}
+
 TEST_CASE("einmoe --help works for every command", "[cli]") {
-  for (const char* cmd : {"--help", "gate --help", "truncated-gate --help", "moe --help"}) {
+  for (const char* cmd : {"--help", "gate --help", "truncated-gate --help", "moe --help", "mask --help", "beam --help"}) {
     INFO(cmd);
     const Result r = run(cmd);
     CHECK(r.status == 0);
