@@ -5,7 +5,7 @@
 
 #include <random>
 
-#include "einmoe/einmoe.hpp"
+#include "bench_common.hpp"
 
 namespace {
 
@@ -20,7 +20,7 @@ Tensor<T> random_tensor(const Shape& s, unsigned seed) {
   return t;
 }
 
-void set_threads(const benchmark::State& state) { set_num_threads(static_cast<int>(state.range(0))); }
+using bench::set_threads;
 
 constexpr index_t kM = 4096, kK = 512, kN = 2048;
 
@@ -65,8 +65,13 @@ void BM_EinsumExpertContraction(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * 2 * E * G * C * M * H);
 }
 
+void thread_args(benchmark::internal::Benchmark* b) {
+  b->Arg(1);
+  if (bench::all_cores() > 1) b->Arg(bench::all_cores());
+}
+
 }  // namespace
 
-BENCHMARK(BM_EinsumGemm)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_EigenGemm)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_EinsumExpertContraction)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_EinsumGemm)->Apply(thread_args)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_EigenGemm)->Apply(thread_args)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_EinsumExpertContraction)->Apply(thread_args)->Unit(benchmark::kMillisecond)->UseRealTime();

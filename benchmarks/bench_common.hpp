@@ -1,0 +1,52 @@
+// benchmarks/bench_common.hpp - shared inputs and helpers for the suite.
+#pragma once
+
+#include <benchmark/benchmark.h>
+
+#include <einmoe/einmoe.hpp>
+
+namespace bench {
+
+using namespace einmoe;
+
+/// Every benchmark takes its thread count as the last argument: 1 or all cores.
+inline int threads_arg(const benchmark::State& s) { return static_cast<int>(s.range(s.range_size() - 1)); }
+inline void set_threads(const benchmark::State& s) { set_num_threads(threads_arg(s)); }
+inline int all_cores() {
+#if defined(_OPENMP)
+  return omp_get_num_procs();
+#else
+  return 1;
+#endif
+}
+
+/// The reference configuration of the issue: G=4 groups x S=1024 tokens,
+/// M=512, H=2048, E=16, top-2, capacity factor 1.25 (C=160), relu, float32.
+struct Reference {
+  index_t G = 4, S = 1024, M = 512, H = 2048, E = 16;
+  double cf = 1.25;
+  index_t C() const { return topk_capacity(S, E, 2, cf); }
+};
+
+/// Random weights and inputs with a fixed seed.
+template <class T>
+struct Layer {
+  MoEWeights<T> w;
+  Tensor<T> x;
+  MoEOptions opt;
+  Layer(index_t G, index_t S, index_t M, index_t H, index_t E, index_t C, std::uint64_t seed = 2024) {
+    Rng rng(seed);
+    auto init = [&](const Shape& s, double scale) {
+      Tensor<T> t = rng.normal<T>(s);
+      for (auto& v : t) v = static_cast<T>(static_cast<double>(v) * scale);
+      return t;
+    };
+    w.wg = init(Shape{{"model", M}, {"experts", E}}, 1.0 / std::sqrt(double(M)));
+    w.experts.wi = init(Shape{{"experts", E}, {"model", M}, {"hidden", H}}, 1.0 / std::sqrt(double(M)));
+    w.experts.wo = init(Shape{{"experts", E}, {"hidden", H}, {"model", M}}, 1.0 / std::sqrt(double(H)));
+    x = init(Shape{{"batch", G}, {"group", S}, {"model", M}}, 1.0);
+    opt.gating.capacity = Dim("expert_capacity", C);
+  }
+};
+
+}  // namespace bench

@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""einmoe against PyTorch on the same MoE layer.
+
+PyTorch runs the GShard / DeepSpeed formulation: top-2 gating with one-hot
+masks and cumsums, then dense einsum dispatch [G,S,E,C] x [G,S,M] -> [E,G,C,M],
+the experts as batched matmuls, and einsum combine. einmoe runs the same layer
+through `einmoe moe` (sparse routing plan, GEMMs over filled rows). Identical
+inputs and weights (numpy, fixed seed); the outputs must agree; both times
+(best of --repeat, same thread count) and their ratio are printed.
+
+    /usr/bin/python3 benchmarks/compare_pytorch.py --einmoe build/release/examples/einmoe --threads 1
+
+Needs Debian's python3-torch and python3-numpy; says so and exits 2 when
+PyTorch is missing.
+"""
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+try:
+    import torch
+except ImportError:
+    print("compare_pytorch: PyTorch is not installed (Debian: apt-get install python3-torch)", file=sys.stderr)
+    sys.exit(2)
+
+
+def torch_moe(x, wg, wi, wo, C):
+    """GShard's dense formulation (Mesh TF _top_2_gating, policy all, normalize before)."""
+    G, S, M = x.shape
+    E = wg.shape[1]
+    raw = torch.softmax(torch.einsum("gsm,me->gse", x, wg), dim=-1)
+    index_1 = torch.argmax(raw, dim=-1)
+    mask_1 = torch.nn.functional.one_hot(index_1, E).to(x.dtype)
+    gate_1 = (raw * mask_1).sum(-1)
+    without = raw * (1.0 - mask_1)
+    index_2 = torch.argmax(without, dim=-1)
+    mask_2 = torch.nn.functional.one_hot(index_2, E).to(x.dtype)
+    gate_2 = (without * mask_2).sum(-1)
+    denom = gate_1 + gate_2 + 1e-9
+    gate_1, gate_2 = gate_1 / denom, gate_2 / denom
+    pos_1 = (torch.cumsum(mask_1, 1) - mask_1) * mask_1
+    mask_1 = mask_1 * (pos_1 < C).to(x.dtype)
+    count_1 = mask_1.sum(1, keepdim=True)
+    flat_1 = mask_1.sum(-1)
+    pos_1 = pos_1.sum(-1)
+    gate_1 = gate_1 * flat_1
+    pos_2 = (torch.cumsum(mask_2, 1) - mask_2 + count_1) * mask_2
+    mask_2 = mask_2 * (pos_2 < C).to(x.dtype)
+    flat_2 = mask_2.sum(-1)
+    pos_2 = pos_2.sum(-1)
+    gate_2 = gate_2 * flat_2
+    oh = lambda i, n: torch.nn.functional.one_hot(i.clamp(max=n).long(), n + 1)[..., :n].to(x.dtype)
+    combine = ((gate_1 * flat_1)[..., None, None] * oh(index_1, E)[..., None] * oh(pos_1, C)[..., None, :]
+               + (gate_2 * flat_2)[..., None, None] * oh(index_2, E)[..., None] * oh(pos_2, C)[..., None, :])
+    dispatch = (combine != 0).to(x.dtype)
+    expert_inputs = torch.einsum("gsec,gsm->egcm", dispatch, x)
+    h = torch.relu(torch.einsum("egcm,emh->egch", expert_inputs, wi))
+    y = torch.einsum("egch,ehm->egcm", h, wo)
+    return torch.einsum("gsec,egcm->gsm", combine, y)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--einmoe", default="build/release/examples/einmoe")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--groups", type=int, default=4)
+    ap.add_argument("--group-size", type=int, default=1024)
+    ap.add_argument("--model", type=int, default=512)
+    ap.add_argument("--hidden", type=int, default=2048)
+    ap.add_argument("--experts", type=int, default=16)
+    ap.add_argument("--capacity-factor", type=float, default=1.25)
+    ap.add_argument("--repeat", type=int, default=3)
+    a = ap.parse_args()
+    if not os.path.exists(a.einmoe):
+        print(f"compare_pytorch: {a.einmoe} not found (build with: cmake --preset release && "
+              "cmake --build --preset release --target einmoe_cli)", file=sys.stderr)
+        sys.exit(2)
+    G, S, M, H, E = a.groups, a.group_size, a.model, a.hidden, a.experts
+    C = int(np.ceil(2 * a.capacity_factor * S / E))  # DeepSpeed/Tutel top-2 capacity
+    rng = np.random.default_rng(2024)
+    x = rng.normal(size=(G, S, M)).astype(np.float32)
+    wg = (rng.normal(size=(M, E)) / np.sqrt(M)).astype(np.float32)
+    wi = (rng.normal(size=(E, M, H)) / np.sqrt(M)).astype(np.float32)
+    wo = (rng.normal(size=(E, H, M)) / np.sqrt(H)).astype(np.float32)
+
+    with tempfile.TemporaryDirectory() as d:
+        for name, arr in dict(x=x, wg=wg, wi=wi, wo=wo).items():
+            np.save(os.path.join(d, name + ".npy"), arr)
+        cmd = [a.einmoe, "moe", "--inputs", f"{d}/x.npy", "--wg", f"{d}/wg.npy", "--wi", f"{d}/wi.npy",
+               "--wo", f"{d}/wo.npy", "--capacity", str(C), "--threads", str(a.threads), "--repeat", str(a.repeat),
+               "--out", f"{d}/out"]
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        if run.returncode != 0:
+            print("compare_pytorch: einmoe failed: " + run.stderr.strip(), file=sys.stderr)
+            sys.exit(1)
+        einmoe_ms = float(re.search(r"best of \d+: ([0-9.]+) ms", run.stdout).group(1))
+        ours = np.load(f"{d}/out/outputs.npy")
+
+    torch.set_num_threads(a.threads)
+    tx, twg, twi, two = (torch.from_numpy(v) for v in (x, wg, wi, wo))
+    with torch.no_grad():
+        out = torch_moe(tx, twg, twi, two, C)  # warm up
+        best = float("inf")
+        for _ in range(a.repeat):
+            t0 = time.perf_counter()
+            out = torch_moe(tx, twg, twi, two, C)
+            best = min(best, (time.perf_counter() - t0) * 1e3)
+    theirs = out.numpy()
+    err = np.abs(ours - theirs).max() / max(1.0, np.abs(theirs).max())
+    agree = err < 1e-4
+    print(f"layer: G={G} S={S} M={M} H={H} E={E} C={C}, top-2, relu, float32, {a.threads} thread(s)")
+    print(f"PyTorch {torch.__version__} (dense einsum dispatch): {best:9.2f} ms")
+    print(f"einmoe (sparse plan):                        {einmoe_ms:9.2f} ms")
+    print(f"speedup: {best / einmoe_ms:.2f}x   outputs agree: {'yes' if agree else 'NO'} (max rel diff {err:.2e})")
+    sys.exit(0 if agree else 1)
+
+
+if __name__ == "__main__":
+    main()
