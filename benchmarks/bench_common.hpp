@@ -9,9 +9,9 @@ namespace bench {
 
 using namespace einmoe;
 
-/// Every benchmark takes its thread count as the last argument: 1 or all cores.
-inline int threads_arg(const benchmark::State& s) { return static_cast<int>(s.range(s.range_size() - 1)); }
-inline void set_threads(const benchmark::State& s) { set_num_threads(threads_arg(s)); }
+/// Every benchmark takes its thread count (1 or all cores) as its last
+/// argument, at position `index`.
+inline void set_threads(const benchmark::State& s, int index = 0) { set_num_threads(static_cast<int>(s.range(index))); }
 inline int all_cores() {
 #if defined(_OPENMP)
   return omp_get_num_procs();

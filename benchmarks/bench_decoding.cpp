@@ -6,7 +6,7 @@ namespace {
 using namespace bench;
 
 void BM_CausalMaskBias(benchmark::State& state) {
-  set_threads(state);
+  set_threads(state, 1);
   const index_t L = state.range(0);
   for (auto _ : state) {
     auto b = to_bias<float>(causal_mask(Dim("length", L)));
@@ -16,7 +16,7 @@ void BM_CausalMaskBias(benchmark::State& state) {
 }
 
 void BM_MaskedSoftmax(benchmark::State& state) {
-  set_threads(state);
+  set_threads(state, 1);
   const index_t L = state.range(0);
   const auto logits = Rng(1).normal<float>(Shape{{"heads", 8}, {"length", L}, {"memory_length", L}});
   const auto mask = causal_mask(Dim("length", L));

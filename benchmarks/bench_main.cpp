@@ -11,6 +11,7 @@
 #include <cstring>
 #include <map>
 #include <string>
+#include <vector>
 
 namespace {
 
@@ -27,7 +28,7 @@ class RatioReporter : public Base {
   void Finalize() override {
     Base::Finalize();
     std::fprintf(out_, "\nRatios (measured in this run):\n");
-    for (const std::string t : {"1", threads_max()}) {
+    for (const std::string& t : std::vector<std::string>{"1", threads_max()}) {
       if (t.empty()) continue;
       ratio("einsum GEMM throughput / Eigen GEMM", "BM_EigenGemm/" + t, "BM_EinsumGemm/" + t, ">= 0.85", t);
       ratio("MoE layer sparse time / expert-GEMM floor", "BM_MoELayer/sparse/" + t, "BM_ExpertGemmFloor/" + t,
