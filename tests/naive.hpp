@@ -123,6 +123,22 @@ Tensor<T> einsum(const std::vector<const Tensor<T>*>& xs, const Shape& out) {
   return r;
 }
 
+/// Reference mixture of experts, t2t style: SparseDispatcher dispatch, each
+/// expert relu(x . wi[e]) . wo[e] written with einsum on its rows, combine.
+/// gates [batch, experts]; x [batch, model]; wi [experts, model, hidden].
+inline Tensor<double> dispatcher_ffn(const Tensor<double>& gates, const Tensor<double>& x, const einmoe::ExpertWeights<double>& w) {
+  einmoe::SparseDispatcher<double> d(gates);
+  const auto parts = d.dispatch(x);
+  const index_t E = w.wi.size_of("experts");
+  std::vector<Tensor<double>> outs;
+  for (index_t e = 0; e < E; ++e) {
+    const auto wi = einmoe::reshape(einmoe::slice(w.wi, "experts", e, 1), w.wi.shape().without({"experts"}));
+    const auto wo = einmoe::reshape(einmoe::slice(w.wo, "experts", e, 1), w.wo.shape().without({"experts"}));
+    outs.push_back(einmoe::einsum({einmoe::relu(einmoe::einsum({parts[static_cast<std::size_t>(e)], wi})), wo}));
+  }
+  return d.combine(outs);
+}
+
 /// Relative-or-absolute closeness for property tests.
 template <class T>
 bool close(T a, T b, double rtol, double atol = 1e-12) {

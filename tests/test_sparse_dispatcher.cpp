@@ -42,13 +42,6 @@ TEST_CASE("plan_from_gates routes like SparseDispatcher, for experts_sparse", "[
   w.wo = naive::random_tensor<double>(Shape::parse("experts:5,hidden:6,model:4"));
   const auto x = naive::random_tensor<double>(Shape::parse("batch:20,model:4"));
   const auto y = experts_sparse(reshape(x, Shape::parse("group:20,model:4")), plan, w, ExpertConfig{});
-  const auto parts = d.dispatch(x);
-  std::vector<Tensor<double>> outs;
-  for (index_t e = 0; e < 5; ++e) {
-    const auto wi = reshape(slice(w.wi, "experts", e, 1), Shape::parse("model:4,hidden:6"));
-    const auto wo = reshape(slice(w.wo, "experts", e, 1), Shape::parse("hidden:6,model:4"));
-    outs.push_back(einsum({relu(einsum({parts[detail::uz(e)], wi})), wo}));
-  }
-  CHECK(naive::all_close(reshape(y, x.shape()), d.combine(outs), 1e-12));
+  CHECK(naive::all_close(reshape(y, x.shape()), naive::dispatcher_ffn(gates, x, w), 1e-12));
   CHECK_THROWS_NAMING(plan_from_gates(gates, "experts", 1), value_error, "k = 1");
 }

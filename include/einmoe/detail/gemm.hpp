@@ -3,6 +3,11 @@
 // C[b] = A[b] * B[b] for b < batch, where each matrix may be stored row- or
 // column-major (a column-major m x k map of a row-major k x m buffer is its
 // transpose, so transposed operands cost no copy).
+//
+// Every GEMM in einmoe goes through gemm_batched, so its Eigen kernels are
+// the bulk of einmoe's compile time. A project with many translation units
+// can compile them once: define EINMOE_EXTERN_GEMM everywhere, and in one
+// source file write EINMOE_INSTANTIATE_GEMM(float) (and double, ...).
 #pragma once
 
 #include <Eigen/Core>
@@ -64,3 +69,20 @@ void gemm_batched(index_t batch, index_t m, index_t n, index_t k, const T* a, Ma
 }
 
 }  // namespace einmoe::detail
+
+/// Explicit instantiation of gemm_batched<T>, for one translation unit.
+#define EINMOE_INSTANTIATE_GEMM(T)                                                                            \
+  template void einmoe::detail::gemm_batched<T>(einmoe::index_t, einmoe::index_t, einmoe::index_t, einmoe::index_t, \
+                                                const T*, einmoe::detail::MatLayout, const T*,                    \
+                                                einmoe::detail::MatLayout, T*, einmoe::detail::MatLayout)
+
+#if defined(EINMOE_EXTERN_GEMM)
+extern template void einmoe::detail::gemm_batched<float>(einmoe::index_t, einmoe::index_t, einmoe::index_t,
+                                                         einmoe::index_t, const float*, einmoe::detail::MatLayout,
+                                                         const float*, einmoe::detail::MatLayout, float*,
+                                                         einmoe::detail::MatLayout);
+extern template void einmoe::detail::gemm_batched<double>(einmoe::index_t, einmoe::index_t, einmoe::index_t,
+                                                          einmoe::index_t, const double*, einmoe::detail::MatLayout,
+                                                          const double*, einmoe::detail::MatLayout, double*,
+                                                          einmoe::detail::MatLayout);
+#endif

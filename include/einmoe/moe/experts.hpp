@@ -19,10 +19,9 @@
 #include <string>
 #include <vector>
 
-#include <Eigen/Core>
-
 #include "einmoe/core/random.hpp"
 #include "einmoe/core/threads.hpp"
+#include "einmoe/detail/gemm.hpp"
 #include "einmoe/moe/routing_plan.hpp"
 #include "einmoe/ops/einsum.hpp"
 #include "einmoe/ops/elementwise.hpp"
@@ -225,16 +224,12 @@ void experts_sparse_into(Tensor<T>& out, const Tensor<T>& x_in, const RoutingPla
 #endif
   for (index_t r = 0; r < R; ++r) std::copy_n(x.data() + row_token[r] * M, M, X + r * M);
 
-  using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  using Map = Eigen::Map<Mat>;
-  using CMap = Eigen::Map<const Mat>;
   auto run_expert = [&](index_t e) {
     const index_t r0 = offset[detail::uz(e)], n = offset[detail::uz(e + 1)] - r0;
     if (n == 0) return;
-    CMap xe(X + r0 * M, n, M);
-    Map he(Hb + r0 * H, n, H);
-    Map ye(Y + r0 * M, n, M);
-    he.noalias() = xe * CMap(L.wi->data() + e * M * H, M, H);
+    const detail::MatLayout row_major{true};
+    // h = x . wi[e] over this expert's rows (one GEMM)
+    detail::gemm_batched(1, n, H, M, X + r0 * M, row_major, L.wi->data() + e * M * H, row_major, Hb + r0 * H, row_major);
     for (index_t i = 0; i < n; ++i) {
       T* hr = Hb + (r0 + i) * H;
       if (L.bi) {
@@ -244,8 +239,13 @@ void experts_sparse_into(Tensor<T>& out, const Tensor<T>& x_in, const RoutingPla
       detail::apply_activation(cfg.activation, hr, H);
       detail::apply_dropout(cfg, hr, H, ws.row_first_hidden[detail::uz(r0 + i)]);
     }
-    ye.noalias() = he * CMap(L.wo->data() + e * H * M, H, M);
-    if (L.bo) ye.rowwise() += Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(L.bo->data() + e * M, M);
+    // y = h . wo[e] (one GEMM)
+    detail::gemm_batched(1, n, M, H, Hb + r0 * H, row_major, L.wo->data() + e * H * M, row_major, Y + r0 * M, row_major);
+    if (L.bo) {
+      const T* b = L.bo->data() + e * M;
+      for (index_t i = 0; i < n; ++i)
+        for (index_t m = 0; m < M; ++m) Y[(r0 + i) * M + m] += b[m];
+    }
   };
   // Many experts: one per thread (Eigen then runs single-threaded inside).
   // Few: one at a time, each GEMM multi-threaded by Eigen.

@@ -32,6 +32,21 @@ struct DenseGating {
   RoutingStats stats;  ///< the same statistics as the fast path, from the masks
 };
 
+namespace detail {
+/// The sources' combine tensor from the two choices:
+///   gate_1 * flat_1 * one_hot(index_1, experts) * one_hot(position_1, capacity)
+/// + gate_2 * flat_2 * one_hot(index_2, experts) * one_hot(position_2, capacity)
+/// -> [<tokens>, experts, capacity].
+template <class T>
+Tensor<T> dense_combine(const Tensor<T>& gate_1, const Tensor<T>& flat_1, const Tensor<std::int64_t>& index_1,
+                        const Tensor<T>& position_1, const Tensor<T>& gate_2, const Tensor<T>& flat_2,
+                        const Tensor<std::int64_t>& index_2, const Tensor<T>& position_2, const Dim& experts,
+                        const Dim& capacity) {
+  return gate_1 * flat_1 * one_hot<T>(index_1, experts) * one_hot<T>(cast<std::int64_t>(position_1), capacity) +
+         gate_2 * flat_2 * one_hot<T>(index_2, experts) * one_hot<T>(cast<std::int64_t>(position_2), capacity);
+}
+}  // namespace detail
+
 /// Top-2 gating, dense formulation: logits [<batch>, group, experts] ->
 /// dispatch and combine [<batch>, group, experts, expert_capacity].
 template <class T>
@@ -143,10 +158,8 @@ DenseGating<T> top2_gating_dense(const Tensor<T>& logits_in, const Top2Options& 
   for (index_t e = 0; e < p.E; ++e) out.stats.tokens_per_expert.push_back(static_cast<index_t>(per_expert[e]));
   out.stats.slots = p.G * p.E * p.C;
 
-  out.combine = gate_1 * mask_1_flat * one_hot<T>(index_1, p.experts) *
-                    one_hot<T>(cast<std::int64_t>(position_in_expert_1), p.capacity) +
-                gate_2 * mask_2_flat * one_hot<T>(index_2, p.experts) *
-                    one_hot<T>(cast<std::int64_t>(position_in_expert_2), p.capacity);
+  out.combine = detail::dense_combine(gate_1, mask_1_flat, index_1, position_in_expert_1, gate_2, mask_2_flat, index_2,
+                                      position_in_expert_2, p.experts, p.capacity);
   out.dispatch = cast<T>(not_equal(out.combine, T(0)));
   return out;
 }

@@ -23,6 +23,7 @@
 #include "einmoe/moe/gating_options.hpp"
 #include "einmoe/moe/routing_plan.hpp"
 #include "einmoe/moe/top2_gating.hpp"
+#include "einmoe/moe/top2_gating_dense.hpp"
 #include "einmoe/ops/cumsum.hpp"
 #include "einmoe/ops/elementwise.hpp"
 #include "einmoe/ops/index.hpp"
@@ -145,10 +146,8 @@ Tensor<T> truncated_top2_gating_dense(const Tensor<T>& gates_in, const Top2Optio
   const Tensor<T> denom = gate_1 + gate_2 + static_cast<T>(1e-9);
   gate_1 = gate_1 / denom;
   gate_2 = gate_2 / denom;
-  return gate_1 * mask_1_flat * one_hot<T>(index_1, p.experts) *
-             one_hot<T>(cast<std::int64_t>(position_in_expert_1), p.capacity) +
-         gate_2 * mask_2_flat * one_hot<T>(index_2, p.experts) *
-             one_hot<T>(cast<std::int64_t>(position_in_expert_2), p.capacity);
+  return detail::dense_combine(gate_1, mask_1_flat, index_1, position_in_expert_1, gate_2, mask_2_flat, index_2,
+                               position_in_expert_2, p.experts, p.capacity);
 }
 
 }  // namespace einmoe
