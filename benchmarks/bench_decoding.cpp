@@ -52,6 +52,6 @@ void thread_args(benchmark::internal::Benchmark* b) {
 
 }  // namespace
 
-BENCHMARK(BM_CausalMaskBias)->Args({2048, 1})->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_MaskedSoftmax)->Args({1024, 1})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_CausalMaskBias)->Args({2048, 1})->Args({2048, bench::all_cores()})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_MaskedSoftmax)->Args({1024, 1})->Args({1024, bench::all_cores()})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_BeamSearchStep)->Apply(thread_args)->Unit(benchmark::kMillisecond)->UseRealTime();

@@ -29,6 +29,8 @@
 #include "einmoe/ops/index.hpp"
 #include "einmoe/ops/manip.hpp"
 #include "einmoe/ops/softmax.hpp"
+#include "einmoe/detail/strided.hpp"
+#include "einmoe/detail/axis.hpp"
 
 namespace einmoe {
 
@@ -199,17 +201,22 @@ Tensor<T> masked_softmax(const Tensor<T>& logits, const Tensor<bool>& visible, c
     detail::raise<shape_error>("masked_softmax: mask ", visible.shape(), " has dims not in the logits ", logits.shape());
   const T ninf = -std::numeric_limits<T>::infinity();
   const Shape& s = logits.shape();
-  const Tensor<T> masked = zip_with(logits, visible, [ninf](T x, bool v) { return v ? x : ninf; }, &s, "masked_softmax");
-  const detail::AxisSplit ax(s, dim, "masked_softmax");
+  // Masked logits straight into the output (the mask broadcast by strides),
+  // then an in-place softmax per row: one allocation, no masked copy.
   Tensor<T> out(s, uninitialized);
+  detail::StridedLoop<3> loop{detail::sizes_of(s), {s.strides(), s.strides(), detail::strides_in(visible.shape(), s)}};
+  loop.for_each_row([&](index_t n, const std::array<index_t, 3>& base, const std::array<index_t, 3>& step) {
+    for (index_t i = 0; i < n; ++i)
+      out[base[0] + i * step[0]] = visible[base[2] + i * step[2]] ? logits[base[1] + i * step[1]] : ninf;
+  });
+  const detail::AxisSplit ax(s, dim, "masked_softmax");
   for (index_t o = 0; o < ax.outer; ++o)
     for (index_t k = 0; k < ax.inner; ++k) {
-      const T* x = masked.data() + ax.at(o, 0, k);
       T* y = out.data() + ax.at(o, 0, k);
-      if (detail::row_max(x, ax.n, ax.inner) == ninf) {
+      if (detail::row_max(y, ax.n, ax.inner) == ninf) {
         for (index_t i = 0; i < ax.n; ++i) y[i * ax.inner] = T(0);
       } else {
-        detail::softmax_row(x, y, ax.n, ax.inner);
+        detail::softmax_row(y, y, ax.n, ax.inner);  // in place
       }
     }
   return out;

@@ -34,7 +34,8 @@ T row_max(const T* x, index_t n, index_t stride) {
 }
 
 /// Softmax (or log-softmax) of one strided row. Shared by the softmax op and
-/// MoE gating so that both give bit-identical gates.
+/// MoE gating so that both give bit-identical gates. x == y (in place) is
+/// fine: each element is read before it is written.
 template <class T>
 void softmax_row(const T* x, T* y, index_t n, index_t stride, SoftmaxKind kind = SoftmaxKind::prob) {
   T m = row_max(x, n, stride);
