@@ -87,3 +87,37 @@ TEMPLATE_TEST_CASE("top_k equals a naive sort", "[index][property]", float, doub
     });
   }
 }
+
+TEST_CASE("gather and one_hot equal a naive loop on random shapes", "[index][property]") {
+  for (int trial = 0; trial < 150; ++trial) {
+    std::map<std::string, index_t> sizes;
+    for (const char* n : {"a", "b", "c", "d"}) sizes[n] = std::uniform_int_distribution<index_t>(0, 3)(naive::rng());
+    const Shape xs = naive::random_shape_with_sizes(sizes, 1, 4);
+    const std::string dim = xs[std::uniform_int_distribution<index_t>(0, xs.rank() - 1)(naive::rng())].name;
+    // indices over the other names (shared ones act as batch dims), some out of range
+    std::map<std::string, index_t> isizes = sizes;
+    isizes.erase(dim);
+    isizes["k"] = std::uniform_int_distribution<index_t>(0, 3)(naive::rng());
+    const Shape is = naive::random_shape_with_sizes(isizes, 0, 3);
+    const auto x = naive::random_tensor<double>(xs);
+    const index_t n = xs.size_of(dim);
+    const auto idx = naive::random_ints<std::int64_t>(is, -1, n);
+    const auto g = gather(x, idx, dim);
+    // shape: indices' dims, then x's other dims not in the indices
+    std::vector<Dim> want = is.dims();
+    for (const auto& d : xs)
+      if (d.name != dim && !is.has(d.name)) want.push_back(d);
+    REQUIRE(g.shape() == Shape(want));
+    naive::for_each(g.shape(), [&](const naive::Index& at) {
+      const index_t i = idx[naive::offset(is, at)];
+      naive::Index src = at;
+      src[dim] = i;
+      const double expect = (i >= 0 && i < n) ? naive::get(x, src) : 0.0;
+      REQUIRE(g[naive::offset(g.shape(), at)] == expect);
+    });
+    const auto oh = one_hot<float>(idx, Dim("hot", n));
+    naive::for_each(oh.shape(), [&](const naive::Index& at) {
+      REQUIRE(oh[naive::offset(oh.shape(), at)] == (idx[naive::offset(is, at)] == at.at("hot") ? 1.f : 0.f));
+    });
+  }
+}

@@ -83,3 +83,44 @@ TEST_CASE("in_order is zero-copy when the order already matches", "[manip]") {
   CHECK(&t == &hold);
   CHECK(t.to_vector() == std::vector<int>{0, 3, 1, 4, 2, 5});
 }
+
+TEST_CASE("slice, shift, concat, stack and unstack equal naive loops on random shapes", "[manip][property]") {
+  for (int trial = 0; trial < 150; ++trial) {
+    const Shape s = naive::random_shape(1, 4, {"a", "b", "c", "d"}, 4);
+    const std::string dim = s[std::uniform_int_distribution<index_t>(0, s.rank() - 1)(naive::rng())].name;
+    const index_t n = s.size_of(dim);
+    const auto x = naive::random_ints<std::int64_t>(s, -9, 9);
+    // slice
+    const index_t begin = std::uniform_int_distribution<index_t>(0, n)(naive::rng());
+    const index_t len = std::uniform_int_distribution<index_t>(0, n - begin)(naive::rng());
+    const auto sl = slice(x, dim, begin, len);
+    naive::for_each(sl.shape(), [&](const naive::Index& at) {
+      naive::Index src = at;
+      src[dim] += begin;
+      REQUIRE(sl[naive::offset(sl.shape(), at)] == naive::get(x, src));
+    });
+    // shift, with and without wrap
+    const index_t off = std::uniform_int_distribution<index_t>(-5, 5)(naive::rng());
+    for (bool wrap : {false, true}) {
+      const auto sh = shift(x, off, dim, wrap);
+      naive::for_each(s, [&](const naive::Index& at) {
+        index_t from = at.at(dim) - off;
+        if (wrap && n > 0) from = ((from % n) + n) % n;
+        naive::Index src = at;
+        src[dim] = from;
+        const std::int64_t expect = (from >= 0 && from < n) ? naive::get(x, src) : 0;
+        REQUIRE(sh[naive::offset(s, at)] == expect);
+      });
+    }
+    // concat of the two halves around `begin`, the second transposed, is x again
+    const auto head = slice(x, dim, 0, begin), tail = slice(x, dim, begin, n - begin);
+    auto dims = tail.shape().dims();
+    std::shuffle(dims.begin(), dims.end(), naive::rng());
+    REQUIRE(concat<std::int64_t>({head, transpose(tail, Shape(dims))}, dim).to_vector() == x.to_vector());
+    // stack at a random axis, then unstack
+    const index_t axis = std::uniform_int_distribution<index_t>(0, s.rank())(naive::rng());
+    const auto st = stack<std::int64_t>({x, x}, "copies", axis);
+    REQUIRE(st.size_of("copies") == 2);
+    for (const auto& part : unstack(st, "copies")) REQUIRE(part.to_vector() == x.to_vector());
+  }
+}
