@@ -73,11 +73,7 @@ class Tensor {
   static Tensor borrow(T* data, Shape shape) {
     if (data == nullptr && shape.num_elements() != 0)
       detail::raise<value_error>("Tensor::borrow: null data for shape ", shape);
-    Tensor t;
-    t.shape_ = std::move(shape);
-    t.owned_.reset();
-    t.data_ = data;
-    return t;
+    return Tensor(std::move(shape), data, borrow_tag{});
   }
 
   Tensor(const Tensor& other) : shape_(other.shape_) {
@@ -151,6 +147,9 @@ class Tensor {
   std::vector<T> to_vector() const { return std::vector<T>(data_, data_ + size()); }
 
  private:
+  struct borrow_tag {};
+  Tensor(Shape shape, T* data, borrow_tag) : shape_(std::move(shape)), data_(data) {}
+
   template <class Idx>
   index_t offset(const Idx& idx) const {
     if (static_cast<index_t>(idx.size()) != rank())

@@ -62,6 +62,7 @@ void moe_forward_into(MoEOutput<T>& out, const Tensor<T>& inputs, const MoEWeigh
   inputs.shape().require(opt.model_dim, "moe_forward");
   // Group the tokens if the inputs are not grouped yet.
   Tensor<T> grouped;
+  Shape flat;  // ungrouped inputs: their token dims, then the model dim
   const bool has_groups = inputs.shape().has(g.group_dim);
   if (!has_groups) {
     const Shape rest = inputs.shape().without({opt.model_dim});
@@ -69,9 +70,8 @@ void moe_forward_into(MoEOutput<T>& out, const Tensor<T>& inputs, const MoEWeigh
     if (n == 0) detail::raise<shape_error>("moe_forward: inputs ", inputs.shape(), " hold no tokens");
     const GroupSplit split = split_into_groups(n, opt.max_group_size);
     const Dim model = inputs.dim(opt.model_dim);
-    Names order(rest.names());
-    order.list.push_back(opt.model_dim);
-    grouped = reshape(transpose(inputs, order), Shape{{"moe_groups", split.num_groups}, {g.group_dim, split.group_size}, model});
+    flat = rest.with(model);
+    grouped = reshape(transpose(inputs, flat), Shape{{"moe_groups", split.num_groups}, {g.group_dim, split.group_size}, model});
   }
   const Tensor<T>& x = has_groups ? inputs : grouped;
   w.wg.shape().require(opt.model_dim, "moe_forward");
@@ -99,11 +99,7 @@ void moe_forward_into(MoEOutput<T>& out, const Tensor<T>& inputs, const MoEWeigh
   }
   // Back to the inputs' layout.
   if (!has_groups) {
-    Names order(inputs.shape().without({opt.model_dim}).names());
-    order.list.push_back(opt.model_dim);
-    std::vector<Dim> dims;
-    for (const auto& n : order.list) dims.push_back(inputs.dim(n));
-    out.outputs = transpose(reshape(std::move(out.outputs), Shape(dims)), inputs.shape());
+    out.outputs = transpose(reshape(std::move(out.outputs), flat), inputs.shape());
   } else if (out.outputs.shape() != inputs.shape()) {
     out.outputs = transpose(out.outputs, inputs.shape());
   }

@@ -36,6 +36,29 @@ struct RoutingStats {
 };
 
 template <class T>
+struct RoutingPlan;
+
+namespace detail {
+/// Sums per-group choice counts into `st` and takes tokens per expert from
+/// the plan's fill (shared by the fast gating functions).
+template <class T>
+void sum_stats(RoutingStats& st, const RoutingPlan<T>& plan, const std::vector<index_t>& wanted1,
+               const std::vector<index_t>& wanted2, const std::vector<index_t>& kept1, const std::vector<index_t>& kept2) {
+  const index_t G = plan.groups(), E = plan.experts.size;
+  st.tokens_per_expert.assign(static_cast<std::size_t>(E), 0);
+  for (index_t g = 0; g < G; ++g) {
+    const auto ug = static_cast<std::size_t>(g);
+    for (index_t e = 0; e < E; ++e) st.tokens_per_expert[static_cast<std::size_t>(e)] += plan.fill[static_cast<std::size_t>(g * E + e)];
+    st.first_wanted += wanted1[ug];
+    st.second_wanted += wanted2[ug];
+    st.first_kept += kept1[ug];
+    st.second_kept += kept2[ug];
+  }
+  st.slots = G * E * plan.capacity.size;
+}
+}  // namespace detail
+
+template <class T>
 struct RoutingPlan {
   Shape batch;      ///< the dims before the group dim, flattened into G groups
   Dim group;        ///< S tokens per group

@@ -222,20 +222,12 @@ Top2Result<T> top2_gating(const Tensor<T>& logits, const Top2Options& opt, const
 
   // Statistics.
   auto& st = r.stats;
-  st.tokens_per_expert.assign(detail::uz(E), 0);
+  detail::sum_stats(st, plan, wanted1, wanted2, kept1, kept2);
   st.density_1.assign(detail::uz(E), 0.0);
-  for (index_t g = 0; g < G; ++g) {
-    for (index_t e = 0; e < E; ++e) {
-      st.tokens_per_expert[detail::uz(e)] += plan.fill[detail::uz(g * E + e)];
+  for (index_t g = 0; g < G; ++g)
+    for (index_t e = 0; e < E; ++e)
       st.density_1[detail::uz(e)] += static_cast<double>(losses[detail::uz(g)].mask_1[detail::uz(e)]);
-    }
-    st.first_wanted += wanted1[detail::uz(g)];
-    st.second_wanted += wanted2[detail::uz(g)];
-    st.first_kept += kept1[detail::uz(g)];
-    st.second_kept += kept2[detail::uz(g)];
-  }
   for (auto& d : st.density_1) d = G * S > 0 ? d / static_cast<double>(G * S) : 0.0;
-  st.slots = G * E * C;
   return r;
 }
 

@@ -96,15 +96,8 @@ Top2Result<T> truncated_top2_gating(const Tensor<T>& gates, const Top2Options& o
     }
     w1[detail::uz(g)] = S, w2[detail::uz(g)] = S, k1[detail::uz(g)] = kk1, k2[detail::uz(g)] = kk2;
   }
-  auto& st = r.stats;
-  st.tokens_per_expert.assign(detail::uz(E), 0);
-  st.density_1.assign(detail::uz(E), 0.0);
-  for (index_t g = 0; g < G; ++g) {
-    for (index_t e = 0; e < E; ++e) st.tokens_per_expert[detail::uz(e)] += plan.fill[detail::uz(g * E + e)];
-    st.first_wanted += w1[detail::uz(g)], st.second_wanted += w2[detail::uz(g)];
-    st.first_kept += k1[detail::uz(g)], st.second_kept += k2[detail::uz(g)];
-  }
-  st.slots = G * E * C;
+  detail::sum_stats(r.stats, plan, w1, w2, k1, k2);
+  r.stats.density_1.assign(detail::uz(E), 0.0);
   return r;
 }
 
