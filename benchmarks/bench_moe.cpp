@@ -17,7 +17,7 @@ void BM_MoELayer(benchmark::State& state, bool dense) {
   Layer<float> L(r.G, r.S, r.M, r.H, r.E, r.C());
   L.opt.dense = dense;
   MoELayer<float> layer(L.w, L.opt);
-  MoEOutput<float> out;
+  MoEResult<float> out;
   index_t rows = 0;
   layer.forward_into(out, L.x);  // warm up: the layer's workspace is allocated once, in the first call
   for (auto _ : state) {
@@ -171,7 +171,7 @@ void BM_MoELayerScaling(benchmark::State& state, bool dense) {
   Layer<float> L(N / S, S, 512, 2048, 16, topk_capacity(S, 16, 2, 1.25));
   L.opt.dense = dense;
   MoELayer<float> layer(L.w, L.opt);
-  MoEOutput<float> out;
+  MoEResult<float> out;
   layer.forward_into(out, L.x);  // warm up
   for (auto _ : state) {
     layer.forward_into(out, L.x);

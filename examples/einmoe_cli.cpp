@@ -192,7 +192,7 @@ void run_moe(const Args& a) {
   // state of a model: the layer reuses its workspace and the output buffer).
   const index_t reps = a.integer("--repeat", 1, 1);
   const MoELayer<T> layer(std::move(w), o);
-  MoEOutput<T> r;
+  MoEResult<T> r;
   double best = 0;
   for (index_t rep = 0; rep < reps; ++rep) {
     const auto t0 = std::chrono::steady_clock::now();

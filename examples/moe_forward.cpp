@@ -74,7 +74,7 @@ int main(int argc, char** argv) {
               einmoe::version, static_cast<long long>(B), static_cast<long long>(L), static_cast<long long>(M),
               static_cast<long long>(H), static_cast<long long>(E), static_cast<long long>(C), cf, num_threads());
 
-  MoEOutput<float> out;
+  MoEResult<float> out;
   // forward_into reuses the output and the layer's workspace: the steady state of a model.
   const double ms = time_ms([&] { layer.forward_into(out, x); }, 3);
   const auto& s = out.stats;
@@ -90,7 +90,7 @@ int main(int argc, char** argv) {
   // The same layer the way the sources compute it: dense one-hot einsums.
   MoEOptions dense_opt = opt;
   dense_opt.dense = true;
-  MoEOutput<float> ref;
+  MoEResult<float> ref;
   const double dms = time_ms([&] { ref = moe_forward(x, w, dense_opt); }, 1);
   double max_diff = 0, max_abs = 0;
   for (index_t i = 0; i < ref.outputs.size(); ++i) {

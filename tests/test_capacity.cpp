@@ -1,5 +1,5 @@
 #include "check.hpp"
-#include "einmoe/moe/capacity.hpp"
+#include "einmoe/routers/capacity.hpp"
 
 using namespace einmoe;
 

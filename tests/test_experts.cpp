@@ -29,7 +29,7 @@ TEST_CASE("experts: hand-worked single expert, relu, biases", "[experts]") {
   // combine: token 0 -> slot 0 with 0.5, token 1 -> slot 1 with 1.0
   Tensor<double> combine(Shape::parse("batch:1,group:2,experts:1,expert_capacity:2"), {0.5, 0, 0, 1.0});
   const Tensor<double> dispatch = cast<double>(not_equal(combine, 0.0));
-  ExpertConfig cfg;
+  ExpertOptions cfg;
   // token 0: h = relu([1, -2] + [0, 1]) = [1, 0]; y = [2, 0] + [10, 20] = [12, 20]; * 0.5 = [6, 10]
   // token 1: h = relu([3, 4] + [0, 1]) = [3, 5]; y = [6, 10] + [10, 20] = [16, 30]
   const auto d = experts_dense(x, dispatch, combine, w, cfg);
@@ -57,7 +57,7 @@ TEMPLATE_TEST_CASE("experts: sparse equals dense for every activation, biases an
     o.capacity = Dim("expert_capacity", std::uniform_int_distribution<index_t>(1, S + 1)(g));
     const auto r = top2_gating(logits, o);
     const auto d = top2_gating_dense(logits, o);
-    ExpertConfig cfg;
+    ExpertOptions cfg;
     cfg.activation = static_cast<Activation>(trial % 4);
     cfg.dropout = trial % 3 == 0 ? 0.4 : 0.0;
     cfg.dropout_seed = static_cast<std::uint64_t>(trial);
@@ -78,7 +78,7 @@ TEST_CASE("experts: dropout zeroes about the given fraction and is seeded", "[ex
   Top2Options o;
   o.capacity = Dim("expert_capacity", 8);
   const auto r = top2_gating(l, o);
-  ExpertConfig cfg;
+  ExpertOptions cfg;
   const auto base = experts_sparse(x, r.plan, w, cfg);
   cfg.dropout = 0.5;
   cfg.dropout_seed = 1;
@@ -98,7 +98,7 @@ TEST_CASE("experts: bad weights name the dim", "[experts][errors]") {
   Top2Options o;
   o.capacity = Dim("expert_capacity", 2);
   const auto r = top2_gating(l, o);
-  ExpertConfig cfg;
+  ExpertOptions cfg;
   auto bad = w;
   bad.wo = naive::random_tensor<double>(Shape{{"experts", 2}, {"hidden", 5}, {"model", 3}});
   CHECK_THROWS_NAMING(experts_sparse(x, r.plan, bad, cfg), shape_error, "\"hidden\"");

@@ -16,7 +16,7 @@ TEST_CASE("local MoE equals gates -> SparseDispatcher -> per-expert FFN -> combi
   for (index_t i = 0; i < 16; ++i) mult[i] = i % 3 == 0 ? 0.0 : 0.5;
   const std::vector<const Tensor<double>*> multipliers{nullptr, &mult};
   for (const Tensor<double>* m : multipliers) {
-    const auto r = local_moe_forward(x, wg, &wn, w, o, ExpertConfig{}, m);
+    const auto r = local_moe_forward(x, wg, &wn, w, o, ExpertOptions{}, m);
     auto gates = noisy_top_k_gating(x, wg, &wn, o).gates;
     if (m) gates = gates * *m;
     CHECK(naive::all_close(r.outputs, naive::dispatcher_ffn(gates, x, w), 1e-12));

@@ -1,5 +1,5 @@
 #include "check.hpp"
-#include "einmoe/moe/losses.hpp"
+#include "einmoe/routers/losses.hpp"
 
 using namespace einmoe;
 

@@ -124,3 +124,25 @@ TEST_CASE("slice, shift, concat, stack and unstack equal naive loops on random s
     for (const auto& part : unstack(st, "copies")) REQUIRE(part.to_vector() == x.to_vector());
   }
 }
+
+TEST_CASE("transpose moves no data when only size-1 dims move", "[manip]") {
+  Tensor<float> x(Shape::parse("batch:1,length:3,model:2"), {1, 2, 3, 4, 5, 6});
+  const float* p = x.data();
+  // an rvalue is relabelled in place
+  Tensor<float> y = transpose(std::move(x), Names({"length", "batch", "model"}));
+  CHECK(y.shape() == Shape::parse("length:3,batch:1,model:2"));
+  CHECK(y.data() == p);
+  CHECK(y.at({2, 0, 1}) == 6);
+  // a real permutation still permutes
+  Tensor<float> z = transpose(std::move(y), Names({"model", "batch", "length"}));
+  CHECK(z.data() != p);
+  CHECK(z.at({1, 0, 2}) == 6);
+  // in_order gives a zero-copy view for a relabel
+  Tensor<float> w(Shape::parse("a:1,b:4"), {1, 2, 3, 4});
+  Tensor<float> hold;
+  const Tensor<float>& r = in_order(w, Shape::parse("b:4,a:1"), hold);
+  CHECK(r.shape() == Shape::parse("b:4,a:1"));
+  CHECK(r.data() == static_cast<const Tensor<float>&>(w).data());
+  CHECK(detail::is_relabel(Shape::parse("a:0,b:3"), Shape::parse("b:3,a:0")));
+  CHECK_FALSE(detail::is_relabel(Shape::parse("a:2,b:3"), Shape::parse("b:3,a:2")));
+}

@@ -126,7 +126,7 @@ TEST_CASE("MoE layer: forward_into reuses the output buffer and gives the same r
   MoEOptions o;
   o.gating.capacity = Dim("expert_capacity", 6);
   MoELayer<float> layer(w, o);
-  MoEOutput<float> out;
+  MoEResult<float> out;
   layer.forward_into(out, x);
   const float* buffer = out.outputs.data();
   const auto first = out.outputs.to_vector();

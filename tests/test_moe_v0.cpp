@@ -9,7 +9,7 @@ TEST_CASE("moe_v0 matches the numpy transcription of Mesh TF, sparse and dense",
   REQUIRE(cases.size() == 2);
   for (const auto& c : cases) {
     INFO(c.name);
-    MoeV0Weights<double> w;
+    MoEV0Weights<double> w;
     w.wg = c.load<double>("wg", {"model", "experts"});
     w.bg = c.load<double>("bg", {"experts"});
     w.experts.wi = c.load<double>("wi", {"experts", "model", "hidden"});
@@ -17,7 +17,7 @@ TEST_CASE("moe_v0 matches the numpy transcription of Mesh TF, sparse and dense",
     w.experts.wo = c.load<double>("wo", {"experts", "hidden", "model"});
     w.experts.bo = c.load<double>("bo", {"experts", "model"});
     const auto x = c.load<double>("inputs", {"batch", "length", "model"});
-    MoeV0Options o;
+    MoEV0Options o;
     for (bool dense : {false, true}) {
       o.dense = dense;
       const auto r = moe_v0_forward(x, w, o);
@@ -28,10 +28,10 @@ TEST_CASE("moe_v0 matches the numpy transcription of Mesh TF, sparse and dense",
 }
 
 TEST_CASE("moe_v0: too little capacity is a clear error", "[moe_v0][errors]") {
-  MoeV0Weights<double> w;
+  MoEV0Weights<double> w;
   w.wg = naive::random_tensor<double>(Shape::parse("model:2,experts:8"));
   w.experts.wi = naive::random_tensor<double>(Shape::parse("experts:8,model:2,hidden:3"));
   w.experts.wo = naive::random_tensor<double>(Shape::parse("experts:8,hidden:3,model:2"));
-  CHECK_THROWS_NAMING(moe_v0_forward(naive::random_tensor<double>(Shape::parse("batch:1,length:2,model:2")), w, MoeV0Options{}),
+  CHECK_THROWS_NAMING(moe_v0_forward(naive::random_tensor<double>(Shape::parse("batch:1,length:2,model:2")), w, MoEV0Options{}),
                       value_error, "capacity");
 }

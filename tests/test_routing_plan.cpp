@@ -1,5 +1,5 @@
 #include "check.hpp"
-#include "einmoe/moe/routing_plan.hpp"
+#include "einmoe/routers/routing_plan.hpp"
 
 using namespace einmoe;
 

@@ -41,7 +41,7 @@ TEST_CASE("plan_from_gates routes like SparseDispatcher, for experts_sparse", "[
   w.wi = naive::random_tensor<double>(Shape::parse("experts:5,model:4,hidden:6"));
   w.wo = naive::random_tensor<double>(Shape::parse("experts:5,hidden:6,model:4"));
   const auto x = naive::random_tensor<double>(Shape::parse("batch:20,model:4"));
-  const auto y = experts_sparse(reshape(x, Shape::parse("group:20,model:4")), plan, w, ExpertConfig{});
+  const auto y = experts_sparse(reshape(x, Shape::parse("group:20,model:4")), plan, w, ExpertOptions{});
   CHECK(naive::all_close(reshape(y, x.shape()), naive::dispatcher_ffn(gates, x, w), 1e-12));
   CHECK_THROWS_NAMING(plan_from_gates(gates, "experts", 1), value_error, "k = 1");
 }

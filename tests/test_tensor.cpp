@@ -68,3 +68,63 @@ TEST_CASE("Tensor storage is 64-byte aligned and empty tensors allocate nothing"
   Tensor<float> e2 = e;
   CHECK(e2.size() == 0);
 }
+
+TEST_CASE("Read-only views: borrow of const memory and view() read without copying and refuse writes", "[tensor]") {
+  const float buf[6] = {1, 2, 3, 4, 5, 6};
+  Tensor<float> v = Tensor<float>::borrow(buf, Shape::parse("a:2,b:3"));
+  CHECK_FALSE(v.writable());
+  CHECK(v.borrowed());
+  const Tensor<float>& cv = v;
+  CHECK(cv.data() == buf);
+  CHECK(cv.at({1, 2}) == 6);
+  CHECK_THROWS_NAMING(v.data(), value_error, "read-only");
+  CHECK_THROWS_NAMING(v.at({0, 0}) = 1, value_error, "read-only");
+  CHECK_THROWS_NAMING(v[0] = 1, value_error, "read-only");
+  CHECK_THROWS_NAMING(v.fill(0.f), value_error, "read-only");
+  CHECK_THROWS_NAMING(v.begin(), value_error, "read-only");
+  // a copy owns and is writable; the view moved keeps being read-only
+  Tensor<float> copy = v;
+  CHECK(copy.writable());
+  copy[0] = 9;
+  CHECK(buf[0] == 1);
+  Tensor<float> moved = std::move(v);
+  CHECK_FALSE(moved.writable());
+  moved.set_shape(Shape::parse("c:6"));  // relabelling is not a write
+  CHECK(static_cast<const Tensor<float>&>(moved)[5] == 6);
+
+  Tensor<int> owner(Shape::parse("a:3"), {7, 8, 9});
+  Tensor<int> alias = owner.view();
+  CHECK(static_cast<const Tensor<int>&>(alias).data() == static_cast<const Tensor<int>&>(owner).data());
+  CHECK_FALSE(alias.writable());
+  owner[1] = 80;  // the owner stays writable; the view sees the change
+  CHECK(static_cast<const Tensor<int>&>(alias)[1] == 80);
+}
+
+TEST_CASE("borrow wraps std::vector, const or not, and checks its size", "[tensor]") {
+  std::vector<double> v{1, 2, 3, 4};
+  auto t = borrow(v, Shape::parse("a:2,b:2"));
+  CHECK(t.writable());
+  t.at({1, 0}) = 30;
+  CHECK(v[2] == 30);
+  const std::vector<double>& cv = v;
+  auto r = borrow(cv, Shape::parse("n:4"));
+  CHECK_FALSE(r.writable());
+  CHECK(static_cast<const Tensor<double>&>(r).data() == v.data());
+  CHECK_THROWS_NAMING(borrow(cv, Shape::parse("n:5")), shape_error, "4 elements");
+}
+
+TEST_CASE("Sizes are overflow-checked; huge tensors are refused before allocating", "[tensor]") {
+  // 2^31 * 2^31 * 2^2 = 2^64 elements: the shape itself is an error naming the dims.
+  CHECK_THROWS_NAMING(Shape::parse("a:2147483648,b:2147483648,c:4"), shape_error, "a:2147483648");
+  // A zero-size dim does not hide an overflowing stride.
+  CHECK_THROWS_AS((Shape{Dim("z", 0), Dim("a", index_t{1} << 40), Dim("b", index_t{1} << 40)}), shape_error);
+  // 2^62 floats: the byte count itself overflows.
+  CHECK_THROWS_NAMING(Tensor<float>(Shape{{"a", index_t{1} << 62}}), shape_error, "Tensor [a:");
+  // Representable, but 2^60 floats are far more than any machine's memory.
+  CHECK_THROWS_NAMING(Tensor<float>(Shape{{"a", index_t{1} << 60}}), resource_error, "more than this machine");
+  CHECK_THROWS_AS(Tensor<double>(Shape{{"a", index_t{1} << 61}, {"b", 2}}), error);
+  // element access on a large but valid shape still checks its indices
+  const Shape big{{"a", index_t{1} << 31}, {"b", index_t{1} << 31}};
+  CHECK(big.num_elements() == index_t{1} << 62);
+  CHECK(big.strides()[0] == index_t{1} << 31);
+}

@@ -21,7 +21,7 @@ Top2Options options(index_t capacity) {
 
 /// Fast and dense must agree exactly on the dense tensors (and loss).
 template <class T>
-void require_same(const Top2Result<T>& f, const DenseGating<T>& d, double rtol) {
+void require_same(const Top2Result<T>& f, const Top2DenseResult<T>& d, double rtol) {
   REQUIRE(naive::all_close(f.plan.combine_tensor(), d.combine, rtol, rtol));
   REQUIRE(f.plan.dispatch_tensor().to_vector() == d.dispatch.to_vector());
   REQUIRE(naive::close(f.aux_loss, d.aux_loss, rtol, rtol));

@@ -21,6 +21,17 @@ TEST_CASE("borrow wraps xtensor containers without copying", "[xtensor]") {
   (void)cm;
 }
 
+TEST_CASE("borrow of a const xtensor container is a read-only view", "[xtensor]") {
+  const xt::xarray<float> a = xt::arange<float>(4.f);
+  auto t = borrow(a, {"n"});
+  CHECK_FALSE(t.writable());
+  CHECK(static_cast<const Tensor<float>&>(t).data() == a.data());
+  const xt::xtensor<double, 1> b = xt::zeros<double>({3});
+  CHECK_FALSE(borrow(b, {"n"}).writable());
+  const Tensor<float>& ct = t;
+  CHECK(as_xtensor(ct)(2) == 2.f);
+}
+
 TEST_CASE("as_xtensor adapts a tensor without copying; to_xarray copies", "[xtensor]") {
   Tensor<int> t(Shape::parse("a:2,b:2"), {1, 2, 3, 4});
   auto v = as_xtensor(t);

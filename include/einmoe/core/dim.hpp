@@ -54,6 +54,17 @@ class Shape {
       for (std::size_t j = 0; j < i; ++j)
         if (dims_[i].name == dims_[j].name)
           detail::raise<shape_error>("Shape: dim \"", dims_[i].name, "\" appears twice");
+    // Every stride and offset is a product of sizes; with zero sizes counted
+    // as 1, the largest such product is this one, so checking it once here
+    // makes every later size computation on the shape safe.
+    index_t span = 1;
+    count_ = 1;
+    for (const auto& d : dims_) {
+      if (d.size < 0) detail::raise<value_error>("Shape: dim \"", d.name, "\" has negative size ", d.size);
+      if (d.size > 0 && __builtin_mul_overflow(span, d.size, &span))
+        detail::raise<shape_error>("Shape: ", *this, " has more elements than fit in 64 bits");
+      count_ *= d.size;
+    }
   }
 
   /// Parses "batch:8,length:512" (whitespace around tokens is ignored; "" is
@@ -87,12 +98,9 @@ class Shape {
   }
 
   index_t rank() const { return static_cast<index_t>(dims_.size()); }
-  /// Number of elements (1 for rank 0).
-  index_t num_elements() const {
-    index_t n = 1;
-    for (const auto& d : dims_) n *= d.size;
-    return n;
-  }
+  /// Number of elements (1 for rank 0); never overflows (checked when the
+  /// shape was made).
+  index_t num_elements() const { return count_; }
   const std::vector<Dim>& dims() const { return dims_; }
   const Dim& operator[](index_t i) const { return dims_.at(static_cast<std::size_t>(i)); }
   auto begin() const { return dims_.begin(); }
@@ -190,6 +198,7 @@ class Shape {
 
  private:
   std::vector<Dim> dims_;
+  index_t count_ = 1;
 };
 
 /// One or more dim names as an argument: "group", std::string, or {"a", "b"}.

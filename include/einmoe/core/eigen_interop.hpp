@@ -1,11 +1,29 @@
-// einmoe/core/eigen_interop.hpp - a tensor viewed as an Eigen matrix (no copy).
+// einmoe/core/eigen_interop.hpp - zero-copy both ways between einmoe tensors
+// and Eigen matrices.
 //
-//   // x: [batch=4, length=8, model=16]
+//   // a tensor as a matrix: x [batch=4, length=8, model=16]
 //   auto m = einmoe::as_matrix(x, {"batch", "length"}, {"model"});  // 32 x 16 Map
 //
-// The row dims must be x's leading dims and the column dims the rest, both in
-// x's order (transpose first otherwise): a Map cannot reorder memory.
+//   // a matrix as a tensor, dims named in the matrix's storage order:
+//   Eigen::MatrixXf w(512, 16);                       // column-major
+//   auto t = einmoe::borrow(w, "model", "experts");   // [experts=16, model=512]
+//   const Eigen::VectorXf& b = bias;
+//   auto v = einmoe::borrow(b, "experts");            // [experts=16], read-only
+//
+// as_matrix: the row dims must be x's leading dims and the column dims the
+// rest, both in x's order (transpose first otherwise): a Map cannot reorder
+// memory.
+//
+// borrow: a column-major m x n matrix *is* a row-major [n, m] tensor, so it
+// is borrowed as [cols, rows]; a row-major one as [rows, cols]. Nothing is
+// transposed or copied, and the names say which axis is which whatever the
+// storage order. A const matrix (or one without write access) gives a
+// read-only view. The matrix must be contiguous (inner stride 1, no padding
+// between columns or rows) and outlive the tensor.
 #pragma once
+
+#include <string>
+#include <type_traits>
 
 #include <Eigen/Core>
 
@@ -44,6 +62,34 @@ inline std::pair<index_t, index_t> matrix_dims(const Shape& s, const Names& rows
   }
   return {nr, nc};
 }
+
+template <class Derived>
+using eigen_direct = std::integral_constant<bool, (int(Derived::Flags) & Eigen::DirectAccessBit) != 0>;
+
+/// The shape of a contiguous Eigen matrix in its storage order.
+template <class Derived>
+Shape eigen_shape(const Eigen::DenseBase<Derived>& m, const std::string& rows, const std::string& cols) {
+  const auto& d = m.derived();
+  const index_t r = static_cast<index_t>(d.rows()), c = static_cast<index_t>(d.cols());
+  const bool row_major = Derived::IsRowMajor;
+  const index_t inner = row_major ? c : r, outer = row_major ? r : c;
+  if (r * c > 0 && (d.innerStride() != 1 || (outer > 1 && d.outerStride() != inner)))
+    raise<shape_error>("borrow: the Eigen matrix (", r, " x ", c, ") is not contiguous (inner stride ", d.innerStride(),
+                       ", outer stride ", d.outerStride(), "); copy it into a plain matrix first");
+  return row_major ? Shape{Dim(rows, r), Dim(cols, c)} : Shape{Dim(cols, c), Dim(rows, r)};
+}
+
+template <class Derived>
+Shape eigen_vector_shape(const Eigen::DenseBase<Derived>& v, const std::string& name) {
+  const auto& d = v.derived();
+  if (d.rows() != 1 && d.cols() != 1)
+    raise<shape_error>("borrow: an Eigen matrix of ", d.rows(), " x ", d.cols(),
+                       " is not a vector; give two dim names");
+  const index_t n = static_cast<index_t>(d.size());
+  if (n > 1 && d.innerStride() != 1)
+    raise<shape_error>("borrow: the Eigen vector has inner stride ", d.innerStride(), "; copy it first");
+  return Shape{Dim(name, n)};
+}
 }  // namespace detail
 
 /// x as a row-major (prod rows) x (prod cols) matrix over x's memory.
@@ -56,6 +102,36 @@ template <class T>
 ConstMatrixMap<T> as_matrix(const Tensor<T>& x, const Names& rows, const Names& cols) {
   const auto rc = detail::matrix_dims(x.shape(), rows, cols);
   return ConstMatrixMap<T>(x.data(), rc.first, rc.second);
+}
+
+/// A tensor over a contiguous Eigen matrix (no copy), dims in storage order:
+/// row-major -> [rows, cols], column-major -> [cols, rows]. Writable when m
+/// has write access.
+template <class Derived, std::enable_if_t<detail::eigen_direct<Derived>::value, int> = 0>
+Tensor<typename Derived::Scalar> borrow(Eigen::DenseBase<Derived>& m, const std::string& rows, const std::string& cols) {
+  Shape s = detail::eigen_shape(m, rows, cols);
+  return Tensor<typename Derived::Scalar>::borrow(m.derived().data(), std::move(s));
+}
+/// A read-only tensor over a const contiguous Eigen matrix (no copy).
+template <class Derived, std::enable_if_t<detail::eigen_direct<Derived>::value, int> = 0>
+Tensor<typename Derived::Scalar> borrow(const Eigen::DenseBase<Derived>& m, const std::string& rows,
+                                        const std::string& cols) {
+  Shape s = detail::eigen_shape(m, rows, cols);
+  const typename Derived::Scalar* p = m.derived().data();
+  return Tensor<typename Derived::Scalar>::borrow(p, std::move(s));
+}
+/// A rank-1 tensor [name] over an Eigen vector (no copy).
+template <class Derived, std::enable_if_t<detail::eigen_direct<Derived>::value, int> = 0>
+Tensor<typename Derived::Scalar> borrow(Eigen::DenseBase<Derived>& v, const std::string& name) {
+  Shape s = detail::eigen_vector_shape(v, name);
+  return Tensor<typename Derived::Scalar>::borrow(v.derived().data(), std::move(s));
+}
+/// A read-only rank-1 tensor [name] over a const Eigen vector (no copy).
+template <class Derived, std::enable_if_t<detail::eigen_direct<Derived>::value, int> = 0>
+Tensor<typename Derived::Scalar> borrow(const Eigen::DenseBase<Derived>& v, const std::string& name) {
+  Shape s = detail::eigen_vector_shape(v, name);
+  const typename Derived::Scalar* p = v.derived().data();
+  return Tensor<typename Derived::Scalar>::borrow(p, std::move(s));
 }
 
 }  // namespace einmoe

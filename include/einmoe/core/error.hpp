@@ -30,6 +30,13 @@ class value_error : public error {
   using error::error;
 };
 
+/// A request needs more memory than this machine has (checked before
+/// anything is allocated; the message gives the size).
+class resource_error : public error {
+ public:
+  using error::error;
+};
+
 /// A file could not be read or written, or is not what it claims to be.
 class io_error : public error {
  public:

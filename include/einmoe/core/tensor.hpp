@@ -7,12 +7,25 @@
 // Eigen::Map; the caller keeps the memory alive). Copying a borrowed tensor
 // gives an owning one.
 //
-//   Tensor<float> x(Shape{{"batch", 2}, {"model", 3}});      // zeros
-//   x.at({1, 2}) = 5.f;
-//   Tensor<float> y = Tensor<float>::borrow(ptr, x.shape());  // no copy
+// A tensor borrowed from const memory is a read-only view (like
+// Eigen::Map<const M> or xt::adapt of const data): it reads like any tensor,
+// and any write access (non-const data(), begin(), at(), [], fill) throws
+// value_error, as numpy does for a non-writeable array. view() gives a
+// read-only view of any tensor.
 //
-// Element types: float, double, std::int32_t, std::int64_t, bool (and other
-// trivially copyable arithmetic types).
+//   Tensor<float> x(Shape{{"batch", 2}, {"model", 3}});       // zeros
+//   x.at({1, 2}) = 5.f;
+//   Tensor<float> y = Tensor<float>::borrow(ptr, x.shape());   // no copy, writable
+//   Tensor<float> c = Tensor<float>::borrow(cptr, x.shape());  // const float*: read-only
+//   Tensor<float> v = x.view();                                // read-only alias of x
+//
+// Element types: float, double, std::int32_t, std::int64_t, bool, other
+// trivially copyable arithmetic types, and einmoe::bfloat16 (storage and
+// conversion only).
+//
+// Sizes are checked: a shape whose element count overflows is a shape_error,
+// and a tensor larger than the machine's memory is a resource_error raised
+// before allocating.
 #pragma once
 
 #include <algorithm>
@@ -27,6 +40,7 @@
 
 #include "einmoe/core/dim.hpp"
 #include "einmoe/core/error.hpp"
+#include "einmoe/detail/checked.hpp"
 
 namespace einmoe {
 
@@ -40,9 +54,15 @@ struct uninitialized_t {};
 /// Tag for constructors that skip zero-filling (the caller writes every element).
 inline constexpr detail::uninitialized_t uninitialized{};
 
+/// Element types a Tensor may hold: arithmetic types, plus the storage types
+/// that specialize this trait (einmoe::bfloat16).
+template <class T>
+struct is_tensor_element : std::is_arithmetic<T> {};
+
 template <class T>
 class Tensor {
-  static_assert(std::is_arithmetic<T>::value, "einmoe::Tensor<T>: T must be an arithmetic type");
+  static_assert(is_tensor_element<T>::value && !std::is_const<T>::value,
+                "einmoe::Tensor<T>: T must be an arithmetic type or einmoe::bfloat16");
 
  public:
   using value_type = T;
@@ -75,15 +95,29 @@ class Tensor {
       detail::raise<value_error>("Tensor::borrow: null data for shape ", shape);
     return Tensor(std::move(shape), data, borrow_tag{});
   }
+  /// A read-only view of const caller memory (no copy); writes through it
+  /// throw value_error.
+  static Tensor borrow(const T* data, Shape shape) {
+    Tensor t = borrow(const_cast<T*>(data), std::move(shape));
+    t.readonly_ = true;
+    return t;
+  }
+  /// borrow(nullptr, shape): only for shapes without elements.
+  static Tensor borrow(std::nullptr_t, Shape shape) { return borrow(static_cast<T*>(nullptr), std::move(shape)); }
+  /// A read-only view of this tensor's elements (no copy). Valid while this
+  /// tensor is alive and not moved from or reshaped into new memory.
+  Tensor view() const { return borrow(static_cast<const T*>(data_), shape_); }
 
   Tensor(const Tensor& other) : shape_(other.shape_) {
     allocate();
     copy_from(other.data_);
   }
   Tensor(Tensor&& other) noexcept
-      : shape_(std::move(other.shape_)), owned_(std::move(other.owned_)), data_(other.data_) {
+      : shape_(std::move(other.shape_)), owned_(std::move(other.owned_)), data_(other.data_),
+        readonly_(other.readonly_) {
     other.shape_ = Shape();
     other.data_ = nullptr;
+    other.readonly_ = false;
   }
   Tensor& operator=(const Tensor& other) {
     if (this != &other) {
@@ -96,8 +130,10 @@ class Tensor {
     shape_ = std::move(other.shape_);
     owned_ = std::move(other.owned_);
     data_ = other.data_;
+    readonly_ = other.readonly_;
     other.shape_ = Shape();
     other.data_ = nullptr;
+    other.readonly_ = false;
     return *this;
   }
   ~Tensor() = default;
@@ -110,22 +146,25 @@ class Tensor {
   index_t size_of(const std::string& name) const { return shape_.size_of(name, "Tensor::size_of"); }
   const Dim& dim(const std::string& name) const { return shape_.get(name, "Tensor::dim"); }
   bool borrowed() const { return !owned_ && data_ != nullptr; }
+  /// False for a read-only view (borrowed from const memory, or view()).
+  bool writable() const { return !readonly_; }
 
-  T* data() { return data_; }
+  /// Mutable access; value_error on a read-only view.
+  T* data() { return writable_data(); }
   const T* data() const { return data_; }
-  T* begin() { return data_; }
-  T* end() { return data_ + size(); }
+  T* begin() { return writable_data(); }
+  T* end() { return writable_data() + size(); }
   const T* begin() const { return data_; }
   const T* end() const { return data_ + size(); }
 
-  /// Flat row-major element access, unchecked.
-  T& operator[](index_t i) { return data_[i]; }
+  /// Flat row-major element access, unchecked index.
+  T& operator[](index_t i) { return writable_data()[i]; }
   const T& operator[](index_t i) const { return data_[i]; }
 
   /// Checked element access by position: one index per dim, in shape order.
-  T& at(std::initializer_list<index_t> idx) { return data_[offset(idx)]; }
+  T& at(std::initializer_list<index_t> idx) { return writable_data()[offset(idx)]; }
   const T& at(std::initializer_list<index_t> idx) const { return data_[offset(idx)]; }
-  T& at(const std::vector<index_t>& idx) { return data_[offset(idx)]; }
+  T& at(const std::vector<index_t>& idx) { return writable_data()[offset(idx)]; }
   const T& at(const std::vector<index_t>& idx) const { return data_[offset(idx)]; }
   /// The single element of a rank-0 (or one-element) tensor.
   T item() const {
@@ -142,7 +181,7 @@ class Tensor {
     shape_ = std::move(shape);
   }
 
-  void fill(T value) { std::fill(data_, data_ + size(), value); }
+  void fill(T value) { std::fill(writable_data(), data_ + size(), value); }
   /// The elements in row-major order.
   std::vector<T> to_vector() const { return std::vector<T>(data_, data_ + size()); }
 
@@ -165,6 +204,12 @@ class Tensor {
     }
     return off;
   }
+  T* writable_data() {
+    if (readonly_)
+      detail::raise<value_error>("Tensor: write access to a read-only view ", shape_,
+                                 " (it borrows const memory; copy it to get a writable tensor)");
+    return data_;
+  }
   void allocate() {
     const index_t n = shape_.num_elements();
     if (n == 0) {
@@ -172,7 +217,7 @@ class Tensor {
       data_ = nullptr;
       return;
     }
-    void* p = ::operator new(static_cast<std::size_t>(n) * sizeof(T), std::align_val_t{64});
+    void* p = ::operator new(detail::bytes_for(n, sizeof(T), "Tensor ", shape_), std::align_val_t{64});
     owned_.reset(p);
     data_ = static_cast<T*>(p);
   }
@@ -183,6 +228,25 @@ class Tensor {
   Shape shape_;
   std::unique_ptr<void, detail::aligned_free> owned_;
   T* data_ = nullptr;
+  bool readonly_ = false;
 };
+
+/// A tensor over a std::vector's elements (no copy); v.size() must equal
+/// shape.num_elements(), and v must not be resized while the tensor lives.
+template <class T>
+Tensor<T> borrow(std::vector<T>& v, Shape shape) {
+  if (static_cast<index_t>(v.size()) != shape.num_elements())
+    detail::raise<shape_error>("borrow: a vector of ", v.size(), " elements for shape ", shape, " of ",
+                               shape.num_elements());
+  return Tensor<T>::borrow(v.data(), std::move(shape));
+}
+/// A read-only tensor over a const std::vector's elements (no copy).
+template <class T>
+Tensor<T> borrow(const std::vector<T>& v, Shape shape) {
+  if (static_cast<index_t>(v.size()) != shape.num_elements())
+    detail::raise<shape_error>("borrow: a vector of ", v.size(), " elements for shape ", shape, " of ",
+                               shape.num_elements());
+  return Tensor<T>::borrow(v.data(), std::move(shape));
+}
 
 }  // namespace einmoe

@@ -4,6 +4,11 @@
 //   xt::xarray<float> a = xt::zeros<float>({2, 3});
 //   auto t = einmoe::borrow(a, {"batch", "model"});   // Tensor over a's memory
 //   auto v = einmoe::as_xtensor(t);                   // xtensor adaptor over t's memory
+//   const auto& ca = a;
+//   auto r = einmoe::borrow(ca, {"batch", "model"});  // read-only view
+//
+// This header is the only one of einmoe that includes xtensor; the rest of the
+// library never needs it.
 #pragma once
 
 #include <string>
@@ -43,8 +48,32 @@ Tensor<T> borrow(xt::xtensor<T, N>& a, const std::vector<std::string>& names) {
   return Tensor<T>::borrow(a.data(), detail::named_shape_of(a, names, "borrow"));
 }
 
+/// A read-only Tensor over a const row-major xarray (no copy).
+template <class T>
+Tensor<T> borrow(const xt::xarray<T>& a, const std::vector<std::string>& names) {
+  if (a.layout() != xt::layout_type::row_major)
+    detail::raise<shape_error>("borrow: the xarray is not row-major; einmoe tensors are row-major");
+  const T* p = a.data();
+  return Tensor<T>::borrow(p, detail::named_shape_of(a, names, "borrow"));
+}
+
+/// A read-only Tensor over a const row-major xtensor (no copy).
+template <class T, std::size_t N>
+Tensor<T> borrow(const xt::xtensor<T, N>& a, const std::vector<std::string>& names) {
+  if (a.layout() != xt::layout_type::row_major)
+    detail::raise<shape_error>("borrow: the xtensor is not row-major; einmoe tensors are row-major");
+  const T* p = a.data();
+  return Tensor<T>::borrow(p, detail::named_shape_of(a, names, "borrow"));
+}
+
 /// An xtensor adaptor over t's memory (no copy; positional axes in t's dim
 /// order). Valid while t is alive and not moved from.
+template <class T>
+auto as_xtensor(const Tensor<T>& t) {
+  std::vector<std::size_t> shape;
+  for (const auto& d : t.shape()) shape.push_back(static_cast<std::size_t>(d.size));
+  return xt::adapt(t.data(), static_cast<std::size_t>(t.size()), xt::no_ownership(), shape);
+}
 template <class T>
 auto as_xtensor(Tensor<T>& t) {
   std::vector<std::size_t> shape;

@@ -20,9 +20,9 @@
 
 #include <string>
 
-#include "einmoe/moe/experts.hpp"
-#include "einmoe/moe/top2_gating.hpp"
-#include "einmoe/moe/top2_gating_dense.hpp"
+#include "einmoe/experts/experts.hpp"
+#include "einmoe/routers/top2_gating.hpp"
+#include "einmoe/routers/top2_gating_dense.hpp"
 
 namespace einmoe {
 
@@ -47,7 +47,7 @@ struct HierarchicalOptions {
 };
 
 template <class T>
-struct HierarchicalOutput {
+struct HierarchicalResult {
   Tensor<T> outputs;
   T aux_loss = T(0);          ///< outer + inner balancing losses
   RoutingStats outer, inner;  ///< inner: over all outer experts (Eo * Ei experts)
@@ -65,7 +65,7 @@ inline Top2Options inner_options(const HierarchicalOptions& o) {
 
 /// Two-level MoE forward pass; see the file comment.
 template <class T>
-HierarchicalOutput<T> hierarchical_moe_forward(const Tensor<T>& x_in, const HierarchicalWeights<T>& w,
+HierarchicalResult<T> hierarchical_moe_forward(const Tensor<T>& x_in, const HierarchicalWeights<T>& w,
                                                const HierarchicalOptions& o) {
   const char* op = "hierarchical_moe_forward";
   const Dim model = x_in.shape().get(o.model_dim, op);
@@ -86,7 +86,7 @@ HierarchicalOutput<T> hierarchical_moe_forward(const Tensor<T>& x_in, const Hier
   const Shape importance_shape = eb.with(co);
   const Shape inner_logits_shape = importance_shape.with(ei);
 
-  HierarchicalOutput<T> out;
+  HierarchicalResult<T> out;
   const Tensor<T> logits_o = einsum({x, w.wg_outer}, batch.with(group).with(eo));
   if (o.dense) {
     const auto d_o = top2_gating_dense(logits_o, o.outer);
@@ -132,7 +132,7 @@ HierarchicalOutput<T> hierarchical_moe_forward(const Tensor<T>& x_in, const Hier
     const Tensor<T>& wi = in_order(w.wi, Shape{eo, ei, model, hidden}, wi_hold);
     const Tensor<T>& wo = in_order(w.wo, Shape{eo, ei, hidden, model}, wo_hold);
     const index_t per = ei.size * M * hidden.size;
-    ExpertConfig cfg;
+    ExpertOptions cfg;
     cfg.experts_dim = ei.name;
     cfg.model_dim = model.name;
     cfg.hidden_dim = hidden.name;
@@ -142,11 +142,11 @@ HierarchicalOutput<T> hierarchical_moe_forward(const Tensor<T>& x_in, const Hier
     Tensor<T> y_e(Shape(), uninitialized);
     for (index_t e = 0; e < Eo; ++e) {
       ExpertWeights<T> we;
-      we.wi = Tensor<T>::borrow(const_cast<T*>(wi.data()) + e * per, Shape{ei, model, hidden});
-      we.wo = Tensor<T>::borrow(const_cast<T*>(wo.data()) + e * per, Shape{ei, hidden, model});
+      we.wi = Tensor<T>::borrow(wi.data() + e * per, Shape{ei, model, hidden});
+      we.wo = Tensor<T>::borrow(wo.data() + e * per, Shape{ei, hidden, model});
       const RoutingPlan<T> sub = r_i.plan.slice_groups(e * G, G, batch);
-      const Tensor<T> x_e = Tensor<T>::borrow(const_cast<T*>(eio.data()) + e * G * Co * M, batch.with(co).with(model));
-      experts_sparse_into(y_e, x_e, sub, we, cfg, ws);
+      const Tensor<T> x_e = Tensor<T>::borrow(eio.data() + e * G * Co * M, batch.with(co).with(model));
+      experts_sparse_into(y_e, x_e, sub, PackedExperts<T>(we, cfg), ws);
       std::copy(y_e.begin(), y_e.end(), y_outer.data() + e * G * Co * M);
     }
     // Outer combine.

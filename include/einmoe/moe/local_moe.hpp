@@ -2,7 +2,7 @@
 // top-k gating, dropless dispatch (no capacity), one FFN per expert, combine.
 //
 //   x [<batch>, model] -> outputs [<batch>, model], importance and load [experts]
-//   LocalMoEOutput<float> r = local_moe_forward(x, w_gate, &w_noise, experts, gating_opt, cfg);
+//   LocalMoEResult<float> r = local_moe_forward(x, w_gate, &w_noise, experts, gating_opt, cfg);
 //   T loss = r.loss(1e-2);   // (cv^2(importance) + cv^2(load)) * coef
 //
 // per_example_multiplier [<batch>] (optional) scales every row's gates, as
@@ -10,14 +10,14 @@
 // reflects it, load does not.
 #pragma once
 
-#include "einmoe/moe/experts.hpp"
-#include "einmoe/moe/noisy_topk.hpp"
-#include "einmoe/moe/sparse_dispatcher.hpp"
+#include "einmoe/experts/experts.hpp"
+#include "einmoe/routers/noisy_topk.hpp"
+#include "einmoe/routers/sparse_dispatcher.hpp"
 
 namespace einmoe {
 
 template <class T>
-struct LocalMoEOutput {
+struct LocalMoEResult {
   Tensor<T> outputs;     ///< [<batch>, model]
   Tensor<T> gates;       ///< [<batch>, experts], after the multiplier
   Tensor<T> importance;  ///< [experts]
@@ -27,12 +27,12 @@ struct LocalMoEOutput {
 
 /// t2t LocalMixtureOfExperts.Eval; see the file comment.
 template <class T>
-LocalMoEOutput<T> local_moe_forward(const Tensor<T>& x, const Tensor<T>& w_gate, const detail::same_t<Tensor<T>>* w_noise,
+LocalMoEResult<T> local_moe_forward(const Tensor<T>& x, const Tensor<T>& w_gate, const detail::same_t<Tensor<T>>* w_noise,
                                     const ExpertWeights<T>& experts, const NoisyTopKOptions& gating,
-                                    const ExpertConfig& cfg, const detail::same_t<Tensor<T>>* per_example_multiplier = nullptr,
+                                    const ExpertOptions& cfg, const detail::same_t<Tensor<T>>* per_example_multiplier = nullptr,
                                     const detail::same_t<Tensor<T>>* normal = nullptr) {
   auto g = noisy_top_k_gating(x, w_gate, w_noise, gating, normal);
-  LocalMoEOutput<T> out;
+  LocalMoEResult<T> out;
   out.gates = per_example_multiplier ? multiply(g.gates, *per_example_multiplier, g.gates.shape()) : std::move(g.gates);
   out.load = std::move(g.load);
   out.importance = sum_to(out.gates, Shape{out.gates.dim(gating.experts_dim)});
@@ -41,8 +41,8 @@ LocalMoEOutput<T> local_moe_forward(const Tensor<T>& x, const Tensor<T>& w_gate,
   const Shape rows = x.shape().without({gating.model_dim});
   Tensor<T> hold;
   const Tensor<T>& xr = in_order(x, rows.with(model), hold);
-  const Tensor<T> flat = Tensor<T>::borrow(const_cast<T*>(xr.data()), Shape{plan.group, model});
-  ExpertConfig c = cfg;
+  const Tensor<T> flat = Tensor<T>::borrow(xr.data(), Shape{plan.group, model});
+  ExpertOptions c = cfg;
   c.experts_dim = gating.experts_dim;
   c.model_dim = gating.model_dim;
   out.outputs = transpose(reshape(experts_sparse(flat, plan, experts, c), rows.with(model)), x.shape());

@@ -1,9 +1,10 @@
-// einmoe/moe/moe_layer.hpp - the MoE feed-forward layer: gating, dispatch,
-// experts, combine.
+// einmoe/moe/moe_layer.hpp - the MoE feed-forward layer: router logits,
+// gating, dispatch, experts, combine.
 //
 //   MoEOptions opt;
 //   opt.gating.capacity = Dim{"expert_capacity", 160};
-//   MoELayer<float> layer(weights, opt);         // wg [model, experts], wi, wo (+ bi, bo)
+//   opt.precision = Precision::bf16;             // expert weights (default fp32)
+//   MoELayer<float> layer(weights, opt);         // wg [model, experts], wi, wo (+ wi_gate, bi, bo)
 //   auto out = layer.forward(x);                 // x [batch, group, model]
 //   out.outputs;    // [batch, group, model]
 //   out.aux_loss;   // balancing loss
@@ -12,26 +13,42 @@
 // Inputs are [<batch dims>, group, model] (dims named by the options). Inputs
 // without the group dim, e.g. [batch, length, model], are flattened to
 // tokens and split into groups of at most `max_group_size` with Mesh TF's
-// rule; the outputs come back in the input's shape.
+// rule (no copy when the model dim is last); the outputs come back in the
+// input's shape.
+//
+// Building the layer lays the weights out once (kernels/matrix_bank.hpp): in
+// the expert precision, in the backend's packed layout, validated finite.
+// The caller's weight tensors are read, never kept, so they may be borrowed
+// views and may be freed afterwards. The router stays in the layer's float
+// type, so routing does not depend on the expert precision.
+//
+// Outputs, losses and routing are bitwise the same on any number of threads:
+// the router's logits are computed in fixed blocks of rows within each group,
+// the experts in fixed blocks of rows per expert, each block by a
+// single-threaded kernel, and every sum runs in a fixed order.
 //
 // The fast path (default) routes with a sparse plan and runs each expert's
 // GEMMs over its filled rows only; `dense = true` runs the sources' one-hot
-// einsums instead (the oracle; same numbers, far slower).
+// einsums instead (the oracle: full precision, same logits, far slower; the
+// layer then keeps a copy of the weights).
 #pragma once
 
 #include <mutex>
 #include <optional>
 
-#include "einmoe/moe/capacity.hpp"
-#include "einmoe/moe/experts.hpp"
-#include "einmoe/moe/top2_gating.hpp"
-#include "einmoe/moe/top2_gating_dense.hpp"
+#include "einmoe/experts/experts.hpp"
+#include "einmoe/kernels/ffn.hpp"
+#include "einmoe/kernels/matrix_bank.hpp"
+#include "einmoe/routers/capacity.hpp"
+#include "einmoe/routers/top2_gating.hpp"
+#include "einmoe/routers/top2_gating_dense.hpp"
 
 namespace einmoe {
 
+/// An MoE layer's weights. T is float, double or bfloat16 (checkpoints).
 template <class T>
 struct MoEWeights {
-  Tensor<T> wg;  ///< gating weights [model, experts]
+  Tensor<T> wg;  ///< router weights [model, experts]
   ExpertWeights<T> experts;
 };
 
@@ -40,6 +57,8 @@ struct MoEOptions {
   std::string model_dim = "model";
   std::string hidden_dim = "hidden";
   Activation activation = Activation::relu;
+  Precision precision = Precision::fp32;  ///< of the expert weights (kernels/precision.hpp)
+  Backend backend = Backend::automatic;   ///< oneDNN or Eigen (kernels/precision.hpp)
   bool dense = false;                   ///< run the dense oracle instead of the sparse fast path
   double dropout = 0.0;                 ///< hidden-layer dropout rate (training-mode parity)
   std::uint64_t dropout_seed = 0;
@@ -47,75 +66,82 @@ struct MoEOptions {
 };
 
 template <class T>
-struct MoEOutput {
+struct MoEResult {
   Tensor<T> outputs;  ///< inputs' shape
   T aux_loss = T(0);
   RoutingStats stats;
 };
 
-/// One MoE feed-forward layer forward pass into `out` (whose buffers are
-/// reused when the shapes match), with scratch memory from `ws`.
-template <class T>
-void moe_forward_into(MoEOutput<T>& out, const Tensor<T>& inputs, const MoEWeights<T>& w, const MoEOptions& opt,
-                      const GatingInputs<T>& extras, ExpertWorkspace<T>& ws) {
-  const Top2Options& g = opt.gating;
-  inputs.shape().require(opt.model_dim, "moe_forward");
-  // Group the tokens if the inputs are not grouped yet.
-  Tensor<T> grouped;
-  Shape flat;  // ungrouped inputs: their token dims, then the model dim
-  const bool has_groups = inputs.shape().has(g.group_dim);
-  if (!has_groups) {
-    const Shape rest = inputs.shape().without({opt.model_dim});
-    const index_t n = rest.num_elements();
-    if (n == 0) detail::raise<shape_error>("moe_forward: inputs ", inputs.shape(), " hold no tokens");
-    const GroupSplit split = split_into_groups(n, opt.max_group_size);
-    const Dim model = inputs.dim(opt.model_dim);
-    flat = rest.with(model);
-    grouped = reshape(transpose(inputs, flat), Shape{{"moe_groups", split.num_groups}, {g.group_dim, split.group_size}, model});
-  }
-  const Tensor<T>& x = has_groups ? inputs : grouped;
-  w.wg.shape().require(opt.model_dim, "moe_forward");
-  const Dim experts = w.wg.shape().get(g.experts_dim, "moe_forward");
-  const Shape logits_shape = x.shape().without({opt.model_dim}).with(experts);
-  const Tensor<T> logits = einsum({x, w.wg}, logits_shape);
-  ExpertConfig cfg;
-  cfg.experts_dim = g.experts_dim;
-  cfg.model_dim = opt.model_dim;
-  cfg.hidden_dim = opt.hidden_dim;
-  cfg.activation = opt.activation;
-  cfg.dropout = opt.dropout;
-  cfg.dropout_seed = opt.dropout_seed;
+namespace detail {
 
-  if (opt.dense) {
-    auto d = top2_gating_dense(logits, g, extras);
-    out.outputs = experts_dense(x, d.dispatch, d.combine, w.experts, cfg);
-    out.aux_loss = d.aux_loss;
-    out.stats = std::move(d.stats);
-  } else {
-    auto r = top2_gating(logits, g, extras);
-    experts_sparse_into(out.outputs, x, r.plan, w.experts, cfg, ws);
-    out.aux_loss = r.aux_loss;
-    out.stats = std::move(r.stats);
-  }
-  // Back to the inputs' layout.
-  if (!has_groups) {
-    out.outputs = transpose(reshape(std::move(out.outputs), flat), inputs.shape());
-  } else if (out.outputs.shape() != inputs.shape()) {
-    out.outputs = transpose(out.outputs, inputs.shape());
-  }
+inline ExpertOptions expert_options(const MoEOptions& o) {
+  ExpertOptions e;
+  e.experts_dim = o.gating.experts_dim;
+  e.model_dim = o.model_dim;
+  e.hidden_dim = o.hidden_dim;
+  e.activation = o.activation;
+  e.dropout = o.dropout;
+  e.dropout_seed = o.dropout_seed;
+  e.precision = o.precision;
+  e.backend = o.backend;
+  return e;
 }
 
-/// One MoE feed-forward layer forward pass; see the file comment.
+/// The inputs as [<batch>, group, model]: the caller's tensor, a relabelled
+/// view of it, or (only when the model dim is not last in ungrouped inputs)
+/// a transposed copy.
 template <class T>
-MoEOutput<T> moe_forward(const Tensor<T>& inputs, const MoEWeights<T>& w, const MoEOptions& opt,
-                         const GatingInputs<T>& extras = {}) {
-  MoEOutput<T> out;
-  ExpertWorkspace<T> ws;
-  moe_forward_into(out, inputs, w, opt, extras, ws);
+struct GroupedInputs {
+  Tensor<T> hold;    // the view or copy, when not the caller's tensor
+  Shape flat;        // ungrouped inputs: their token dims, then the model dim
+  Shape grouped;     // [moe_groups, group, model] for ungrouped inputs
+  bool regrouped = false;
+  const Tensor<T>* x = nullptr;
+};
+
+template <class T>
+void group_inputs(GroupedInputs<T>& g, const Tensor<T>& inputs, const MoEOptions& opt) {
+  const std::string& gd = opt.gating.group_dim;
+  inputs.shape().require(opt.model_dim, "moe_forward");
+  if (inputs.shape().has(gd)) {
+    g.regrouped = false;
+    g.x = &inputs;
+    return;
+  }
+  const Shape rest = inputs.shape().without({opt.model_dim});
+  const index_t n = rest.num_elements();
+  if (n == 0) raise<shape_error>("moe_forward: inputs ", inputs.shape(), " hold no tokens");
+  const GroupSplit split = split_into_groups(n, opt.max_group_size);
+  const Dim model = inputs.dim(opt.model_dim);
+  g.flat = rest.with(model);
+  g.grouped = Shape{{"moe_groups", split.num_groups}, {gd, split.group_size}, model};
+  Tensor<T> order_hold;
+  const Tensor<T>& ordered = in_order(inputs, g.flat, order_hold);
+  g.hold = &ordered == &inputs ? inputs.view() : std::move(order_hold);
+  g.hold.set_shape(g.grouped);
+  g.regrouped = true;
+  g.x = &g.hold;
+}
+
+/// An optional per-token gating input given in the caller's token dims, in
+/// the grouped layout.
+template <class T>
+std::optional<Tensor<T>> regroup_extra(const std::optional<Tensor<T>>& t, const GroupedInputs<T>& g,
+                                       const Dim* experts, const char* what) {
+  if (!t || !g.regrouped) return t;
+  Shape want = g.flat.without({g.flat[g.flat.rank() - 1].name});
+  Shape grouped{g.grouped[0], g.grouped[1]};
+  if (experts) want = want.with(*experts), grouped = grouped.with(*experts);
+  if (t->rank() != want.rank() || !t->shape().is_subset_of(want))
+    raise<shape_error>("moe_forward: ", what, " ", t->shape(), " does not match the inputs' tokens ", want);
+  Tensor<T> out = transpose(*t, want);
+  out.set_shape(grouped);
   return out;
 }
 
-/// A layer object holding its weights, options and scratch memory.
+}  // namespace detail
+
+/// A layer object holding its laid-out weights, options and scratch memory.
 ///
 /// forward_into reuses the output's buffers and the layer's workspace, so a
 /// steady-state forward pass allocates nothing of the size of the
@@ -123,30 +149,166 @@ MoEOutput<T> moe_forward(const Tensor<T>& inputs, const MoEWeights<T>& w, const 
 /// the workspace busy uses a fresh one.
 template <class T>
 class MoELayer {
+  static_assert(std::is_same<T, float>::value || std::is_same<T, double>::value, "MoELayer<float or double>");
+
  public:
-  MoELayer(MoEWeights<T> weights, MoEOptions options) : w_(std::move(weights)), opt_(std::move(options)) {}
-  MoEOutput<T> forward(const Tensor<T>& inputs, const GatingInputs<T>& extras = {}) const {
-    MoEOutput<T> out;
+  /// Lays out the weights (float, double or bfloat16 tensors; see the file
+  /// comment). Throws shape_error / value_error naming the weight.
+  template <class S>
+  MoELayer(const MoEWeights<S>& w, MoEOptions options) : opt_(std::move(options)) {
+    const char* op = "MoELayer";
+    const auto& g = opt_.gating;
+    w.wg.shape().require(opt_.model_dim, op);
+    experts_dim_ = w.wg.shape().get(g.experts_dim, op);
+    model_ = w.wg.shape().get(opt_.model_dim, op);
+    if (w.wg.rank() != 2) detail::raise<shape_error>(op, ": wg ", w.wg.shape(), " is not [", opt_.model_dim, ", ", g.experts_dim, "]");
+    router_ = MatrixBank<T>(w.wg, "", opt_.model_dim, g.experts_dim, Precision::fp32, opt_.backend, "wg");
+    const ExpertOptions eo = detail::expert_options(opt_);
+    if (opt_.dense) {
+      if constexpr (std::is_same<S, T>::value) {
+        if (opt_.precision != Precision::fp32)
+          detail::raise<value_error>(op, ": the dense oracle computes in full precision (precision fp32)");
+        detail::check_expert_weights(w.experts, eo, op);
+        dense_ = w;
+      } else {
+        detail::raise<value_error>(op, ": the dense oracle needs weights of the layer's own type");
+      }
+    } else {
+      experts_ = PackedExperts<T>(w.experts, eo);
+    }
+    const Dim& we = opt_.dense ? dense_->experts.wi.dim(g.experts_dim) : experts_.experts();
+    const Dim& wm = opt_.dense ? dense_->experts.wi.dim(opt_.model_dim) : experts_.model();
+    if (we != experts_dim_)
+      detail::raise<shape_error>(op, ": dim \"", g.experts_dim, "\" has size ", experts_dim_.size, " in wg but ",
+                                 we.size, " in wi");
+    if (wm != model_)
+      detail::raise<shape_error>(op, ": dim \"", opt_.model_dim, "\" has size ", model_.size, " in wg but ", wm.size,
+                                 " in wi");
+  }
+
+  /// inputs [<batch>, group, model] (or ungrouped) -> outputs of the same shape.
+  MoEResult<T> forward(const Tensor<T>& inputs, const GatingInputs<T>& extras = {}) const {
+    MoEResult<T> out;
     forward_into(out, inputs, extras);
     return out;
   }
-  void forward_into(MoEOutput<T>& out, const Tensor<T>& inputs, const GatingInputs<T>& extras = {}) const {
+  /// forward into `out`, reusing its buffers.
+  void forward_into(MoEResult<T>& out, const Tensor<T>& inputs, const GatingInputs<T>& extras = {}) const {
     std::unique_lock<std::mutex> lock(mutex_, std::try_to_lock);
     if (lock.owns_lock()) {
-      moe_forward_into(out, inputs, w_, opt_, extras, ws_);
+      run(out, inputs, extras, ws_);
     } else {
-      ExpertWorkspace<T> ws;
-      moe_forward_into(out, inputs, w_, opt_, extras, ws);
+      Workspace ws;
+      run(out, inputs, extras, ws);
     }
   }
-  const MoEWeights<T>& weights() const { return w_; }
+
+  /// logits [<batch>, group, experts] = x [<batch>, group, model] . wg, in
+  /// fixed row blocks per group (the routing input).
+  Tensor<T> router_logits(const Tensor<T>& x) const {
+    Tensor<T> logits;
+    std::vector<FfnScratch<T>> scratch;
+    compute_logits(x, logits, scratch);
+    return logits;
+  }
+
   const MoEOptions& options() const { return opt_; }
+  /// The laid-out experts (empty for a dense layer).
+  const PackedExperts<T>& experts() const { return experts_; }
+  const Dim& experts_dim() const { return experts_dim_; }
+  const Dim& model_dim() const { return model_; }
+  /// Bytes of laid-out weights (router and experts).
+  std::size_t weight_bytes() const { return router_.bytes() + experts_.bytes(); }
 
  private:
-  MoEWeights<T> w_;
+  struct Workspace {
+    ExpertWorkspace<T> experts;
+    Tensor<T> logits, canonical;
+    std::vector<FfnScratch<T>> router;
+    detail::GroupedInputs<T> in;
+  };
+
+  /// [<batch>, group, model]: the order the logits and experts work in.
+  Shape canonical_shape(const Shape& x) const {
+    const std::string& gd = opt_.gating.group_dim;
+    return x.without({gd, opt_.model_dim}).with(x.get(gd, "moe_forward")).with(x.get(opt_.model_dim, "moe_forward"));
+  }
+
+  void compute_logits(const Tensor<T>& x_any, Tensor<T>& logits, std::vector<FfnScratch<T>>& scratch) const {
+    Tensor<T> hold;
+    const Tensor<T>& x = in_order(x_any, canonical_shape(x_any.shape()), hold);
+    if (x.dim(opt_.model_dim) != model_)
+      detail::raise<shape_error>("moe_forward: dim \"", opt_.model_dim, "\" has size ", x.size_of(opt_.model_dim),
+                                 " in the inputs but ", model_.size, " in the weights");
+    const Shape ls = x.shape().without({opt_.model_dim}).with(experts_dim_);
+    if (logits.size() != ls.num_elements() || !logits.writable()) logits = Tensor<T>(ls, uninitialized);
+    logits.set_shape(ls);
+    const index_t S = x.size_of(opt_.gating.group_dim);
+    const index_t groups = S > 0 && experts_dim_.size > 0 ? ls.num_elements() / experts_dim_.size / S : 0;
+    const index_t block = FfnKernel<T>::row_block_of(router_.backend());
+    const index_t per_group = S > 0 ? (S + block - 1) / block : 0;
+    const index_t M = model_.size, E = experts_dim_.size;
+    if (static_cast<int>(scratch.size()) < num_threads()) scratch.resize(detail::uz(num_threads()));
+    const T* px = x.data();
+    T* pl = logits.data();
+    // Blocks never straddle groups, so a group's logits are the same
+    // whichever other groups are computed with it.
+    detail::parallel_items(groups * per_group, [&](index_t i) {
+      const index_t g = i / per_group, r0 = (i % per_group) * block, m = std::min(block, S - r0);
+      const index_t t0 = g * S + r0;
+      linear_rows(router_, 0, px + t0 * M, m, pl + t0 * E, scratch[detail::uz(detail::thread_index())]);
+    });
+  }
+
+  void run(MoEResult<T>& out, const Tensor<T>& inputs, const GatingInputs<T>& extras_in, Workspace& ws) const {
+    const Top2Options& g = opt_.gating;
+    detail::group_inputs(ws.in, inputs, opt_);
+    const Tensor<T>& x = in_order(*ws.in.x, canonical_shape(ws.in.x->shape()), ws.canonical);
+    GatingInputs<T> regrouped;
+    const GatingInputs<T>* extras = &extras_in;
+    if (ws.in.regrouped && (extras_in.importance || extras_in.uniform || extras_in.gumbel)) {
+      regrouped.importance = detail::regroup_extra(extras_in.importance, ws.in, nullptr, "importance");
+      regrouped.uniform = detail::regroup_extra(extras_in.uniform, ws.in, nullptr, "uniform draws");
+      regrouped.gumbel = detail::regroup_extra(extras_in.gumbel, ws.in, &experts_dim_, "gumbel draws");
+      extras = &regrouped;
+    }
+    compute_logits(x, ws.logits, ws.router);
+    if (opt_.dense) {
+      const ExpertOptions eo = detail::expert_options(opt_);
+      auto d = top2_gating_dense(ws.logits, g, *extras);
+      out.outputs = experts_dense(x, d.dispatch, d.combine, dense_->experts, eo);
+      out.aux_loss = d.aux_loss;
+      out.stats = std::move(d.stats);
+    } else {
+      auto r = top2_gating(ws.logits, g, *extras);
+      experts_sparse_into(out.outputs, x, r.plan, experts_, ws.experts);
+      out.aux_loss = r.aux_loss;
+      out.stats = std::move(r.stats);
+    }
+    // Back to the inputs' layout (a relabel when the model dim was last).
+    if (ws.in.regrouped) {
+      out.outputs.set_shape(ws.in.flat);
+      if (out.outputs.shape() != inputs.shape()) out.outputs = transpose(std::move(out.outputs), inputs.shape());
+    } else if (out.outputs.shape() != inputs.shape()) {
+      out.outputs = transpose(std::move(out.outputs), inputs.shape());
+    }
+  }
+
   MoEOptions opt_;
-  mutable ExpertWorkspace<T> ws_;
+  MatrixBank<T> router_;
+  PackedExperts<T> experts_;
+  std::optional<MoEWeights<T>> dense_;
+  Dim experts_dim_, model_;
+  mutable Workspace ws_;
   mutable std::mutex mutex_;
 };
+
+/// One MoE feed-forward layer forward pass (lays the weights out for this
+/// call; keep an MoELayer for repeated calls). See the file comment.
+template <class T>
+MoEResult<T> moe_forward(const Tensor<T>& inputs, const MoEWeights<T>& w, const MoEOptions& opt,
+                         const GatingInputs<T>& extras = {}) {
+  return MoELayer<T>(w, opt).forward(inputs, extras);
+}
 
 }  // namespace einmoe

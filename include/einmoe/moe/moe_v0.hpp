@@ -15,22 +15,22 @@
 #include <optional>
 #include <string>
 
-#include "einmoe/moe/capacity.hpp"
-#include "einmoe/moe/experts.hpp"
-#include "einmoe/moe/losses.hpp"
-#include "einmoe/moe/truncated_gating.hpp"
+#include "einmoe/routers/capacity.hpp"
+#include "einmoe/experts/experts.hpp"
+#include "einmoe/routers/losses.hpp"
+#include "einmoe/routers/truncated_gating.hpp"
 #include "einmoe/ops/softmax.hpp"
 
 namespace einmoe {
 
 template <class T>
-struct MoeV0Weights {
+struct MoEV0Weights {
   Tensor<T> wg;                 ///< [model, experts]
   std::optional<Tensor<T>> bg;  ///< [experts] (Mesh TF's dense layers have biases)
   ExpertWeights<T> experts;     ///< wi, wo (+ bi, bo)
 };
 
-struct MoeV0Options {
+struct MoEV0Options {
   std::string length_dim = "length";  ///< the group dim: one sequence per group
   std::string model_dim = "model";
   std::string hidden_dim = "hidden";
@@ -41,7 +41,7 @@ struct MoeV0Options {
 };
 
 template <class T>
-struct MoeV0Output {
+struct MoEV0Result {
   Tensor<T> outputs;  ///< [batch, length, model]
   T loss = T(0);
   RoutingStats stats;  ///< filled on the sparse path
@@ -49,7 +49,7 @@ struct MoeV0Output {
 
 /// Mesh TF's moe_v0 forward pass; see the file comment.
 template <class T>
-MoeV0Output<T> moe_v0_forward(const Tensor<T>& inputs, const MoeV0Weights<T>& w, const MoeV0Options& o) {
+MoEV0Result<T> moe_v0_forward(const Tensor<T>& inputs, const MoEV0Weights<T>& w, const MoEV0Options& o) {
   const char* op = "moe_v0_forward";
   const Dim length = inputs.shape().get(o.length_dim, op);
   inputs.shape().require(o.model_dim, op);
@@ -66,13 +66,13 @@ MoeV0Output<T> moe_v0_forward(const Tensor<T>& inputs, const MoeV0Weights<T>& w,
   g.capacity = Dim("expert_capacity", C);
   g.group_dim = o.length_dim;
   g.experts_dim = o.experts_dim;
-  ExpertConfig cfg;
+  ExpertOptions cfg;
   cfg.experts_dim = o.experts_dim;
   cfg.model_dim = o.model_dim;
   cfg.hidden_dim = o.hidden_dim;
   cfg.activation = Activation::relu;
 
-  MoeV0Output<T> out;
+  MoEV0Result<T> out;
   const Shape importance_shape = gates.shape().without({o.length_dim});  // [batch..., experts]
   Tensor<T> importance;
   if (o.dense) {

@@ -210,7 +210,8 @@ Tensor<T> pow(const Tensor<T>& x, T p) {
 /// Scalar forms of the unary ops, shared with code that applies them in its
 /// own loops (the expert FFN), so that both compute the same bits.
 namespace scalar {
-template <class T> T relu(T v) { return v > T(0) ? v : T(0); }
+/// max(x, 0); NaN stays NaN (as in TF and PyTorch).
+template <class T> T relu(T v) { return v < T(0) ? T(0) : v; }
 /// 1 / (1 + e^-x), computed without overflow for large |x|.
 template <class T> T sigmoid(T v) {
   return v >= T(0) ? T(1) / (T(1) + std::exp(-v)) : std::exp(v) / (T(1) + std::exp(v));

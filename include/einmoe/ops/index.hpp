@@ -24,7 +24,7 @@ namespace einmoe {
 
 /// Values and their int64 positions along the reduced dim.
 template <class T>
-struct TopK {
+struct TopKResult {
   Tensor<T> values;
   Tensor<std::int64_t> indices;
 };
@@ -59,7 +59,7 @@ Tensor<T> one_hot(const Tensor<I>& indices, const Dim& dim, T on = T(1), T off =
 /// The k largest entries along `dim`: [.., dim, ..] -> values and indices of
 /// shape [.. without dim, k_dim] (k_dim last), best first.
 template <class T>
-TopK<T> top_k(const Tensor<T>& x, const std::string& dim, const Dim& k_dim) {
+TopKResult<T> top_k(const Tensor<T>& x, const std::string& dim, const Dim& k_dim) {
   const detail::AxisSplit ax(x.shape(), dim, "top_k");
   if (k_dim.size > ax.n)
     detail::raise<shape_error>("top_k: k dim \"", k_dim.name, "\" has size ", k_dim.size, " but dim \"", dim,
@@ -68,7 +68,7 @@ TopK<T> top_k(const Tensor<T>& x, const std::string& dim, const Dim& k_dim) {
   if (rest.has(k_dim.name))
     detail::raise<shape_error>("top_k: k dim \"", k_dim.name, "\" is already in ", x.shape());
   const Shape os = rest.with(k_dim);
-  TopK<T> r{Tensor<T>(os, uninitialized), Tensor<std::int64_t>(os, uninitialized)};
+  TopKResult<T> r{Tensor<T>(os, uninitialized), Tensor<std::int64_t>(os, uninitialized)};
   std::vector<index_t> order(detail::uz(ax.n));
   const index_t k = k_dim.size;
   for (index_t o = 0; o < ax.outer; ++o)
@@ -94,11 +94,11 @@ TopK<T> top_k(const Tensor<T>& x, const std::string& dim, const Dim& k_dim) {
 /// The largest entry along `dim` and its position (ties -> lowest index):
 /// [.., dim, ..] -> values, indices [.. without dim].
 template <class T>
-TopK<T> top_1(const Tensor<T>& x, const std::string& dim) {
+TopKResult<T> top_1(const Tensor<T>& x, const std::string& dim) {
   const detail::AxisSplit ax(x.shape(), dim, "top_1");
   if (ax.n == 0) detail::raise<shape_error>("top_1: dim \"", dim, "\" is empty");
   const Shape os = x.shape().without({dim});
-  TopK<T> r{Tensor<T>(os, uninitialized), Tensor<std::int64_t>(os, uninitialized)};
+  TopKResult<T> r{Tensor<T>(os, uninitialized), Tensor<std::int64_t>(os, uninitialized)};
   for (index_t o = 0; o < ax.outer; ++o)
     for (index_t j = 0; j < ax.inner; ++j) {
       const T* base = x.data() + ax.at(o, 0, j);

@@ -4,8 +4,8 @@
 //   transpose(x, {"model", "batch", "length"})   -> [model=4, batch=2, length=3]
 //   rename(x, "length", "memory_length")         -> [batch=2, memory_length=3, model=4]
 //   slice(x, "length", 1, 2)                     -> [batch=2, length=2, model=4]
-//   concat({x, x}, "length")                     -> [batch=2, length=6, model=4]
-//   stack({x, x}, Dim{"copy", 2}, 0)             -> [copy=2, batch=2, length=3, model=4]
+//   concat<float>({x, x}, "length")              -> [batch=2, length=6, model=4]
+//   stack<float>({x, x}, "copy", 0)              -> [copy=2, batch=2, length=3, model=4]
 #pragma once
 
 #include <string>
@@ -34,6 +34,20 @@ void permute_into(const Tensor<T>& x, Tensor<T>& out) {
   });
 }
 
+/// True when reordering `from` into `to` (same dims) moves no element: the
+/// dims longer than 1 keep their relative order, or there are no elements.
+inline bool is_relabel(const Shape& from, const Shape& to) {
+  if (from.num_elements() == 0) return true;
+  std::size_t j = 0;
+  for (const auto& d : from) {
+    if (d.size == 1) continue;
+    while (j < to.dims().size() && to.dims()[j].size == 1) ++j;
+    if (j == to.dims().size() || to.dims()[j].name != d.name) return false;
+    ++j;
+  }
+  return true;
+}
+
 /// The shape of x's dims in the order given by `names` (a permutation).
 inline Shape permuted_shape(const Shape& x, const std::vector<std::string>& names, const char* op) {
   if (static_cast<index_t>(names.size()) != x.rank())
@@ -46,17 +60,33 @@ inline Shape permuted_shape(const Shape& x, const std::vector<std::string>& name
 }  // namespace detail
 
 /// x itself when its dims are already in `shape`'s order, else a transposed
-/// copy kept in `holder`: a zero-copy "make sure of this layout".
+/// copy kept in `holder`: a zero-copy "make sure of this layout". When the
+/// reorder moves no element (only size-1 dims move), `holder` is a relabelled
+/// read-only view of x, again without a copy.
 template <class T>
 const Tensor<T>& in_order(const Tensor<T>& x, const Shape& shape, Tensor<T>& holder);
 
 /// Reorders x's dims: [x.shape] -> [names...] (same dims, new memory order).
+/// Moves no data when nothing moves (x's dims longer than 1 already in that
+/// order): then an rvalue x is relabelled in place, for free.
 template <class T>
 Tensor<T> transpose(const Tensor<T>& x, const Names& names) {
   const Shape os = detail::permuted_shape(x.shape(), names.list, "transpose");
-  if (os == x.shape()) return x;
+  if (detail::is_relabel(x.shape(), os)) {
+    Tensor<T> out = x;
+    out.set_shape(os);
+    return out;
+  }
   Tensor<T> out(os, uninitialized);
   detail::permute_into(x, out);
+  return out;
+}
+template <class T>
+Tensor<T> transpose(Tensor<T>&& x, const Names& names) {
+  const Shape os = detail::permuted_shape(x.shape(), names.list, "transpose");
+  if (!detail::is_relabel(x.shape(), os)) return transpose(static_cast<const Tensor<T>&>(x), names);
+  Tensor<T> out = std::move(x);
+  out.set_shape(os);
   return out;
 }
 /// Reorders x's dims to `shape`'s order; `shape` must have x's dims and sizes.
@@ -65,6 +95,12 @@ Tensor<T> transpose(const Tensor<T>& x, const Shape& shape) {
   if (!(shape.rank() == x.rank() && shape.is_subset_of(x.shape())))
     detail::raise<shape_error>("transpose: shape ", shape, " is not a reordering of ", x.shape());
   return transpose(x, Names(shape.names()));
+}
+template <class T>
+Tensor<T> transpose(Tensor<T>&& x, const Shape& shape) {
+  if (!(shape.rank() == x.rank() && shape.is_subset_of(x.shape())))
+    detail::raise<shape_error>("transpose: shape ", shape, " is not a reordering of ", x.shape());
+  return transpose(std::move(x), Names(shape.names()));
 }
 
 /// Relabels x's row-major elements with a new shape of the same total size:
@@ -78,6 +114,11 @@ Tensor<T> reshape(Tensor<T> x, const Shape& shape) {
 template <class T>
 const Tensor<T>& in_order(const Tensor<T>& x, const Shape& shape, Tensor<T>& holder) {
   if (x.shape() == shape) return x;
+  if (shape.rank() == x.rank() && shape.is_subset_of(x.shape()) && detail::is_relabel(x.shape(), shape)) {
+    holder = x.view();
+    holder.set_shape(shape);
+    return holder;
+  }
   holder = transpose(x, shape);
   return holder;
 }

@@ -1,4 +1,4 @@
-// einmoe/moe/top2_gating_dense.hpp - top-2 gating written as the sources
+// einmoe/routers/top2_gating_dense.hpp - top-2 gating written as the sources
 // write it: one-hot masks, cumsums and broadcasts over [<batch>, group,
 // experts, expert_capacity] tensors.
 //
@@ -14,8 +14,8 @@
 #include <algorithm>
 #include <limits>
 
-#include "einmoe/moe/gating_options.hpp"
-#include "einmoe/moe/routing_plan.hpp"
+#include "einmoe/routers/gating_options.hpp"
+#include "einmoe/routers/routing_plan.hpp"
 #include "einmoe/ops/cumsum.hpp"
 #include "einmoe/ops/elementwise.hpp"
 #include "einmoe/ops/index.hpp"
@@ -25,7 +25,7 @@
 namespace einmoe {
 
 template <class T>
-struct DenseGating {
+struct Top2DenseResult {
   Tensor<T> dispatch;  ///< [<batch>, group, experts, expert_capacity], 0 / 1
   Tensor<T> combine;   ///< [<batch>, group, experts, expert_capacity]
   T aux_loss = T(0);
@@ -50,7 +50,7 @@ Tensor<T> dense_combine(const Tensor<T>& gate_1, const Tensor<T>& flat_1, const 
 /// Top-2 gating, dense formulation: logits [<batch>, group, experts] ->
 /// dispatch and combine [<batch>, group, experts, expert_capacity].
 template <class T>
-DenseGating<T> top2_gating_dense(const Tensor<T>& logits_in, const Top2Options& opt, const GatingInputs<T>& in = {}) {
+Top2DenseResult<T> top2_gating_dense(const Tensor<T>& logits_in, const Top2Options& opt, const GatingInputs<T>& in = {}) {
   const auto p = detail::make_problem(logits_in, opt, in, "top2_gating_dense");
   const std::string& group = p.group.name;
   const std::string& experts = p.experts.name;
@@ -91,7 +91,7 @@ DenseGating<T> top2_gating_dense(const Tensor<T>& logits_in, const Top2Options& 
   }
 
   // BALANCING LOSSES
-  DenseGating<T> out;
+  Top2DenseResult<T> out;
   const T E2 = static_cast<T>(p.E * p.E);
   if (p.G * p.S > 0) {
     Tensor<T> density_1 = mean(mask_1, group);

@@ -1,4 +1,4 @@
-// einmoe/moe/gating_options.hpp - the options shared by the top-2 gating
+// einmoe/routers/gating_options.hpp - the options shared by the top-2 gating
 // functions (fast and dense), and their validation.
 #pragma once
 

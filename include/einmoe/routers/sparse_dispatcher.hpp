@@ -1,4 +1,4 @@
-// einmoe/moe/sparse_dispatcher.hpp - dropless dispatch by gates
+// einmoe/routers/sparse_dispatcher.hpp - dropless dispatch by gates
 // (tensor2tensor's SparseDispatcher), and routing plans from gates.
 //
 // Given gates [batch, experts] with at most a few nonzeros per row, expert e
@@ -18,7 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "einmoe/moe/routing_plan.hpp"
+#include "einmoe/routers/routing_plan.hpp"
 #include "einmoe/ops/manip.hpp"
 
 namespace einmoe {

@@ -1,4 +1,4 @@
-// einmoe/moe/routing_plan.hpp - the sparse result of MoE routing.
+// einmoe/routers/routing_plan.hpp - the sparse result of MoE routing.
 //
 // Gating decides, per token, up to k (expert, slot, weight) choices. The
 // sources encode this as dense [<batch>, group, experts, expert_capacity]

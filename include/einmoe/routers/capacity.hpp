@@ -1,4 +1,4 @@
-// einmoe/moe/capacity.hpp - expert capacity and grouping rules of the systems
+// einmoe/routers/capacity.hpp - expert capacity and grouping rules of the systems
 // einmoe follows.
 //
 //   mtf_capacity(1024, 16, 1.25)        // Mesh TF: max(min(S, int(S*cf/E)), 4)  -> 80

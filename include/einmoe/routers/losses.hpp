@@ -1,4 +1,4 @@
-// einmoe/moe/losses.hpp - balancing losses that are not part of a gating
+// einmoe/routers/losses.hpp - balancing losses that are not part of a gating
 // function.
 //
 //   cv_squared(importance)   // t2t / Mesh TF: variance / mean^2, with epsilons

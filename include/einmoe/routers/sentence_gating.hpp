@@ -1,4 +1,4 @@
-// einmoe/moe/sentence_gating.hpp - lingvo's sentence- and task-level top-2
+// einmoe/routers/sentence_gating.hpp - lingvo's sentence- and task-level top-2
 // gating: every token of a segment is routed by its segment's mean embedding
 // (SentenceTop2Gating) or by a given task embedding (TaskTop2Gating).
 //
@@ -21,7 +21,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "einmoe/moe/top2_gating.hpp"
+#include "einmoe/routers/top2_gating.hpp"
 #include "einmoe/ops/einsum.hpp"
 
 namespace einmoe {

@@ -1,4 +1,4 @@
-// einmoe/moe/top2_gating.hpp - top-2 gating with capacity, the fast way.
+// einmoe/routers/top2_gating.hpp - top-2 gating with capacity, the fast way.
 //
 // Same numbers as Mesh TF's _top_2_gating and lingvo's Top2GatingOnLogits
 // (see top2_gating_dense.hpp for the literal one-hot formulation, which the
@@ -38,8 +38,8 @@
 #include <vector>
 
 #include "einmoe/core/threads.hpp"
-#include "einmoe/moe/gating_options.hpp"
-#include "einmoe/moe/routing_plan.hpp"
+#include "einmoe/routers/gating_options.hpp"
+#include "einmoe/routers/routing_plan.hpp"
 #include "einmoe/ops/index.hpp"
 #include "einmoe/ops/softmax.hpp"
 

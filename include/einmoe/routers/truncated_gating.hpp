@@ -1,4 +1,4 @@
-// einmoe/moe/truncated_gating.hpp - Mesh TF's truncated top-2 gating
+// einmoe/routers/truncated_gating.hpp - Mesh TF's truncated top-2 gating
 // (_truncated_top_2_gating_mtf, used by moe_v0), fast and dense.
 //
 // Works on gates (probabilities), not logits: gates [<batch>, group, experts].
@@ -20,10 +20,10 @@
 
 #include <vector>
 
-#include "einmoe/moe/gating_options.hpp"
-#include "einmoe/moe/routing_plan.hpp"
-#include "einmoe/moe/top2_gating.hpp"
-#include "einmoe/moe/top2_gating_dense.hpp"
+#include "einmoe/routers/gating_options.hpp"
+#include "einmoe/routers/routing_plan.hpp"
+#include "einmoe/routers/top2_gating.hpp"
+#include "einmoe/routers/top2_gating_dense.hpp"
 #include "einmoe/ops/cumsum.hpp"
 #include "einmoe/ops/elementwise.hpp"
 #include "einmoe/ops/index.hpp"

@@ -1,4 +1,4 @@
-// einmoe/moe/noisy_topk.hpp - tensor2tensor's noisy top-k gating
+// einmoe/routers/noisy_topk.hpp - tensor2tensor's noisy top-k gating
 // (Shazeer et al. 2017, "Outrageously large neural networks").
 //
 //   x [<batch>, model], w_gate and w_noise [model, experts]:
@@ -24,7 +24,7 @@
 #include <string>
 
 #include "einmoe/core/random.hpp"
-#include "einmoe/moe/losses.hpp"
+#include "einmoe/routers/losses.hpp"
 #include "einmoe/ops/einsum.hpp"
 #include "einmoe/ops/elementwise.hpp"
 #include "einmoe/ops/index.hpp"

@@ -1,0 +1,47 @@
+// einmoe/kernels/activation.hpp - the expert hidden-layer activations.
+//
+//   relu       max(x, 0) (NaN stays NaN)
+//   gelu       x * Phi(x) = x/2 * (1 + erf(x / sqrt 2))       (PyTorch's gelu, HF "gelu")
+//   gelu_tanh  x/2 * (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))  (HF "gelu_new", "gelu_pytorch_tanh")
+//   silu       x * sigmoid(x)                                  (HF "silu", "swish")
+#pragma once
+
+#include <string>
+
+#include "einmoe/core/dim.hpp"
+#include "einmoe/core/error.hpp"
+#include "einmoe/ops/elementwise.hpp"
+
+namespace einmoe {
+
+/// The expert hidden-layer activation (gated experts apply it to the gate).
+enum class Activation { relu, gelu, gelu_tanh, silu };
+
+inline const char* to_string(Activation a) {
+  switch (a) {
+    case Activation::relu: return "relu";
+    case Activation::gelu: return "gelu";
+    case Activation::gelu_tanh: return "gelu_tanh";
+    default: return "silu";
+  }
+}
+inline Activation parse_activation(const std::string& s) {
+  for (auto a : {Activation::relu, Activation::gelu, Activation::gelu_tanh, Activation::silu})
+    if (s == to_string(a)) return a;
+  detail::raise<value_error>("unknown activation \"", s, "\" (relu, gelu, gelu_tanh, silu)");
+}
+
+namespace detail {
+/// x[i] = act(x[i]) for i < n, with the scalar functions of ops/elementwise.
+template <class T>
+void apply_activation(Activation a, T* x, index_t n) {
+  switch (a) {
+    case Activation::relu: for (index_t i = 0; i < n; ++i) x[i] = scalar::relu(x[i]); break;
+    case Activation::gelu: for (index_t i = 0; i < n; ++i) x[i] = scalar::gelu(x[i]); break;
+    case Activation::gelu_tanh: for (index_t i = 0; i < n; ++i) x[i] = scalar::gelu_tanh(x[i]); break;
+    default: for (index_t i = 0; i < n; ++i) x[i] = scalar::silu(x[i]); break;
+  }
+}
+}  // namespace detail
+
+}  // namespace einmoe

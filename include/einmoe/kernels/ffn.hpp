@@ -1,0 +1,357 @@
+// einmoe/kernels/ffn.hpp - the expert feed-forward network on a block of
+// rows, for every backend and precision.
+//
+//   FfnKernel<float> f;                 // banks laid out once (see experts/packed_experts.hpp)
+//   FfnScratch<float> s;                // per thread, reused
+//   ffn_rows(f, e, x, m, y, s);         // y [m, model] = FFN_e(x [m, model]), m <= f.row_block()
+//
+// The FFN of expert e is
+//   plain:  y = act(x . up[e] + b_up[e]) . down[e] + b_down[e]
+//   gated:  y = (act(x . gate[e] + b_gate[e]) * (x . up[e] + b_up[e])) . down[e] + b_down[e]
+// (SwiGLU with act = silu, GeGLU with gelu / gelu_tanh; biases optional).
+//
+// Each call is single-threaded: its result depends only on the rows, the
+// expert and the row count, never on how many threads the program runs or
+// which one runs the call. Callers parallelize over (expert, block) items.
+//
+// Where the precisions round (kernels/precision.hpp has the definitions):
+// bf16 rounds x and the hidden layer to bfloat16; int8 quantizes x and the
+// hidden layer per row. On oneDNN the bias, activation and gate multiply of
+// the first layer run inside the GEMM (post-ops); the int8 epilogue
+// (dequantize, bias, activation, requantize) runs in einmoe's own vector code.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "einmoe/core/random.hpp"
+#include "einmoe/core/threads.hpp"
+#include "einmoe/detail/dnnl.hpp"
+#include "einmoe/detail/simd.hpp"
+#include "einmoe/kernels/activation.hpp"
+#include "einmoe/kernels/matrix_bank.hpp"
+
+namespace einmoe {
+
+/// The laid-out weights of a bank of expert FFNs (immutable once built).
+template <class T>
+struct FfnKernel {
+  MatrixBank<T> up;                    ///< [E][model, hidden]: the plain FFN's first layer, the GLU's linear half
+  MatrixBank<T> gate;                  ///< [E][model, hidden]: the GLU's gate (empty: not gated)
+  MatrixBank<T> down;                  ///< [E][hidden, model]
+  std::vector<T> b_up, b_gate, b_down; ///< [E * hidden], [E * hidden], [E * model], or empty
+  Activation activation = Activation::relu;
+
+  bool gated() const { return !gate.empty(); }
+  index_t experts() const { return up.count(); }
+  index_t model() const { return up.in(); }
+  index_t hidden() const { return up.out(); }
+  Precision precision() const { return up.precision(); }
+  Backend backend() const { return up.backend(); }
+  /// The most rows one ffn_rows call takes: callers split longer runs into
+  /// blocks of this many (64 on oneDNN, 512 on Eigen, which repacks weights
+  /// on every call).
+  index_t row_block() const { return row_block_of(backend()); }
+  static index_t row_block_of(Backend b) {
+#if defined(EINMOE_HAS_DNNL)
+    if (b == Backend::dnnl) return detail::dnnl_impl::kBlockRows;
+#endif
+    (void)b;
+    return 512;
+  }
+  /// Bytes of weights held.
+  std::size_t bytes() const {
+    return up.bytes() + gate.bytes() + down.bytes() + (b_up.size() + b_gate.size() + b_down.size()) * sizeof(T);
+  }
+};
+
+/// Scratch memory of ffn_rows; buffers only grow, so a steady state
+/// allocates nothing. One per thread.
+template <class T>
+struct FfnScratch {
+  std::vector<T> h, u;                 // hidden [m, H]; the GLU's linear half [m, H]
+  std::vector<std::uint16_t> xb, hb;   // bf16 rows
+  std::vector<std::uint8_t> xq, hq;    // int8 rows (+128)
+  std::vector<float> xs, hs;           // int8 row scales
+  std::vector<std::int32_t> acc, acc2; // int32 accumulators
+  std::vector<float> wf, wf2;          // Eigen: a bf16 matrix widened to fp32
+  std::vector<std::int32_t> wi, xi;    // Eigen: int8 matrix / rows widened to int32
+  std::vector<unsigned char> pad;      // oneDNN scratchpad
+
+  template <class V>
+  static typename V::value_type* get(V& v, index_t n) {
+    if (static_cast<index_t>(v.size()) < n) v.resize(detail::uz(n));
+    return v.data();
+  }
+};
+
+/// Hidden-layer dropout (training-mode parity with the sources): element j
+/// of row r is kept iff Rng::uniform_at(seed, first[r] + j) >= rate, and
+/// scaled by 1 / (1 - rate). fp32 precision only.
+struct HiddenDropout {
+  double rate = 0.0;
+  std::uint64_t seed = 0;
+  const index_t* first = nullptr;  ///< per row: the index of its first hidden element
+};
+
+namespace detail {
+
+template <class T>
+using RowMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <class T>
+using CMapR = Eigen::Map<const RowMajor<T>>;
+template <class T>
+using MMapR = Eigen::Map<RowMajor<T>>;
+
+template <class T>
+void add_bias_rows(T* y, index_t m, index_t n, const T* b) {
+  if (!b) return;
+  for (index_t r = 0; r < m; ++r)
+    for (index_t j = 0; j < n; ++j) y[r * n + j] += b[j];
+}
+
+template <class T>
+void dropout_rows(T* h, index_t m, index_t H, const HiddenDropout* d) {
+  if (!d || d->rate <= 0.0) return;
+  const T scale = static_cast<T>(1.0 / (1.0 - d->rate));
+  for (index_t r = 0; r < m; ++r)
+    for (index_t j = 0; j < H; ++j) {
+      T& v = h[r * H + j];
+      v = Rng::uniform_at(d->seed, static_cast<std::uint64_t>(d->first[r] + j)) >= d->rate ? v * scale : T(0);
+    }
+}
+
+/// bias pointer of expert e, or null
+template <class T>
+const T* bias_of(const std::vector<T>& b, index_t e, index_t n) {
+  return b.empty() ? nullptr : b.data() + e * n;
+}
+
+/// Eigen: y [m, n] = x [m, k] . W where W is bank matrix e as T (fp32 banks
+/// directly; bf16 banks widened into scratch).
+template <class T>
+void eigen_gemm(const MatrixBank<T>& w, index_t e, const T* x, index_t m, T* y, std::vector<float>& widened) {
+  const index_t k = w.in(), n = w.out();
+  MMapR<T> Y(y, m, n);
+  if (k == 0) {
+    Y.setZero();
+    return;
+  }
+  if constexpr (std::is_same<T, float>::value) {
+    if (w.precision() == Precision::bf16) {
+      float* wf = FfnScratch<T>::get(widened, k * n);
+      simd::from_bf16(static_cast<const std::uint16_t*>(w.data(e)), k * n, wf);
+      Y.noalias() = CMapR<T>(x, m, k) * CMapR<T>(wf, k, n);
+      return;
+    }
+  }
+  Y.noalias() = CMapR<T>(x, m, k) * CMapR<T>(static_cast<const T*>(w.data(e)), k, n);
+}
+
+/// Eigen, int8: acc [m, n] = (xq - 128) . W (exact int32).
+inline void eigen_gemm_int8(const MatrixBank<float>& w, index_t e, const std::uint8_t* xq, index_t m,
+                            std::int32_t* acc, std::vector<std::int32_t>& xi, std::vector<std::int32_t>& wi) {
+  const index_t k = w.in(), n = w.out();
+  MMapR<std::int32_t> A(acc, m, n);
+  if (k == 0) {
+    A.setZero();
+    return;
+  }
+  std::int32_t* x32 = FfnScratch<float>::get(xi, m * k);
+  for (index_t i = 0; i < m * k; ++i) x32[i] = static_cast<std::int32_t>(xq[i]) - 128;
+  std::int32_t* w32 = FfnScratch<float>::get(wi, k * n);
+  const std::int8_t* w8 = static_cast<const std::int8_t*>(w.data(e));
+  for (index_t i = 0; i < k * n; ++i) w32[i] = w8[i];
+  A.noalias() = CMapR<std::int32_t>(x32, m, k) * CMapR<std::int32_t>(w32, k, n);
+}
+
+/// Rounds n floats to bfloat16 and back, in place.
+inline void round_bf16(float* x, index_t n, std::vector<std::uint16_t>& tmp) {
+  std::uint16_t* b = FfnScratch<float>::get(tmp, n);
+  simd::to_bf16(x, n, b);
+  simd::from_bf16(b, n, x);
+}
+
+#if defined(EINMOE_HAS_DNNL)
+/// One oneDNN matmul on bank matrix e.
+template <class T>
+void dnnl_gemm(const MatrixBank<T>& w, index_t e, dnnl_impl::Type src, const void* x, index_t m, dnnl_impl::Type dst,
+               void* y, const same_t<T>* bias, int act, const float* mul, FfnScratch<T>& s) {
+  using dnnl_impl::Type;
+  const Type wt = w.precision() == Precision::fp32 ? Type::f32 : w.precision() == Precision::bf16 ? Type::bf16 : Type::s8;
+  dnnl_impl::MatmulKey key{m, w.in(), w.out(), src, wt, dst, bias != nullptr, act, mul != nullptr, !w.packed()};
+  const auto& mm = dnnl_impl::matmul(key);
+  void* pad = FfnScratch<T>::get(s.pad, static_cast<index_t>(mm.scratch));
+  dnnl_impl::execute(mm, x, w.data(e), y, reinterpret_cast<const float*>(bias), mul, pad);
+}
+#endif
+
+/// int8 epilogue of the first layer: h = act(deq(acc_up)) or
+/// act(deq(acc_gate)) * deq(acc_up), then quantized per row into hq / hs.
+inline void int8_hidden(const FfnKernel<float>& f, index_t e, index_t m, FfnScratch<float>& s) {
+  const index_t H = f.hidden();
+  float* h = FfnScratch<float>::get(s.h, m * H);
+  float* u = f.gated() ? FfnScratch<float>::get(s.u, m * H) : nullptr;
+  std::uint8_t* hq = FfnScratch<float>::get(s.hq, m * H);
+  float* hs = FfnScratch<float>::get(s.hs, m);
+  for (index_t r = 0; r < m; ++r) {
+    float* hr = h + r * H;
+    if (f.gated()) {
+      simd::dequantize(s.acc2.data() + r * H, H, f.gate.compensation(e), s.xs[detail::uz(r)], f.gate.scales(e),
+                       bias_of(f.b_gate, e, H), hr);
+      simd::activate(f.activation, hr, H);
+      float* ur = u + r * H;
+      simd::dequantize(s.acc.data() + r * H, H, f.up.compensation(e), s.xs[detail::uz(r)], f.up.scales(e),
+                       bias_of(f.b_up, e, H), ur);
+      simd::multiply(hr, ur, H);
+    } else {
+      simd::dequantize(s.acc.data() + r * H, H, f.up.compensation(e), s.xs[detail::uz(r)], f.up.scales(e),
+                       bias_of(f.b_up, e, H), hr);
+      simd::activate(f.activation, hr, H);
+    }
+    hs[r] = simd::quantize_row_u8(hr, H, hq + r * H);
+  }
+}
+
+template <class T>
+void check_rows(const FfnKernel<T>& f, index_t e, index_t m, const char* op) {
+  if (e < 0 || e >= f.experts()) raise<value_error>(op, ": expert ", e, " of ", f.experts());
+  if (m < 0 || m > f.row_block()) raise<value_error>(op, ": ", m, " rows in one call (at most ", f.row_block(), ")");
+}
+
+}  // namespace detail
+
+/// y [m, model] = FFN_e(x [m, model]) for m <= f.row_block() rows
+/// (row-major, contiguous), single-threaded. `dropout` (fp32 only) drops
+/// hidden elements as HiddenDropout says.
+template <class T>
+void ffn_rows(const FfnKernel<T>& f, index_t e, const T* x, index_t m, T* y, FfnScratch<T>& s,
+              const HiddenDropout* dropout = nullptr) {
+  detail::check_rows(f, e, m, "ffn_rows");
+  if (m == 0) return;
+  if (dropout && dropout->rate > 0.0 && f.precision() != Precision::fp32)
+    detail::raise<value_error>("ffn_rows: dropout runs in fp32 precision only");
+  detail::SingleThread one;
+  const index_t M = f.model(), H = f.hidden();
+  const T* b_up = detail::bias_of(f.b_up, e, H);
+  const T* b_gate = detail::bias_of(f.b_gate, e, H);
+  const T* b_down = detail::bias_of(f.b_down, e, M);
+#if defined(EINMOE_HAS_DNNL)
+  const bool dnnl = f.backend() == Backend::dnnl && M > 0 && H > 0;
+#else
+  const bool dnnl = false;
+#endif
+
+  if constexpr (std::is_same<T, float>::value) {
+    if (f.precision() == Precision::int8) {
+      // Quantize the rows, one int32 GEMM per projection, then einmoe's own
+      // epilogue (the same on both backends; Eigen multiplies the signed rows,
+      // oneDNN the rows + 128 and subtracts the compensation).
+      auto gemm = [&](const MatrixBank<float>& w, const std::uint8_t* q, std::int32_t* acc) {
+#if defined(EINMOE_HAS_DNNL)
+        if (dnnl) {
+          using detail::dnnl_impl::Type;
+          return detail::dnnl_gemm(w, e, Type::u8, q, m, Type::s32, acc, nullptr, -1, nullptr, s);
+        }
+#endif
+        detail::eigen_gemm_int8(w, e, q, m, acc, s.xi, s.wi);
+      };
+      std::uint8_t* xq = FfnScratch<T>::get(s.xq, m * M);
+      float* xs = FfnScratch<T>::get(s.xs, m);
+      for (index_t r = 0; r < m; ++r) xs[r] = detail::simd::quantize_row_u8(x + r * M, M, xq + r * M);
+      gemm(f.up, xq, FfnScratch<T>::get(s.acc, m * std::max(H, M)));
+      if (f.gated()) gemm(f.gate, xq, FfnScratch<T>::get(s.acc2, m * H));
+      detail::int8_hidden(f, e, m, s);
+      gemm(f.down, s.hq.data(), s.acc.data());
+      for (index_t r = 0; r < m; ++r)
+        detail::simd::dequantize(s.acc.data() + r * M, M, f.down.compensation(e), s.hs[detail::uz(r)],
+                                 f.down.scales(e), b_down, y + r * M);
+      return;
+    }
+  }
+
+#if defined(EINMOE_HAS_DNNL)
+  if constexpr (std::is_same<T, float>::value) {
+    if (dnnl) {
+      // bias, activation and the gate multiply run inside the first GEMM
+      using detail::dnnl_impl::Type;
+      const int act = static_cast<int>(f.activation);
+      const bool bf16 = f.precision() == Precision::bf16;
+      const Type in = bf16 ? Type::bf16 : Type::f32;
+      const void* xin = x;
+      if (bf16) {
+        std::uint16_t* xb = FfnScratch<T>::get(s.xb, m * M);
+        detail::simd::to_bf16(x, m * M, xb);
+        xin = xb;
+      }
+      void* h = bf16 ? static_cast<void*>(FfnScratch<T>::get(s.hb, m * H)) : FfnScratch<T>::get(s.h, m * H);
+      if (f.gated()) {
+        float* u = FfnScratch<T>::get(s.u, m * H);
+        detail::dnnl_gemm(f.up, e, in, xin, m, Type::f32, u, b_up, -1, nullptr, s);
+        detail::dnnl_gemm(f.gate, e, in, xin, m, in, h, b_gate, act, u, s);
+      } else {
+        detail::dnnl_gemm(f.up, e, in, xin, m, in, h, b_up, act, nullptr, s);
+      }
+      if (!bf16) detail::dropout_rows(static_cast<float*>(h), m, H, dropout);
+      detail::dnnl_gemm(f.down, e, in, h, m, Type::f32, y, b_down, -1, nullptr, s);
+      return;
+    }
+  }
+#endif
+
+  // Eigen (and oneDNN's degenerate sizes), fp32 or bf16.
+  const bool bf16 = f.precision() == Precision::bf16;
+  const T* xin = x;
+  if constexpr (std::is_same<T, float>::value) {
+    if (bf16) {
+      float* xr = FfnScratch<T>::get(s.wf2, m * M);  // the rows rounded to bf16
+      std::copy(x, x + m * M, xr);
+      detail::round_bf16(xr, m * M, s.xb);
+      xin = xr;
+    }
+  }
+  T* h = FfnScratch<T>::get(s.h, m * H);
+  detail::eigen_gemm(f.up, e, xin, m, h, s.wf);
+  detail::add_bias_rows(h, m, H, b_up);
+  if (f.gated()) {
+    T* u = FfnScratch<T>::get(s.u, m * H);
+    std::copy(h, h + m * H, u);
+    detail::eigen_gemm(f.gate, e, xin, m, h, s.wf);
+    detail::add_bias_rows(h, m, H, b_gate);
+    detail::apply_activation(f.activation, h, m * H);
+    for (index_t i = 0; i < m * H; ++i) h[i] *= u[i];
+  } else {
+    detail::apply_activation(f.activation, h, m * H);
+  }
+  detail::dropout_rows(h, m, H, dropout);
+  if constexpr (std::is_same<T, float>::value)
+    if (bf16) detail::round_bf16(h, m * H, s.hb);
+  detail::eigen_gemm(f.down, e, h, m, y, s.wf);
+  detail::add_bias_rows(y, m, M, b_down);
+}
+
+/// y [m, out] = x [m, in] . W[e] for m <= FfnKernel::row_block_of(w.backend())
+/// rows, single-threaded, fp32 precision (the router's logits).
+template <class T>
+void linear_rows(const MatrixBank<T>& w, index_t e, const T* x, index_t m, T* y, FfnScratch<T>& s) {
+  if (w.precision() != Precision::fp32) detail::raise<value_error>("linear_rows: fp32 banks only");
+  if (m > FfnKernel<T>::row_block_of(w.backend()))
+    detail::raise<value_error>("linear_rows: ", m, " rows in one call (at most ", FfnKernel<T>::row_block_of(w.backend()), ")");
+  if (m == 0) return;
+  detail::SingleThread one;
+#if defined(EINMOE_HAS_DNNL)
+  if constexpr (std::is_same<T, float>::value) {
+    if (w.backend() == Backend::dnnl && w.in() > 0 && w.out() > 0) {
+      using detail::dnnl_impl::Type;
+      detail::dnnl_gemm(w, e, Type::f32, x, m, Type::f32, y, nullptr, -1, nullptr, s);
+      return;
+    }
+  }
+#endif
+  detail::eigen_gemm(w, e, x, m, y, s.wf);
+}
+
+}  // namespace einmoe
