@@ -141,6 +141,10 @@ std::optional<Tensor<T>> regroup_extra(const std::optional<Tensor<T>>& t, const 
 
 }  // namespace detail
 
+template <class T>
+MoEResult<T> moe_forward(const Tensor<T>& inputs, const MoEWeights<T>& w, const MoEOptions& opt,
+                         const GatingInputs<T>& extras = {});
+
 /// A layer object holding its laid-out weights, options and scratch memory.
 ///
 /// forward_into reuses the output's buffers and the layer's workspace, so a
@@ -155,36 +159,7 @@ class MoELayer {
   /// Lays out the weights (float, double or bfloat16 tensors; see the file
   /// comment). Throws shape_error / value_error naming the weight.
   template <class S>
-  MoELayer(const MoEWeights<S>& w, MoEOptions options) : opt_(std::move(options)) {
-    const char* op = "MoELayer";
-    const auto& g = opt_.gating;
-    w.wg.shape().require(opt_.model_dim, op);
-    experts_dim_ = w.wg.shape().get(g.experts_dim, op);
-    model_ = w.wg.shape().get(opt_.model_dim, op);
-    if (w.wg.rank() != 2) detail::raise<shape_error>(op, ": wg ", w.wg.shape(), " is not [", opt_.model_dim, ", ", g.experts_dim, "]");
-    router_ = MatrixBank<T>(w.wg, "", opt_.model_dim, g.experts_dim, Precision::fp32, opt_.backend, "wg");
-    const ExpertOptions eo = detail::expert_options(opt_);
-    if (opt_.dense) {
-      if constexpr (std::is_same<S, T>::value) {
-        if (opt_.precision != Precision::fp32)
-          detail::raise<value_error>(op, ": the dense oracle computes in full precision (precision fp32)");
-        detail::check_expert_weights(w.experts, eo, op);
-        dense_ = w;
-      } else {
-        detail::raise<value_error>(op, ": the dense oracle needs weights of the layer's own type");
-      }
-    } else {
-      experts_ = PackedExperts<T>(w.experts, eo);
-    }
-    const Dim& we = opt_.dense ? dense_->experts.wi.dim(g.experts_dim) : experts_.experts();
-    const Dim& wm = opt_.dense ? dense_->experts.wi.dim(opt_.model_dim) : experts_.model();
-    if (we != experts_dim_)
-      detail::raise<shape_error>(op, ": dim \"", g.experts_dim, "\" has size ", experts_dim_.size, " in wg but ",
-                                 we.size, " in wi");
-    if (wm != model_)
-      detail::raise<shape_error>(op, ": dim \"", opt_.model_dim, "\" has size ", model_.size, " in wg but ", wm.size,
-                                 " in wi");
-  }
+  MoELayer(const MoEWeights<S>& w, MoEOptions options) : MoELayer(w, std::move(options), true) {}
 
   /// inputs [<batch>, group, model] (or ungrouped) -> outputs of the same shape.
   MoEResult<T> forward(const Tensor<T>& inputs, const GatingInputs<T>& extras = {}) const {
@@ -192,6 +167,7 @@ class MoELayer {
     forward_into(out, inputs, extras);
     return out;
   }
+
   /// forward into `out`, reusing its buffers.
   void forward_into(MoEResult<T>& out, const Tensor<T>& inputs, const GatingInputs<T>& extras = {}) const {
     std::unique_lock<std::mutex> lock(mutex_, std::try_to_lock);
@@ -221,6 +197,42 @@ class MoELayer {
   std::size_t weight_bytes() const { return router_.bytes() + experts_.bytes(); }
 
  private:
+  template <class S>
+  friend MoEResult<S> moe_forward(const Tensor<S>&, const MoEWeights<S>&, const MoEOptions&, const GatingInputs<S>&);
+
+  template <class S>
+  MoELayer(const MoEWeights<S>& w, MoEOptions options, bool keep_dense) : opt_(std::move(options)) {
+    const char* op = "MoELayer";
+    const auto& g = opt_.gating;
+    w.wg.shape().require(opt_.model_dim, op);
+    experts_dim_ = w.wg.shape().get(g.experts_dim, op);
+    model_ = w.wg.shape().get(opt_.model_dim, op);
+    if (w.wg.rank() != 2) detail::raise<shape_error>(op, ": wg ", w.wg.shape(), " is not [", opt_.model_dim, ", ", g.experts_dim, "]");
+    router_ = MatrixBank<T>(w.wg, "", opt_.model_dim, g.experts_dim, Precision::fp32, opt_.backend, "wg");
+    const ExpertOptions eo = detail::expert_options(opt_);
+    if (opt_.dense) {
+      if constexpr (std::is_same<S, T>::value) {
+        if (opt_.precision != Precision::fp32)
+          detail::raise<value_error>(op, ": the dense oracle computes in full precision (precision fp32)");
+        detail::check_expert_weights(w.experts, eo, op);
+        if (keep_dense) dense_ = w;
+      } else {
+        detail::raise<value_error>(op, ": the dense oracle needs weights of the layer's own type");
+      }
+    } else {
+      experts_ = PackedExperts<T>(w.experts, eo);
+    }
+    const Dim& we = opt_.dense ? w.experts.wi.dim(g.experts_dim) : experts_.experts();
+    const Dim& wm = opt_.dense ? w.experts.wi.dim(opt_.model_dim) : experts_.model();
+    if (we != experts_dim_)
+      detail::raise<shape_error>(op, ": dim \"", g.experts_dim, "\" has size ", experts_dim_.size, " in wg but ",
+                                 we.size, " in wi");
+    if (wm != model_)
+      detail::raise<shape_error>(op, ": dim \"", opt_.model_dim, "\" has size ", model_.size, " in wg but ", wm.size,
+                                 " in wi");
+  }
+
+
   struct Workspace {
     ExpertWorkspace<T> experts;
     Tensor<T> logits, canonical;
@@ -261,6 +273,11 @@ class MoELayer {
   }
 
   void run(MoEResult<T>& out, const Tensor<T>& inputs, const GatingInputs<T>& extras_in, Workspace& ws) const {
+    run_with(out, inputs, extras_in, ws, dense_ ? &*dense_ : nullptr);
+  }
+
+  void run_with(MoEResult<T>& out, const Tensor<T>& inputs, const GatingInputs<T>& extras_in, Workspace& ws,
+                const MoEWeights<T>* dense) const {
     const Top2Options& g = opt_.gating;
     detail::group_inputs(ws.in, inputs, opt_);
     const Tensor<T>& x = in_order(*ws.in.x, canonical_shape(ws.in.x->shape()), ws.canonical);
@@ -276,7 +293,7 @@ class MoELayer {
     if (opt_.dense) {
       const ExpertOptions eo = detail::expert_options(opt_);
       auto d = top2_gating_dense(ws.logits, g, *extras);
-      out.outputs = experts_dense(x, d.dispatch, d.combine, dense_->experts, eo);
+      out.outputs = experts_dense(x, d.dispatch, d.combine, dense->experts, eo);
       out.aux_loss = d.aux_loss;
       out.stats = std::move(d.stats);
     } else {
@@ -304,11 +321,16 @@ class MoELayer {
 };
 
 /// One MoE feed-forward layer forward pass (lays the weights out for this
-/// call; keep an MoELayer for repeated calls). See the file comment.
+/// call; keep an MoELayer for repeated calls). With opt.dense it runs the
+/// oracle on the caller's weights without copying them. See the file comment.
 template <class T>
 MoEResult<T> moe_forward(const Tensor<T>& inputs, const MoEWeights<T>& w, const MoEOptions& opt,
-                         const GatingInputs<T>& extras = {}) {
-  return MoELayer<T>(w, opt).forward(inputs, extras);
+                         const GatingInputs<T>& extras) {
+  const MoELayer<T> layer(w, opt, false);
+  MoEResult<T> out;
+  typename MoELayer<T>::Workspace ws;
+  layer.run_with(out, inputs, extras, ws, opt.dense ? &w : nullptr);
+  return out;
 }
 
 }  // namespace einmoe
