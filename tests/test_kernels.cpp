@@ -332,3 +332,25 @@ TEST_CASE("ffn_rows: every row count of a block works, repeated calls are bitwis
   nan.bo->at({1, 4}) = std::nanf("");
   CHECK_THROWS_NAMING(PackedExperts<float>(nan, ExpertOptions{}), value_error, "bo");
 }
+
+TEST_CASE("ffn_rows and linear_rows do not depend on where the caller's rows sit in memory", "[kernels][determinism]") {
+  // Small sizes take Eigen's coefficient-based product, whose vector
+  // reduction would peel by alignment: inputs are realigned first.
+  ExpertWeights<double> w;
+  w.wi = naive::random_tensor<double>(Shape::parse("experts:1,model:6,hidden:8"));
+  w.wo = naive::random_tensor<double>(Shape::parse("experts:1,hidden:8,model:6"));
+  const PackedExperts<double> pe(w, ExpertOptions{});
+  const MatrixBank<double> router(w.wi, "experts", "model", "hidden", Precision::fp32, Backend::eigen, "wg");
+  FfnScratch<double> s;
+  std::vector<double> storage(64, 0.0), y0(18), y(18), l0(24), l(24);
+  const auto rows = naive::random_tensor<double>(Shape::parse("r:3,model:6"));
+  for (std::size_t shift = 0; shift < 8; ++shift) {
+    double* x = storage.data() + shift;
+    std::copy(rows.begin(), rows.end(), x);
+    ffn_rows(pe.kernel(), 0, x, 3, shift == 0 ? y0.data() : y.data(), s);
+    linear_rows(router, 0, x, 3, shift == 0 ? l0.data() : l.data(), s);
+    if (shift == 0) continue;
+    CHECK(std::memcmp(y.data(), y0.data(), y.size() * sizeof(double)) == 0);
+    CHECK(std::memcmp(l.data(), l0.data(), l.size() * sizeof(double)) == 0);
+  }
+}

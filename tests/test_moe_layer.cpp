@@ -1,3 +1,7 @@
+#include <cstring>
+#include <optional>
+#include <thread>
+
 #include "check.hpp"
 #include "moe_fixtures.hpp"
 #include "naive.hpp"
@@ -139,4 +143,186 @@ TEST_CASE("MoE layer: forward_into reuses the output buffer and gives the same r
   layer.forward_into(out, y);
   CHECK(out.outputs.shape() == y.shape());
   CHECK(naive::all_close(out.outputs, moe_forward(y, w, o).outputs, 1e-6));
+}
+
+namespace {
+/// Restores the thread count when a test changes it.
+struct ThreadGuard {
+  int saved = num_threads();
+  ~ThreadGuard() { set_num_threads(saved); }
+};
+bool bitwise_equal(const Tensor<float>& a, const Tensor<float>& b) {
+  return a.shape() == b.shape() && std::memcmp(a.data(), b.data(), static_cast<std::size_t>(a.size()) * sizeof(float)) == 0;
+}
+std::vector<Backend> layer_backends() {
+  if (has_dnnl()) return {Backend::dnnl, Backend::eigen};
+  return {Backend::eigen};
+}
+}  // namespace
+
+TEST_CASE("MoE layer: outputs, loss and routing are bitwise equal on any thread count, run after run", "[moe][determinism]") {
+  ThreadGuard guard;
+  // Enough tokens for several row blocks per expert, and a group count that
+  // does not divide evenly among the threads.
+  const auto w = random_layer<float>(48, 80, 6);
+  const auto x = naive::random_tensor<float>(Shape::parse("batch:3,group:150,model:48"));
+  for (Backend b : layer_backends())
+    for (Precision p : {Precision::fp32, Precision::bf16, Precision::int8}) {
+      MoEOptions o;
+      o.gating.capacity = Dim("expert_capacity", 60);
+      o.gating.policy = SecondPolicy::random;
+      o.precision = p;
+      o.backend = b;
+      o.activation = Activation::gelu;
+      set_num_threads(1);
+      const MoELayer<float> layer(w, o);
+      const auto ref = layer.forward(x);
+      for (int t : {1, 2, 3, 4, 1}) {
+        set_num_threads(t);
+        const auto r = layer.forward(x);
+        INFO("backend " << to_string(b) << ", precision " << to_string(p) << ", " << t << " threads");
+        CHECK(bitwise_equal(r.outputs, ref.outputs));
+        CHECK(std::memcmp(&r.aux_loss, &ref.aux_loss, sizeof(float)) == 0);
+        CHECK(r.stats.tokens_per_expert == ref.stats.tokens_per_expert);
+        CHECK(bitwise_equal(layer.router_logits(x), layer.router_logits(x)));
+      }
+    }
+}
+
+TEST_CASE("MoE layer: the router's logits of a group do not depend on the other groups", "[moe][determinism]") {
+  const auto w = random_layer<float>(40, 8, 5);
+  const auto x = naive::random_tensor<float>(Shape::parse("batch:4,group:100,model:40"));
+  MoEOptions o;
+  o.gating.capacity = Dim("expert_capacity", 30);
+  const MoELayer<float> layer(w, o);
+  const auto all = layer.router_logits(x);
+  const auto part = layer.router_logits(slice(x, "batch", 2, 2));
+  CHECK(std::memcmp(part.data(), all.data() + 2 * 100 * 5, 2 * 100 * 5 * sizeof(float)) == 0);
+}
+
+TEST_CASE("MoE layer: bf16 and int8 experts stay close to fp32; routing is the same", "[moe][precision]") {
+  // Reference-like scales: weights ~ 1/sqrt(fan-in), unit inputs.
+  Rng rng(5);
+  MoEWeights<float> w;
+  const index_t M = 64, H = 128, E = 8;
+  auto init = [&](const Shape& s, double scale) {
+    Tensor<float> t = rng.normal<float>(s);
+    for (auto& v : t) v = static_cast<float>(v * scale);
+    return t;
+  };
+  w.wg = init(Shape{{"model", M}, {"experts", E}}, 1.0 / std::sqrt(double(M)));
+  w.experts.wi = init(Shape{{"experts", E}, {"model", M}, {"hidden", H}}, 1.0 / std::sqrt(double(M)));
+  w.experts.wo = init(Shape{{"experts", E}, {"hidden", H}, {"model", M}}, 1.0 / std::sqrt(double(H)));
+  const auto x = init(Shape{{"batch", 2}, {"group", 128}, {"model", M}}, 1.0);
+  MoEOptions o;
+  o.gating.capacity = Dim("expert_capacity", 40);
+  for (Backend b : layer_backends()) {
+    o.backend = b;
+    o.precision = Precision::fp32;
+    const auto ref = MoELayer<float>(w, o).forward(x);
+    float ymax = 0;
+    for (float v : ref.outputs) ymax = std::max(ymax, std::fabs(v));
+    for (Precision p : {Precision::bf16, Precision::int8}) {
+      o.precision = p;
+      const auto r = MoELayer<float>(w, o).forward(x);
+      float err = 0;
+      for (index_t i = 0; i < r.outputs.size(); ++i) err = std::max(err, std::fabs(r.outputs[i] - ref.outputs[i]));
+      INFO(to_string(b) << " " << to_string(p) << ": max |delta| / max |y| = " << err / ymax);
+      CHECK(err / ymax <= (p == Precision::bf16 ? 1e-2f : 3e-2f));
+      CHECK(err > 0.f);  // it really ran in another precision
+      CHECK(r.aux_loss == ref.aux_loss);
+      CHECK(r.stats.tokens_per_expert == ref.stats.tokens_per_expert);
+    }
+  }
+}
+
+TEST_CASE("MoE layer: weights are laid out once and shared by concurrent callers", "[moe][concurrency]") {
+  const auto w = random_layer<float>(64, 128, 5);
+  MoEOptions o;
+  o.gating.capacity = Dim("expert_capacity", 20);
+  o.precision = Precision::bf16;
+  // The caller's weights may go away: the layer keeps only its laid-out copy.
+  std::optional<MoELayer<float>> layer;
+  {
+    MoEWeights<float> copy = w;
+    layer.emplace(copy, o);
+  }
+  CHECK(layer->weight_bytes() < static_cast<std::size_t>(w.experts.wi.size() + w.experts.wo.size()) * sizeof(float));
+  const auto x = naive::random_tensor<float>(Shape::parse("batch:2,group:40,model:64"));
+  const auto ref = layer->forward(x);
+  std::vector<std::thread> threads;
+  std::vector<int> ok(4, 0);
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      bool good = true;
+      MoEResult<float> out;
+      for (int rep = 0; rep < 5; ++rep) {
+        layer->forward_into(out, x);
+        good = good && bitwise_equal(out.outputs, ref.outputs);
+      }
+      ok[static_cast<std::size_t>(t)] = good;
+    });
+  for (auto& t : threads) t.join();
+  CHECK(ok == std::vector<int>{1, 1, 1, 1});
+}
+
+TEST_CASE("MoE layer: borrowed and bf16 weights are read in place, read-only views are enough", "[moe]") {
+  const auto w = random_layer<float>(16, 24, 4);
+  // read-only views of the caller's weights
+  MoEWeights<float> views;
+  views.wg = w.wg.view();
+  views.experts.wi = w.experts.wi.view();
+  views.experts.wo = w.experts.wo.view();
+  MoEOptions o;
+  o.gating.capacity = Dim("expert_capacity", 8);
+  const auto x = naive::random_tensor<float>(Shape::parse("batch:2,group:16,model:16"));
+  CHECK(bitwise_equal(MoELayer<float>(views, o).forward(x).outputs, MoELayer<float>(w, o).forward(x).outputs));
+  // Hugging Face layout ([out, in] per expert): same layer, no transposed copy needed by the caller
+  MoEWeights<float> hf;
+  hf.wg = w.wg;
+  hf.experts.wi = transpose(w.experts.wi, Names({"experts", "hidden", "model"}));
+  hf.experts.wo = transpose(w.experts.wo, Names({"experts", "model", "hidden"}));
+  CHECK(bitwise_equal(MoELayer<float>(hf, o).forward(x).outputs, MoELayer<float>(w, o).forward(x).outputs));
+  // bf16 weights (a checkpoint) in a float layer: the same as rounding to bf16 first
+  MoEWeights<bfloat16> w16;
+  w16.wg = to_bfloat16(w.wg);
+  w16.experts.wi = to_bfloat16(w.experts.wi);
+  w16.experts.wo = to_bfloat16(w.experts.wo);
+  MoEWeights<float> rounded;
+  rounded.wg = from_bfloat16<float>(w16.wg);
+  rounded.experts.wi = from_bfloat16<float>(w16.experts.wi);
+  rounded.experts.wo = from_bfloat16<float>(w16.experts.wo);
+  o.precision = Precision::bf16;
+  CHECK(bitwise_equal(MoELayer<float>(w16, o).forward(x).outputs, MoELayer<float>(rounded, o).forward(x).outputs));
+  // ungrouped inputs: no copy in, and the caller's output buffer is reused
+  const auto xu = naive::random_tensor<float>(Shape::parse("batch:2,length:16,model:16"));
+  o.precision = Precision::fp32;
+  const MoELayer<float> layer(w, o);
+  MoEResult<float> out;
+  layer.forward_into(out, xu);
+  const float* buf = out.outputs.data();
+  layer.forward_into(out, xu);
+  CHECK(out.outputs.data() == buf);
+  CHECK(out.outputs.shape() == xu.shape());
+}
+
+TEST_CASE("MoE layer: gating extras follow ungrouped inputs", "[moe]") {
+  const auto w = random_layer<double>(6, 8, 4);
+  const auto x = naive::random_tensor<double>(Shape::parse("batch:2,length:10,model:6"));
+  MoEOptions o;
+  o.gating.capacity = Dim("expert_capacity", 5);
+  o.gating.policy = SecondPolicy::random;
+  o.max_group_size = 10;
+  GatingInputs<double> in;
+  in.importance = naive::random_ints<double>(Shape::parse("batch:2,length:10"), 0, 1);
+  in.uniform = naive::random_tensor<double>(Shape::parse("length:10,batch:2"), 0, 1);  // any dim order
+  const auto r = moe_forward(x, w, o, in);
+  // by hand: the same tokens grouped [moe_groups=2, group=10]
+  GatingInputs<double> g;
+  g.importance = reshape(*in.importance, Shape::parse("moe_groups:2,group:10"));
+  g.uniform = reshape(transpose(*in.uniform, Names({"batch", "length"})), Shape::parse("moe_groups:2,group:10"));
+  const auto h = moe_forward(reshape(x, Shape::parse("moe_groups:2,group:10,model:6")), w, o, g);
+  CHECK(reshape(h.outputs, x.shape()).to_vector() == r.outputs.to_vector());
+  in.importance = naive::random_ints<double>(Shape::parse("batch:2,length:9"), 0, 1);
+  CHECK_THROWS_NAMING(moe_forward(x, w, o, in), shape_error, "importance");
 }

@@ -213,9 +213,9 @@ struct ExpertWorkspace {
   };
   struct PerThread {
     FfnScratch<T> ffn;
-    std::vector<T> x;  // the block's gathered rows
+    AlignedVector<T> x;  // the block's gathered rows
   };
-  std::vector<T> y;  // expert outputs, one row per routed choice [R, model]
+  AlignedVector<T> y;  // expert outputs, one row per routed choice [R, model]
   std::vector<index_t> offset, row_token, row_first_hidden, entry_row;
   std::vector<Item> items;
   std::vector<PerThread> threads;

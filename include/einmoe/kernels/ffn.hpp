@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <new>
 #include <vector>
 
 #include <Eigen/Core>
@@ -68,18 +69,44 @@ struct FfnKernel {
   }
 };
 
+namespace detail {
+/// A std::allocator that aligns to 64 bytes: kernel buffers always start at
+/// the same alignment, so no kernel's arithmetic can depend on where malloc
+/// put them (Eigen's small products peel by alignment).
+template <class T>
+struct Aligned64 {
+  using value_type = T;
+  Aligned64() = default;
+  template <class U>
+  Aligned64(const Aligned64<U>&) {}  // NOLINT
+  T* allocate(std::size_t n) {
+    return static_cast<T*>(::operator new(bytes_for(static_cast<index_t>(n), sizeof(T), "scratch"), std::align_val_t{64}));
+  }
+  void deallocate(T* p, std::size_t) noexcept { ::operator delete(p, std::align_val_t{64}); }
+  template <class U>
+  bool operator==(const Aligned64<U>&) const { return true; }
+  template <class U>
+  bool operator!=(const Aligned64<U>&) const { return false; }
+};
+}  // namespace detail
+
+/// A vector whose data is 64-byte aligned.
+template <class T>
+using AlignedVector = std::vector<T, detail::Aligned64<T>>;
+
 /// Scratch memory of ffn_rows; buffers only grow, so a steady state
 /// allocates nothing. One per thread.
 template <class T>
 struct FfnScratch {
-  std::vector<T> h, u;                 // hidden [m, H]; the GLU's linear half [m, H]
-  std::vector<std::uint16_t> xb, hb;   // bf16 rows
-  std::vector<std::uint8_t> xq, hq;    // int8 rows (+128)
-  std::vector<float> xs, hs;           // int8 row scales
-  std::vector<std::int32_t> acc, acc2; // int32 accumulators
-  std::vector<float> wf, wf2;          // Eigen: a bf16 matrix widened to fp32
-  std::vector<std::int32_t> wi, xi;    // Eigen: int8 matrix / rows widened to int32
-  std::vector<unsigned char> pad;      // oneDNN scratchpad
+  AlignedVector<T> h, u;                 // hidden [m, H]; the GLU's linear half [m, H]
+  AlignedVector<T> xa;                   // the input rows, when the caller's are not 64-byte aligned
+  AlignedVector<std::uint16_t> xb, hb;   // bf16 rows
+  AlignedVector<std::uint8_t> xq, hq;    // int8 rows (+128)
+  AlignedVector<float> xs, hs;           // int8 row scales
+  AlignedVector<std::int32_t> acc, acc2; // int32 accumulators
+  AlignedVector<float> wf, wf2;          // Eigen: a bf16 matrix widened to fp32; rows rounded to bf16
+  AlignedVector<std::int32_t> wi, xi;    // Eigen: int8 matrix / rows widened to int32
+  AlignedVector<unsigned char> pad;      // oneDNN scratchpad
 
   template <class V>
   static typename V::value_type* get(V& v, index_t n) {
@@ -124,6 +151,16 @@ void dropout_rows(T* h, index_t m, index_t H, const HiddenDropout* d) {
     }
 }
 
+/// x, or a copy of its m x k values in 64-byte aligned scratch when x is not
+/// so aligned.
+template <class T>
+const T* aligned_rows(const T* x, index_t m, index_t k, AlignedVector<T>& scratch) {
+  if (reinterpret_cast<std::uintptr_t>(x) % 64 == 0) return x;
+  T* a = FfnScratch<T>::get(scratch, m * k);
+  std::copy(x, x + m * k, a);
+  return a;
+}
+
 /// bias pointer of expert e, or null
 template <class T>
 const T* bias_of(const std::vector<T>& b, index_t e, index_t n) {
@@ -133,7 +170,7 @@ const T* bias_of(const std::vector<T>& b, index_t e, index_t n) {
 /// Eigen: y [m, n] = x [m, k] . W where W is bank matrix e as T (fp32 banks
 /// directly; bf16 banks widened into scratch).
 template <class T>
-void eigen_gemm(const MatrixBank<T>& w, index_t e, const T* x, index_t m, T* y, std::vector<float>& widened) {
+void eigen_gemm(const MatrixBank<T>& w, index_t e, const T* x, index_t m, T* y, AlignedVector<float>& widened) {
   const index_t k = w.in(), n = w.out();
   MMapR<T> Y(y, m, n);
   if (k == 0) {
@@ -153,7 +190,7 @@ void eigen_gemm(const MatrixBank<T>& w, index_t e, const T* x, index_t m, T* y, 
 
 /// Eigen, int8: acc [m, n] = (xq - 128) . W (exact int32).
 inline void eigen_gemm_int8(const MatrixBank<float>& w, index_t e, const std::uint8_t* xq, index_t m,
-                            std::int32_t* acc, std::vector<std::int32_t>& xi, std::vector<std::int32_t>& wi) {
+                            std::int32_t* acc, AlignedVector<std::int32_t>& xi, AlignedVector<std::int32_t>& wi) {
   const index_t k = w.in(), n = w.out();
   MMapR<std::int32_t> A(acc, m, n);
   if (k == 0) {
@@ -169,7 +206,7 @@ inline void eigen_gemm_int8(const MatrixBank<float>& w, index_t e, const std::ui
 }
 
 /// Rounds n floats to bfloat16 and back, in place.
-inline void round_bf16(float* x, index_t n, std::vector<std::uint16_t>& tmp) {
+inline void round_bf16(float* x, index_t n, AlignedVector<std::uint16_t>& tmp) {
   std::uint16_t* b = FfnScratch<float>::get(tmp, n);
   simd::to_bf16(x, n, b);
   simd::from_bf16(b, n, x);
@@ -232,6 +269,7 @@ void ffn_rows(const FfnKernel<T>& f, index_t e, const T* x, index_t m, T* y, Ffn
               const HiddenDropout* dropout = nullptr) {
   detail::check_rows(f, e, m, "ffn_rows");
   if (m == 0) return;
+  x = detail::aligned_rows(x, m, f.model(), s.xa);
   if (dropout && dropout->rate > 0.0 && f.precision() != Precision::fp32)
     detail::raise<value_error>("ffn_rows: dropout runs in fp32 precision only");
   detail::SingleThread one;
@@ -342,6 +380,7 @@ void linear_rows(const MatrixBank<T>& w, index_t e, const T* x, index_t m, T* y,
     detail::raise<value_error>("linear_rows: ", m, " rows in one call (at most ", FfnKernel<T>::row_block_of(w.backend()), ")");
   if (m == 0) return;
   detail::SingleThread one;
+  x = detail::aligned_rows(x, m, w.in(), s.xa);
 #if defined(EINMOE_HAS_DNNL)
   if constexpr (std::is_same<T, float>::value) {
     if (w.backend() == Backend::dnnl && w.in() > 0 && w.out() > 0) {
