@@ -99,7 +99,7 @@ using AlignedVector = std::vector<T, detail::Aligned64<T>>;
 template <class T>
 struct FfnScratch {
   AlignedVector<T> h, u;                 // hidden [m, H]; the GLU's linear half [m, H]
-  AlignedVector<T> xa;                   // the input rows, when the caller's are not 64-byte aligned
+  AlignedVector<T> xa, ya;               // input / output rows, when the caller's are not 64-byte aligned
   AlignedVector<std::uint16_t> xb, hb;   // bf16 rows
   AlignedVector<std::uint8_t> xq, hq;    // int8 rows (+128)
   AlignedVector<float> xs, hs;           // int8 row scales
@@ -168,24 +168,29 @@ const T* bias_of(const std::vector<T>& b, index_t e, index_t n) {
 }
 
 /// Eigen: y [m, n] = x [m, k] . W where W is bank matrix e as T (fp32 banks
-/// directly; bf16 banks widened into scratch).
+/// directly; bf16 banks widened into scratch). x must be 64-byte aligned; y
+/// is computed in aligned scratch when it is not (Eigen's small products
+/// assign outputs to packets by alignment).
 template <class T>
-void eigen_gemm(const MatrixBank<T>& w, index_t e, const T* x, index_t m, T* y, AlignedVector<float>& widened) {
+void eigen_gemm(const MatrixBank<T>& w, index_t e, const T* x, index_t m, T* y, FfnScratch<T>& s) {
   const index_t k = w.in(), n = w.out();
-  MMapR<T> Y(y, m, n);
+  const bool direct = reinterpret_cast<std::uintptr_t>(y) % 64 == 0;
+  T* out = direct ? y : FfnScratch<T>::get(s.ya, m * n);
+  MMapR<T> Y(out, m, n);
   if (k == 0) {
     Y.setZero();
-    return;
-  }
-  if constexpr (std::is_same<T, float>::value) {
-    if (w.precision() == Precision::bf16) {
-      float* wf = FfnScratch<T>::get(widened, k * n);
-      simd::from_bf16(static_cast<const std::uint16_t*>(w.data(e)), k * n, wf);
-      Y.noalias() = CMapR<T>(x, m, k) * CMapR<T>(wf, k, n);
-      return;
+  } else {
+    const T* wp = static_cast<const T*>(w.data(e));
+    if constexpr (std::is_same<T, float>::value) {
+      if (w.precision() == Precision::bf16) {
+        float* wf = FfnScratch<T>::get(s.wf, k * n);
+        simd::from_bf16(static_cast<const std::uint16_t*>(w.data(e)), k * n, wf);
+        wp = wf;
+      }
     }
+    Y.noalias() = CMapR<T>(x, m, k) * CMapR<T>(wp, k, n);
   }
-  Y.noalias() = CMapR<T>(x, m, k) * CMapR<T>(static_cast<const T*>(w.data(e)), k, n);
+  if (!direct) std::copy(out, out + m * n, y);
 }
 
 /// Eigen, int8: acc [m, n] = (xq - 128) . W (exact int32).
@@ -352,12 +357,12 @@ void ffn_rows(const FfnKernel<T>& f, index_t e, const T* x, index_t m, T* y, Ffn
     }
   }
   T* h = FfnScratch<T>::get(s.h, m * H);
-  detail::eigen_gemm(f.up, e, xin, m, h, s.wf);
+  detail::eigen_gemm(f.up, e, xin, m, h, s);
   detail::add_bias_rows(h, m, H, b_up);
   if (f.gated()) {
     T* u = FfnScratch<T>::get(s.u, m * H);
     std::copy(h, h + m * H, u);
-    detail::eigen_gemm(f.gate, e, xin, m, h, s.wf);
+    detail::eigen_gemm(f.gate, e, xin, m, h, s);
     detail::add_bias_rows(h, m, H, b_gate);
     detail::apply_activation(f.activation, h, m * H);
     for (index_t i = 0; i < m * H; ++i) h[i] *= u[i];
@@ -367,7 +372,7 @@ void ffn_rows(const FfnKernel<T>& f, index_t e, const T* x, index_t m, T* y, Ffn
   detail::dropout_rows(h, m, H, dropout);
   if constexpr (std::is_same<T, float>::value)
     if (bf16) detail::round_bf16(h, m * H, s.hb);
-  detail::eigen_gemm(f.down, e, h, m, y, s.wf);
+  detail::eigen_gemm(f.down, e, h, m, y, s);
   detail::add_bias_rows(y, m, M, b_down);
 }
 
@@ -390,7 +395,7 @@ void linear_rows(const MatrixBank<T>& w, index_t e, const T* x, index_t m, T* y,
     }
   }
 #endif
-  detail::eigen_gemm(w, e, x, m, y, s.wf);
+  detail::eigen_gemm(w, e, x, m, y, s);
 }
 
 }  // namespace einmoe
