@@ -3,6 +3,11 @@
 
 #include <benchmark/benchmark.h>
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+
 #include <einmoe/einmoe.hpp>
 
 namespace bench {
@@ -18,6 +23,24 @@ inline int all_cores() {
 #else
   return 1;
 #endif
+}
+/// Bytes of the last-level cache (0 when unknown).
+inline std::size_t llc_bytes() {
+#if defined(_SC_LEVEL3_CACHE_SIZE)
+  const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+  if (l3 > 0) return static_cast<std::size_t>(l3);
+#endif
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+  const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+  if (l2 > 0) return static_cast<std::size_t>(l2);
+#endif
+  return 0;
+}
+
+/// Runs a benchmark at 1 thread and at all cores (its last argument).
+inline void thread_args(benchmark::internal::Benchmark* b) {
+  b->Arg(1);
+  if (all_cores() > 1) b->Arg(all_cores());
 }
 
 /// The reference configuration of the issue: G=4 groups x S=1024 tokens,

@@ -45,13 +45,9 @@ void BM_BeamSearchStep(benchmark::State& state) {
   state.counters["candidates/s"] = benchmark::Counter(double(B * K * V) * double(state.iterations()), benchmark::Counter::kIsRate);
 }
 
-void thread_args(benchmark::internal::Benchmark* b) {
-  b->Arg(1);
-  if (all_cores() > 1) b->Arg(all_cores());
-}
 
 }  // namespace
 
 BENCHMARK(BM_CausalMaskBias)->Args({2048, 1})->Args({2048, bench::all_cores()})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_MaskedSoftmax)->Args({1024, 1})->Args({1024, bench::all_cores()})->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_BeamSearchStep)->Apply(thread_args)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_BeamSearchStep)->Apply(bench::thread_args)->Unit(benchmark::kMillisecond)->UseRealTime();

@@ -65,13 +65,9 @@ void BM_EinsumExpertContraction(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * 2 * E * G * C * M * H);
 }
 
-void thread_args(benchmark::internal::Benchmark* b) {
-  b->Arg(1);
-  if (bench::all_cores() > 1) b->Arg(bench::all_cores());
-}
 
 }  // namespace
 
-BENCHMARK(BM_EinsumGemm)->Apply(thread_args)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_EigenGemm)->Apply(thread_args)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_EinsumExpertContraction)->Apply(thread_args)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_EinsumGemm)->Apply(bench::thread_args)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_EigenGemm)->Apply(bench::thread_args)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_EinsumExpertContraction)->Apply(bench::thread_args)->Unit(benchmark::kMillisecond)->UseRealTime();

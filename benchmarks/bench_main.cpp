@@ -1,12 +1,10 @@
-// The suite's main: runs the benchmarks, then prints the target ratios, each
-// measured against its baseline in the same run:
-//   BM_EinsumGemm / BM_EigenGemm throughput            target >= 0.85
-//   BM_MoELayer/sparse / BM_ExpertGemmFloor time       target <= 1.25 (1 thread)
-//   BM_MoELayer/dense / BM_MoELayer/sparse time        (how much the sparse path saves)
-//   routing time per token, S = 8192 vs S = 256        target <= 1.5 (sparse)
-// With --benchmark_format=json the JSON goes to stdout and the ratios to stderr.
+// The suite's main: runs the benchmarks, then prints the targets, each a
+// ratio against a baseline measured in the same run (see README,
+// Performance). With --benchmark_format=json the JSON goes to stdout and the
+// ratios to stderr.
 #include <benchmark/benchmark.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -20,45 +18,106 @@ class RatioReporter : public Base {
  public:
   explicit RatioReporter(std::FILE* out) : out_(out) {}
   void ReportRuns(const std::vector<benchmark::BenchmarkReporter::Run>& runs) override {
-    for (const auto& r : runs)
-      if (r.run_type == benchmark::BenchmarkReporter::Run::RT_Iteration && !r.error_occurred)
-        seconds_[r.benchmark_name()] = r.GetAdjustedRealTime() / benchmark::GetTimeUnitMultiplier(r.time_unit);
+    for (const auto& r : runs) {
+      if (r.run_type != benchmark::BenchmarkReporter::Run::RT_Iteration || r.error_occurred) continue;
+      std::string name = r.benchmark_name();
+      const std::string suffix = "/real_time";
+      if (name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
+        name.resize(name.size() - suffix.size());
+      seconds_[name] = r.GetAdjustedRealTime() / benchmark::GetTimeUnitMultiplier(r.time_unit);
+      for (const auto& c : r.counters) counters_[name][c.first] = counter_value(c.second, r);
+    }
     Base::ReportRuns(runs);
   }
+
   void Finalize() override {
     Base::Finalize();
-    std::fprintf(out_, "\nRatios (measured in this run):\n");
-    for (const std::string& t : std::vector<std::string>{"1", threads_max()}) {
-      if (t.empty()) continue;
-      ratio("einsum GEMM throughput / Eigen GEMM", "BM_EigenGemm/" + t, "BM_EinsumGemm/" + t, ">= 0.85", t);
-      ratio("MoE layer sparse time / expert-GEMM floor", "BM_MoELayer/sparse/" + t, "BM_ExpertGemmFloor/" + t,
-            "<= 1.25", t);
-      ratio("MoE layer dense time / sparse time", "BM_MoELayer/dense/" + t, "BM_MoELayer/sparse/" + t, "", t);
-      ratio("routing per token, sparse, S=8192 / S=256", "BM_RoutingScaling/sparse/8192/" + t,
-            "BM_RoutingScaling/sparse/256/" + t, "<= 1.5", t);
-      ratio("routing per token, dense, S=8192 / S=256", "BM_RoutingScaling/dense/8192/" + t,
-            "BM_RoutingScaling/dense/256/" + t, "", t);
+    std::fprintf(out_, "\nTargets (ratios measured in this run):\n");
+    const std::string all = max_threads();
+    for (const std::string& t : {std::string("1"), all}) {
+      if (t.empty() || (t == all && all == "1" && &t != &all)) continue;
+      std::fprintf(out_, "-- %s thread(s)\n", t.c_str());
+      ratio(counter("BM_MoELayer/0/" + t, "GFLOP/s"), counter("BM_PeakFMA/" + t, "GFLOP/s"),
+            "fp32 layer useful GFLOP/s / peak FMA", ">=", 0.85, t == "1");
+      ratio(time("BM_MoELayer/0/" + t), time("BM_MoELayer/1/" + t), "bf16 layer speed-up over fp32", ">=", 1.8, true);
+      ratio(time("BM_MoELayer/0/" + t), time("BM_MoELayer/2/" + t), "int8 layer speed-up over fp32", ">=", 2.5, true);
+      for (int p = 0; p < 3; ++p) {
+        static const char* names[] = {"fp32", "bf16", "int8"};
+        const std::string n = "BM_MoELayer/" + std::to_string(p) + "/" + t;
+        ratio(time(n), time("BM_ExpertStage/" + std::to_string(p) + "/" + t),
+              (std::string(names[p]) + " layer time / its expert stage").c_str(), "", 0, false);
+      }
+      for (int p = 0; p < 3; ++p)
+        for (const char* tokens : {"8", "1"}) {
+          static const char* names[] = {"fp32", "bf16", "int8"};
+          const std::string n = "BM_MoEDecode/" + std::to_string(p) + "/" + tokens + "/" + t;
+          const double bw = counter("BM_StreamRead/" + t, "GB/s") * 1e9;
+          const double ideal = bw > 0 ? counter(n, "weight_bytes") / bw : NAN;
+          ratio(time(n), ideal,
+                (std::string("decode ") + tokens + " tokens " + names[p] + ": time / (weight bytes / bandwidth)").c_str(),
+                "<=", 1.25, std::string(tokens) == "8");
+        }
+      ratio(time("BM_EigenGemm/" + t), time("BM_EinsumGemm/" + t), "einsum GEMM throughput / Eigen GEMM", ">=", 0.85, true);
+      ratio(time("BM_RoutingScaling/sparse/8192/" + t), time("BM_RoutingScaling/sparse/256/" + t),
+            "routing per token, sparse, S=8192 / S=256", "<=", 1.5, true);
+      ratio(time("BM_MoELayerDense/" + t), time("BM_MoELayer/0/" + t), "dense oracle time / fp32 layer", "", 0, false);
     }
+    if (!all.empty() && all != "1") {
+      std::fprintf(out_, "-- scaling\n");
+      ratio(time("BM_MoELayer/0/1"), time("BM_MoELayer/0/" + all), ("fp32 layer " + all + " threads / 1 thread speed-up").c_str(),
+            ">=", 1.8, true);
+    }
+    std::fprintf(out_, "-- accuracy (reference layer, vs fp32)\n");
+    ratio(counter("BM_PrecisionError/1/iterations:1", "rel_error"), 1.0, "bf16 max |delta| / max |y|", "<=", 1e-2, true);
+    ratio(counter("BM_PrecisionError/2/iterations:1", "rel_error"), 1.0, "int8 max |delta| / max |y|", "<=", 3e-2, true);
+    ratio(counter("BM_PrecisionError/1/iterations:1", "same_routing") * counter("BM_PrecisionError/2/iterations:1", "same_routing"), 1.0,
+          "routing identical across precisions (1 = yes)", ">=", 1.0, true);
+    std::fprintf(out_, "%s\n", missed_ ? "Some targets were NOT met." : (checked_ ? "All targets met." : ""));
   }
 
  private:
-  std::string threads_max() const {
-    int best = 1;
-    for (const auto& kv : seconds_) {
-      const auto slash = kv.first.rfind('/');
-      const auto name = kv.first.substr(0, slash);  // drop "/real_time"
-      const auto s2 = name.rfind('/');
-      if (s2 != std::string::npos) best = std::max(best, std::atoi(name.c_str() + s2 + 1));
+  static double counter_value(const benchmark::Counter& c, const benchmark::BenchmarkReporter::Run& r) {
+    double v = c.value;
+    if (c.flags & benchmark::Counter::kIsRate) {
+      const double secs = r.real_accumulated_time;
+      v = c.flags & benchmark::Counter::kInvert ? secs / v : v / secs;
+    } else if (c.flags & benchmark::Counter::kAvgIterations) {
+      v /= static_cast<double>(r.iterations);
     }
-    return best > 1 ? std::to_string(best) : std::string();
+    return v;
   }
-  void ratio(const char* what, const std::string& num, const std::string& den, const char* target, const std::string& t) {
-    const auto a = seconds_.find(num + "/real_time"), b = seconds_.find(den + "/real_time");
-    if (a == seconds_.end() || b == seconds_.end()) return;
-    std::fprintf(out_, "  %-45s %s thread(s): %6.3f   %s\n", what, t.c_str(), a->second / b->second, target);
+  std::string max_threads() const {
+    int best = 1;
+    for (const auto& kv : seconds_)
+      if (kv.first.rfind("BM_PeakFMA/", 0) == 0) best = std::max(best, std::atoi(kv.first.c_str() + 11));
+    return std::to_string(best);
+  }
+  double time(const std::string& name) const {
+    const auto it = seconds_.find(name);
+    return it == seconds_.end() ? NAN : it->second;
+  }
+  double counter(const std::string& name, const std::string& c) const {
+    const auto it = counters_.find(name);
+    if (it == counters_.end()) return NAN;
+    const auto jt = it->second.find(c);
+    return jt == it->second.end() ? NAN : jt->second;
+  }
+  void ratio(double num, double den, const char* what, const char* op, double target, bool is_target) {
+    const double r = num / den;
+    if (std::isnan(r)) return;  // not run (filtered out)
+    std::fprintf(out_, "  %-62s %8.3f", what, r);
+    if (is_target && op[0]) {
+      const bool met = op[0] == '>' ? r >= target : r <= target;
+      ++checked_;
+      missed_ += met ? 0 : 1;
+      std::fprintf(out_, "   target %s %g: %s", op, target, met ? "met" : "NOT MET");
+    }
+    std::fprintf(out_, "\n");
   }
   std::FILE* out_;
   std::map<std::string, double> seconds_;
+  std::map<std::string, std::map<std::string, double>> counters_;
+  int checked_ = 0, missed_ = 0;
 };
 
 }  // namespace

@@ -1,6 +1,7 @@
-// MoE benchmarks: the layer (sparse vs dense) against the expert-GEMM floor,
-// gating and routing scaling with the group size.
-#include <Eigen/Core>
+// MoE benchmarks: the layer in each expert precision, its expert stage
+// alone, decoding with cold weights, the dense oracle, and gating and
+// routing scaling with the group size.
+#include <memory>
 
 #include "bench_common.hpp"
 
@@ -8,83 +9,165 @@ namespace {
 
 using namespace bench;
 
-// The whole layer forward, gating included (reference configuration).
-// sparse: MoELayer::forward_into, the steady state of a model; dense: the
-// sources' one-hot einsums.
-void BM_MoELayer(benchmark::State& state, bool dense) {
-  set_threads(state);
-  const Reference r;
-  Layer<float> L(r.G, r.S, r.M, r.H, r.E, r.C());
-  L.opt.dense = dense;
-  MoELayer<float> layer(L.w, L.opt);
-  MoEResult<float> out;
-  index_t rows = 0;
-  layer.forward_into(out, L.x);  // warm up: the layer's workspace is allocated once, in the first call
-  for (auto _ : state) {
-    layer.forward_into(out, L.x);
-    benchmark::DoNotOptimize(out.outputs.data());
+const char* const kPrecision[] = {"fp32", "bf16", "int8"};
+
+/// One layer per precision and input set, built once for the whole run.
+struct ReferenceLayers {
+  Reference r;
+  Layer<float> L{r.G, r.S, r.M, r.H, r.E, r.C()};
+  std::unique_ptr<MoELayer<float>> layer[3];
+  static ReferenceLayers& get() {
+    static ReferenceLayers s;
+    return s;
   }
-  for (auto n : out.stats.tokens_per_expert) rows += n;
-  const double tokens = double(r.G * r.S);
-  state.counters["tokens/s"] = benchmark::Counter(tokens * double(state.iterations()), benchmark::Counter::kIsRate);
-  // useful FLOPs: the expert GEMMs over the filled rows
-  state.counters["GFLOP/s"] = benchmark::Counter(4.0 * double(rows) * double(r.M * r.H) * double(state.iterations()) / 1e9,
-                                                 benchmark::Counter::kIsRate);
-  state.counters["filled_rows"] = double(rows);
+  const MoELayer<float>& at(int precision) {
+    if (!layer[precision]) {
+      MoEOptions o = L.opt;
+      o.precision = static_cast<Precision>(precision);
+      layer[precision] = std::make_unique<MoELayer<float>>(L.w, o);
+    }
+    return *layer[precision];
+  }
+};
+
+index_t routed_rows(const RoutingStats& s) {
+  index_t rows = 0;
+  for (auto n : s.tokens_per_expert) rows += n;
+  return rows;
 }
 
-// The useful work only: x . wi, relu, . wo with Eigen over exactly the rows
-// the routing filled (routed once, outside the timing), in preallocated
-// contiguous buffers - the best way we know to do the expert work, so the
-// layer's ratio to it is what gating, dispatch and combine add.
-void BM_ExpertGemmFloor(benchmark::State& state) {
-  set_threads(state);
-  const Reference r;
-  Layer<float> L(r.G, r.S, r.M, r.H, r.E, r.C());
-  const auto logits = einsum({L.x, L.w.wg}, Shape{{"batch", r.G}, {"group", r.S}, {"experts", r.E}});
-  const auto routing = top2_gating(logits, L.opt.gating);
-  std::vector<index_t> offset(static_cast<std::size_t>(r.E + 1), 0);
-  for (index_t e = 0; e < r.E; ++e) {
-    index_t n = 0;
-    for (index_t g = 0; g < r.G; ++g) n += routing.plan.fill[std::size_t(g * r.E + e)];
-    offset[std::size_t(e + 1)] = offset[std::size_t(e)] + n;
-  }
-  const index_t total = offset.back();
-  using Mat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  Mat X(total, r.M), Hh(total, r.H), Y(total, r.M);
-  // the real routed rows, in the layer's (expert, group, slot) order
-  for (index_t e = 0, row = 0; e < r.E; ++e)
-    for (index_t g = 0; g < r.G; ++g)
-      for (index_t c = 0; c < routing.plan.fill[std::size_t(g * r.E + e)]; ++c, ++row) {
-        const index_t entry = routing.plan.slot_entry[std::size_t((g * r.E + e) * r.C() + c)];
-        std::copy_n(L.x.data() + (entry / 2) * r.M, r.M, X.data() + row * r.M);
-      }
-  const bool per_thread = r.E >= 2 * num_threads() && num_threads() > 1;
-  auto expert = [&](index_t e) {
-    const index_t r0 = offset[std::size_t(e)], n = offset[std::size_t(e + 1)] - r0;
-    Eigen::Map<const Mat> wi(L.w.experts.wi.data() + e * r.M * r.H, r.M, r.H);
-    Eigen::Map<const Mat> wo(L.w.experts.wo.data() + e * r.H * r.M, r.H, r.M);
-    Eigen::Map<Mat> h(Hh.data() + r0 * r.H, n, r.H);
-    h.noalias() = Eigen::Map<const Mat>(X.data() + r0 * r.M, n, r.M) * wi;
-    for (index_t i = 0; i < n; ++i) {
-      float* row = Hh.data() + (r0 + i) * r.H;
-      for (index_t j = 0; j < r.H; ++j) row[j] = row[j] > 0.f ? row[j] : 0.f;
-    }
-    Eigen::Map<Mat>(Y.data() + r0 * r.M, n, r.M).noalias() = h * wo;
-  };
+// The whole layer forward (router, gating, dispatch, experts, combine) on the
+// reference configuration: MoELayer::forward_into, the steady state of a model.
+void BM_MoELayer(benchmark::State& state) {
+  const int precision = static_cast<int>(state.range(0));
+  set_threads(state, 1);
+  auto& R = ReferenceLayers::get();
+  const auto& layer = R.at(precision);
+  MoEResult<float> out;
+  layer.forward_into(out, R.L.x);  // warm up: workspace, primitives
   for (auto _ : state) {
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(dynamic, 1) if (per_thread)
-    for (index_t e = 0; e < r.E; ++e) expert(e);
-#else
-    for (index_t e = 0; e < r.E; ++e) expert(e);
-#endif
-    benchmark::DoNotOptimize(Y.data());
+    layer.forward_into(out, R.L.x);
+    benchmark::DoNotOptimize(out.outputs.data());
   }
-  state.counters["tokens/s"] = benchmark::Counter(double(r.G * r.S) * double(state.iterations()), benchmark::Counter::kIsRate);
-  state.counters["GFLOP/s"] = benchmark::Counter(4.0 * double(total) * double(r.M * r.H) * double(state.iterations()) / 1e9,
+  const index_t rows = routed_rows(out.stats);
+  const double tokens = double(R.r.G * R.r.S);
+  state.counters["tokens/s"] = benchmark::Counter(tokens * double(state.iterations()), benchmark::Counter::kIsRate);
+  // useful FLOPs: the expert GEMMs over the filled rows
+  state.counters["GFLOP/s"] = benchmark::Counter(4.0 * double(rows) * double(R.r.M * R.r.H) * double(state.iterations()) / 1e9,
                                                  benchmark::Counter::kIsRate);
-  state.counters["filled_rows"] = double(total);
+  state.counters["filled_rows"] = double(rows);
+  state.SetLabel(kPrecision[precision]);
+}
+
+// The expert stage alone (gather each block's rows, the FFN kernels) over the
+// rows the routing filled, routed once outside the timing: the layer's ratio
+// to it is what the router, gating and combine add.
+void BM_ExpertStage(benchmark::State& state) {
+  const int precision = static_cast<int>(state.range(0));
+  set_threads(state, 1);
+  auto& R = ReferenceLayers::get();
+  const auto& layer = R.at(precision);
+  const auto logits = layer.router_logits(R.L.x);
+  const auto routing = top2_gating(logits, R.L.opt.gating);
+  ExpertWorkspace<float> ws;
+  const auto& pe = layer.experts();
+  detail::expert_rows(routing.plan, pe.hidden().size, ws);
+  const float* px = R.L.x.data();
+  const index_t M = R.r.M;
+  auto stage = [&] { detail::run_expert_rows(pe.kernel(), pe.options(), ws, [&](index_t t) { return px + t * M; }); };
+  stage();
+  for (auto _ : state) {
+    stage();
+    benchmark::DoNotOptimize(ws.y.data());
+  }
+  const index_t rows = ws.offset.back();
+  state.counters["GFLOP/s"] = benchmark::Counter(4.0 * double(rows) * double(R.r.M * R.r.H) * double(state.iterations()) / 1e9,
+                                                 benchmark::Counter::kIsRate);
+  state.SetLabel(kPrecision[precision]);
+}
+
+// The dense oracle (the sources' one-hot einsums), for comparison.
+void BM_MoELayerDense(benchmark::State& state) {
+  set_threads(state);
+  auto& R = ReferenceLayers::get();
+  MoEOptions o = R.L.opt;
+  o.dense = true;
+  const MoELayer<float> layer(R.L.w, o);
+  MoEResult<float> out;
+  layer.forward_into(out, R.L.x);
+  for (auto _ : state) {
+    layer.forward_into(out, R.L.x);
+    benchmark::DoNotOptimize(out.outputs.data());
+  }
+}
+
+// How far bf16 and int8 outputs are from fp32: max |delta| / max |y| on the
+// reference configuration (a measurement, not a timing).
+void BM_PrecisionError(benchmark::State& state) {
+  const int precision = static_cast<int>(state.range(0));
+  auto& R = ReferenceLayers::get();
+  const auto ref = R.at(0).forward(R.L.x);
+  MoEResult<float> out;
+  for (auto _ : state) R.at(precision).forward_into(out, R.L.x);
+  float err = 0, ymax = 0;
+  for (index_t i = 0; i < ref.outputs.size(); ++i) {
+    err = std::max(err, std::fabs(out.outputs[i] - ref.outputs[i]));
+    ymax = std::max(ymax, std::fabs(ref.outputs[i]));
+  }
+  state.counters["rel_error"] = double(err / ymax);
+  state.counters["same_routing"] = out.stats.tokens_per_expert == ref.stats.tokens_per_expert ? 1.0 : 0.0;
+  state.SetLabel(kPrecision[precision]);
+}
+
+// Decoding: a few tokens through a layer whose weights are cold, as in a
+// model that cycles through its layers. The layers are copies of the
+// reference layer, as many as it takes to hold 4x more weight bytes than the
+// last-level cache (at least 256 MiB), visited in turn. Reports the weight
+// bytes each step reads (router + the experts it routes to).
+struct DecodeLayers {
+  std::vector<std::unique_ptr<MoELayer<float>>> layers;
+  static DecodeLayers& get(int precision) {
+    static DecodeLayers d[3];
+    auto& s = d[precision];
+    if (s.layers.empty()) {
+      auto& R = ReferenceLayers::get();
+      MoEOptions o = R.L.opt;
+      o.precision = static_cast<Precision>(precision);
+      o.gating.capacity = Dim("expert_capacity", 64);
+      const std::size_t per = MoELayer<float>(R.L.w, o).weight_bytes();
+      const std::size_t want = std::max<std::size_t>(std::size_t{256} << 20, 4 * llc_bytes());
+      const std::size_t n = std::max<std::size_t>(2, (want + per - 1) / per);
+      for (std::size_t i = 0; i < n; ++i) s.layers.push_back(std::make_unique<MoELayer<float>>(R.L.w, o));
+    }
+    return s;
+  }
+};
+
+void BM_MoEDecode(benchmark::State& state) {
+  const int precision = static_cast<int>(state.range(0));
+  const index_t tokens = state.range(1);
+  set_threads(state, 2);
+  auto& D = DecodeLayers::get(precision);
+  auto& R = ReferenceLayers::get();
+  const Tensor<float> x = slice(slice(R.L.x, "batch", 0, 1), "group", 0, tokens);
+  MoEResult<float> out;
+  for (auto& l : D.layers) l->forward_into(out, x);  // warm up the primitives
+  std::size_t next = 0;
+  double bytes = 0;
+  for (auto _ : state) {
+    const auto& layer = *D.layers[next++ % D.layers.size()];
+    layer.forward_into(out, x);
+    benchmark::DoNotOptimize(out.outputs.data());
+    const auto& k = layer.experts().kernel();
+    double step = static_cast<double>(layer.weight_bytes() - k.bytes());  // the router
+    for (auto n : out.stats.tokens_per_expert)
+      if (n > 0) step += static_cast<double>(k.up.matrix_bytes() + k.gate.matrix_bytes() + k.down.matrix_bytes());
+    bytes += step;
+  }
+  state.counters["weight_bytes"] = bytes / double(state.iterations());
+  state.counters["GB/s"] = benchmark::Counter(bytes / 1e9, benchmark::Counter::kIsRate);
+  state.counters["layers"] = double(D.layers.size());
+  state.SetLabel(kPrecision[precision]);
 }
 
 // Top-2 gating of one group of S tokens (E=16, C from capacity factor 1.25):
@@ -164,12 +247,11 @@ void BM_RoutingScaling(benchmark::State& state, bool dense) {
                                                   benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
 }
 
-// The whole layer for a fixed 8192 tokens in groups of S, both paths.
-void BM_MoELayerScaling(benchmark::State& state, bool dense) {
+// The whole layer for a fixed 8192 tokens in groups of S (sparse, fp32).
+void BM_MoELayerScaling(benchmark::State& state) {
   set_threads(state, 1);
   const index_t S = state.range(0), N = 8192;
   Layer<float> L(N / S, S, 512, 2048, 16, topk_capacity(S, 16, 2, 1.25));
-  L.opt.dense = dense;
   MoELayer<float> layer(L.w, L.opt);
   MoEResult<float> out;
   layer.forward_into(out, L.x);  // warm up
@@ -180,9 +262,18 @@ void BM_MoELayerScaling(benchmark::State& state, bool dense) {
   state.counters["tokens/s"] = benchmark::Counter(double(N) * double(state.iterations()), benchmark::Counter::kIsRate);
 }
 
-void thread_args(benchmark::internal::Benchmark* b) {
-  b->Arg(1);
-  if (all_cores() > 1) b->Arg(all_cores());
+void precision_args(benchmark::internal::Benchmark* b) {
+  for (int p = 0; p < 3; ++p) {
+    b->Args({p, 1});
+    if (all_cores() > 1) b->Args({p, all_cores()});
+  }
+}
+void decode_args(benchmark::internal::Benchmark* b) {
+  for (int p = 0; p < 3; ++p)
+    for (index_t tokens : {1, 8}) {
+      b->Args({p, tokens, 1});
+      if (all_cores() > 1) b->Args({p, tokens, all_cores()});
+    }
 }
 void scaling_args(benchmark::internal::Benchmark* b) {
   for (int t : {1, all_cores()}) {
@@ -193,12 +284,13 @@ void scaling_args(benchmark::internal::Benchmark* b) {
 
 }  // namespace
 
-BENCHMARK_CAPTURE(BM_MoELayer, sparse, false)->Apply(thread_args)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_CAPTURE(BM_MoELayer, dense, true)->Apply(thread_args)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_ExpertGemmFloor)->Apply(thread_args)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_MoELayer)->Apply(precision_args)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_ExpertStage)->Apply(precision_args)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_PrecisionError)->Arg(1)->Arg(2)->Iterations(1);
+BENCHMARK(BM_MoEDecode)->Apply(decode_args)->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_MoELayerDense)->Apply(thread_args)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(BM_Top2Gating, sparse, false)->Apply(scaling_args)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(BM_Top2Gating, dense, true)->Apply(scaling_args)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(BM_RoutingScaling, sparse, false)->Apply(scaling_args)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(BM_RoutingScaling, dense, true)->Apply(scaling_args)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_CAPTURE(BM_MoELayerScaling, sparse, false)->Apply(scaling_args)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_CAPTURE(BM_MoELayerScaling, dense, true)->Apply(scaling_args)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_MoELayerScaling)->Apply(scaling_args)->Unit(benchmark::kMillisecond)->UseRealTime();

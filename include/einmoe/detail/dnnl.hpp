@@ -42,7 +42,7 @@ inline dnnl::stream& stream() {
 /// The most rows one call multiplies (the kernel layer splits longer runs of
 /// rows into blocks of this many). Every row count up to it uses the same
 /// packed weight layout.
-inline constexpr index_t kBlockRows = 64;
+inline constexpr index_t kBlockRows = 128;
 
 enum class Type : int { f32, bf16, u8, s8, s32 };
 

@@ -135,7 +135,7 @@ EINMOE_AVX512 inline void to_bf16(const float* x, index_t n, std::uint16_t* y) {
   for (index_t i = 0; i < n; i += 16) {
     const __mmask16 m = tail_mask(n - i);
     const __m512 v = _mm512_maskz_loadu_ps(m, x + i);
-    _mm256_mask_storeu_epi16(y + i, m, _mm512_cvtepi32_epi16(bf16_round(v)));
+    _mm256_mask_storeu_epi16(y + i, m, _mm512_maskz_cvtepi32_epi16(static_cast<__mmask16>(0xffff), bf16_round(v)));
   }
 }
 
@@ -162,7 +162,12 @@ EINMOE_AVX512 inline void from_bf16(const std::uint16_t* x, index_t n, float* y)
 EINMOE_AVX512 inline float max_abs(const float* x, index_t n) {
   __m512 m = _mm512_setzero_ps();
   for (index_t i = 0; i < n; i += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_maskz_loadu_ps(tail_mask(n - i), x + i)));
-  return _mm512_reduce_max_ps(m);
+  // (not _mm512_reduce_max_ps: gcc 12 warns -Wuninitialized inside it)
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, m);
+  float r = lanes[0];
+  for (int i = 1; i < 16; ++i) r = std::max(r, lanes[i]);
+  return r;
 }
 
 EINMOE_AVX512 inline void quantize_u8(const float* x, index_t n, float inv, std::uint8_t* q) {
@@ -173,7 +178,7 @@ EINMOE_AVX512 inline void quantize_u8(const float* x, index_t n, float inv, std:
     const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), vinv);
     __m512i r = _mm512_cvt_roundps_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     r = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(r, lo), hi), off);
-    _mm_mask_storeu_epi8(q + i, m, _mm512_cvtepi32_epi8(r));
+    _mm_mask_storeu_epi8(q + i, m, _mm512_maskz_cvtepi32_epi8(static_cast<__mmask16>(0xffff), r));
   }
 }
 

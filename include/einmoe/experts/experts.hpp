@@ -295,14 +295,20 @@ void combine_rows(const RoutingPlan<T>& plan, const ExpertWorkspace<T>& ws, inde
 #endif
   for (index_t t = 0; t < tokens; ++t) {
     T* o = out + t * M;
-    std::fill(o, o + M, T(0));
+    bool first = true;
     for (index_t j = 0; j < K; ++j) {
       const index_t r = entry_row[t * K + j];
       if (r < 0) continue;
       const T wgt = plan.weight[uz(t * K + j)];
       const T* yr = Y + r * M;
-      for (index_t m = 0; m < M; ++m) o[m] += wgt * yr[m];
+      if (first) {
+        for (index_t m = 0; m < M; ++m) o[m] = T(0) + wgt * yr[m];  // 0 + w*y, as the sum from zero gives
+      } else {
+        for (index_t m = 0; m < M; ++m) o[m] += wgt * yr[m];
+      }
+      first = false;
     }
+    if (first) std::fill(o, o + M, T(0));
   }
 }
 
