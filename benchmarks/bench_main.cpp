@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstring>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -17,15 +18,22 @@ template <class Base>
 class RatioReporter : public Base {
  public:
   explicit RatioReporter(std::FILE* out) : out_(out) {}
+  // With --benchmark_repetitions, the median of the repetitions stands for a
+  // benchmark (this machine is shared and noisy); otherwise its one run.
   void ReportRuns(const std::vector<benchmark::BenchmarkReporter::Run>& runs) override {
+    using R = benchmark::BenchmarkReporter::Run;
     for (const auto& r : runs) {
-      if (r.run_type != benchmark::BenchmarkReporter::Run::RT_Iteration || r.error_occurred) continue;
-      std::string name = r.benchmark_name();
+      if (r.error_occurred) continue;
+      const bool median = r.run_type == R::RT_Aggregate && r.aggregate_name == "median";
+      if (!median && r.run_type != R::RT_Iteration) continue;
+      std::string name = r.run_name.str();
       const std::string suffix = "/real_time";
       if (name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
         name.resize(name.size() - suffix.size());
+      if (!median && from_median_.count(name)) continue;
+      if (median) from_median_.insert(name);
       seconds_[name] = r.GetAdjustedRealTime() / benchmark::GetTimeUnitMultiplier(r.time_unit);
-      for (const auto& c : r.counters) counters_[name][c.first] = counter_value(c.second, r);
+      for (const auto& c : r.counters) counters_[name][c.first] = median ? c.second.value : counter_value(c.second, r);
     }
     Base::ReportRuns(runs);
   }
@@ -117,6 +125,7 @@ class RatioReporter : public Base {
   std::FILE* out_;
   std::map<std::string, double> seconds_;
   std::map<std::string, std::map<std::string, double>> counters_;
+  std::set<std::string> from_median_;
   int checked_ = 0, missed_ = 0;
 };
 

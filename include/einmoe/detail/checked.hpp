@@ -13,8 +13,14 @@
 #include <sstream>
 #include <string>
 
+#include <memory>
+#include <new>
+
 #if defined(__unix__) || defined(__APPLE__)
 #include <unistd.h>
+#endif
+#if defined(__linux__)
+#include <sys/mman.h>
 #endif
 
 #include "einmoe/core/error.hpp"
@@ -80,6 +86,22 @@ std::size_t bytes_for(size_int n, std::size_t elem, const What&... what) {
   const size_int bytes = mul_size(n, static_cast<size_int>(elem), what...);
   check_memory(static_cast<long double>(bytes), what...);
   return static_cast<std::size_t>(bytes);
+}
+
+/// A buffer of `bytes` for weights that are read at the memory's speed: 64-byte
+/// aligned, and when large, 2 MiB aligned and backed by transparent huge
+/// pages where the OS offers them (fewer TLB misses while streaming, and one
+/// page fault per 2 MiB when it is first written).
+inline std::shared_ptr<void> allocate_weights(std::size_t bytes) {
+  if (bytes == 0) return nullptr;
+  constexpr std::size_t huge = std::size_t{1} << 21;
+  const std::size_t align = bytes >= huge ? huge : 64;
+  const std::size_t rounded = bytes >= huge ? (bytes + huge - 1) / huge * huge : bytes;
+  void* p = ::operator new(rounded, std::align_val_t{align});
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (align == huge) (void)madvise(p, rounded, MADV_HUGEPAGE);  // a hint; failure is harmless
+#endif
+  return std::shared_ptr<void>(p, [align](void* q) { ::operator delete(q, std::align_val_t{align}); });
 }
 
 }  // namespace einmoe::detail

@@ -17,10 +17,12 @@
 
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
 #include <unordered_map>
+#include <utility>
 
 #include "einmoe/core/error.hpp"
 #include "einmoe/core/threads.hpp"
@@ -42,7 +44,7 @@ inline dnnl::stream& stream() {
 /// The most rows one call multiplies (the kernel layer splits longer runs of
 /// rows into blocks of this many). Every row count up to it uses the same
 /// packed weight layout.
-inline constexpr index_t kBlockRows = 128;
+inline constexpr index_t kBlockRows = 256;
 
 enum class Type : int { f32, bf16, u8, s8, s32 };
 
@@ -108,7 +110,12 @@ inline dnnl::algorithm eltwise_of(int act) {
 inline dnnl::memory::desc weights_desc(index_t k, index_t n, Type src, Type wei, Type dst, bool* packed);
 
 /// The cached primitive for `key` (created on first use, single-threaded).
-inline const Matmul& matmul(const MatmulKey& key);
+/// The cache keeps at most kMaxPrimitives (then drops the oldest; a caller
+/// still holding one keeps it alive).
+inline std::shared_ptr<const Matmul> matmul(const MatmulKey& key);
+
+/// Primitives kept at most (about 40 KiB each).
+inline constexpr std::size_t kMaxPrimitives = 2048;
 
 namespace impl {
 
@@ -162,7 +169,8 @@ struct Layout {
 /// The process-wide caches, guarded by one reader-writer lock.
 struct Cache {
   std::shared_mutex mutex;
-  std::unordered_map<MatmulKey, std::unique_ptr<Matmul>, MatmulKeyHash> matmuls;
+  std::unordered_map<MatmulKey, std::shared_ptr<const Matmul>, MatmulKeyHash> matmuls;
+  std::deque<MatmulKey> order;  // insertion order, for eviction
   std::unordered_map<LayoutKey, Layout, LayoutKeyHash> layouts;
 };
 inline Cache& cache() {
@@ -219,12 +227,12 @@ inline dnnl::memory::desc weights_desc(index_t k, index_t n, Type src, Type wei,
   return layout.desc;
 }
 
-inline const Matmul& matmul(const MatmulKey& key) {
+inline std::shared_ptr<const Matmul> matmul(const MatmulKey& key) {
   auto& c = impl::cache();
   {
     std::shared_lock<std::shared_mutex> read(c.mutex);
     auto it = c.matmuls.find(key);
-    if (it != c.matmuls.end()) return *it->second;
+    if (it != c.matmuls.end()) return it->second;
   }
   dnnl::memory::desc wei;
   if (key.plain) {
@@ -236,14 +244,36 @@ inline const Matmul& matmul(const MatmulKey& key) {
   }
   std::unique_lock<std::shared_mutex> write(c.mutex);
   auto it = c.matmuls.find(key);
-  if (it != c.matmuls.end()) return *it->second;
+  if (it != c.matmuls.end()) return it->second;
   SingleThread one;
   try {
-    auto mm = std::make_unique<Matmul>(impl::create(key, wei));
-    return *c.matmuls.emplace(key, std::move(mm)).first->second;
+    auto mm = std::make_shared<const Matmul>(impl::create(key, wei));
+    while (c.order.size() >= kMaxPrimitives) {
+      c.matmuls.erase(c.order.front());
+      c.order.pop_front();
+    }
+    c.order.push_back(key);
+    c.matmuls.emplace(key, mm);
+    return mm;
   } catch (const dnnl::error& e) {
     impl::fail(e, key);
   }
+}
+
+/// The padded [k, n] of a weights layout that is oneDNN's "BA16a64b"-style
+/// packing with an innermost block of g k-values (g = 1, 2, 4): panels of 64
+/// columns, each a contiguous run of 256-byte steps of g k-values x 64
+/// columns. {0, 0} for any other layout.
+inline std::pair<index_t, index_t> panel_layout(const dnnl::memory::desc& d, index_t g, std::size_t element_bytes) {
+  const auto& m = d.data;
+  if (m.ndims != 2 || m.format_kind != dnnl_blocked || m.offset0 != 0 || m.extra.flags != 0) return {0, 0};
+  const auto& b = m.format_desc.blocking;
+  const index_t kpad = m.padded_dims[0], npad = m.padded_dims[1];
+  const bool blocks = g == 1 ? b.inner_nblks == 2 : b.inner_nblks == 3 && b.inner_blks[2] == g && b.inner_idxs[2] == 0;
+  if (!blocks || b.inner_blks[0] != 16 || b.inner_idxs[0] != 0 || b.inner_blks[1] != 64 || b.inner_idxs[1] != 1) return {0, 0};
+  if (b.strides[0] != 16 * g * 64 || b.strides[1] != kpad * 64 || kpad % (16 * g) != 0 || npad % 64 != 0) return {0, 0};
+  if (static_cast<index_t>(element_bytes) * g * 64 != 256) return {0, 0};
+  return {kpad, npad};
 }
 
 /// Runs `mm` on the caller's buffers: dst = epilogue(src . wei).

@@ -97,8 +97,8 @@ inline void dequantize(const std::int32_t* acc, index_t n, const std::int32_t* c
                        const float* col_scale, const float* bias, float* y) {
   for (index_t i = 0; i < n; ++i) {
     const float d = static_cast<float>(acc[i] - (comp ? comp[i] : 0));
-    const float v = d * (row_scale * col_scale[i]);
-    y[i] = bias ? v + bias[i] : v;
+    const float s = row_scale * col_scale[i];
+    y[i] = bias ? std::fma(d, s, bias[i]) : d * s;
   }
 }
 
@@ -189,8 +189,9 @@ EINMOE_AVX512 inline void dequantize(const std::int32_t* acc, index_t n, const s
     const __mmask16 m = tail_mask(n - i);
     __m512i a = _mm512_maskz_loadu_epi32(m, acc + i);
     if (comp) a = _mm512_sub_epi32(a, _mm512_maskz_loadu_epi32(m, comp + i));
-    __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(a), _mm512_mul_ps(rs, _mm512_maskz_loadu_ps(m, col_scale + i)));
-    if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias + i));
+    const __m512 d = _mm512_cvtepi32_ps(a), sc = _mm512_mul_ps(rs, _mm512_maskz_loadu_ps(m, col_scale + i));
+    // an explicit fma: a mul and an add could be contracted in one inlining and not another
+    const __m512 v = bias ? _mm512_fmadd_ps(d, sc, _mm512_maskz_loadu_ps(m, bias + i)) : _mm512_mul_ps(d, sc);
     _mm512_mask_storeu_ps(y + i, m, v);
   }
 }
@@ -296,8 +297,8 @@ inline float max_abs(const float* x, index_t n) { return EINMOE_SIMD_DISPATCH(ma
 inline void quantize_u8(const float* x, index_t n, float inv, std::uint8_t* q) {
   EINMOE_SIMD_DISPATCH(quantize_u8(x, n, inv, q));
 }
-/// y[i] = float(acc[i] - comp[i]) * (row_scale * col_scale[i]) (+ bias[i]);
-/// comp and bias may be null.
+/// y[i] = fma(float(acc[i] - comp[i]), row_scale * col_scale[i], bias[i])
+/// (or the product alone without bias); comp and bias may be null.
 inline void dequantize(const std::int32_t* acc, index_t n, const std::int32_t* comp, float row_scale,
                        const float* col_scale, const float* bias, float* y) {
   EINMOE_SIMD_DISPATCH(dequantize(acc, n, comp, row_scale, col_scale, bias, y));

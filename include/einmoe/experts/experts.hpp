@@ -290,8 +290,9 @@ void combine_rows(const RoutingPlan<T>& plan, const ExpertWorkspace<T>& ws, inde
   const index_t tokens = plan.tokens(), K = plan.k;
   const index_t* entry_row = ws.entry_row.data();
   const T* Y = ws.y.data();
+  // (a few tokens, as in decoding, are not worth waking the other threads)
 #if defined(_OPENMP)
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (tokens * M >= (index_t{1} << 16))
 #endif
   for (index_t t = 0; t < tokens; ++t) {
     T* o = out + t * M;

@@ -53,8 +53,8 @@ struct FfnKernel {
   Precision precision() const { return up.precision(); }
   Backend backend() const { return up.backend(); }
   /// The most rows one ffn_rows call takes: callers split longer runs into
-  /// blocks of this many (64 on oneDNN, 512 on Eigen, which repacks weights
-  /// on every call).
+  /// blocks of this many (256 on oneDNN, 512 on Eigen, which repacks
+  /// weights on every call).
   index_t row_block() const { return row_block_of(backend()); }
   static index_t row_block_of(Backend b) {
 #if defined(EINMOE_HAS_DNNL)
@@ -106,6 +106,7 @@ struct FfnScratch {
   AlignedVector<std::int32_t> acc, acc2; // int32 accumulators
   AlignedVector<float> wf, wf2;          // Eigen: a bf16 matrix widened to fp32; rows rounded to bf16
   AlignedVector<std::int32_t> wi, xi;    // Eigen: int8 matrix / rows widened to int32
+  AlignedVector<float> xp, hp;           // decode path: rows padded to the packed layout's K
   AlignedVector<unsigned char> pad;      // oneDNN scratchpad
 
   template <class V>
@@ -225,9 +226,9 @@ void dnnl_gemm(const MatrixBank<T>& w, index_t e, dnnl_impl::Type src, const voi
   using dnnl_impl::Type;
   const Type wt = w.precision() == Precision::fp32 ? Type::f32 : w.precision() == Precision::bf16 ? Type::bf16 : Type::s8;
   dnnl_impl::MatmulKey key{m, w.in(), w.out(), src, wt, dst, bias != nullptr, act, mul != nullptr, !w.packed()};
-  const auto& mm = dnnl_impl::matmul(key);
-  void* pad = FfnScratch<T>::get(s.pad, static_cast<index_t>(mm.scratch));
-  dnnl_impl::execute(mm, x, w.data(e), y, reinterpret_cast<const float*>(bias), mul, pad);
+  const auto mm = dnnl_impl::matmul(key);
+  void* pad = FfnScratch<T>::get(s.pad, static_cast<index_t>(mm->scratch));
+  dnnl_impl::execute(*mm, x, w.data(e), y, reinterpret_cast<const float*>(bias), mul, pad);
 }
 #endif
 
@@ -255,6 +256,95 @@ inline void int8_hidden(const FfnKernel<float>& f, index_t e, index_t m, FfnScra
       simd::activate(f.activation, hr, H);
     }
     hs[r] = simd::quantize_row_u8(hr, H, hq + r * H);
+  }
+}
+
+/// Whether the decode kernels take these rows (see detail/gemv.hpp).
+inline bool decode_path(const FfnKernel<float>& f, index_t m) {
+  return m <= gemv::kMaxRows && f.up.panel_in() > 0 && f.down.panel_in() > 0 && (!f.gated() || f.gate.panel_in() > 0);
+}
+
+/// The decode path: every projection streams its packed panels once.
+inline void ffn_decode(const FfnKernel<float>& f, index_t e, const float* x, index_t m, float* y, FfnScratch<float>& s) {
+  const index_t M = f.model(), H = f.hidden();
+  const Precision p = f.precision();
+  const gemv::Kind kind = p == Precision::fp32 ? gemv::Kind::f32 : p == Precision::bf16 ? gemv::Kind::bf16 : gemv::Kind::u8;
+  const index_t g = gemv::group(kind);
+  const float* b_up = bias_of(f.b_up, e, H);
+  const float* b_gate = bias_of(f.b_gate, e, H);
+  const float* b_down = bias_of(f.b_down, e, M);
+  // Rows into the layout's padded K, in the kernel's input type.
+  auto pack_rows = [&](const float* rows, index_t n, index_t kpad, float* scales) -> const void* {
+    if (kind == gemv::Kind::f32) {
+      float* xp = FfnScratch<float>::get(rows == x ? s.xp : s.hp, m * kpad);
+      for (index_t r = 0; r < m; ++r) {
+        std::copy(rows + r * n, rows + (r + 1) * n, xp + r * kpad);
+        std::fill(xp + r * kpad + n, xp + (r + 1) * kpad, 0.f);
+      }
+      return xp;
+    }
+    if (kind == gemv::Kind::bf16) {
+      std::uint16_t* xb = FfnScratch<float>::get(rows == x ? s.xb : s.hb, m * kpad);
+      for (index_t r = 0; r < m; ++r) {
+        simd::to_bf16(rows + r * n, n, xb + r * kpad);
+        std::fill(xb + r * kpad + n, xb + (r + 1) * kpad, std::uint16_t{0});
+      }
+      return xb;
+    }
+    std::uint8_t* q = FfnScratch<float>::get(rows == x ? s.xq : s.hq, m * kpad);
+    for (index_t r = 0; r < m; ++r) {
+      scales[r] = simd::quantize_row_u8(rows + r * n, n, q + r * kpad);
+      std::fill(q + r * kpad + n, q + (r + 1) * kpad, std::uint8_t{128});  // padded weights are 0 anyway
+    }
+    return q;
+  };
+  // One projection: acc [m, bank.panel_out()] (fp32, or int32 for int8).
+  auto project = [&](const MatrixBank<float>& w, const void* rows, void* acc) {
+    gemv::run(kind, rows, m, w.panel_in(), w.panel_in() / g, w.data(e), w.panel_out() / 64, acc, w.panel_out());
+  };
+  // The first layer into h [m, H].
+  float* xs = FfnScratch<float>::get(s.xs, m);
+  const void* xin = pack_rows(x, M, f.up.panel_in(), xs);
+  float* h = FfnScratch<float>::get(s.h, m * H);
+  float* u = FfnScratch<float>::get(s.u, m * H);
+  auto first_layer = [&](const MatrixBank<float>& w, const float* bias, float* out, std::vector<std::int32_t, Aligned64<std::int32_t>>& acc_buf) {
+    if (kind == gemv::Kind::u8) {
+      std::int32_t* acc = FfnScratch<float>::get(acc_buf, m * w.panel_out());
+      project(w, xin, acc);
+      for (index_t r = 0; r < m; ++r)
+        simd::dequantize(acc + r * w.panel_out(), H, w.compensation(e), xs[r], w.scales(e), bias, out + r * H);
+    } else {
+      float* acc = FfnScratch<float>::get(s.wf, m * w.panel_out());
+      project(w, xin, acc);
+      for (index_t r = 0; r < m; ++r) {
+        const float* a = acc + r * w.panel_out();
+        float* o = out + r * H;
+        for (index_t j = 0; j < H; ++j) o[j] = bias ? a[j] + bias[j] : a[j];
+      }
+    }
+  };
+  first_layer(f.up, b_up, f.gated() ? u : h, s.acc);
+  if (f.gated()) first_layer(f.gate, b_gate, h, s.acc2);
+  for (index_t r = 0; r < m; ++r) {
+    simd::activate(f.activation, h + r * H, H);
+    if (f.gated()) simd::multiply(h + r * H, u + r * H, H);
+  }
+  // The second layer into y [m, M].
+  float* hs = FfnScratch<float>::get(s.hs, m);
+  const void* hin = pack_rows(h, H, f.down.panel_in(), hs);
+  xin = hin;
+  if (kind == gemv::Kind::u8) {
+    std::int32_t* acc = FfnScratch<float>::get(s.acc, m * f.down.panel_out());
+    project(f.down, hin, acc);
+    for (index_t r = 0; r < m; ++r)
+      simd::dequantize(acc + r * f.down.panel_out(), M, f.down.compensation(e), hs[r], f.down.scales(e), b_down, y + r * M);
+  } else {
+    float* acc = FfnScratch<float>::get(s.wf, m * f.down.panel_out());
+    project(f.down, hin, acc);
+    for (index_t r = 0; r < m; ++r) {
+      const float* a = acc + r * f.down.panel_out();
+      for (index_t j = 0; j < M; ++j) y[r * M + j] = b_down ? a[j] + b_down[j] : a[j];
+    }
   }
 }
 
@@ -286,6 +376,15 @@ void ffn_rows(const FfnKernel<T>& f, index_t e, const T* x, index_t m, T* y, Ffn
   const bool dnnl = f.backend() == Backend::dnnl && M > 0 && H > 0;
 #else
   const bool dnnl = false;
+#endif
+
+#if defined(EINMOE_HAS_DNNL)
+  if constexpr (std::is_same<T, float>::value) {
+    if (dnnl && !(dropout && dropout->rate > 0.0) && detail::decode_path(f, m)) {
+      detail::ffn_decode(f, e, x, m, y, s);
+      return;
+    }
+  }
 #endif
 
   if constexpr (std::is_same<T, float>::value) {

@@ -34,6 +34,7 @@
 #include "einmoe/core/threads.hpp"
 #include "einmoe/detail/checked.hpp"
 #include "einmoe/detail/dnnl.hpp"
+#include "einmoe/detail/gemv.hpp"
 #include "einmoe/kernels/precision.hpp"
 #include "einmoe/kernels/quantize.hpp"
 
@@ -75,6 +76,10 @@ class MatrixBank {
   /// int8 on oneDNN: 128 * column sums of matrix e [out] (the u8 activations
   /// are the int8 ones + 128).
   const std::int32_t* compensation(index_t e) const { return comp_.empty() ? nullptr : comp_.data() + e * out_; }
+  /// The packed layout's padded [in, out] when the decode kernels
+  /// (detail/gemv.hpp) can read it on this CPU, else {0, 0}.
+  index_t panel_in() const { return panel_in_; }
+  index_t panel_out() const { return panel_out_; }
 
  private:
   std::size_t side_bytes() const {
@@ -85,7 +90,7 @@ class MatrixBank {
     return precision_ == Precision::fp32 ? sizeof(T) : precision_ == Precision::bf16 ? 2 : 1;
   }
 
-  index_t count_ = 0, in_ = 0, out_ = 0;
+  index_t count_ = 0, in_ = 0, out_ = 0, panel_in_ = 0, panel_out_ = 0;
   Precision precision_ = Precision::fp32;
   Backend backend_ = Backend::eigen;
   bool packed_ = false;
@@ -159,6 +164,12 @@ MatrixBank<T>::MatrixBank(const Tensor<S>& w, const std::string& count_dim, cons
     try {
       packed_desc = detail::dnnl_impl::weights_desc(in_, out_, st, wt, dt, &packed_);
       matrix_bytes_ = packed_desc.get_size();
+      const auto kind = precision_ == Precision::fp32 ? detail::gemv::Kind::f32
+                        : precision_ == Precision::bf16 ? detail::gemv::Kind::bf16 : detail::gemv::Kind::u8;
+      if (packed_ && detail::gemv::supported(kind)) {
+        const auto pl = detail::dnnl_impl::panel_layout(packed_desc, detail::gemv::group(kind), element_bytes());
+        panel_in_ = pl.first, panel_out_ = pl.second;
+      }
     } catch (const value_error&) {
       // oneDNN has no kernel for this precision on this CPU (bf16 before
       // AVX-512): automatic falls back to Eigen, an explicit dnnl is an error.
@@ -173,10 +184,7 @@ MatrixBank<T>::MatrixBank(const Tensor<S>& w, const std::string& count_dim, cons
   const std::size_t used_bytes = matrix_bytes_;
   matrix_bytes_ = (matrix_bytes_ + 63) / 64 * 64;  // every matrix 64-byte aligned
   const std::size_t total = detail::bytes_for(count_, matrix_bytes_, op);
-  if (total > 0) {
-    void* p = ::operator new(total, std::align_val_t{64});
-    weights_ = std::shared_ptr<void>(p, detail::aligned_free{});
-  }
+  weights_ = detail::allocate_weights(total);
   if (precision_ == Precision::int8) {
     scales_.assign(detail::uz(detail::mul_size(count_, out_, op)), 0.f);
     if (backend_ == Backend::dnnl) comp_.assign(scales_.size(), 0);
@@ -202,13 +210,13 @@ MatrixBank<T>::MatrixBank(const Tensor<S>& w, const std::string& count_dim, cons
         for (index_t n = 0; n < out_; ++n) p[k * out_ + n] = detail::to_bf16_bits(m.at(k, n));
     } else {
       std::int8_t* p = reinterpret_cast<std::int8_t*>(plain.data());
-      for (index_t n = 0; n < out_; ++n) {
-        scales_[detail::uz(e * out_ + n)] = detail::quantize_strided(m.base + n * m.sn, in_, m.sk, p + n, out_);
-        if (!comp_.empty()) {
-          std::int32_t sum = 0;
-          for (index_t k = 0; k < in_; ++k) sum += p[k * out_ + n];
-          comp_[detail::uz(e * out_ + n)] = 128 * sum;
-        }
+      detail::quantize_columns(m.base, in_, m.sk, out_, m.sn, p, out_, 1, scales_.data() + e * out_);
+      if (!comp_.empty()) {
+        std::int32_t* comp = comp_.data() + e * out_;
+        std::fill(comp, comp + out_, 0);
+        for (index_t k = 0; k < in_; ++k)
+          for (index_t n = 0; n < out_; ++n) comp[n] += p[k * out_ + n];
+        for (index_t n = 0; n < out_; ++n) comp[n] *= 128;
       }
     }
     void* dst = static_cast<char*>(weights_.get()) + e * static_cast<index_t>(matrix_bytes_);

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "einmoe/core/bfloat16.hpp"
 #include "einmoe/core/tensor.hpp"
@@ -39,6 +40,29 @@ float as_float(S v) {
 
 /// Quantizes n values read at x[i * stride] (symmetric, ties to even) into
 /// q[i * qstride]; returns the scale (max |x| / 127, 0 when all are zero).
+template <class S>
+float quantize_strided(const S* x, index_t n, index_t stride, std::int8_t* q, index_t qstride);
+
+/// Quantizes `cols` channels at once, channel j being x[j * cstride + i *
+/// stride], i < n (the same arithmetic as quantize_strided, in an order that
+/// reads rows of memory rather than columns when cstride is 1).
+template <class S>
+void quantize_columns(const S* x, index_t n, index_t stride, index_t cols, index_t cstride, std::int8_t* q,
+                      index_t qstride, index_t qcstride, float* scales) {
+  std::vector<float> amax(uz(cols), 0.f), inv(uz(cols));
+  for (index_t i = 0; i < n; ++i)
+    for (index_t j = 0; j < cols; ++j) amax[uz(j)] = std::max(amax[uz(j)], std::fabs(as_float(x[j * cstride + i * stride])));
+  for (index_t j = 0; j < cols; ++j) {
+    inv[uz(j)] = amax[uz(j)] > 0.f ? 127.f / amax[uz(j)] : 0.f;
+    scales[j] = amax[uz(j)] > 0.f ? amax[uz(j)] / 127.f : 0.f;
+  }
+  for (index_t i = 0; i < n; ++i)
+    for (index_t j = 0; j < cols; ++j) {
+      const float r = std::nearbyint(as_float(x[j * cstride + i * stride]) * inv[uz(j)]);
+      q[j * qcstride + i * qstride] = static_cast<std::int8_t>(std::min(127.f, std::max(-127.f, r)));
+    }
+}
+
 template <class S>
 float quantize_strided(const S* x, index_t n, index_t stride, std::int8_t* q, index_t qstride) {
   float amax = 0.f;
