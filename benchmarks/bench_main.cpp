@@ -52,6 +52,13 @@ class RatioReporter : public Base {
       for (int p = 0; p < 3; ++p) {
         static const char* names[] = {"fp32", "bf16", "int8"};
         const std::string n = "BM_MoELayer/" + std::to_string(p) + "/" + t;
+        ratio(time("BM_MoELayerPortable/" + std::to_string(p) + "/" + t), time(n),
+              (std::string(names[p]) + " layer, plain Release build (no -march) / release preset").c_str(), "<=", 1.05,
+              p == 0);
+      }
+      for (int p = 0; p < 3; ++p) {
+        static const char* names[] = {"fp32", "bf16", "int8"};
+        const std::string n = "BM_MoELayer/" + std::to_string(p) + "/" + t;
         ratio(time(n), time("BM_ExpertStage/" + std::to_string(p) + "/" + t),
               (std::string(names[p]) + " layer time / its expert stage").c_str(), "", 0, false);
       }

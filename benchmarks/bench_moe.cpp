@@ -4,6 +4,7 @@
 #include <memory>
 
 #include "bench_common.hpp"
+#include "portable_layer.hpp"
 
 namespace {
 
@@ -57,6 +58,25 @@ void BM_MoELayer(benchmark::State& state) {
                                                  benchmark::Counter::kIsRate);
   state.counters["filled_rows"] = double(rows);
   state.SetLabel(kPrecision[precision]);
+}
+
+// The same layer compiled as a plain `cmake -DCMAKE_BUILD_TYPE=Release`
+// build would compile it (no -march flags; portable_layer.hpp). oneDNN picks
+// its kernels at run time, so this should match BM_MoELayer. Reports the
+// largest difference from the native build's outputs (relative to max |y|).
+void BM_MoELayerPortable(benchmark::State& state) {
+  const int precision = static_cast<int>(state.range(0));
+  set_threads(state, 1);
+  auto& R = ReferenceLayers::get();
+  bench_portable::prepare(precision);
+  long rows = bench_portable::forward(precision);  // warm up
+  for (auto _ : state) rows = bench_portable::forward(precision);
+  const auto native = R.at(precision).forward(R.L.x);
+  state.counters["max_rel_diff"] =
+      bench_portable::max_rel_difference(precision, native.outputs.data(), static_cast<long>(native.outputs.size()));
+  state.counters["GFLOP/s"] = benchmark::Counter(4.0 * double(rows) * double(R.r.M * R.r.H) * double(state.iterations()) / 1e9,
+                                                 benchmark::Counter::kIsRate);
+  state.SetLabel(std::string(kPrecision[precision]) + ", compiled for " + bench_portable::compiled_isa());
 }
 
 // The expert stage alone (gather each block's rows, the FFN kernels) over the
@@ -285,6 +305,7 @@ void scaling_args(benchmark::internal::Benchmark* b) {
 }  // namespace
 
 BENCHMARK(BM_MoELayer)->Apply(precision_args)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_MoELayerPortable)->Apply(precision_args)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_ExpertStage)->Apply(precision_args)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_PrecisionError)->Arg(1)->Arg(2)->Iterations(1);
 BENCHMARK(BM_MoEDecode)->Apply(decode_args)->Unit(benchmark::kMicrosecond)->UseRealTime();

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """einmoe against PyTorch on the same MoE layer.
 
 PyTorch runs the GShard / DeepSpeed formulation: top-2 gating with one-hot
@@ -15,6 +15,12 @@ PyTorch is missing. Debian's PyTorch calls the system BLAS: with the
 reference (netlib) BLAS its matmuls are ~10x slower than with OpenBLAS, which
 would flatter einmoe. Install libopenblas0-pthread for a fair comparison; the
 script prints the BLAS in use and warns about the reference one.
+
+OpenBLAS picks its kernels for the CPU at load time unless OPENBLAS_CORETYPE
+says otherwise; some environments (this project's development machine) set
+OPENBLAS_CORETYPE=Haswell, which holds OpenBLAS to AVX2 kernels at ~44% of an
+AVX-512 core's peak. The script removes the variable before PyTorch (and so
+OpenBLAS) is loaded, and prints the core type OpenBLAS chose.
 """
 import argparse
 import os
@@ -24,10 +30,15 @@ import sys
 import tempfile
 import time
 
-import numpy as np
+# Before OpenBLAS is loaded (by numpy or torch): let it pick its own kernels.
+_CORETYPE_WAS = os.environ.pop("OPENBLAS_CORETYPE", None)
+
+import ctypes  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 try:
-    import torch
+    import torch  # noqa: E402
 except ImportError:
     print("compare_pytorch: PyTorch is not installed (Debian: apt-get install python3-torch)", file=sys.stderr)
     sys.exit(2)
@@ -75,6 +86,23 @@ def system_blas():
             real = os.path.realpath(path)
             return "OpenBLAS" if "openblas" in real else ("reference BLAS (netlib)" if "/blas/" in real else real)
     return "unknown"
+
+
+def openblas_core():
+    """The core type the OpenBLAS loaded in this process runs kernels for."""
+    try:
+        with open("/proc/self/maps") as f:
+            libs = {line.split()[-1] for line in f if "openblas" in line and ".so" in line}
+    except OSError:
+        return None
+    for lib in sorted(libs):
+        try:
+            get = ctypes.CDLL(lib).openblas_get_corename
+            get.restype = ctypes.c_char_p
+            return get().decode()
+        except (OSError, AttributeError):
+            continue
+    return None
 
 
 def main():
@@ -128,6 +156,11 @@ def main():
     agree = err < 1e-4
     print(f"layer: G={G} S={S} M={M} H={H} E={E} C={C}, top-2, relu, float32, {a.threads} thread(s)")
     blas = system_blas()
+    core = openblas_core()
+    if core:
+        blas += f" core {core}"
+    if _CORETYPE_WAS is not None:
+        print(f"note: unset OPENBLAS_CORETYPE={_CORETYPE_WAS} so OpenBLAS picks its kernels for this CPU")
     print(f"PyTorch {torch.__version__} (dense einsum dispatch, {blas}): {best:9.2f} ms")
     if "reference" in blas:
         print("warning: PyTorch runs on the reference BLAS; install libopenblas0-pthread for a fair comparison")

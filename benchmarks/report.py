@@ -1,12 +1,15 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Regenerates the README's results table from one benchmark run.
 
     /usr/bin/python3 benchmarks/report.py [--build build/release] [--update-readme]
 
-Runs einmoe_benchmarks (the headline cases, JSON), measures the peak memory of
-the sparse and dense layer on the reference configuration (`einmoe moe`, one
-process each), runs benchmarks/compare_pytorch.py when PyTorch is present, and
-prints a markdown table. With --update-readme it replaces the text between
+Runs einmoe_benchmarks on the headline cases (JSON, medians of repetitions in
+random interleaving, since this kind of machine is shared and noisy), measures
+the peak memory of the sparse and dense layer on the reference configuration
+(`einmoe moe`, one process each), runs benchmarks/compare_ort.py (when node
+and onnxruntime-node are there) and benchmarks/compare_pytorch.py (when
+PyTorch is), and prints markdown: the tables, the suite's target ratios and
+the comparisons. With --update-readme it replaces the text between
 <!-- results:begin --> and <!-- results:end --> in README.md.
 """
 import argparse
@@ -21,8 +24,9 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-FILTER = ("BM_EinsumGemm|BM_EigenGemm|BM_MoELayer/|BM_ExpertGemmFloor|"
-          "BM_RoutingScaling/(sparse|dense)/(256|8192)/")
+FILTER = ("BM_PeakFMA|BM_StreamRead|BM_MoELayer/|BM_MoELayerPortable/|BM_ExpertStage/|BM_PrecisionError|"
+          "BM_MoEDecode/|BM_MoELayerDense/|BM_EinsumGemm|BM_EigenGemm|BM_RoutingScaling/(sparse|dense)/(256|8192)/")
+PRECISIONS = ("fp32", "bf16", "int8")
 
 
 def cpu_name():
@@ -59,6 +63,7 @@ def peak_rss_mb(cmd):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default=os.path.join(ROOT, "build", "release"))
+    ap.add_argument("--repetitions", type=int, default=3)
     ap.add_argument("--update-readme", action="store_true")
     a = ap.parse_args()
     bench = os.path.join(a.build, "benchmarks", "einmoe_benchmarks")
@@ -67,9 +72,18 @@ def main():
         if not os.path.exists(p):
             sys.exit(f"report.py: {p} is missing; build with: cmake --preset release && cmake --build --preset release")
     run = subprocess.run([bench, f"--benchmark_filter={FILTER}", "--benchmark_format=json",
-                          "--benchmark_min_time=1"], capture_output=True, text=True, check=True)
-    res = {b["name"].replace("/real_time", ""): b for b in json.loads(run.stdout)["benchmarks"]}
-    ratios = run.stderr.strip().splitlines()
+                          f"--benchmark_repetitions={a.repetitions}", "--benchmark_enable_random_interleaving=true"],
+                         capture_output=True, text=True, check=True)
+    res = {}
+    for b in json.loads(run.stdout)["benchmarks"]:
+        name = b["run_name"].replace("/real_time", "")
+        if b.get("run_type") == "aggregate":
+            if b.get("aggregate_name") == "median":
+                res[name] = b
+        elif name not in res or res[name].get("run_type") != "aggregate":
+            res[name] = b  # a single run (no repetitions)
+    ratios = run.stderr.strip()
+    ratios = ratios[ratios.find("Targets"):] if "Targets" in ratios else ratios
 
     def ms(name):
         b = res.get(name)
@@ -77,14 +91,44 @@ def main():
             return float("nan")
         return b["real_time"] * {"ns": 1e-6, "us": 1e-3, "ms": 1, "s": 1e3}[b["time_unit"]]
 
-    threads = sorted({int(n.rsplit("/", 1)[1]) for n in res if n.startswith("BM_MoELayer/sparse/")})
-    rows = []
+    def counter(name, key):
+        b = res.get(name)
+        return float(b[key]) if b and key in b else float("nan")
+
+    threads = sorted({int(n.rsplit("/", 1)[1]) for n in res if n.startswith("BM_PeakFMA/")})
+    out = []
+    compiler = cache_value(a.build, "CMAKE_CXX_COMPILER")
+    version = subprocess.run([compiler or "c++", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    flags = "-O3 -DNDEBUG" + (" -march=native" if cache_value(a.build, "EINMOE_NATIVE") == "ON" else "")
+    backend = "oneDNN " + dnnl_version() if cache_value(a.build, "EINMOE_DNNL") != "OFF" else "Eigen"
+    out += [f"CPU: {cpu_name()} ({os.cpu_count()} cores). Compiler: {version}, `{flags}`, expert kernels on {backend}, "
+            "Eigen 3.4, OpenMP. Medians of " + str(a.repetitions) + " repetitions, randomly interleaved.",
+            "Reference layer: 4 groups x 1024 tokens, model 512, hidden 2048, 16 experts, top-2, capacity 160, relu; "
+            "routing in float32, expert weights in the precision shown.", ""]
+    out += ["| threads | peak FMA | stream read | precision | layer | useful GFLOP/s | of peak | speed-up vs fp32 "
+            "| no-`-march` build / preset | decode 1 token | decode 8 tokens | 8 tokens / bandwidth bound | max rel. error vs fp32 |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in threads:
-        sp, de, fl = ms(f"BM_MoELayer/sparse/{t}"), ms(f"BM_MoELayer/dense/{t}"), ms(f"BM_ExpertGemmFloor/{t}")
-        ein, eig = ms(f"BM_EinsumGemm/{t}"), ms(f"BM_EigenGemm/{t}")
+        peak = counter(f"BM_PeakFMA/{t}", "GFLOP/s")
+        bw = counter(f"BM_StreamRead/{t}", "GB/s")
+        for p, prec in enumerate(PRECISIONS):
+            layer = ms(f"BM_MoELayer/{p}/{t}")
+            gflops = counter(f"BM_MoELayer/{p}/{t}", "GFLOP/s")
+            d1, d8 = ms(f"BM_MoEDecode/{p}/1/{t}"), ms(f"BM_MoEDecode/{p}/8/{t}")
+            bound = counter(f"BM_MoEDecode/{p}/8/{t}", "weight_bytes") / (bw * 1e9) * 1e3
+            err = counter(f"BM_PrecisionError/{p}/iterations:1", "rel_error") if p else 0.0
+            portable = ms(f"BM_MoELayerPortable/{p}/{t}") / layer
+            head = f"| {t} | {peak:.0f} GFLOP/s | {bw:.1f} GB/s" if p == 0 else "| | |"
+            out.append(f"{head} | {prec} | {layer:.1f} ms | {gflops:.0f} | {gflops / peak:.2f} | "
+                       f"{ms(f'BM_MoELayer/0/{t}') / layer:.2f}x | {portable:.2f} | {d1 * 1e3:.0f} µs | {d8 * 1e3:.0f} µs | "
+                       f"{d8 / bound:.2f} | {err:.1e} |")
+    out += ["", "| threads | dense oracle layer | einsum / Eigen GEMM | routing per token S=8192 / S=256 (sparse) | same, dense |",
+            "|---|---|---|---|---|"]
+    for t in threads:
         r256, r8k = ms(f"BM_RoutingScaling/sparse/256/{t}"), ms(f"BM_RoutingScaling/sparse/8192/{t}")
         d256, d8k = ms(f"BM_RoutingScaling/dense/256/{t}"), ms(f"BM_RoutingScaling/dense/8192/{t}")
-        rows.append((t, sp, de, fl, sp / fl, eig / ein, r8k / r256, d8k / d256))
+        out.append(f"| {t} | {ms(f'BM_MoELayerDense/{t}'):.0f} ms | {ms(f'BM_EigenGemm/{t}') / ms(f'BM_EinsumGemm/{t}'):.2f} | "
+                   f"{r8k / r256:.2f} | {d8k / d256:.1f} |")
 
     # peak memory of one layer forward, reference configuration
     mem = {}
@@ -97,35 +141,24 @@ def main():
         subprocess.run([sys.executable, "-c", gen, d], check=True)
         base = [cli, "moe", "--inputs", f"{d}/x.npy", "--wg", f"{d}/wg.npy", "--wi", f"{d}/wi.npy",
                 "--wo", f"{d}/wo.npy", "--capacity", "160", "--threads", "1", "--out", f"{d}/o"]
-        mem["sparse"] = peak_rss_mb(base)
+        for prec in PRECISIONS:
+            mem[prec] = peak_rss_mb(base + ["--precision", prec])
         mem["dense"] = peak_rss_mb(base + ["--dense"])
+    out += ["", "Peak memory of one forward pass (process RSS, weights loaded from fp32 .npy included): "
+                + ", ".join(f"{k} {v:.0f} MB" for k, v in mem.items()) + ".", "",
+            "The suite's targets, as it printed them:", "", "```", ratios, "```", ""]
 
-    torch_lines = []
-    for t in threads:
-        cmp = subprocess.run([sys.executable, os.path.join(HERE, "compare_pytorch.py"), "--einmoe", cli,
-                              "--threads", str(t)], capture_output=True, text=True)
-        torch_lines.append((cmp.stdout + cmp.stderr).strip())
-
-    compiler = cache_value(a.build, "CMAKE_CXX_COMPILER")
-    version = subprocess.run([compiler or "c++", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
-    flags = "-O3 -DNDEBUG" + (" -march=native" if cache_value(a.build, "EINMOE_NATIVE") == "ON" else "")
-    out = [f"CPU: {cpu_name()} ({os.cpu_count()} cores). Compiler: {version}, `{flags}`, Eigen 3.4, OpenMP.",
-           "Reference layer: 4 groups x 1024 tokens, model 512, hidden 2048, 16 experts, top-2, capacity 160, "
-           "relu, float32.", "",
-           "| threads | sparse layer | dense layer | expert-GEMM floor | sparse / floor | einsum / Eigen GEMM | "
-           "routing per token S=8192 / S=256 (sparse) | same, dense |",
-           "|---|---|---|---|---|---|---|---|"]
-    for t, sp, de, fl, r1, r2, r3, r4 in rows:
-        out.append(f"| {t} | {sp:.1f} ms | {de:.1f} ms | {fl:.1f} ms | {r1:.2f} | {r2:.2f} | {r3:.2f} | {r4:.1f} |")
-    out += ["", f"Peak memory of one forward pass (process RSS, weights included): sparse {mem['sparse']:.0f} MB, "
-                f"dense {mem['dense']:.0f} MB.", ""]
-    for line in torch_lines:
-        out.append("```\n" + line + "\n```")
+    for script, extra in (("compare_ort.py", ["--threads"] + [str(t) for t in threads]),
+                          ("compare_pytorch.py", None)):
+        runs = [extra] if extra else [["--threads", str(t)] for t in threads]
+        for args in runs:
+            cmp = subprocess.run([sys.executable, os.path.join(HERE, script), "--einmoe", cli] + args,
+                                 capture_output=True, text=True)
+            out.append("```\n" + (cmp.stdout + cmp.stderr).strip() + "\n```")
     out += ["", "Reproduce: `cmake --preset release && cmake --build --preset release && "
                 "/usr/bin/python3 benchmarks/report.py --update-readme`"]
     text = "\n".join(out)
     print(text)
-    print("\n".join(ratios), file=sys.stderr)
     if a.update_readme:
         path = os.path.join(ROOT, "README.md")
         readme = open(path).read()
@@ -135,6 +168,20 @@ def main():
             sys.exit("report.py: README.md has no <!-- results:begin --> marker")
         open(path, "w").write(new)
         print("updated README.md", file=sys.stderr)
+
+
+def dnnl_version():
+    try:
+        for line in open("/usr/include/oneapi/dnnl/dnnl_version.h"):
+            m = re.match(r"#define DNNL_VERSION_(MAJOR|MINOR|PATCH) (\d+)", line)
+            if m:
+                dnnl_version.parts.append(m.group(2))
+    except OSError:
+        return ""
+    return ".".join(dnnl_version.parts[:3])
+
+
+dnnl_version.parts = []
 
 
 if __name__ == "__main__":

@@ -186,6 +186,12 @@ void run_moe(const Args& a) {
     fail("--activation: unknown activation \"", a.get("--activation"), "\" (relu, gelu, gelu_tanh, silu)");
   }
   o.dense = a.has("--dense");
+  try {
+    o.precision = parse_precision(a.get_or("--precision", "fp32"));
+  } catch (const einmoe::error&) {
+    fail("--precision: unknown precision \"", a.get("--precision"), "\" (fp32, bf16, int8)");
+  }
+  if (o.dense && o.precision != Precision::fp32) fail("--precision ", a.get("--precision"), ": --dense computes in full precision (fp32)");
   const Shape tokens = x.shape().without({"model"});
   const auto in = gate_inputs<T>(a, tokens, tokens.with(Dim("experts", E)));
   // --repeat N: run the layer N times and report the best time (the steady
@@ -364,7 +370,7 @@ int run(const std::vector<std::string>& argv) {
     by_dtype(a, "--gates", [&] { run_truncated<float>(a); }, [&] { run_truncated<double>(a); });
   } else if (cmd == "moe") {
     auto flags = gate_flags();
-    for (const char* f : {"--inputs", "--wg", "--wi", "--wo", "--bi", "--bo", "--activation", "--repeat"}) flags.push_back({f, true});
+    for (const char* f : {"--inputs", "--wg", "--wi", "--wo", "--bi", "--bo", "--activation", "--precision", "--repeat"}) flags.push_back({f, true});
     if (help) {
       std::printf("usage: einmoe moe --inputs X.npy --wg WG.npy --wi WI.npy --wo WO.npy --capacity C [flags] --out DIR\n"
                   "  --inputs X.npy           [G,S,M] tokens\n"
@@ -372,6 +378,8 @@ int run(const std::vector<std::string>& argv) {
                   "  --wi WI.npy, --wo WO.npy [E,M,H] and [E,H,M] expert weights\n"
                   "  --bi BI.npy, --bo BO.npy optional biases [E,H] and [E,M]\n"
                   "  --activation A           relu (default) | gelu | gelu_tanh | silu\n"
+                  "  --precision P            expert weights in fp32 (default) | bf16 | int8;\n"
+                  "                           routing and the combine stay in the inputs' float type\n"
                   "  --repeat N               run N times, report the best time (default 1)\n%s%s"
                   "writes DIR/outputs.npy [G,S,M] and DIR/aux_loss.npy (0-d)\n",
                   kGateFlags, kCommonFlags);

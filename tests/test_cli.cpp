@@ -104,9 +104,9 @@ TEST_CASE("einmoe truncated-gate and moe reproduce the numpy reference", "[cli]"
     const std::string out = fresh_dir("moe");
     std::string args = "moe --inputs " + c.path("inputs") + " --wg " + c.path("wg") + " --wi " + c.path("wi") + " --wo " +
                        c.path("wo") + " --capacity " + c.config.at("capacity") + " --activation " +
-                       c.config.at("activation") + " --threads 1 --out " + out;
+                       c.config.at("activation") + " --threads 1";
     if (c.has("bi")) args += " --bi " + c.path("bi") + " --bo " + c.path("bo");
-    REQUIRE(run(args).status == 0);
+    REQUIRE(run(args + " --out " + out).status == 0);
     const double tol = c.f64 ? 1e-12 : 1e-5;
     if (c.f64)
       CHECK(naive::all_close(load_npy<double>(out + "/outputs.npy", {"g", "s", "m"}),
@@ -114,6 +114,24 @@ TEST_CASE("einmoe truncated-gate and moe reproduce the numpy reference", "[cli]"
     else
       CHECK(naive::all_close(load_npy<float>(out + "/outputs.npy", {"g", "s", "m"}),
                              c.load<float>("expected_outputs", {"g", "s", "m"}), tol, tol));
+    if (c.f64) continue;
+    // --precision: bf16 and int8 expert weights stay within their documented
+    // error of the reference (relative to the largest output)
+    const auto ref = c.load<float>("expected_outputs", {"g", "s", "m"});
+    float ymax = 0;
+    for (index_t i = 0; i < ref.size(); ++i) ymax = std::max(ymax, std::abs(ref[i]));
+    for (const auto& [prec, bound] : {std::pair<std::string, float>{"bf16", 1e-2f}, {"int8", 3e-2f}}) {
+      INFO(prec);
+      const std::string pout = fresh_dir("moe_" + prec);
+      const Result r = run(args + " --precision " + prec + " --out " + pout);
+      REQUIRE(r.status == 0);
+      const auto y = load_npy<float>(pout + "/outputs.npy", {"g", "s", "m"});
+      REQUIRE(y.shape() == ref.shape());
+      float err = 0;
+      for (index_t i = 0; i < y.size(); ++i) err = std::max(err, std::abs(y[i] - ref[i]));
+      CHECK(err <= bound * ymax);
+      CHECK(err > 0);  // the weights really were rounded
+    }
   }
 }
 
@@ -155,6 +173,13 @@ TEST_CASE("einmoe rejects bad input with exit status 2, one line, and no output"
                   "--wg", out);
   expect_rejected("moe --inputs " + L + " --wg " + scratch("rank2.npy") + " --wi " + L + " --wo " + L +
                       " --capacity 2 --activation tanh --out " + out, "--wg", out);
+  {
+    const auto mc = fixtures::cases("moe").front();
+    const std::string margs = "moe --inputs " + mc.path("inputs") + " --wg " + mc.path("wg") + " --wi " + mc.path("wi") +
+                              " --wo " + mc.path("wo") + " --capacity 2";
+    expect_rejected(margs + " --precision fp16 --out " + out, "--precision", out);
+    expect_rejected(margs + " --precision bf16 --dense --out " + out, "--precision", out);
+  }
   expect_rejected("truncated-gate --gates " + scratch("int.npy") + " --capacity 2 --out " + out, "--gates", out);
   // an unwritable output directory
   std::ofstream(scratch("a_file")) << "x";

@@ -1,3 +1,5 @@
+#include <atomic>
+
 #include "check.hpp"
 #include "moe_fixtures.hpp"
 #include "naive.hpp"
@@ -110,4 +112,57 @@ TEST_CASE("experts: bad weights name the dim", "[experts][errors]") {
   CHECK_THROWS_NAMING(experts_sparse(naive::random_tensor<double>(Shape{{"batch", 1}, {"group", 2}, {"model", 5}}), r.plan, w, cfg),
                       shape_error, "model");
   CHECK_THROWS_NAMING(parse_activation("tanh"), value_error, "tanh");
+}
+
+TEST_CASE("experts: work items are (expert, fixed row block), the same on any thread count, each run on one thread",
+          "[experts][threads]") {
+  // the threading decision: every expert's rows cut into blocks of
+  // kernel.row_block() rows; threads take whole items; each item's kernels
+  // run single-threaded
+  const index_t E = 3, M = 8, H = 16, S = 700;
+  const auto w = random_experts<float>(E, M, H, false);
+  Tensor<float> logits(Shape{{"batch", 1}, {"group", S}, {"experts", E}}, 0.f);
+  for (index_t s = 0; s < S; ++s) logits[s * E + (s < 600 ? 0 : 1 + s % 2)] = 5.f;  // expert 0 gets 600 first choices
+  Top2Options o;
+  o.capacity = Dim("expert_capacity", S);
+  const auto plan = top2_gating(logits, o).plan;
+  const auto x = naive::random_tensor<float>(Shape{{"batch", 1}, {"group", S}, {"model", M}});
+  for (Backend b : {Backend::eigen, Backend::automatic}) {
+    ExpertOptions cfg;
+    cfg.backend = b;
+    const PackedExperts<float> pe(w, cfg);
+    const index_t block = pe.kernel().row_block();
+    std::vector<std::vector<index_t>> seen;
+    for (int threads : {1, 2, 3}) {
+      set_num_threads(threads);
+      ExpertWorkspace<float> ws;
+      detail::expert_rows(plan, H, ws);
+      std::atomic<int> inner{0};
+      detail::run_expert_rows(pe.kernel(), pe.options(), ws, [&](index_t t) {
+        inner = std::max(inner.load(), num_threads());  // what a kernel inside an item sees
+        return x.data() + t * M;
+      });
+      CHECK(inner == 1);
+      std::vector<index_t> items;
+      for (const auto& it : ws.items) {
+        CHECK(it.rows >= 1);
+        CHECK(it.rows <= block);
+        CHECK(it.row >= ws.offset[detail::uz(it.expert)]);
+        CHECK(it.row + it.rows <= ws.offset[detail::uz(it.expert + 1)]);
+        items.insert(items.end(), {it.expert, it.row, it.rows});
+      }
+      // every row in exactly one item, blocks full except each expert's last
+      index_t covered = 0;
+      for (const auto& it : ws.items) covered += it.rows;
+      CHECK(covered == ws.offset.back());
+      seen.push_back(items);
+    }
+    set_num_threads(1);
+    CHECK(seen[0] == seen[1]);
+    CHECK(seen[0] == seen[2]);
+    // expert 0's 600+ rows need more than one item whenever the block is smaller
+    index_t items0 = 0;
+    for (std::size_t i = 0; i < seen[0].size(); i += 3) items0 += seen[0][i] == 0 ? 1 : 0;
+    CHECK(items0 >= (600 + block - 1) / block);
+  }
 }

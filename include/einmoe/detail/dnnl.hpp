@@ -184,6 +184,16 @@ inline Cache& cache() {
 
 }  // namespace impl
 
+/// True when oneDNN's int8 matmul is exact on this CPU: with VNNI
+/// (AVX512_VNNI or AVX-VNNI) it accumulates u8 x s8 products in int32.
+/// Without VNNI it adds pairs of products in int16 with saturation
+/// (vpmaddubsw), which full-range int8 weights and activations overflow.
+inline bool int8_exact() {
+  const auto isa = static_cast<unsigned>(dnnl::get_effective_cpu_isa());
+  const auto has = [isa](dnnl_cpu_isa_t bits) { return (isa & static_cast<unsigned>(bits)) == static_cast<unsigned>(bits); };
+  return has(dnnl_cpu_isa_avx512_core_vnni) || has(dnnl_cpu_isa_avx2_vnni);
+}
+
 inline dnnl::memory::desc weights_desc(index_t k, index_t n, Type src, Type wei, Type dst, bool* packed) {
   auto& c = impl::cache();
   const index_t block_rows = kBlockRows;

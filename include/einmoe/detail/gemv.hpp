@@ -41,6 +41,11 @@ inline bool supported(Kind k) {
 #endif
 }
 
+// (see simd.hpp: gcc 12's intrinsic headers warn maybe-uninitialized)
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #if defined(EINMOE_SIMD_X86)
 /// y[r, n] (fp32, or int32 for u8) for r < M, n < panels * 64, with row
 /// strides ldx (elements of x, one per k) and ldy; x rows are padded with
@@ -128,5 +133,9 @@ inline void run(Kind kind, const void* x, index_t m, index_t ldx, index_t steps,
   (void)kind, (void)x, (void)m, (void)ldx, (void)steps, (void)w, (void)panels, (void)y, (void)ldy;
 #endif
 }
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 }  // namespace einmoe::detail::gemv

@@ -113,6 +113,13 @@ inline void multiply(float* x, const float* y, index_t n) {
 // ---- AVX-512 versions -------------------------------------------------------------
 
 #if defined(EINMOE_SIMD_X86)
+// gcc 12 reports -Wmaybe-uninitialized from inside its own AVX-512 intrinsic
+// headers (their _mm512_undefined_* self-initializations) once they are
+// inlined here; the warning is about gcc's headers, not this code.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #define EINMOE_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
 
 namespace avx512 {
@@ -273,6 +280,9 @@ EINMOE_AVX512 inline void multiply(float* x, const float* y, index_t n) {
 }
 
 }  // namespace avx512
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 #undef EINMOE_AVX512
 #define EINMOE_SIMD_DISPATCH(call) \
   (isa() == Isa::generic ? generic::call : avx512::call)

@@ -40,6 +40,36 @@
 
 namespace einmoe {
 
+/// Whether an explicit backend `b` runs expert weights of precision `p` on
+/// this CPU (Backend::automatic always does: it falls back to Eigen). Eigen
+/// runs every precision. oneDNN runs fp32 everywhere, bf16 where it has a
+/// bf16 matmul (AVX-512 CPUs), and int8 where its int8 products are exact
+/// (VNNI; see detail::dnnl_impl::int8_exact). False for dnnl in a build
+/// without oneDNN.
+inline bool backend_supports(Backend b, Precision p) {
+  if (b == Backend::automatic || b == Backend::eigen) return true;
+#if defined(EINMOE_HAS_DNNL)
+  using detail::dnnl_impl::Type;
+  if (p == Precision::fp32) return true;
+  if (p == Precision::int8) {
+    static const bool exact = detail::dnnl_impl::int8_exact();
+    return exact;
+  }
+  static const bool bf16 = [] {
+    try {
+      detail::dnnl_impl::weights_desc(64, 64, Type::bf16, Type::bf16, Type::f32, nullptr);
+      return true;
+    } catch (const value_error&) {
+      return false;
+    }
+  }();
+  return bf16;
+#else
+  (void)p;
+  return false;
+#endif
+}
+
 template <class T>
 class MatrixBank {
   static_assert(std::is_same<T, float>::value || std::is_same<T, double>::value, "MatrixBank<float or double>");
@@ -160,6 +190,12 @@ MatrixBank<T>::MatrixBank(const Tensor<S>& w, const std::string& count_dim, cons
   const Type wt = precision_ == Precision::fp32 ? Type::f32 : precision_ == Precision::bf16 ? Type::bf16 : Type::s8;
   const Type st = precision_ == Precision::fp32 ? Type::f32 : precision_ == Precision::bf16 ? Type::bf16 : Type::u8;
   const Type dt = precision_ == Precision::int8 ? Type::s32 : Type::f32;
+  if (backend_ == Backend::dnnl && precision_ == Precision::int8 && !detail::dnnl_impl::int8_exact()) {
+    if (backend != Backend::automatic)
+      detail::raise<value_error>(op, ": oneDNN's int8 products saturate on a CPU without VNNI; use backend eigen "
+                                 "(or automatic) for int8 here");
+    backend_ = Backend::eigen;
+  }
   if (backend_ == Backend::dnnl && in_ > 0 && out_ > 0) {
     try {
       packed_desc = detail::dnnl_impl::weights_desc(in_, out_, st, wt, dt, &packed_);
@@ -170,10 +206,10 @@ MatrixBank<T>::MatrixBank(const Tensor<S>& w, const std::string& count_dim, cons
         const auto pl = detail::dnnl_impl::panel_layout(packed_desc, detail::gemv::group(kind), element_bytes());
         panel_in_ = pl.first, panel_out_ = pl.second;
       }
-    } catch (const value_error&) {
+    } catch (const value_error& e) {
       // oneDNN has no kernel for this precision on this CPU (bf16 before
       // AVX-512): automatic falls back to Eigen, an explicit dnnl is an error.
-      if (backend != Backend::automatic) throw;
+      if (backend != Backend::automatic) detail::raise<value_error>(op, ": ", e.what(), "; use backend eigen (or automatic)");
       backend_ = Backend::eigen;
     }
   }
