@@ -42,8 +42,9 @@ class RatioReporter : public Base {
     Base::Finalize();
     std::fprintf(out_, "\nTargets (ratios measured in this run):\n");
     const std::string all = max_threads();
-    for (const std::string& t : {std::string("1"), all}) {
-      if (t.empty() || (t == all && all == "1" && &t != &all)) continue;
+    std::vector<std::string> counts{"1"};
+    if (all != "1") counts.push_back(all);
+    for (const std::string& t : counts) {
       std::fprintf(out_, "-- %s thread(s)\n", t.c_str());
       ratio(counter("BM_MoELayer/0/" + t, "GFLOP/s"), counter("BM_PeakFMA/" + t, "GFLOP/s"),
             "fp32 layer useful GFLOP/s / peak FMA", ">=", 0.85, t == "1");

@@ -4,6 +4,7 @@
 //   mtf_capacity(1024, 16, 1.25)        // Mesh TF: max(min(S, int(S*cf/E)), 4)  -> 80
 //   lingvo_capacity(1024, 16, 1.25)     // lingvo: int(S*cf/E) rounded up to a multiple of 4 -> 80
 //   topk_capacity(1024, 16, 2, 1.25)    // DeepSpeed/Tutel: ceil(k*cf*S/E) -> 160
+//   flaxformer_capacity(1024, 16, 1.25) // flaxformer: max(round(S*cf/E), 4) -> 80
 //   split_into_groups(4096, 1024)       // Mesh TF: {num_groups 4, group_size 1024}
 #pragma once
 
@@ -48,6 +49,39 @@ inline index_t topk_capacity(index_t group_size, index_t experts, index_t k, dou
   const double c = std::ceil(static_cast<double>(k) * capacity_factor * static_cast<double>(group_size) /
                              static_cast<double>(experts) - 1e-9);
   return std::max(static_cast<index_t>(c), min_capacity);
+}
+
+/// flaxformer (MoeLayer): max(round(cf * S / E), min_capacity), rounding
+/// half to even like Python's round.
+inline index_t flaxformer_capacity(index_t group_size, index_t experts, double capacity_factor, index_t min_capacity = 4) {
+  detail::check_capacity_args("flaxformer_capacity", group_size, experts, capacity_factor);
+  const double x = capacity_factor * static_cast<double>(group_size) / static_cast<double>(experts);
+  double r = std::floor(x);
+  const double frac = x - r;
+  if (frac > 0.5 || (frac == 0.5 && std::fmod(r, 2.0) != 0.0)) r += 1.0;
+  return std::max(static_cast<index_t>(r), min_capacity);
+}
+
+/// The systems whose capacity rule capacity_from_factor follows.
+enum class CapacityRule {
+  mtf,         ///< mtf_capacity (min capacity 4)
+  lingvo,      ///< lingvo_capacity (nothing configured)
+  deepspeed,   ///< topk_capacity: ceil(k * cf * S / E), at least min_capacity (Tutel too)
+  flaxformer,  ///< flaxformer_capacity (min capacity 4)
+};
+
+/// Capacity from a factor, by the rule of the system being followed, for
+/// the actual group size S, E experts and k choices per token (k is used by
+/// the deepspeed rule only; the others size for their own top-2 or top-k
+/// conventions through cf). min_capacity applies to deepspeed (default 0).
+inline index_t capacity_from_factor(CapacityRule rule, index_t group_size, index_t experts, index_t k,
+                                    double capacity_factor, index_t min_capacity = 0) {
+  switch (rule) {
+    case CapacityRule::mtf: return mtf_capacity(group_size, experts, capacity_factor);
+    case CapacityRule::lingvo: return lingvo_capacity(group_size, experts, capacity_factor);
+    case CapacityRule::deepspeed: return topk_capacity(group_size, experts, k, capacity_factor, min_capacity);
+    default: return flaxformer_capacity(group_size, experts, capacity_factor);
+  }
 }
 
 /// moe_v0 (Mesh TF): min(length, int(length * 2 * overhead / E)).

@@ -1,0 +1,117 @@
+// einmoe/routers/expert_choice.hpp - experts choose tokens (Zhou et al. 2022;
+// flaxformer ExpertsChooseMaskedRouter), fast and dense.
+//
+//   ExpertChoiceOptions o;
+//   o.capacity = Dim("expert_capacity", 64);    // C tokens per expert per group, C <= S
+//   auto r = expert_choice_routing(logits, o);  // logits [<batch>, group, experts]
+//   auto d = expert_choice_routing_dense(logits, o);
+//
+// Scores are the softmax over experts of each token's logits. Each expert
+// takes the C tokens of its group with the highest score for it (ties: the
+// lower token index), in that order (slot c is its c-th best token); the
+// weight is that score. A token may be taken by 0 to E experts, so the plan
+// has k = E choices per token, choice j being expert j (or none).
+// aux_loss = 0 (every expert fills its buffer); z_loss = mean over tokens of
+// logsumexp(logits)^2. Not for decoders: a token's routing depends on the
+// later tokens of its group.
+#pragma once
+
+#include <algorithm>
+#include <numeric>
+
+#include "einmoe/routers/topk.hpp"
+#include "einmoe/routers/topk_dense.hpp"
+
+namespace einmoe {
+
+struct ExpertChoiceOptions {
+  Dim capacity{"expert_capacity", 4};  ///< C tokens per expert per group (1 <= C <= S)
+  std::string group_dim = "group";
+  std::string experts_dim = "experts";
+};
+
+namespace detail {
+template <class T>
+RouterProblem<T> expert_choice_problem(const Tensor<T>& logits, const ExpertChoiceOptions& o, const char* op) {
+  auto p = router_problem(logits, o.group_dim, o.experts_dim, std::optional<Dim>(o.capacity), o.capacity.name, op);
+  if (p.C > p.S)
+    raise<value_error>(op, ": capacity ", p.C, " exceeds the group's ", p.S, " tokens (each expert takes C distinct tokens)");
+  return p;
+}
+}  // namespace detail
+
+/// Expert-choice routing, fast: per expert a partial sort of its group's
+/// scores.
+template <class T>
+RouterResult<T> expert_choice_routing(const Tensor<T>& logits, const ExpertChoiceOptions& o) {
+  const char* op = "expert_choice_routing";
+  const auto p = detail::expert_choice_problem(logits, o, op);
+  const index_t G = p.G, S = p.S, E = p.E, C = p.C;
+  RouterResult<T> r;
+  r.plan.reset(p.batch, p.group, p.experts, p.capacity, E);
+  std::vector<index_t> kept(detail::uz(G), 0), none(detail::uz(G), 0);
+  detail::parallel_items(G, [&](index_t g) {
+    std::vector<T> s(detail::uz(S * E));
+    const T* L = p.logits.data() + g * S * E;
+    for (index_t t = 0; t < S; ++t) detail::score_row(L + t * E, E, Score::softmax, s.data() + t * E);
+    std::vector<index_t> tok(detail::uz(S));
+    for (index_t e = 0; e < E; ++e) {
+      std::iota(tok.begin(), tok.end(), index_t{0});
+      auto better = [&](index_t a, index_t b) {
+        const T va = s[detail::uz(a * E + e)], vb = s[detail::uz(b * E + e)];
+        return va > vb || (va == vb && a < b);
+      };
+      std::partial_sort(tok.begin(), tok.begin() + C, tok.end(), better);
+      for (index_t c = 0; c < C; ++c) {
+        const index_t t = tok[detail::uz(c)];
+        const index_t entry = (g * S + t) * E + e;
+        r.plan.expert[detail::uz(entry)] = static_cast<std::int32_t>(e);
+        r.plan.slot[detail::uz(entry)] = static_cast<std::int32_t>(c);
+        r.plan.weight[detail::uz(entry)] = s[detail::uz(t * E + e)];
+        r.plan.slot_entry[detail::uz((g * E + e) * C + c)] = entry;
+      }
+      r.plan.fill[detail::uz(g * E + e)] = static_cast<std::int32_t>(C);
+    }
+    kept[detail::uz(g)] = E * C;
+  });
+  r.z_loss = detail::z_loss_of(p.logits, G * S, E);
+  detail::sum_stats(r.stats, r.plan, kept, none, kept, none);
+  r.stats.density_1.assign(detail::uz(E), 0.0);
+  return r;
+}
+
+/// Expert-choice routing, dense (the oracle): per group the scores
+/// transposed to [experts, tokens], a full stable sort per expert, one-hot
+/// of the chosen token indices, combine = score * dispatch.
+template <class T>
+DenseRouterResult<T> expert_choice_routing_dense(const Tensor<T>& logits, const ExpertChoiceOptions& o) {
+  const char* op = "expert_choice_routing_dense";
+  const auto p = detail::expert_choice_problem(logits, o, op);
+  const index_t G = p.G, S = p.S, E = p.E, C = p.C;
+  DenseRouterResult<T> r;
+  r.combine = Tensor<T>(p.batch.with(p.group).with(p.experts).with(p.capacity));
+  for (index_t g = 0; g < G; ++g) {
+    std::vector<T> probs_t(detail::uz(E * S));  // [E, S]
+    std::vector<T> row(detail::uz(E));
+    for (index_t t = 0; t < S; ++t) {
+      detail::score_row(p.logits.data() + (g * S + t) * E, E, Score::softmax, row.data());
+      for (index_t e = 0; e < E; ++e) probs_t[detail::uz(e * S + t)] = row[detail::uz(e)];
+    }
+    for (index_t e = 0; e < E; ++e) {
+      std::vector<index_t> order(detail::uz(S));
+      std::iota(order.begin(), order.end(), index_t{0});
+      std::stable_sort(order.begin(), order.end(),
+                       [&](index_t a, index_t b) { return probs_t[detail::uz(e * S + a)] > probs_t[detail::uz(e * S + b)]; });
+      for (index_t c = 0; c < C; ++c) {  // dispatch[t, e, c] = one_hot(order[c], S)[t]
+        for (index_t t = 0; t < S; ++t)
+          if (order[detail::uz(c)] == t) r.combine[((g * S + t) * E + e) * C + c] = probs_t[detail::uz(e * S + t)];
+      }
+    }
+  }
+  r.z_loss = detail::z_loss_of(p.logits, G * S, E);
+  r.dispatch = r.combine;
+  for (auto& v : r.dispatch) v = v != T(0) ? T(1) : T(0);
+  return r;
+}
+
+}  // namespace einmoe
