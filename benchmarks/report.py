@@ -64,6 +64,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default=os.path.join(ROOT, "build", "release"))
     ap.add_argument("--repetitions", type=int, default=3)
+    ap.add_argument("--min-time", type=float, default=1.0, help="seconds per repetition of each benchmark")
     ap.add_argument("--update-readme", action="store_true")
     a = ap.parse_args()
     bench = os.path.join(a.build, "benchmarks", "einmoe_benchmarks")
@@ -72,7 +73,8 @@ def main():
         if not os.path.exists(p):
             sys.exit(f"report.py: {p} is missing; build with: cmake --preset release && cmake --build --preset release")
     run = subprocess.run([bench, f"--benchmark_filter={FILTER}", "--benchmark_format=json",
-                          f"--benchmark_repetitions={a.repetitions}", "--benchmark_enable_random_interleaving=true"],
+                          f"--benchmark_repetitions={a.repetitions}", "--benchmark_enable_random_interleaving=true",
+                          f"--benchmark_min_time={a.min_time}"],
                          capture_output=True, text=True, check=True)
     res = {}
     for b in json.loads(run.stdout)["benchmarks"]:
