@@ -34,6 +34,9 @@
 // A choice past its expert's capacity is dropped (weight 0). Dropless
 // routing still numbers the slots in priority order (capacity = S).
 //
+// Statistics: RoutingStats counts rank-0 choices as "first" and every later
+// rank as "second" (for k > 2 too); density_1 is the rank-0 choice's.
+//
 // Losses: aux_loss = E^2 * mean over groups and experts of (fraction of the
 // group's tokens choosing e among their k, before capacity) * (mean over the
 // group of e's score), the scores normalized to sum 1 per token for sigmoid
