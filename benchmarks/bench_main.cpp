@@ -41,6 +41,7 @@ class RatioReporter : public Base {
   void Finalize() override {
     Base::Finalize();
     std::fprintf(out_, "\nTargets (ratios measured in this run):\n");
+    static const char* const names[] = {"fp32", "bf16", "int8"};  // BM_MoELayer/{0,1,2}
     const std::string all = max_threads();
     std::vector<std::string> counts{"1"};
     if (all != "1") counts.push_back(all);
@@ -51,22 +52,19 @@ class RatioReporter : public Base {
       ratio(time("BM_MoELayer/0/" + t), time("BM_MoELayer/1/" + t), "bf16 layer speed-up over fp32", ">=", 1.8, true);
       ratio(time("BM_MoELayer/0/" + t), time("BM_MoELayer/2/" + t), "int8 layer speed-up over fp32", ">=", 2.5, true);
       for (int p = 0; p < 3; ++p) {
-        static const char* names[] = {"fp32", "bf16", "int8"};
         const std::string n = "BM_MoELayer/" + std::to_string(p) + "/" + t;
         ratio(time("BM_MoELayerPortable/" + std::to_string(p) + "/" + t), time(n),
               (std::string(names[p]) + " layer, plain Release build (no -march) / release preset").c_str(), "<=", 1.05,
               p == 0);
       }
       for (int p = 0; p < 3; ++p) {
-        static const char* names[] = {"fp32", "bf16", "int8"};
         const std::string n = "BM_MoELayer/" + std::to_string(p) + "/" + t;
         ratio(time(n), time("BM_ExpertStage/" + std::to_string(p) + "/" + t),
               (std::string(names[p]) + " layer time / its expert stage").c_str(), "", 0, false);
       }
       for (int p = 0; p < 3; ++p)
         for (const char* tokens : {"8", "1"}) {
-          static const char* names[] = {"fp32", "bf16", "int8"};
-          const std::string n = "BM_MoEDecode/" + std::to_string(p) + "/" + tokens + "/" + t;
+            const std::string n = "BM_MoEDecode/" + std::to_string(p) + "/" + tokens + "/" + t;
           const double bw = counter("BM_StreamRead/" + t, "GB/s") * 1e9;
           const double ideal = bw > 0 ? counter(n, "weight_bytes") / bw : NAN;
           ratio(time(n), ideal,
