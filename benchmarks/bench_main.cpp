@@ -33,7 +33,9 @@ class RatioReporter : public Base {
       if (!median && from_median_.count(name)) continue;
       if (median) from_median_.insert(name);
       seconds_[name] = r.GetAdjustedRealTime() / benchmark::GetTimeUnitMultiplier(r.time_unit);
-      for (const auto& c : r.counters) counters_[name][c.first] = median ? c.second.value : counter_value(c.second, r);
+      // (reporters see counters already finished: rates divided by the
+      // run's time, averages by its iterations)
+      for (const auto& c : r.counters) counters_[name][c.first] = c.second.value;
     }
     Base::ReportRuns(runs);
   }
@@ -90,16 +92,6 @@ class RatioReporter : public Base {
   }
 
  private:
-  static double counter_value(const benchmark::Counter& c, const benchmark::BenchmarkReporter::Run& r) {
-    double v = c.value;
-    if (c.flags & benchmark::Counter::kIsRate) {
-      const double secs = r.real_accumulated_time;
-      v = c.flags & benchmark::Counter::kInvert ? secs / v : v / secs;
-    } else if (c.flags & benchmark::Counter::kAvgIterations) {
-      v /= static_cast<double>(r.iterations);
-    }
-    return v;
-  }
   std::string max_threads() const {
     int best = 1;
     for (const auto& kv : seconds_)

@@ -7,7 +7,7 @@
 // 256-byte steps, a step being g consecutive k values for 64 columns
 // (g = 1 for fp32, 2 for bf16 pairs, 4 for int8 quads: the layouts oneDNN
 // names BA16a64b, BA16a64b2a and BA16a64b4a). One pass over each panel with
-// 4 accumulators per row; no software prefetch (the hardware prefetcher does
+// 4 accumulators per row, one to four panels at a time; no software prefetch (the hardware prefetcher does
 // better on this stream). AVX-512 only (bf16 needs AVX512_BF16, int8 VNNI);
 // elsewhere the caller uses oneDNN's kernels.
 #pragma once
@@ -50,62 +50,75 @@ inline bool supported(Kind k) {
 /// y[r, n] (fp32, or int32 for u8) for r < M, n < panels * 64, with row
 /// strides ldx (elements of x, one per k) and ldy; x rows are padded with
 /// zeros to steps * g values.
-template <Kind K, int M>
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512bf16,fma"))) void kernel(
-    const void* x, index_t ldx, index_t steps, const void* w, index_t panels, void* y, index_t ldy) {
-  const char* wp = static_cast<const char*>(w);
-  for (index_t p = 0; p < panels; ++p) {
-    // (every loop over rows and accumulators is unrolled, so the
-    // accumulators live in registers at any optimization level)
-    __m512 f[M][4];
-    __m512i s[M][4];
+template <Kind K, int M, int NP>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512bf16,fma"))) void panels_kernel(
+    const void* x, index_t ldx, index_t steps, const char* wp, index_t p0, index_t gap, void* y, index_t ldy) {
+  // Panels p0, p0 + gap, ..., p0 + (NP - 1) gap at once: NP concurrent
+  // weight streams keep more of the memory's bandwidth busy than one (every
+  // loop below is unrolled, so the accumulators live in registers at any
+  // optimization level).
+  __m512 f[M][NP * 4];
+  __m512i s[M][NP * 4];
 #pragma GCC unroll 4
-    for (int r = 0; r < M; ++r)
+  for (int r = 0; r < M; ++r)
+#pragma GCC unroll 16
+    for (int j = 0; j < NP * 4; ++j) f[r][j] = _mm512_setzero_ps(), s[r][j] = _mm512_setzero_si512();
+  const index_t stride = steps * 256;
+  const char* q = wp + p0 * stride;
+  for (index_t t = 0; t < steps; ++t, q += 256) {
+    // the rows' values at step t, broadcast (one fp32, two bf16 or four u8)
+    __m512i xv[M];
 #pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) f[r][j] = _mm512_setzero_ps(), s[r][j] = _mm512_setzero_si512();
-    const char* q = wp + p * steps * 256;
-    for (index_t t = 0; t < steps; ++t, q += 256) {
-      const __m512i w0 = _mm512_load_si512(q), w1 = _mm512_load_si512(q + 64), w2 = _mm512_load_si512(q + 128),
-                    w3 = _mm512_load_si512(q + 192);
+    for (int r = 0; r < M; ++r) {
+      std::int32_t v;
+      std::memcpy(&v, static_cast<const char*>(x) + (r * ldx + t * group(K)) * (K == Kind::f32 ? 4 : K == Kind::bf16 ? 2 : 1),
+                  4);
+      xv[r] = _mm512_set1_epi32(v);
+    }
+    // one weight vector at a time, into every row's accumulator
+#pragma GCC unroll 16
+    for (int j = 0; j < NP * 4; ++j) {
+      const __m512i w = _mm512_load_si512(q + (j / 4) * gap * stride + (j % 4) * 64);
 #pragma GCC unroll 4
       for (int r = 0; r < M; ++r) {
         if constexpr (K == Kind::f32) {
-          const __m512 xv = _mm512_set1_ps(static_cast<const float*>(x)[r * ldx + t]);
-          f[r][0] = _mm512_fmadd_ps(xv, _mm512_castsi512_ps(w0), f[r][0]);
-          f[r][1] = _mm512_fmadd_ps(xv, _mm512_castsi512_ps(w1), f[r][1]);
-          f[r][2] = _mm512_fmadd_ps(xv, _mm512_castsi512_ps(w2), f[r][2]);
-          f[r][3] = _mm512_fmadd_ps(xv, _mm512_castsi512_ps(w3), f[r][3]);
+          f[r][j] = _mm512_fmadd_ps(_mm512_castsi512_ps(xv[r]), _mm512_castsi512_ps(w), f[r][j]);
+        } else if constexpr (K == Kind::bf16) {
+          __m512bh xb, b;
+          std::memcpy(&xb, &xv[r], 64), std::memcpy(&b, &w, 64);
+          f[r][j] = _mm512_dpbf16_ps(f[r][j], xb, b);
         } else {
-          std::int32_t v;  // two bf16 or four u8 values of row r at step t
-          std::memcpy(&v, static_cast<const char*>(x) + (r * ldx + t * group(K)) * (K == Kind::bf16 ? 2 : 1), 4);
-          const __m512i xv = _mm512_set1_epi32(v);
-          if constexpr (K == Kind::bf16) {
-            __m512bh xb, b0, b1, b2, b3;
-            std::memcpy(&xb, &xv, 64);
-            std::memcpy(&b0, &w0, 64), std::memcpy(&b1, &w1, 64), std::memcpy(&b2, &w2, 64), std::memcpy(&b3, &w3, 64);
-            f[r][0] = _mm512_dpbf16_ps(f[r][0], xb, b0);
-            f[r][1] = _mm512_dpbf16_ps(f[r][1], xb, b1);
-            f[r][2] = _mm512_dpbf16_ps(f[r][2], xb, b2);
-            f[r][3] = _mm512_dpbf16_ps(f[r][3], xb, b3);
-          } else {
-            s[r][0] = _mm512_dpbusd_epi32(s[r][0], xv, w0);
-            s[r][1] = _mm512_dpbusd_epi32(s[r][1], xv, w1);
-            s[r][2] = _mm512_dpbusd_epi32(s[r][2], xv, w2);
-            s[r][3] = _mm512_dpbusd_epi32(s[r][3], xv, w3);
-          }
+          s[r][j] = _mm512_dpbusd_epi32(s[r][j], xv[r], w);
         }
       }
     }
-#pragma GCC unroll 4
-    for (int r = 0; r < M; ++r)
-#pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) {
-        if constexpr (K == Kind::u8)
-          _mm512_storeu_si512(static_cast<std::int32_t*>(y) + r * ldy + p * 64 + j * 16, s[r][j]);
-        else
-          _mm512_storeu_ps(static_cast<float*>(y) + r * ldy + p * 64 + j * 16, f[r][j]);
-      }
   }
+#pragma GCC unroll 4
+  for (int r = 0; r < M; ++r)
+#pragma GCC unroll 16
+    for (int j = 0; j < NP * 4; ++j) {
+      const index_t col = (p0 + (j / 4) * gap) * 64 + (j % 4) * 16;
+      if constexpr (K == Kind::u8)
+        _mm512_storeu_si512(static_cast<std::int32_t*>(y) + r * ldy + col, s[r][j]);
+      else
+        _mm512_storeu_ps(static_cast<float*>(y) + r * ldy + col, f[r][j]);
+    }
+}
+
+/// y[r, n] (fp32, or int32 for u8) for r < M, n < panels * 64, with row
+/// strides ldx (elements of x, one per k) and ldy; x rows are padded with
+/// zeros to steps * g values. Each output column's sum runs over k in the
+/// same order whichever panels are grouped, so results do not depend on
+/// the grouping.
+template <Kind K, int M>
+void kernel(const void* x, index_t ldx, index_t steps, const void* w, index_t panels, void* y, index_t ldy) {
+  constexpr int NP = M == 1 ? 4 : M == 2 ? 3 : M == 3 ? 2 : 1;  // at most 24 accumulators
+  const char* wp = static_cast<const char*>(w);
+  // Stream j walks the j-th of NP equal runs of panels, so each stream is
+  // long and contiguous (the prefetcher's best case); leftovers one by one.
+  const index_t run = panels / NP;
+  for (index_t i = 0; i < run; ++i) panels_kernel<K, M, NP>(x, ldx, steps, wp, i, run, y, ldy);
+  for (index_t p = run * NP; p < panels; ++p) panels_kernel<K, M, 1>(x, ldx, steps, wp, p, 1, y, ldy);
 }
 
 template <Kind K>
