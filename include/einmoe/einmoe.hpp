@@ -27,6 +27,7 @@
 #include "einmoe/routers/topk_dense.hpp"
 #include "einmoe/routers/expert_choice.hpp"
 #include "einmoe/experts/experts.hpp"
+#include "einmoe/experts/shared_expert.hpp"
 #include "einmoe/moe/moe_layer.hpp"
 #include "einmoe/routers/truncated_gating.hpp"
 #include "einmoe/routers/losses.hpp"

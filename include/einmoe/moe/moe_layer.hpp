@@ -27,6 +27,16 @@
 // the experts in fixed blocks of rows per expert, each block by a
 // single-threaded kernel, and every sum runs in a fixed order.
 //
+// Routers (opt.router): top2 (default; Mesh TF / GShard top-2 gating with
+// opt.gating), topk (routers/topk.hpp with opt.topk: Switch, Mixtral, Qwen,
+// DeepSeek-V3, DeepSpeed) or expert_choice (opt.expert_choice). Every router
+// names its dims with opt.gating.group_dim and opt.gating.experts_dim.
+//
+// Shared experts (weights.shared): one more FFN with its own hidden size,
+// applied to every token and added to the routed output, optionally scaled
+// per token by sigmoid(x . gate) (Qwen2-MoE's shared_expert_gate):
+//   y = routed(x) + sigmoid(x . gate) * shared(x)
+//
 // The fast path (default) routes with a sparse plan and runs each expert's
 // GEMMs over its filled rows only; `dense = true` runs the sources' one-hot
 // einsums instead (the oracle: full precision, same logits, far slower; the
@@ -37,11 +47,15 @@
 #include <optional>
 
 #include "einmoe/experts/experts.hpp"
+#include "einmoe/experts/shared_expert.hpp"
 #include "einmoe/kernels/ffn.hpp"
 #include "einmoe/kernels/matrix_bank.hpp"
 #include "einmoe/routers/capacity.hpp"
+#include "einmoe/routers/expert_choice.hpp"
 #include "einmoe/routers/top2_gating.hpp"
 #include "einmoe/routers/top2_gating_dense.hpp"
+#include "einmoe/routers/topk.hpp"
+#include "einmoe/routers/topk_dense.hpp"
 
 namespace einmoe {
 
@@ -50,10 +64,25 @@ template <class T>
 struct MoEWeights {
   Tensor<T> wg;  ///< router weights [model, experts]
   ExpertWeights<T> experts;
+  std::optional<SharedExpertWeights<T>> shared;  ///< added to every token's output
 };
 
+/// Which router a layer uses.
+enum class RouterKind { top2, topk, expert_choice };
+inline const char* to_string(RouterKind r) {
+  return r == RouterKind::top2 ? "top2" : r == RouterKind::topk ? "topk" : "expert-choice";
+}
+inline RouterKind parse_router(const std::string& s) {
+  for (RouterKind r : {RouterKind::top2, RouterKind::topk, RouterKind::expert_choice})
+    if (s == to_string(r)) return r;
+  detail::raise<value_error>("unknown router \"", s, "\" (top2, topk, expert-choice)");
+}
+
 struct MoEOptions {
-  Top2Options gating;                   ///< capacity, policy, normalize, group/experts dim names
+  RouterKind router = RouterKind::top2;
+  Top2Options gating;                   ///< router top2: capacity, policy, normalize; every router: group/experts dim names
+  TopKOptions topk;                     ///< router topk (its dim names must equal gating's)
+  ExpertChoiceOptions expert_choice;    ///< router expert_choice (its dim names must equal gating's)
   std::string model_dim = "model";
   std::string hidden_dim = "hidden";
   Activation activation = Activation::relu;
@@ -68,7 +97,8 @@ struct MoEOptions {
 template <class T>
 struct MoEResult {
   Tensor<T> outputs;  ///< inputs' shape
-  T aux_loss = T(0);
+  T aux_loss = T(0);  ///< the router's balancing loss (0 for expert_choice)
+  T z_loss = T(0);    ///< mean logsumexp(logits)^2 (routers topk and expert_choice; 0 for top2)
   RoutingStats stats;
 };
 
@@ -193,8 +223,10 @@ class MoELayer {
   const PackedExperts<T>& experts() const { return experts_; }
   const Dim& experts_dim() const { return experts_dim_; }
   const Dim& model_dim() const { return model_; }
-  /// Bytes of laid-out weights (router and experts).
-  std::size_t weight_bytes() const { return router_.bytes() + experts_.bytes(); }
+  /// The laid-out shared expert (empty when the layer has none, or is dense).
+  const SharedExpert<T>& shared_expert() const { return shared_; }
+  /// Bytes of laid-out weights (router, experts, shared expert).
+  std::size_t weight_bytes() const { return router_.bytes() + experts_.bytes() + shared_.bytes(); }
 
  private:
   template <class S>
@@ -222,6 +254,18 @@ class MoELayer {
     } else {
       experts_ = PackedExperts<T>(w.experts, eo);
     }
+    if (w.shared) {
+      ExpertOptions so = eo;
+      so.dropout = 0.0;
+      if (opt_.dense) {
+        if (opt_.precision != Precision::fp32)
+          detail::raise<value_error>(op, ": the dense oracle computes in full precision (precision fp32)");
+        detail::check_shared_weights(*w.shared, model_, so, op);
+      } else {
+        shared_ = SharedExpert<T>(*w.shared, model_, so);
+      }
+    }
+    check_router_options(op);
     const Dim& we = opt_.dense ? w.experts.wi.dim(g.experts_dim) : experts_.experts();
     const Dim& wm = opt_.dense ? w.experts.wi.dim(opt_.model_dim) : experts_.model();
     if (we != experts_dim_)
@@ -233,8 +277,26 @@ class MoELayer {
   }
 
 
+  void check_router_options(const char* op) const {
+    const auto& g = opt_.gating;
+    auto same = [&](const std::string& a, const std::string& b, const char* what) {
+      if (a != b)
+        detail::raise<value_error>(op, ": ", what, " \"", a, "\" differs from gating.", what + std::string(what).find('.') + 1,
+                                   " \"", b, "\" (every router uses the gating dims)");
+    };
+    if (opt_.router == RouterKind::topk) {
+      same(opt_.topk.group_dim, g.group_dim, "topk.group_dim");
+      same(opt_.topk.experts_dim, g.experts_dim, "topk.experts_dim");
+      detail::check_topk_options(opt_.topk, experts_dim_.size, op);
+    } else if (opt_.router == RouterKind::expert_choice) {
+      same(opt_.expert_choice.group_dim, g.group_dim, "expert_choice.group_dim");
+      same(opt_.expert_choice.experts_dim, g.experts_dim, "expert_choice.experts_dim");
+    }
+  }
+
   struct Workspace {
     ExpertWorkspace<T> experts;
+    SharedExpertWorkspace<T> shared;
     Tensor<T> logits, canonical;
     std::vector<FfnScratch<T>> router;
     detail::GroupedInputs<T> in;
@@ -289,17 +351,50 @@ class MoELayer {
       regrouped.gumbel = detail::regroup_extra(extras_in.gumbel, ws.in, &experts_dim_, "gumbel draws");
       extras = &regrouped;
     }
+    if (opt_.router != RouterKind::top2 && (extras_in.importance || extras_in.uniform || extras_in.gumbel))
+      detail::raise<value_error>("moe_forward: importance, uniform and gumbel inputs belong to router top2, not ",
+                                 to_string(opt_.router));
     compute_logits(x, ws.logits, ws.router);
     if (opt_.dense) {
       const ExpertOptions eo = detail::expert_options(opt_);
-      auto d = top2_gating_dense(ws.logits, g, *extras);
+      struct : DenseRouterResult<T> {
+        RoutingStats stats;
+      } d;
+      if (opt_.router == RouterKind::top2) {
+        auto t = top2_gating_dense(ws.logits, g, *extras);
+        d.combine = std::move(t.combine), d.dispatch = std::move(t.dispatch), d.aux_loss = t.aux_loss;
+        d.stats = std::move(t.stats);
+      } else if (opt_.router == RouterKind::topk) {
+        static_cast<DenseRouterResult<T>&>(d) = topk_routing_dense(ws.logits, opt_.topk);
+        d.stats = topk_routing(ws.logits, opt_.topk).stats;  // (load statistics: the plan's)
+      } else {
+        static_cast<DenseRouterResult<T>&>(d) = expert_choice_routing_dense(ws.logits, opt_.expert_choice);
+        d.stats = expert_choice_routing(ws.logits, opt_.expert_choice).stats;
+      }
       out.outputs = experts_dense(x, d.dispatch, d.combine, dense->experts, eo);
+      if (dense->shared) {
+        ExpertOptions so = eo;
+        so.dropout = 0.0;
+        out.outputs = out.outputs + shared_expert_dense(x, *dense->shared, so);
+      }
       out.aux_loss = d.aux_loss;
+      out.z_loss = d.z_loss;
       out.stats = std::move(d.stats);
     } else {
-      auto r = top2_gating(ws.logits, g, *extras);
+      RouterResult<T> r;
+      if (opt_.router == RouterKind::top2) {
+        auto t = top2_gating(ws.logits, g, *extras);
+        r.plan = std::move(t.plan), r.aux_loss = t.aux_loss, r.stats = std::move(t.stats);
+      } else if (opt_.router == RouterKind::topk) {
+        r = topk_routing(ws.logits, opt_.topk);
+      } else {
+        r = expert_choice_routing(ws.logits, opt_.expert_choice);
+      }
       experts_sparse_into(out.outputs, x, r.plan, experts_, ws.experts);
+      // (x and the outputs are [<batch>, group, model], contiguous)
+      shared_.add_to(x.data(), x.size() / model_.size, out.outputs.data(), ws.shared);
       out.aux_loss = r.aux_loss;
+      out.z_loss = r.z_loss;
       out.stats = std::move(r.stats);
     }
     // Back to the inputs' layout (a relabel when the model dim was last).
@@ -314,6 +409,7 @@ class MoELayer {
   MoEOptions opt_;
   MatrixBank<T> router_;
   PackedExperts<T> experts_;
+  SharedExpert<T> shared_;
   std::optional<MoEWeights<T>> dense_;
   Dim experts_dim_, model_;
   mutable Workspace ws_;
