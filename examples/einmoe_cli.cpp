@@ -27,6 +27,7 @@ const char* kUsage =
     "usage: einmoe <command> [flags]   (einmoe <command> --help for its flags)\n"
     "commands:\n"
     "  gate            top-2 gating of logits [G,S,E] -> dispatch, combine [G,S,E,C], aux_loss\n"
+    "  route           top-k or expert-choice routing of logits [G,S,E] -> combine, slot [G,S,E], losses\n"
     "  truncated-gate  Mesh TF's truncated top-2 gating of gates [G,S,E] -> combine [G,S,E,C]\n"
     "  moe             a whole MoE feed-forward layer on inputs [G,S,M] -> outputs [G,S,M], aux_loss\n"
     "  mask            attention bias masks (causal, local-block, padding, segment) as float32 .npy\n"
@@ -54,6 +55,156 @@ std::vector<Flag> gate_flags() {
   return {{"--capacity", true}, {"--policy", true},  {"--threshold", true}, {"--importance", true},
           {"--normalize", true}, {"--second-place-loss", false}, {"--uniform", true}, {"--gumbel", true},
           {"--seed", true}, {"--dense", false}, {"--threads", true}, {"--out", true}, {"--help", false}};
+}
+
+const char* kRouterFlags =
+    "  --router R               topk | expert-choice\n"
+    "  --k K                    topk: choices per token (default 2)\n"
+    "  --score S                topk: softmax (default) | sigmoid\n"
+    "  --bias B.npy             topk: [E] selection bias (selection only, not the weights)\n"
+    "  --groups N --topk-groups M  topk: N expert groups, the best M eligible (DeepSeek-V3)\n"
+    "  --normalize N            topk: none (default) | topk | kept\n"
+    "  --scale F                topk: multiplies every weight (default 1)\n"
+    "  --capacity C             slots per expert per group (topk: optional, none = dropless;\n"
+    "                           expert-choice: required, tokens per expert per group)\n"
+    "  --priority P             topk: slot order choice (default) | bpr | token\n";
+
+const std::vector<std::string> kTopkOnly{"--k", "--score", "--bias", "--groups", "--topk-groups", "--scale", "--priority"};
+const std::vector<std::string> kTop2Only{"--policy", "--threshold", "--second-place-loss", "--importance",
+                                         "--uniform", "--gumbel", "--seed"};
+
+std::vector<Flag> router_flags() {
+  std::vector<Flag> f{{"--router", true}, {"--normalize", true}, {"--capacity", true}};
+  for (const auto& n : kTopkOnly) f.push_back({n, true});
+  return f;
+}
+
+RouterKind router_kind(const Args& a) {
+  const std::string r = a.get("--router");
+  if (r == "topk") return RouterKind::topk;
+  if (r == "expert-choice") return RouterKind::expert_choice;
+  fail("--router: unknown router \"", r, "\" (topk, expert-choice)");
+}
+
+/// The options of --router topk / expert-choice for E experts; flags of the
+/// other router (or of top-2 gating) are an error naming the flag.
+template <class T>
+void router_options(const Args& a, RouterKind kind, index_t E, MoEOptions& o) {
+  for (const auto& f : kTop2Only)
+    if (a.has(f)) fail(f, ": belongs to top-2 gating (without --router), not --router ", a.get("--router"));
+  o.router = kind;
+  if (kind == RouterKind::expert_choice) {
+    for (const auto& f : kTopkOnly)
+      if (a.has(f)) fail(f, ": belongs to --router topk, not expert-choice");
+    if (a.has("--normalize")) fail("--normalize: belongs to --router topk, not expert-choice");
+    if (!a.has("--capacity")) fail("--capacity: required by --router expert-choice");
+    o.expert_choice.capacity = Dim("expert_capacity", a.required_integer("--capacity", 1));
+    return;
+  }
+  TopKOptions& t = o.topk;
+  t.k = a.integer("--k", 1, 2);
+  if (t.k > E) fail("--k: ", t.k, " exceeds the ", E, " experts");
+  const std::string sc = a.get_or("--score", "softmax");
+  if (sc == "softmax") t.score = Score::softmax;
+  else if (sc == "sigmoid") t.score = Score::sigmoid;
+  else fail("--score: unknown score \"", sc, "\" (softmax, sigmoid)");
+  try {
+    t.normalize = parse_topk_normalize(a.get_or("--normalize", "none"));
+  } catch (const einmoe::error&) {
+    fail("--normalize: unknown normalization \"", a.get("--normalize"), "\" (none, topk, kept)");
+  }
+  try {
+    t.priority = parse_priority(a.get_or("--priority", "choice"));
+  } catch (const einmoe::error&) {
+    fail("--priority: unknown priority \"", a.get("--priority"), "\" (choice, bpr, token)");
+  }
+  t.scale = a.real("--scale", 1.0);
+  if (!std::isfinite(t.scale)) fail("--scale: ", t.scale, " is not finite");
+  if (a.has("--groups") != a.has("--topk-groups")) fail(a.has("--groups") ? "--groups" : "--topk-groups", ": give --groups and --topk-groups together");
+  if (a.has("--groups")) {
+    t.groups = a.integer("--groups", 1, 1);
+    t.topk_groups = a.integer("--topk-groups", 1, 1);
+    if (E % t.groups != 0) fail("--groups: ", t.groups, " does not divide the ", E, " experts");
+    if (t.topk_groups > t.groups) fail("--topk-groups: ", t.topk_groups, " exceeds --groups ", t.groups);
+    if (t.topk_groups * (E / t.groups) < t.k)
+      fail("--topk-groups: ", t.topk_groups, " groups of ", E / t.groups, " experts hold fewer than --k ", t.k);
+  }
+  if (a.has("--bias")) {
+    const auto b = cli::load_float<T>("--bias", a.get("--bias"), {"experts"});
+    cli::expect_shape(b, Shape{{"experts", E}}, "--bias", a.get("--bias"));
+    cli::expect_finite(b, "--bias", a.get("--bias"));
+    for (T v : b) t.bias.push_back(static_cast<double>(v));
+  }
+  if (a.has("--capacity")) t.capacity = Dim("expert_capacity", a.required_integer("--capacity", 1));
+}
+
+/// Router logits may hold -inf (an expert masked out); NaN and +inf are errors.
+template <class T>
+void expect_logits(const Tensor<T>& t, const std::string& flag, const std::string& path) {
+  const index_t E = t.shape()[t.rank() - 1].size;
+  for (index_t i = 0; i < t.size(); ++i) {
+    const double v = static_cast<double>(t[i]);
+    if (std::isnan(v) || v == std::numeric_limits<double>::infinity())
+      fail(flag, " ", path, ": element ", i, " is ", v, " (logits may be -inf, not NaN or +inf)");
+  }
+  for (index_t r = 0; E > 0 && r < t.size() / E; ++r) {
+    bool any = false;
+    for (index_t e = 0; e < E; ++e) any = any || std::isfinite(static_cast<double>(t[r * E + e]));
+    if (!any) fail(flag, " ", path, ": token ", r, " has only -inf logits");
+  }
+}
+
+template <class T>
+void run_route(const Args& a) {
+  const std::string lp = a.get("--logits");
+  const auto logits = cli::load_float<T>("--logits", lp, {"batch", "group", "experts"});
+  const index_t E = logits.size_of("experts");
+  if (E < 1) fail("--logits ", lp, ": no experts (last axis is 0)");
+  expect_logits(logits, "--logits", lp);
+  if (!a.has("--router")) fail("--router: required (topk, expert-choice)");
+  MoEOptions o;
+  router_options<T>(a, router_kind(a), E, o);
+  if (o.router == RouterKind::expert_choice && o.expert_choice.capacity.size > logits.size_of("group"))
+    fail("--capacity: ", o.expert_choice.capacity.size, " exceeds the group's ", logits.size_of("group"), " tokens");
+  const index_t G = logits.size_of("batch"), S = logits.size_of("group");
+  Tensor<T> combine(logits.shape());
+  Tensor<std::int64_t> slot(logits.shape(), std::int64_t{-1});
+  double aux = 0, z = 0;
+  if (a.has("--dense")) {
+    const auto d = o.router == RouterKind::topk ? topk_routing_dense(logits, o.topk)
+                                                 : expert_choice_routing_dense(logits, o.expert_choice);
+    const index_t C = d.combine.shape()[3].size;
+    for (index_t t = 0; t < G * S; ++t)
+      for (index_t e = 0; e < E; ++e)
+        for (index_t c = 0; c < C; ++c) {
+          const index_t i = (t * E + e) * C + c;
+          if (d.dispatch[i] == T(0)) continue;
+          combine[t * E + e] = d.combine[i];
+          slot[t * E + e] = c;
+        }
+    aux = static_cast<double>(d.aux_loss), z = static_cast<double>(d.z_loss);
+  } else {
+    const auto r = o.router == RouterKind::topk ? topk_routing(logits, o.topk) : expert_choice_routing(logits, o.expert_choice);
+    const auto& p = r.plan;
+    for (index_t t = 0; t < G * S; ++t)
+      for (index_t j = 0; j < p.k; ++j) {
+        const auto i = static_cast<std::size_t>(t * p.k + j);
+        if (p.expert[i] < 0 || p.slot[i] < 0) continue;
+        combine[t * E + p.expert[i]] = p.weight[i];
+        slot[t * E + p.expert[i]] = p.slot[i];
+      }
+    aux = static_cast<double>(r.aux_loss), z = static_cast<double>(r.z_loss);
+  }
+  cli::Outputs out(a.get("--out"));
+  out.add("combine.npy", combine);
+  out.add("slot.npy", slot);
+  out.add("aux_loss.npy", Tensor<double>::scalar(aux));
+  out.add("z_loss.npy", Tensor<double>::scalar(z));
+  out.commit();
+  index_t routed = 0;
+  for (auto v : slot) routed += v >= 0 ? 1 : 0;
+  std::printf("route (%s%s): aux_loss %.6g, z_loss %.6g, %lld token-expert pairs routed\n", to_string(o.router),
+              a.has("--dense") ? ", dense" : "", aux, z, static_cast<long long>(routed));
 }
 
 void apply_threads(const Args& a) {
@@ -178,8 +329,39 @@ void run_moe(const Args& a) {
     w.experts.bo = cli::load_float<T>("--bo", a.get("--bo"), {"experts", "model"});
     cli::expect_shape(*w.experts.bo, Shape{{"experts", E}, {"model", M}}, "--bo", a.get("--bo"));
   }
+  if (a.has("--wi-gate")) {
+    w.experts.wi_gate = cli::load_float<T>("--wi-gate", a.get("--wi-gate"), {"experts", "model", "hidden"});
+    cli::expect_shape(*w.experts.wi_gate, Shape{{"experts", E}, {"model", M}, {"hidden", H}}, "--wi-gate", a.get("--wi-gate"));
+  }
+  if (a.has("--shared-wi") || a.has("--shared-wo") || a.has("--shared-wi-gate") || a.has("--shared-gate")) {
+    if (!a.has("--shared-wi") || !a.has("--shared-wo"))
+      fail(a.has("--shared-wi") ? "--shared-wo" : "--shared-wi", ": a shared expert needs --shared-wi and --shared-wo");
+    SharedExpertWeights<T> sw;
+    sw.wi = cli::load_float<T>("--shared-wi", a.get("--shared-wi"), {"model", "hidden"});
+    const index_t Hs = sw.wi.size_of("hidden");
+    cli::expect_shape(sw.wi, Shape{{"model", M}, {"hidden", Hs}}, "--shared-wi", a.get("--shared-wi"));
+    sw.wo = cli::load_float<T>("--shared-wo", a.get("--shared-wo"), {"hidden", "model"});
+    cli::expect_shape(sw.wo, Shape{{"hidden", Hs}, {"model", M}}, "--shared-wo", a.get("--shared-wo"));
+    if (a.has("--shared-wi-gate")) {
+      sw.wi_gate = cli::load_float<T>("--shared-wi-gate", a.get("--shared-wi-gate"), {"model", "hidden"});
+      cli::expect_shape(*sw.wi_gate, Shape{{"model", M}, {"hidden", Hs}}, "--shared-wi-gate", a.get("--shared-wi-gate"));
+    }
+    if (a.has("--shared-gate")) {
+      sw.gate = cli::load_float<T>("--shared-gate", a.get("--shared-gate"), {"model"});
+      cli::expect_shape(*sw.gate, Shape{{"model", M}}, "--shared-gate", a.get("--shared-gate"));
+    }
+    w.shared = std::move(sw);
+  }
   MoEOptions o;
-  o.gating = gate_options(a);
+  if (a.has("--router")) {
+    router_options<T>(a, router_kind(a), E, o);
+    if (o.router == RouterKind::expert_choice && o.expert_choice.capacity.size > x.size_of("group"))
+      fail("--capacity: ", o.expert_choice.capacity.size, " exceeds the group's ", x.size_of("group"), " tokens");
+  } else {
+    for (const auto& f : kTopkOnly)
+      if (a.has(f)) fail(f, ": belongs to --router topk (without --router, moe uses top-2 gating)");
+    o.gating = gate_options(a);
+  }
   try {
     o.activation = parse_activation(a.get_or("--activation", "relu"));
   } catch (const einmoe::error&) {
@@ -193,7 +375,7 @@ void run_moe(const Args& a) {
   }
   if (o.dense && o.precision != Precision::fp32) fail("--precision ", a.get("--precision"), ": --dense computes in full precision (fp32)");
   const Shape tokens = x.shape().without({"model"});
-  const auto in = gate_inputs<T>(a, tokens, tokens.with(Dim("experts", E)));
+  const auto in = a.has("--router") ? GatingInputs<T>{} : gate_inputs<T>(a, tokens, tokens.with(Dim("experts", E)));
   // --repeat N: run the layer N times and report the best time (the steady
   // state of a model: the layer reuses its workspace and the output buffer).
   const index_t reps = a.integer("--repeat", 1, 1);
@@ -209,6 +391,7 @@ void run_moe(const Args& a) {
   cli::Outputs out(a.get("--out"));
   out.add("outputs.npy", r.outputs);
   out.add("aux_loss.npy", Tensor<T>::scalar(r.aux_loss));
+  if (a.has("--router")) out.add("z_loss.npy", Tensor<T>::scalar(r.z_loss));
   out.commit();
   print_stats(o.dense ? "moe (dense)" : "moe", r.stats, static_cast<double>(r.aux_loss));
   std::printf("moe: best of %lld: %.3f ms (%d threads)\n", static_cast<long long>(reps), best, num_threads());
@@ -354,6 +537,23 @@ int run(const std::vector<std::string>& argv) {
     const Args a(rest, flags, cmd);
     apply_threads(a);
     by_dtype(a, "--logits", [&] { run_gate<float>(a); }, [&] { run_gate<double>(a); });
+  } else if (cmd == "route") {
+    auto flags = router_flags();
+    for (const char* f : {"--logits", "--threads", "--out"}) flags.push_back({f, true});
+    flags.push_back({"--dense", false});
+    flags.push_back({"--help", false});
+    if (help) {
+      std::printf("usage: einmoe route --logits L.npy --router topk|expert-choice [flags] --out DIR\n"
+                  "  --logits L.npy           [G,S,E] router logits (-inf masks an expert)\n%s%s"
+                  "writes DIR/combine.npy [G,S,E] (weights, 0 where not routed), DIR/slot.npy int64 [G,S,E]\n"
+                  "(position in the expert's buffer within the group, -1 where not routed), DIR/aux_loss.npy\n"
+                  "and DIR/z_loss.npy (0-d float64)\n",
+                  kRouterFlags, kCommonFlags);
+      return 0;
+    }
+    const Args a(rest, flags, cmd);
+    apply_threads(a);
+    by_dtype(a, "--logits", [&] { run_route<float>(a); }, [&] { run_route<double>(a); });
   } else if (cmd == "truncated-gate") {
     const std::vector<Flag> flags{{"--gates", true}, {"--capacity", true}, {"--dense", false},
                                   {"--threads", true}, {"--out", true},    {"--help", false}};
@@ -370,9 +570,12 @@ int run(const std::vector<std::string>& argv) {
     by_dtype(a, "--gates", [&] { run_truncated<float>(a); }, [&] { run_truncated<double>(a); });
   } else if (cmd == "moe") {
     auto flags = gate_flags();
-    for (const char* f : {"--inputs", "--wg", "--wi", "--wo", "--bi", "--bo", "--activation", "--precision", "--repeat"}) flags.push_back({f, true});
+    for (const char* f : {"--inputs", "--wg", "--wi", "--wo", "--bi", "--bo", "--activation", "--precision", "--repeat",
+                          "--wi-gate", "--shared-wi", "--shared-wo", "--shared-wi-gate", "--shared-gate", "--router"})
+      flags.push_back({f, true});
+    for (const auto& f : kTopkOnly) flags.push_back({f, true});
     if (help) {
-      std::printf("usage: einmoe moe --inputs X.npy --wg WG.npy --wi WI.npy --wo WO.npy --capacity C [flags] --out DIR\n"
+      std::printf("usage: einmoe moe --inputs X.npy --wg WG.npy --wi WI.npy --wo WO.npy (--capacity C | --router R) [flags] --out DIR\n"
                   "  --inputs X.npy           [G,S,M] tokens\n"
                   "  --wg WG.npy              [M,E] gating weights\n"
                   "  --wi WI.npy, --wo WO.npy [E,M,H] and [E,H,M] expert weights\n"
@@ -380,9 +583,15 @@ int run(const std::vector<std::string>& argv) {
                   "  --activation A           relu (default) | gelu | gelu_tanh | silu\n"
                   "  --precision P            expert weights in fp32 (default) | bf16 | int8;\n"
                   "                           routing and the combine stay in the inputs' float type\n"
-                  "  --repeat N               run N times, report the best time (default 1)\n%s%s"
-                  "writes DIR/outputs.npy [G,S,M] and DIR/aux_loss.npy (0-d)\n",
-                  kGateFlags, kCommonFlags);
+                  "  --wi-gate WIG.npy        [E,M,H]: gated experts, act(x.wi_gate) * (x.wi)\n"
+                  "  --shared-wi SWI.npy, --shared-wo SWO.npy   a shared expert [M,Hs], [Hs,M] on every token\n"
+                  "  --shared-wi-gate SWIG.npy  [M,Hs]: the shared expert gated\n"
+                  "  --shared-gate SG.npy     [M]: shared output scaled by sigmoid(x . SG)\n"
+                  "  --repeat N               run N times, report the best time (default 1)\n"
+                  "top-2 gating (without --router):\n%s"
+                  "today's routers:\n%s%s"
+                  "writes DIR/outputs.npy [G,S,M], DIR/aux_loss.npy (0-d) and, with --router, DIR/z_loss.npy (0-d)\n",
+                  kGateFlags, kRouterFlags, kCommonFlags);
       return 0;
     }
     const Args a(rest, flags, cmd);
@@ -431,7 +640,7 @@ int run(const std::vector<std::string>& argv) {
     apply_threads(a);
     run_beam(a);
   } else {
-    fail("unknown command \"", cmd, "\" (gate, truncated-gate, moe, mask, beam; see einmoe --help)");
+    fail("unknown command \"", cmd, "\" (gate, route, truncated-gate, moe, mask, beam; see einmoe --help)");
   }
   return 0;
 }

@@ -2,6 +2,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -20,8 +22,27 @@ namespace fs = std::filesystem;
 
 namespace {
 
-/// Scratch names unique to this process: ctest runs test cases in parallel.
-std::string scratch(const std::string& name) { return "cli_" + std::to_string(::getpid()) + "_" + name; }
+/// A directory this process made (under $TMPDIR, else /tmp), removed at
+/// exit: every file a test writes lives in it (ctest runs test cases in
+/// parallel processes; tests never write where they did not make room).
+const std::string& scratch_dir() {
+  struct Dir {
+    std::string path;
+    Dir() {
+      const char* tmp = std::getenv("TMPDIR");
+      std::string t = std::string(tmp && *tmp ? tmp : "/tmp") + "/einmoe_cli_XXXXXX";
+      if (!::mkdtemp(t.data())) throw std::runtime_error("test_cli: cannot make a scratch directory in " + t);
+      path = t;
+    }
+    ~Dir() {
+      std::error_code ec;
+      fs::remove_all(path, ec);
+    }
+  };
+  static const Dir d;
+  return d.path;
+}
+std::string scratch(const std::string& name) { return scratch_dir() + "/" + name; }
 
 struct Result {
   int status = -1;
@@ -257,7 +278,7 @@ TEST_CASE("einmoe beam reproduces the numpy transcription of Mesh TF", "[cli][be
 }
 
 TEST_CASE("einmoe --help works for every command", "[cli]") {
-  for (const char* cmd : {"--help", "gate --help", "truncated-gate --help", "moe --help", "mask --help", "beam --help"}) {
+  for (const char* cmd : {"--help", "gate --help", "route --help", "truncated-gate --help", "moe --help", "mask --help", "beam --help"}) {
     INFO(cmd);
     const Result r = run(cmd);
     CHECK(r.status == 0);
@@ -265,4 +286,141 @@ TEST_CASE("einmoe --help works for every command", "[cli]") {
   }
   const Result none = run("");
   CHECK(none.status == 2);
+}
+
+namespace {
+template <class T>
+void check_route_cli(const fixtures::Case& c, bool dense) {
+  const double tol = c.f64 ? 1e-12 : 1e-5;
+  const std::string out = fresh_dir("route");
+  std::string args = "route --logits " + c.path("logits") + " --router " + c.config.at("router") + " --out " + out;
+  for (const char* k : {"k", "score", "normalize", "capacity", "priority", "scale", "groups", "topk_groups"})
+    if (c.config.count(k)) {
+      std::string flag = std::string(" --") + k;
+      std::replace(flag.begin(), flag.end(), '_', '-');
+      args += flag + " " + c.config.at(k);
+    }
+  if (c.has("bias")) args += " --bias " + c.path("bias");
+  if (dense) args += " --dense";
+  const Result r = run(args);
+  INFO(args << "\n" << r.err);
+  REQUIRE(r.status == 0);
+  const std::vector<std::string> gse{"g", "s", "e"};
+  CHECK(naive::all_close(load_npy<T>(out + "/combine.npy", gse), c.load<T>("combine", gse), tol, tol));
+  const auto slot = load_npy<std::int64_t>(out + "/slot.npy", gse);
+  if (c.has("slot")) CHECK(slot.to_vector() == load_npy<std::int64_t>(c.path("slot"), gse).to_vector());
+  for (const char* loss : {"aux_loss", "z_loss"})
+    if (c.has(loss))
+      CHECK(naive::close(load_npy<double>(out + "/" + loss + ".npy", {}).item(), load_npy<double>(c.path(loss), {}).item(), tol, tol));
+  CHECK(load_npy<double>(out + "/aux_loss.npy", {}).rank() == 0);
+}
+}  // namespace
+
+TEST_CASE("einmoe route reproduces flaxformer, DeepSpeed and Hugging Face routers, fast and dense", "[cli][routers]") {
+  int i = 0;
+  for (const auto& c : fixtures::cases("route", "routers")) {
+    INFO(c.name);
+    const bool dense = i++ % 2 == 1;
+    if (c.f64) check_route_cli<double>(c, dense);
+    else check_route_cli<float>(c, dense);
+  }
+  CHECK(i >= 30);
+}
+
+TEST_CASE("einmoe moe --router topk with gated and shared experts reproduces the HF blocks", "[cli][routers][shared]") {
+  for (const auto& c : fixtures::cases("block", "routers")) {
+    if (!c.f64 || !c.has("shared_up_proj")) continue;
+    INFO(c.name);
+    // the HF [out, in] weights as einmoe's [E, M, H] / [M, Hs] files
+    auto save = [&](const std::string& name, const Tensor<double>& t, const Shape& order) {
+      const std::string p = scratch(name + ".npy");
+      save_npy(p, transpose(t, order));
+      return p;
+    };
+    const auto x = c.load<double>("x", {"s", "m"});
+    const index_t T = x.size_of("s"), M = x.size_of("m");
+    Tensor<double> x3 = x;
+    x3.set_shape(Shape{{"g", 1}, {"s", T}, {"m", M}});
+    const auto gate = c.load<double>("gate", {"e", "m"});
+    const index_t E = gate.size_of("e");
+    std::string args = "moe --inputs " + save("x3", x3, x3.shape()) + " --wg " + save("wg", gate, Shape{{"m", M}, {"e", E}});
+    const auto w3 = c.load<double>("w3", {"e", "h", "m"});
+    const index_t H = w3.size_of("h");
+    const Shape emh{{"e", E}, {"m", M}, {"h", H}};
+    args += " --wi " + save("wi", w3, emh) + " --wi-gate " + save("wig", c.load<double>("w1", {"e", "h", "m"}), emh);
+    args += " --wo " + save("wo", c.load<double>("w2", {"e", "m", "h"}), Shape{{"e", E}, {"h", H}, {"m", M}});
+    const auto su = c.load<double>("shared_up_proj", {"h", "m"});
+    const Shape mh{{"m", M}, su.dim("h")};
+    args += " --shared-wi " + save("swi", su, mh) + " --shared-wi-gate " + save("swig", c.load<double>("shared_gate_proj", {"h", "m"}), mh);
+    args += " --shared-wo " + save("swo", c.load<double>("shared_down_proj", {"m", "h"}), Shape{su.dim("h"), {"m", M}});
+    if (c.has("shared_expert_gate")) {
+      Tensor<double> g = c.load<double>("shared_expert_gate", {"one", "m"});
+      g.set_shape(Shape{{"m", M}});
+      args += " --shared-gate " + save("sg", g, g.shape());
+    }
+    if (c.has("bias")) args += " --bias " + c.path("bias");
+    args += " --router topk --k " + c.config.at("k") + " --score " + c.config.at("score") + " --normalize " +
+            c.config.at("normalize") + " --activation " + c.config.at("act");
+    if (c.config.count("groups")) args += " --groups " + c.config.at("groups") + " --topk-groups " + c.config.at("topk_groups");
+    if (c.config.count("scale")) args += " --scale " + c.config.at("scale");
+    for (const char* mode : {"", " --dense"}) {
+      const std::string out = fresh_dir("moe_router");
+      const Result r = run(args + " --out " + out + mode);
+      INFO(args << mode << "\n" << r.err);
+      REQUIRE(r.status == 0);
+      auto y = load_npy<double>(out + "/outputs.npy", {"g", "s", "m"});
+      y.set_shape(Shape{{"s", T}, {"m", M}});
+      CHECK(naive::all_close(y, c.load<double>("outputs", {"s", "m"}), 1e-12, 1e-12));
+      CHECK(load_npy<double>(out + "/z_loss.npy", {}).rank() == 0);
+    }
+  }
+}
+
+TEST_CASE("einmoe route and moe --router reject bad flags with exit status 2 and no output", "[cli][routers][errors]") {
+  const auto c = fixtures::cases("route", "routers").at(1);  // deepspeed_position_k1_f64
+  const std::string L = c.path("logits"), out = fresh_dir("route_bad");
+  const std::string base = "route --logits " + L + " --out " + out;
+  expect_rejected(base, "--router", out);
+  expect_rejected(base + " --router top3", "--router", out);
+  expect_rejected(base + " --router expert-choice", "--capacity", out);
+  expect_rejected(base + " --router expert-choice --capacity 2 --k 2", "--k", out);
+  expect_rejected(base + " --router topk --k 0", "--k", out);
+  expect_rejected(base + " --router topk --k 99", "--k", out);
+  expect_rejected(base + " --router topk --score tanh", "--score", out);
+  expect_rejected(base + " --router topk --normalize after", "--normalize", out);
+  expect_rejected(base + " --router topk --priority random", "--priority", out);
+  expect_rejected(base + " --router topk --groups 2", "--topk-groups", out);
+  expect_rejected(base + " --router topk --groups 4 --topk-groups 1", "--groups", out);  // E = 6
+  expect_rejected(base + " --router topk --scale nan", "--scale", out);
+  expect_rejected(base + " --router topk --policy all", "--policy", out);
+  const std::string bias = scratch("bias_bad.npy");
+  save_npy(bias, Tensor<double>(Shape{{"e", 3}}));
+  expect_rejected(base + " --router topk --bias " + bias, "--bias", out);
+  const std::string nan = scratch("logits_nan.npy");
+  Tensor<double> l = c.load<double>("logits", {"g", "s", "e"});
+  l[3] = std::nan("");
+  save_npy(nan, l);
+  expect_rejected("route --logits " + nan + " --router topk --out " + out, "--logits", out);
+  Tensor<double> allneg(Shape{{"g", 1}, {"s", 2}, {"e", 3}}, -INFINITY);
+  allneg[0] = 1.0;
+  save_npy(nan, allneg);
+  expect_rejected("route --logits " + nan + " --router topk --k 1 --out " + out, "token 1", out);
+  // -inf alone is fine (a masked expert)
+  allneg[3] = 0.5;
+  save_npy(nan, allneg);
+  CHECK(run("route --logits " + nan + " --router topk --k 1 --out " + out).status == 0);
+  fs::remove_all(out);
+  // moe: router flags need --router; shared weights come in pairs
+  const std::string x = scratch("x_moe.npy"), wg = scratch("wg_moe.npy"), wi = scratch("wi_moe.npy"), wo = scratch("wo_moe.npy");
+  save_npy(x, Tensor<float>(Shape{{"g", 1}, {"s", 4}, {"m", 3}}, 0.5f));
+  save_npy(wg, Tensor<float>(Shape{{"m", 3}, {"e", 2}}, 0.1f));
+  save_npy(wi, Tensor<float>(Shape{{"e", 2}, {"m", 3}, {"h", 5}}, 0.1f));
+  save_npy(wo, Tensor<float>(Shape{{"e", 2}, {"h", 5}, {"m", 3}}, 0.1f));
+  const std::string moe = "moe --inputs " + x + " --wg " + wg + " --wi " + wi + " --wo " + wo + " --out " + out;
+  expect_rejected(moe + " --capacity 2 --k 1", "--k", out);
+  expect_rejected(moe + " --router topk --shared-wi " + wi, "--shared-wo", out);
+  expect_rejected(moe + " --router topk --wi-gate " + wo, "--wi-gate", out);
+  expect_rejected(moe + " --router expert-choice --capacity 5", "--capacity", out);
+  CHECK(run(moe + " --router expert-choice --capacity 2").status == 0);
+  CHECK(run(moe + " --router topk --k 1").status == 0);
 }
