@@ -7,6 +7,8 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <memory>
+#include <optional>
 #include <cstdio>
 #include <iostream>
 #include <string>
@@ -30,6 +32,7 @@ const char* kUsage =
     "  route           top-k or expert-choice routing of logits [G,S,E] -> combine, slot [G,S,E], losses\n"
     "  truncated-gate  Mesh TF's truncated top-2 gating of gates [G,S,E] -> combine [G,S,E,C]\n"
     "  moe             a whole MoE feed-forward layer on inputs [G,S,M] -> outputs [G,S,M], aux_loss\n"
+    "  block           the MoE block of a Hugging Face checkpoint's layer on inputs [T,M] -> outputs, router_logits\n"
     "  mask            attention bias masks (causal, local-block, padding, segment) as float32 .npy\n"
     "  beam            Mesh TF beam search on a bigram model -> ids, scores, steps\n"
     "Arrays are .npy (float32 or float64, C order); outputs keep the type of the main input.\n";
@@ -397,6 +400,59 @@ void run_moe(const Args& a) {
   std::printf("moe: best of %lld: %.3f ms (%d threads)\n", static_cast<long long>(reps), best, num_threads());
 }
 
+#if defined(EINMOE_HAS_JSON)
+void run_block(const Args& a) {
+  const std::string dir = a.get("--model");
+  const index_t layer = a.integer("--layer", 0, 0);
+  if (!a.has("--layer")) fail("--layer: required (a decoder layer index)");
+  Precision p = Precision::fp32;
+  try {
+    p = parse_precision(a.get_or("--precision", "fp32"));
+  } catch (const einmoe::error&) {
+    fail("--precision: unknown precision \"", a.get("--precision"), "\" (fp32, bf16, int8)");
+  }
+  const std::string xp = a.get("--inputs");
+  const auto x = cli::load_float<float>("--inputs", xp, {"tokens", "model"});
+  cli::expect_finite(x, "--inputs", xp);
+  std::unique_ptr<HfCheckpoint> ck;
+  try {
+    ck = std::make_unique<HfCheckpoint>(dir);
+  } catch (const einmoe::error& e) {
+    fail("--model ", dir, ": ", e.what());
+  }
+  const index_t M = ck->config().hidden_size;
+  if (x.size_of("model") != M)
+    fail("--inputs ", xp, ": rows of ", x.size_of("model"), " values, but the model's hidden_size is ", M);
+  if (layer >= ck->config().num_layers || !ck->config().is_moe_layer(layer)) {
+    try {
+      ck->moe_options(layer);  // the message says why
+    } catch (const einmoe::error& e) {
+      fail("--layer ", layer, ": ", e.what());
+    }
+  }
+  std::optional<MoELayer<float>> l;
+  try {
+    if (ck->bf16_experts(layer)) l.emplace(ck->moe_weights<bfloat16>(layer), ck->moe_options(layer, p));
+    else l.emplace(ck->moe_weights<float>(layer), ck->moe_options(layer, p));
+  } catch (const einmoe::error& e) {
+    fail("--model ", dir, ": ", e.what());
+  }
+  const auto r = l->forward(x);
+  Tensor<float> grouped = x.view();
+  grouped.set_shape(Shape{{"group", x.size_of("tokens")}, {"model", M}});
+  Tensor<float> logits = l->router_logits(grouped);
+  logits.set_shape(Shape{{"tokens", x.size_of("tokens")}, {"experts", ck->config().experts}});
+  cli::Outputs out(a.get("--out"));
+  out.add("outputs.npy", r.outputs);
+  out.add("router_logits.npy", logits);
+  out.commit();
+  std::printf("block: %s layer %lld, %lld tokens, %s experts; tokens per expert:", ck->config().model_type.c_str(),
+              static_cast<long long>(layer), static_cast<long long>(x.size_of("tokens")), to_string(p));
+  for (auto n : r.stats.tokens_per_expert) std::printf(" %lld", static_cast<long long>(n));
+  std::printf("\n");
+}
+#endif
+
 /// Loads an int32/int64 .npy as int64 with the given dim names.
 Tensor<std::int64_t> load_ids(const std::string& flag, const std::string& path, const std::vector<std::string>& names) {
   NpyInfo info;
@@ -597,6 +653,29 @@ int run(const std::vector<std::string>& argv) {
     const Args a(rest, flags, cmd);
     apply_threads(a);
     by_dtype(a, "--inputs", [&] { run_moe<float>(a); }, [&] { run_moe<double>(a); });
+  } else if (cmd == "block") {
+    const std::vector<Flag> flags{{"--model", true}, {"--layer", true}, {"--inputs", true}, {"--precision", true},
+                                  {"--threads", true}, {"--out", true}, {"--help", false}};
+    if (help) {
+      std::printf("usage: einmoe block --model DIR --layer N --inputs X.npy [--precision P] --out OUT\n"
+                  "  --model DIR              a Hugging Face model directory: config.json and model.safetensors\n"
+                  "                           (or sharded, with model.safetensors.index.json); model_type mixtral,\n"
+                  "                           qwen2_moe, qwen3_moe, olmoe or deepseek_v3\n"
+                  "  --layer N                the decoder layer whose MoE block runs\n"
+                  "  --inputs X.npy           [T,M] tokens (float32 or float64; computed in float32)\n"
+                  "  --precision P            expert weights in fp32 (default) | bf16 | int8 (bf16 checkpoints are\n"
+                  "                           read at their exact values)\n"
+                  "  --threads N              threads (default: all cores)\n"
+                  "  --out OUT                writes OUT/outputs.npy [T,M] and OUT/router_logits.npy [T,E] (float32)\n");
+      return 0;
+    }
+#if defined(EINMOE_HAS_JSON)
+    const Args a(rest, flags, cmd);
+    apply_threads(a);
+    run_block(a);
+#else
+    fail("block: this einmoe was built without nlohmann/json (nlohmann-json3-dev), so without Hugging Face checkpoints");
+#endif
   } else if (cmd == "mask") {
     const std::vector<std::string> kinds{"causal", "local-block", "padding", "segment"};
     if (rest.empty() || rest[0] == "--help") {
@@ -640,7 +719,7 @@ int run(const std::vector<std::string>& argv) {
     apply_threads(a);
     run_beam(a);
   } else {
-    fail("unknown command \"", cmd, "\" (gate, route, truncated-gate, moe, mask, beam; see einmoe --help)");
+    fail("unknown command \"", cmd, "\" (gate, route, truncated-gate, moe, block, mask, beam; see einmoe --help)");
   }
   return 0;
 }

@@ -278,7 +278,7 @@ TEST_CASE("einmoe beam reproduces the numpy transcription of Mesh TF", "[cli][be
 }
 
 TEST_CASE("einmoe --help works for every command", "[cli]") {
-  for (const char* cmd : {"--help", "gate --help", "route --help", "truncated-gate --help", "moe --help", "mask --help", "beam --help"}) {
+  for (const char* cmd : {"--help", "gate --help", "route --help", "truncated-gate --help", "moe --help", "block --help", "mask --help", "beam --help"}) {
     INFO(cmd);
     const Result r = run(cmd);
     CHECK(r.status == 0);
@@ -424,3 +424,49 @@ TEST_CASE("einmoe route and moe --router reject bad flags with exit status 2 and
   CHECK(run(moe + " --router expert-choice --capacity 2").status == 0);
   CHECK(run(moe + " --router topk --k 1").status == 0);
 }
+
+#if defined(EINMOE_HAS_JSON)
+TEST_CASE("einmoe block runs a Hugging Face checkpoint's MoE block", "[cli][checkpoints]") {
+  const fs::path root = fs::path(EINMOE_FIXTURES_DIR) / "checkpoints";
+  int n = 0;
+  for (const auto& e : fs::directory_iterator(root)) {
+    const fs::path d = e.path();
+    std::map<std::string, std::string> c;
+    std::ifstream f(d / "case.txt");
+    std::string k, v;
+    while (f >> k >> v) c[k] = v;
+    INFO(d.filename().string());
+    const std::string out = fresh_dir("block");
+    const Result r = run("block --model " + d.string() + " --layer " + c.at("layer") + " --inputs " + (d / "x.npy").string() +
+                         " --out " + out);
+    INFO(r.err);
+    REQUIRE(r.status == 0);
+    CHECK(r.out.find("tokens per expert") != std::string::npos);
+    const auto y = load_npy<float>(out + "/outputs.npy", {"t", "m"});
+    const auto want = load_npy<double>((d / "outputs.npy").string(), {"t", "m"});
+    for (index_t i = 0; i < want.size(); ++i) CHECK(std::fabs(double(y[i]) - want[i]) <= 1e-5 * std::max(1.0, std::fabs(want[i])));
+    const auto l = load_npy<float>(out + "/router_logits.npy", {"t", "e"});
+    const auto wl = load_npy<double>((d / "router_logits.npy").string(), {"t", "e"});
+    REQUIRE(l.size() == wl.size());
+    for (index_t i = 0; i < wl.size(); ++i) CHECK(std::fabs(double(l[i]) - wl[i]) <= 1e-5);
+    // --precision bf16 runs and differs from fp32 only a little
+    const std::string out2 = fresh_dir("block_bf16");
+    CHECK(run("block --model " + d.string() + " --layer " + c.at("layer") + " --inputs " + (d / "x.npy").string() +
+              " --precision bf16 --out " + out2).status == 0);
+    const std::string x = (d / "x.npy").string(), base = "block --model " + d.string() + " --inputs " + x;
+    const std::string bad = fresh_dir("block_bad");
+    if (c.at("dense") != "-1") expect_rejected(base + " --layer " + c.at("dense") + " --out " + bad, "dense layer", bad);
+    expect_rejected(base + " --layer " + c.at("layers") + " --out " + bad, "--layer", bad);
+    expect_rejected(base + " --out " + bad, "--layer", bad);
+    expect_rejected(base + " --layer " + c.at("layer") + " --precision fp8 --out " + bad, "--precision", bad);
+    ++n;
+  }
+  CHECK(n == 6);
+  const std::string bad = fresh_dir("block_bad2");
+  const std::string wide = scratch("wide.npy");
+  save_npy(wide, Tensor<float>(Shape{{"t", 2}, {"m", 3}}, 1.f));
+  const fs::path d = root / "mixtral_f32";
+  expect_rejected("block --model " + d.string() + " --layer 0 --inputs " + wide + " --out " + bad, "hidden_size", bad);
+  expect_rejected("block --model " + scratch("nomodel") + " --layer 0 --inputs " + wide + " --out " + bad, "--model", bad);
+}
+#endif

@@ -40,3 +40,9 @@
 #include "einmoe/attention/masks.hpp"
 #include "einmoe/decoding/beam_search.hpp"
 #include "einmoe/decoding/greedy.hpp"
+// Hugging Face checkpoints need nlohmann/json (the CMake target defines
+// EINMOE_HAS_JSON when it found it).
+#if defined(EINMOE_HAS_JSON)
+#include "einmoe/checkpoints/safetensors.hpp"
+#include "einmoe/checkpoints/hf_checkpoint.hpp"
+#endif

@@ -102,19 +102,31 @@ class Tensor {
     t.readonly_ = true;
     return t;
   }
+  /// A read-only view of memory that `owner` keeps alive (a memory-mapped
+  /// file, say): the view, its moves and its view()s hold a reference to
+  /// owner, so the memory lives as long as any of them.
+  static Tensor borrow_shared(const T* data, Shape shape, std::shared_ptr<const void> owner) {
+    Tensor t = borrow(data, std::move(shape));
+    t.keep_ = std::move(owner);
+    return t;
+  }
   /// borrow(nullptr, shape): only for shapes without elements.
   static Tensor borrow(std::nullptr_t, Shape shape) { return borrow(static_cast<T*>(nullptr), std::move(shape)); }
   /// A read-only view of this tensor's elements (no copy). Valid while this
   /// tensor is alive and not moved from or reshaped into new memory.
-  Tensor view() const { return borrow(static_cast<const T*>(data_), shape_); }
+  Tensor view() const {
+    Tensor t = borrow(static_cast<const T*>(data_), shape_);
+    t.keep_ = keep_;
+    return t;
+  }
 
   Tensor(const Tensor& other) : shape_(other.shape_) {
     allocate();
     copy_from(other.data_);
   }
   Tensor(Tensor&& other) noexcept
-      : shape_(std::move(other.shape_)), owned_(std::move(other.owned_)), data_(other.data_),
-        readonly_(other.readonly_) {
+      : shape_(std::move(other.shape_)), owned_(std::move(other.owned_)), keep_(std::move(other.keep_)),
+        data_(other.data_), readonly_(other.readonly_) {
     other.shape_ = Shape();
     other.data_ = nullptr;
     other.readonly_ = false;
@@ -129,6 +141,7 @@ class Tensor {
   Tensor& operator=(Tensor&& other) noexcept {
     shape_ = std::move(other.shape_);
     owned_ = std::move(other.owned_);
+    keep_ = std::move(other.keep_);
     data_ = other.data_;
     readonly_ = other.readonly_;
     other.shape_ = Shape();
@@ -227,6 +240,7 @@ class Tensor {
 
   Shape shape_;
   std::unique_ptr<void, detail::aligned_free> owned_;
+  std::shared_ptr<const void> keep_;  // what a borrow_shared view keeps alive
   T* data_ = nullptr;
   bool readonly_ = false;
 };
