@@ -35,6 +35,17 @@ struct RoutingStats {
   double fill() const { return slots ? double(first_kept + second_kept) / double(slots) : 0.0; }
 };
 
+/// A router's losses in per-group pieces (group order), from which the
+/// scalar losses are finished: routers over groups routed on different
+/// processes gather the pieces and finish them in the same order as one
+/// process does, so the losses are bitwise the same (see dist/).
+template <class T>
+struct LossParts {
+  std::vector<T> aux;   ///< [G] the group's balancing-loss sum
+  std::vector<T> aux2;  ///< [G] top-2's second-place loss sum (empty when unused)
+  std::vector<T> z;     ///< [G] the group's sum over tokens of logsumexp(logits)^2
+};
+
 template <class T>
 struct RoutingPlan;
 

@@ -52,7 +52,25 @@ struct Top2Result {
   RoutingPlan<T> plan;
   T aux_loss = T(0);
   RoutingStats stats;
+  LossParts<T> parts;  ///< aux_loss in per-group pieces (top2_aux_loss finishes them)
 };
+
+namespace detail {
+/// aux_loss from per-group pieces of G groups in total, E experts.
+template <class T>
+T top2_aux_loss(const LossParts<T>& parts, index_t G, index_t E) {
+  if (G == 0) return T(0);
+  const T Ef = static_cast<T>(E), n = static_cast<T>(G * E);
+  T total = T(0), total2 = T(0);
+  for (T a : parts.aux) total += a;
+  T r = total / n * (Ef * Ef);
+  if (!parts.aux2.empty()) {
+    for (T a : parts.aux2) total2 += a;
+    r += total2 / n * (Ef * Ef) * T(0.5);
+  }
+  return r;
+}
+}  // namespace detail
 
 namespace detail {
 
@@ -199,25 +217,26 @@ Top2Result<T> top2_gating(const Tensor<T>& logits, const Top2Options& opt, const
     wanted1[detail::uz(g)] = w1, wanted2[detail::uz(g)] = w2, kept1[detail::uz(g)] = k1, kept2[detail::uz(g)] = k2;
   }
 
-  // Balancing loss, reduced in the same order as the dense formulation.
-  if (G * S > 0) {
+  // Balancing loss: per group, then over groups in order (top2_aux_loss).
+  if (S > 0) {
     // Divisions, not reciprocal multiplies, exactly as the dense form's means.
-    const T Ef = static_cast<T>(E);
     const T Sf = static_cast<T>(S);
-    T total = T(0), total2 = T(0);
+    r.parts.aux.assign(detail::uz(G), T(0));
+    if (opt.second_place_loss) r.parts.aux2.assign(detail::uz(G), T(0));
     for (index_t g = 0; g < G; ++g) {
       const auto& L = losses[detail::uz(g)];
       const T denom = L.importance_sum / Sf + T(1e-6);
+      T total = T(0), total2 = T(0);
       for (index_t e = 0; e < E; ++e) {
         T proxy = L.proxy_1[detail::uz(e)] / Sf, density = L.mask_1[detail::uz(e)] / Sf;
         if (opt.normalize == Normalize::after) proxy /= denom, density /= denom;
         total += proxy * density;
         if (opt.second_place_loss) total2 += (L.proxy_2[detail::uz(e)] / Sf) * (L.mask_2[detail::uz(e)] / Sf);
       }
+      r.parts.aux[detail::uz(g)] = total;
+      if (opt.second_place_loss) r.parts.aux2[detail::uz(g)] = total2;
     }
-    const T n = static_cast<T>(G * E);
-    r.aux_loss = total / n * (Ef * Ef);
-    if (opt.second_place_loss) r.aux_loss += total2 / n * (Ef * Ef) * T(0.5);
+    r.aux_loss = detail::top2_aux_loss(r.parts, G, E);
   }
 
   // Statistics.

@@ -111,6 +111,7 @@ struct RouterResult {
   T aux_loss = T(0);
   T z_loss = T(0);
   RoutingStats stats;
+  LossParts<T> parts;  ///< the losses in per-group pieces (topk_aux_loss, z_loss_from_parts)
 };
 
 namespace detail {
@@ -183,7 +184,8 @@ void score_row(const T* x, index_t n, Score score, T* s) {
   for (index_t i = 0; i < n; ++i) s[i] /= sum;
 }
 
-/// z_loss: mean over all tokens of logsumexp(logits)^2.
+/// z_loss: mean over all tokens of logsumexp(logits)^2, one flat sum (the
+/// dense oracles').
 template <class T>
 T z_loss_of(const Tensor<T>& logits, index_t tokens, index_t E) {
   if (tokens == 0) return T(0);
@@ -193,6 +195,35 @@ T z_loss_of(const Tensor<T>& logits, index_t tokens, index_t E) {
     z += l * l;
   }
   return z / static_cast<T>(tokens);
+}
+/// Per group g of G (S tokens each): the sum over its tokens of
+/// logsumexp(logits)^2, into parts.z.
+template <class T>
+void z_parts_of(const Tensor<T>& logits, index_t G, index_t S, index_t E, LossParts<T>& parts) {
+  parts.z.assign(uz(G), T(0));
+  for (index_t g = 0; g < G; ++g) {
+    T z = T(0);
+    for (index_t t = g * S; t < (g + 1) * S; ++t) {
+      const T l = logsumexp_row(logits.data() + t * E, E);
+      z += l * l;
+    }
+    parts.z[uz(g)] = z;
+  }
+}
+/// z_loss: mean over all `tokens` of logsumexp(logits)^2, from the parts.
+template <class T>
+T z_loss_from_parts(const LossParts<T>& parts, index_t tokens) {
+  if (tokens == 0) return T(0);
+  T z = T(0);
+  for (T v : parts.z) z += v;
+  return z / static_cast<T>(tokens);
+}
+/// The top-k router's aux_loss from per-group pieces (G groups, E experts).
+template <class T>
+T topk_aux_loss(const LossParts<T>& parts, index_t G, index_t E) {
+  T aux = T(0);
+  for (T a : parts.aux) aux += a;
+  return G > 0 ? aux * static_cast<T>(E) * static_cast<T>(E) / static_cast<T>(G * E) : T(0);
 }
 
 inline void check_topk_options(const TopKOptions& o, index_t E, const char* op) {
@@ -341,10 +372,10 @@ RouterResult<T> topk_routing(const Tensor<T>& logits, const TopKOptions& o) {
     }
     for (index_t t = 0; t < S; ++t) density[detail::uz(g * E + chosen[detail::uz(t * K)])] += 1.0;
   });
-  T aux = T(0);
-  for (T a : aux_part) aux += a;
-  r.aux_loss = G > 0 ? aux * static_cast<T>(E) * static_cast<T>(E) / static_cast<T>(G * E) : T(0);
-  r.z_loss = detail::z_loss_of(p.logits, G * S, E);
+  r.parts.aux = std::move(aux_part);
+  r.aux_loss = detail::topk_aux_loss(r.parts, G, E);
+  detail::z_parts_of(p.logits, G, S, E, r.parts);
+  r.z_loss = detail::z_loss_from_parts(r.parts, G * S);
   detail::sum_stats(r.stats, r.plan, wanted1, wanted2, kept1, kept2);
   r.stats.density_1.assign(detail::uz(E), 0.0);
   for (index_t g = 0; g < G; ++g)
