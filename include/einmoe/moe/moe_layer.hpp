@@ -169,6 +169,54 @@ std::optional<Tensor<T>> regroup_extra(const std::optional<Tensor<T>>& t, const 
   return out;
 }
 
+/// logits [<batch>, group, experts] = x [<batch>, group, model] . router,
+/// in fixed blocks of rows that never straddle groups (so a group's logits
+/// do not depend on the other groups, or on the thread count).
+template <class T>
+void router_logits_into(const MatrixBank<T>& router, const Tensor<T>& x, const MoEOptions& opt, const Dim& model,
+                        const Dim& experts, Tensor<T>& logits, std::vector<FfnScratch<T>>& scratch) {
+  if (x.dim(opt.model_dim) != model)
+    raise<shape_error>("moe_forward: dim \"", opt.model_dim, "\" has size ", x.size_of(opt.model_dim),
+                       " in the inputs but ", model.size, " in the weights");
+  const Shape ls = x.shape().without({opt.model_dim}).with(experts);
+  if (logits.size() != ls.num_elements() || !logits.writable()) logits = Tensor<T>(ls, uninitialized);
+  logits.set_shape(ls);
+  const index_t S = x.size_of(opt.gating.group_dim);
+  const index_t groups = S > 0 && experts.size > 0 ? ls.num_elements() / experts.size / S : 0;
+  const index_t block = FfnKernel<T>::row_block_of(router.backend());
+  const index_t per_group = S > 0 ? (S + block - 1) / block : 0;
+  const index_t M = model.size, E = experts.size;
+  if (static_cast<int>(scratch.size()) < num_threads()) scratch.resize(uz(num_threads()));
+  const T* px = x.data();
+  T* pl = logits.data();
+  parallel_items(groups * per_group, [&](index_t i) {
+    const index_t g = i / per_group, r0 = (i % per_group) * block, m = std::min(block, S - r0);
+    const index_t t0 = g * S + r0;
+    linear_rows(router, 0, px + t0 * M, m, pl + t0 * E, scratch[uz(thread_index())]);
+  });
+}
+
+/// Routes logits [<batch>, group, experts] with the layer's router.
+template <class T>
+RouterResult<T> route_tokens(const Tensor<T>& logits, const MoEOptions& opt, const GatingInputs<T>& extras) {
+  if (opt.router == RouterKind::topk) return topk_routing(logits, opt.topk);
+  if (opt.router == RouterKind::expert_choice) return expert_choice_routing(logits, opt.expert_choice);
+  auto t = top2_gating(logits, opt.gating, extras);
+  RouterResult<T> r;
+  r.plan = std::move(t.plan), r.aux_loss = t.aux_loss, r.stats = std::move(t.stats), r.parts = std::move(t.parts);
+  return r;
+}
+
+/// The routers' losses finished from per-group pieces of `groups` groups of
+/// S tokens and E experts (as route_tokens finishes them).
+template <class T>
+void finish_losses(const MoEOptions& opt, const LossParts<T>& parts, index_t groups, index_t S, index_t E, T& aux, T& z) {
+  aux = opt.router == RouterKind::top2   ? (groups * S > 0 ? top2_aux_loss(parts, groups, E) : T(0))
+        : opt.router == RouterKind::topk ? topk_aux_loss(parts, groups, E)
+                                         : T(0);
+  z = opt.router == RouterKind::top2 ? T(0) : z_loss_from_parts(parts, groups * S);
+}
+
 }  // namespace detail
 
 template <class T>
@@ -311,27 +359,7 @@ class MoELayer {
   void compute_logits(const Tensor<T>& x_any, Tensor<T>& logits, std::vector<FfnScratch<T>>& scratch) const {
     Tensor<T> hold;
     const Tensor<T>& x = in_order(x_any, canonical_shape(x_any.shape()), hold);
-    if (x.dim(opt_.model_dim) != model_)
-      detail::raise<shape_error>("moe_forward: dim \"", opt_.model_dim, "\" has size ", x.size_of(opt_.model_dim),
-                                 " in the inputs but ", model_.size, " in the weights");
-    const Shape ls = x.shape().without({opt_.model_dim}).with(experts_dim_);
-    if (logits.size() != ls.num_elements() || !logits.writable()) logits = Tensor<T>(ls, uninitialized);
-    logits.set_shape(ls);
-    const index_t S = x.size_of(opt_.gating.group_dim);
-    const index_t groups = S > 0 && experts_dim_.size > 0 ? ls.num_elements() / experts_dim_.size / S : 0;
-    const index_t block = FfnKernel<T>::row_block_of(router_.backend());
-    const index_t per_group = S > 0 ? (S + block - 1) / block : 0;
-    const index_t M = model_.size, E = experts_dim_.size;
-    if (static_cast<int>(scratch.size()) < num_threads()) scratch.resize(detail::uz(num_threads()));
-    const T* px = x.data();
-    T* pl = logits.data();
-    // Blocks never straddle groups, so a group's logits are the same
-    // whichever other groups are computed with it.
-    detail::parallel_items(groups * per_group, [&](index_t i) {
-      const index_t g = i / per_group, r0 = (i % per_group) * block, m = std::min(block, S - r0);
-      const index_t t0 = g * S + r0;
-      linear_rows(router_, 0, px + t0 * M, m, pl + t0 * E, scratch[detail::uz(detail::thread_index())]);
-    });
+    detail::router_logits_into(router_, x, opt_, model_, experts_dim_, logits, scratch);
   }
 
   void run(MoEResult<T>& out, const Tensor<T>& inputs, const GatingInputs<T>& extras_in, Workspace& ws) const {
@@ -381,15 +409,7 @@ class MoELayer {
       out.z_loss = d.z_loss;
       out.stats = std::move(d.stats);
     } else {
-      RouterResult<T> r;
-      if (opt_.router == RouterKind::top2) {
-        auto t = top2_gating(ws.logits, g, *extras);
-        r.plan = std::move(t.plan), r.aux_loss = t.aux_loss, r.stats = std::move(t.stats);
-      } else if (opt_.router == RouterKind::topk) {
-        r = topk_routing(ws.logits, opt_.topk);
-      } else {
-        r = expert_choice_routing(ws.logits, opt_.expert_choice);
-      }
+      RouterResult<T> r = detail::route_tokens(ws.logits, opt_, *extras);
       experts_sparse_into(out.outputs, x, r.plan, experts_, ws.experts);
       // (x and the outputs are [<batch>, group, model], contiguous)
       shared_.add_to(x.data(), x.size() / model_.size, out.outputs.data(), ws.shared);

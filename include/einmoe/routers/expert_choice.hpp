@@ -77,6 +77,7 @@ RouterResult<T> expert_choice_routing(const Tensor<T>& logits, const ExpertChoic
   detail::z_parts_of(p.logits, G, S, E, r.parts);
   r.z_loss = detail::z_loss_from_parts(r.parts, G * S);
   detail::sum_stats(r.stats, r.plan, kept, none, kept, none);
+  r.stats.first_choices.assign(detail::uz(E), 0);
   r.stats.density_1.assign(detail::uz(E), 0.0);
   return r;
 }

@@ -24,7 +24,8 @@ namespace einmoe {
 /// Load statistics of one routing, over all groups.
 struct RoutingStats {
   std::vector<index_t> tokens_per_expert;   ///< kept choices per expert (all groups)
-  std::vector<double> density_1;            ///< fraction of tokens whose first choice is e (before capacity)
+  std::vector<index_t> first_choices;       ///< tokens whose first choice is e (before capacity)
+  std::vector<double> density_1;            ///< first_choices / tokens
   index_t first_wanted = 0, first_kept = 0;    ///< first choices before / after capacity
   index_t second_wanted = 0, second_kept = 0;  ///< second choices (after the policy) before / after capacity
   index_t slots = 0;                        ///< G * E * C
@@ -48,6 +49,16 @@ struct LossParts {
 
 template <class T>
 struct RoutingPlan;
+
+namespace detail {
+/// density_1 from first_choices over `tokens` tokens (one division per
+/// expert, so the sum of counts may come from anywhere).
+inline void finish_density(RoutingStats& st, index_t tokens) {
+  st.density_1.assign(st.first_choices.size(), 0.0);
+  for (std::size_t e = 0; e < st.first_choices.size(); ++e)
+    st.density_1[e] = tokens > 0 ? static_cast<double>(st.first_choices[e]) / static_cast<double>(tokens) : 0.0;
+}
+}  // namespace detail
 
 namespace detail {
 /// Sums per-group choice counts into `st` and takes tokens per expert from

@@ -242,11 +242,11 @@ Top2Result<T> top2_gating(const Tensor<T>& logits, const Top2Options& opt, const
   // Statistics.
   auto& st = r.stats;
   detail::sum_stats(st, plan, wanted1, wanted2, kept1, kept2);
-  st.density_1.assign(detail::uz(E), 0.0);
+  st.first_choices.assign(detail::uz(E), 0);
   for (index_t g = 0; g < G; ++g)
     for (index_t e = 0; e < E; ++e)
-      st.density_1[detail::uz(e)] += static_cast<double>(losses[detail::uz(g)].mask_1[detail::uz(e)]);
-  for (auto& d : st.density_1) d = G * S > 0 ? d / static_cast<double>(G * S) : 0.0;
+      st.first_choices[detail::uz(e)] += static_cast<index_t>(losses[detail::uz(g)].mask_1[detail::uz(e)]);
+  detail::finish_density(st, G * S);
   return r;
 }
 

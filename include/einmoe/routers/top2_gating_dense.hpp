@@ -128,7 +128,10 @@ Top2DenseResult<T> top2_gating_dense(const Tensor<T>& logits_in, const Top2Optio
   {
     const Tensor<T> d1 = sum_to(mask_1, Shape{p.experts});
     const double n = static_cast<double>(p.G * p.S);
-    for (index_t e = 0; e < p.E; ++e) out.stats.density_1.push_back(n > 0 ? static_cast<double>(d1[e]) / n : 0.0);
+    for (index_t e = 0; e < p.E; ++e) {
+      out.stats.first_choices.push_back(static_cast<index_t>(d1[e]));
+      out.stats.density_1.push_back(n > 0 ? static_cast<double>(d1[e]) / n : 0.0);
+    }
   }
 
   // COMPUTE ASSIGNMENT TO EXPERTS

@@ -377,9 +377,10 @@ RouterResult<T> topk_routing(const Tensor<T>& logits, const TopKOptions& o) {
   detail::z_parts_of(p.logits, G, S, E, r.parts);
   r.z_loss = detail::z_loss_from_parts(r.parts, G * S);
   detail::sum_stats(r.stats, r.plan, wanted1, wanted2, kept1, kept2);
-  r.stats.density_1.assign(detail::uz(E), 0.0);
+  r.stats.first_choices.assign(detail::uz(E), 0);
   for (index_t g = 0; g < G; ++g)
-    for (index_t e = 0; e < E; ++e) r.stats.density_1[detail::uz(e)] += density[detail::uz(g * E + e)] / double(std::max<index_t>(1, G * S));
+    for (index_t e = 0; e < E; ++e) r.stats.first_choices[detail::uz(e)] += static_cast<index_t>(density[detail::uz(g * E + e)]);
+  detail::finish_density(r.stats, G * S);
   return r;
 }
 

@@ -97,6 +97,7 @@ Top2Result<T> truncated_top2_gating(const Tensor<T>& gates, const Top2Options& o
     w1[detail::uz(g)] = S, w2[detail::uz(g)] = S, k1[detail::uz(g)] = kk1, k2[detail::uz(g)] = kk2;
   }
   detail::sum_stats(r.stats, plan, w1, w2, k1, k2);
+  r.stats.first_choices.assign(detail::uz(E), 0);
   r.stats.density_1.assign(detail::uz(E), 0.0);
   return r;
 }
