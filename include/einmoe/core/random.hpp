@@ -24,6 +24,11 @@ class Rng {
  public:
   explicit Rng(std::uint64_t seed) : state_(seed) {}
 
+  /// Skips n draws of 64 bits (uniform, uniform_open and gumbel take one
+  /// each, normal two): Rng(seed) skipped by n continues exactly where n
+  /// draws would have left it, without making them.
+  void skip(std::uint64_t n) { state_ += n * 0x9E3779B97F4A7C15ull; }
+
   /// The next 64 random bits.
   std::uint64_t next_u64() { return mix(state_ += 0x9E3779B97F4A7C15ull); }
 

@@ -55,6 +55,7 @@
 #include "einmoe/core/tensor.hpp"
 #include "einmoe/core/threads.hpp"
 #include "einmoe/ops/manip.hpp"
+#include "einmoe/ops/index.hpp"
 #include "einmoe/routers/routing_plan.hpp"
 
 namespace einmoe {

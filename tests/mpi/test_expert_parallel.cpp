@@ -1,0 +1,210 @@
+// The expert-parallel layer under mpirun -np P (CTest runs P = 1..4): with
+// groups split contiguously over the ranks, outputs, losses and statistics
+// are bitwise those of the single-process MoELayer on all groups, for every
+// router, expert kind and precision; with another split, routing is the same
+// and outputs agree to 1e-6; bad setups throw on every rank, never hang.
+//
+// Not Catch2: every rank runs every check and the program exits non-zero on
+// any rank's failure (mpirun then fails).
+#include <mpi.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <string>
+
+#include "einmoe/dist/expert_parallel.hpp"
+
+using namespace einmoe;
+
+namespace {
+
+int rank = 0, ranks = 1, failures = 0, checks = 0;
+
+void check(bool ok, const std::string& what) {
+  ++checks;
+  if (!ok) {
+    ++failures;
+    std::fprintf(stderr, "rank %d: FAILED: %s\n", rank, what.c_str());
+  }
+}
+
+template <class T>
+MoEWeights<T> layer_weights(index_t M, index_t H, index_t E, bool gated, bool shared, std::uint64_t seed) {
+  Rng g(seed);
+  MoEWeights<T> w;
+  auto scaled = [&](const Shape& s, double k) {
+    Tensor<T> t = g.normal<T>(s);
+    for (auto& v : t) v = static_cast<T>(static_cast<double>(v) * k);
+    return t;
+  };
+  w.wg = scaled(Shape{{"model", M}, {"experts", E}}, 1.0);
+  w.experts.wi = scaled(Shape{{"experts", E}, {"model", M}, {"hidden", H}}, 0.3);
+  w.experts.wo = scaled(Shape{{"experts", E}, {"hidden", H}, {"model", M}}, 0.3);
+  if (gated) w.experts.wi_gate = scaled(Shape{{"experts", E}, {"model", M}, {"hidden", H}}, 0.3);
+  if (shared) {
+    SharedExpertWeights<T> s;
+    s.wi = scaled(Shape{{"model", M}, {"hidden", 24}}, 0.3);
+    s.wo = scaled(Shape{{"hidden", 24}, {"model", M}}, 0.3);
+    s.gate = scaled(Shape{{"model", M}}, 0.3);
+    w.shared = std::move(s);
+  }
+  return w;
+}
+
+/// Groups [g0, g0 + n) of x [batch, group, model].
+template <class T>
+Tensor<T> groups_of(const Tensor<T>& x, index_t g0, index_t n) {
+  return slice(x, "batch", g0, n);
+}
+
+template <class T>
+bool bitwise(const Tensor<T>& a, const Tensor<T>& b) {
+  return a.shape() == b.shape() && std::memcmp(a.data(), b.data(), static_cast<std::size_t>(a.size()) * sizeof(T)) == 0;
+}
+
+template <class T>
+void equal_case(const std::string& name, const MoEWeights<T>& w, const MoEOptions& o, index_t G, index_t S, index_t M) {
+  const Tensor<T> x = Rng(99).normal<T>(Shape{{"batch", G}, {"group", S}, {"model", M}});
+  const auto ref = MoELayer<T>(w, o).forward(x);
+  const ExpertParallelMoE<T> ep(MPI_COMM_WORLD, w, o);
+  // contiguous, uneven shares: rank r gets groups [G r / P, G (r + 1) / P)
+  const index_t g0 = G * rank / ranks, g1 = G * (rank + 1) / ranks;
+  const auto out = ep.forward(groups_of(x, g0, g1 - g0));
+  const auto want = groups_of(ref.outputs, g0, g1 - g0);
+  check(bitwise(out.outputs, want), name + ": outputs bitwise equal to one process");
+  check(std::memcmp(&out.aux_loss, &ref.aux_loss, sizeof(T)) == 0, name + ": aux_loss bitwise");
+  check(std::memcmp(&out.z_loss, &ref.z_loss, sizeof(T)) == 0, name + ": z_loss bitwise");
+  check(out.stats.tokens_per_expert == ref.stats.tokens_per_expert, name + ": tokens per expert");
+  check(out.stats.density_1 == ref.stats.density_1, name + ": density_1 bitwise");
+  check(out.stats.first_kept == ref.stats.first_kept && out.stats.second_kept == ref.stats.second_kept &&
+            out.stats.first_wanted == ref.stats.first_wanted && out.stats.slots == ref.stats.slots,
+        name + ": kept / wanted / slots");
+  // twice: the workspace is reused
+  check(bitwise(ep.forward(groups_of(x, g0, g1 - g0)).outputs, want), name + ": second call bitwise equal");
+  index_t mine = 0;
+  for (index_t e = ep.first_expert(); e < ep.first_expert() + ep.local_experts(); ++e) mine += ref.stats.tokens_per_expert[detail::uz(e)];
+  check(ep.last().rows_received == mine, name + ": rows received = this rank's experts' load");
+}
+
+template <class F>
+void expect_throw_everywhere(const std::string& name, const std::string& text, F&& f) {
+  bool threw = false;
+  std::string msg;
+  try {
+    f();
+  } catch (const error& e) {
+    threw = true, msg = e.what();
+  }
+  check(threw, name + ": throws on every rank");
+  check(msg.find(text) != std::string::npos, name + ": message names \"" + text + "\" (got \"" + msg + "\")");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &ranks);
+  try {
+    const index_t M = 32, H = 40, G = 7, S = 60;
+    for (index_t E : {8, 6}) {  // P = 4 splits 6 experts unevenly
+      const std::string e = " E=" + std::to_string(E);
+      MoEOptions top2;
+      top2.gating.capacity = Dim("expert_capacity", 12);
+      top2.gating.policy = SecondPolicy::random;
+      top2.gating.second_place_loss = true;
+      equal_case("top2 random" + e, layer_weights<float>(M, H, E, false, false, 1), top2, G, S, M);
+      top2.gating.policy = SecondPolicy::sampling;
+      top2.gating.normalize = Normalize::after;
+      equal_case("top2 sampling, normalize after" + e, layer_weights<float>(M, H, E, false, true, 11), top2, G, S, M);
+      MoEOptions topk;
+      topk.router = RouterKind::topk;
+      topk.topk.k = 2;
+      topk.topk.normalize = TopKNormalize::topk;
+      topk.activation = Activation::silu;
+      equal_case("topk dropless, gated + shared" + e, layer_weights<float>(M, H, E, true, true, 2), topk, G, S, M);
+      MoEOptions ds = topk;
+      ds.topk.score = Score::sigmoid;
+      ds.topk.groups = 2, ds.topk.topk_groups = 1;
+      ds.topk.bias.assign(static_cast<std::size_t>(E), 0.0);
+      ds.topk.bias[1] = 0.3;
+      ds.topk.scale = 2.5;
+      ds.topk.capacity = Dim("expert_capacity", 9);
+      ds.topk.priority = Priority::bpr;
+      equal_case("topk sigmoid groups bias capacity bpr" + e, layer_weights<float>(M, H, E, true, false, 3), ds, G, S, M);
+      MoEOptions ec;
+      ec.router = RouterKind::expert_choice;
+      ec.expert_choice.capacity = Dim("expert_capacity", 10);
+      equal_case("expert choice + shared" + e, layer_weights<float>(M, H, E, false, true, 4), ec, G, S, M);
+      for (Precision p : {Precision::bf16, Precision::int8}) {
+        if (!backend_supports(Backend::automatic, p)) continue;
+        MoEOptions q = topk;
+        q.precision = p;
+        equal_case(std::string("topk ") + to_string(p) + e, layer_weights<float>(M, H, E, true, true, 5), q, G, S, M);
+      }
+      equal_case("topk double" + e, layer_weights<double>(M, H, E, true, true, 6), topk, G, S, M);
+    }
+    // Fewer groups than ranks: some ranks bring none.
+    {
+      MoEOptions topk;
+      topk.router = RouterKind::topk;
+      equal_case("topk, 2 groups", layer_weights<float>(16, 8, 4, false, true, 7), topk, 2, 30, 16);
+    }
+    // Another split (ranks take groups in reverse order): same routing,
+    // outputs to rounding.
+    {
+      const index_t E = 8;
+      const auto w = layer_weights<float>(M, H, E, true, true, 8);
+      MoEOptions o;
+      o.router = RouterKind::topk;
+      o.topk.capacity = Dim("expert_capacity", 20);
+      const Tensor<float> x = Rng(5).normal<float>(Shape{{"batch", G}, {"group", S}, {"model", M}});
+      const auto ref = MoELayer<float>(w, o).forward(x);
+      const ExpertParallelMoE<float> ep(MPI_COMM_WORLD, w, o);
+      const int rr = ranks - 1 - rank;
+      const index_t g0 = G * rr / ranks, g1 = G * (rr + 1) / ranks;
+      const auto out = ep.forward(groups_of(x, g0, g1 - g0));
+      const auto want = groups_of(ref.outputs, g0, g1 - g0);
+      float err = 0, ymax = 0;
+      for (index_t i = 0; i < want.size(); ++i)
+        err = std::max(err, std::fabs(out.outputs[i] - want[i])), ymax = std::max(ymax, std::fabs(want[i]));
+      check(err <= 1e-6f * std::max(1.f, ymax), "reversed split: outputs within 1e-6");
+      check(out.stats.tokens_per_expert == ref.stats.tokens_per_expert, "reversed split: same routing");
+      check(std::fabs(out.aux_loss - ref.aux_loss) <= 1e-6f * std::fabs(ref.aux_loss), "reversed split: aux_loss");
+    }
+    // Bad setups: every rank throws, nobody hangs.
+    {
+      const auto w = layer_weights<float>(M, H, 8, false, false, 9);
+      MoEOptions o;
+      o.router = RouterKind::topk;
+      const ExpertParallelMoE<float> ep(MPI_COMM_WORLD, w, o);
+      const index_t bad_m = rank == ranks - 1 ? M + 1 : M;
+      const Tensor<float> x = Rng(1).normal<float>(Shape{{"batch", 1}, {"group", 8}, {"model", bad_m}});
+      expect_throw_everywhere("inputs with the wrong model dim on the last rank", "rank " + std::to_string(ranks - 1),
+                              [&] { ep.forward(x); });
+      const Tensor<float> y = Rng(1).normal<float>(Shape{{"batch", 1}, {"group", 8 + (rank == ranks - 1 ? 1 : 0)}, {"model", M}});
+      if (ranks > 1) expect_throw_everywhere("group sizes that differ", "group size", [&] { ep.forward(y); });
+      // still usable after the errors
+      const Tensor<float> z = Rng(2).normal<float>(Shape{{"batch", 1}, {"group", 8}, {"model", M}});
+      check(ep.forward(z).outputs.size() == 8 * M, "usable after errors");
+      const auto wh = layer_weights<float>(M, rank == 0 ? H : H + 1, 8, false, false, 9);
+      if (ranks > 1) expect_throw_everywhere("weights that differ across ranks", "hidden", [&] { ExpertParallelMoE<float>(MPI_COMM_WORLD, wh, o); });
+      MoEOptions bad = o;
+      bad.topk.k = rank == 0 ? 9 : 2;
+      expect_throw_everywhere("k > E on rank 0", "rank 0", [&] { ExpertParallelMoE<float>(MPI_COMM_WORLD, w, bad); });
+      MoEOptions drop = o;
+      drop.dropout = 0.1;
+      expect_throw_everywhere("dropout", "dropout", [&] { ExpertParallelMoE<float>(MPI_COMM_WORLD, w, drop); });
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "rank %d: unexpected exception: %s\n", rank, e.what());
+    ++failures;
+  }
+  int total = 0;
+  MPI_Allreduce(&failures, &total, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+  if (rank == 0) std::printf("expert parallel, %d ranks: %d checks per rank, %d failures\n", ranks, checks, total);
+  MPI_Finalize();
+  return total == 0 ? 0 : 1;
+}
