@@ -10,11 +10,15 @@
 #include <memory>
 #include <optional>
 #include <cstdio>
+#include <cstring>
 #include <iostream>
 #include <string>
 #include <vector>
 
 #include <einmoe/einmoe.hpp>
+#if defined(EINMOE_HAS_MPI)
+#include <einmoe/dist/expert_parallel.hpp>
+#endif
 
 #include "cli/args.hpp"
 
@@ -310,6 +314,31 @@ void run_truncated(const Args& a) {
   out.commit();
 }
 
+#if defined(EINMOE_HAS_MPI)
+/// Rank 0 receives every rank's rows of `local` ([n_r, ...] along its first
+/// dim, the same row length everywhere) in rank order; others get an empty
+/// tensor. Collective.
+template <class T>
+Tensor<T> gather_rows(const Tensor<T>& local, const Shape& whole) {
+  int rank = 0, size = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  const index_t row = local.rank() > 0 && local.shape()[0].size > 0 ? local.size() / local.shape()[0].size
+                                                                     : whole.num_elements() / std::max<index_t>(1, whole[0].size);
+  MPI_Datatype rt;
+  MPI_Type_contiguous(static_cast<int>(row), std::is_same<T, float>::value ? MPI_FLOAT : MPI_DOUBLE, &rt);
+  MPI_Type_commit(&rt);
+  int n = static_cast<int>(local.rank() > 0 ? local.shape()[0].size : 0);
+  std::vector<int> counts(static_cast<std::size_t>(size)), displs(static_cast<std::size_t>(size));
+  MPI_Gather(&n, 1, MPI_INT, counts.data(), 1, MPI_INT, 0, MPI_COMM_WORLD);
+  for (int r = 1; r < size; ++r) displs[static_cast<std::size_t>(r)] = displs[static_cast<std::size_t>(r - 1)] + counts[static_cast<std::size_t>(r - 1)];
+  Tensor<T> out = rank == 0 ? Tensor<T>(whole, uninitialized) : Tensor<T>();
+  MPI_Gatherv(local.data(), n, rt, rank == 0 ? out.data() : nullptr, counts.data(), displs.data(), rt, 0, MPI_COMM_WORLD);
+  MPI_Type_free(&rt);
+  return out;
+}
+#endif
+
 template <class T>
 void run_moe(const Args& a) {
   const std::string xp = a.get("--inputs");
@@ -382,6 +411,43 @@ void run_moe(const Args& a) {
   // --repeat N: run the layer N times and report the best time (the steady
   // state of a model: the layer reuses its workspace and the output buffer).
   const index_t reps = a.integer("--repeat", 1, 1);
+  if (a.has("--expert-parallel")) {
+#if defined(EINMOE_HAS_MPI)
+    if (o.dense) fail("--dense: runs on one process, not with --expert-parallel");
+    for (const char* f : {"--importance", "--uniform", "--gumbel"})
+      if (a.has(f)) fail(f, ": not supported with --expert-parallel (draws come from --seed)");
+    int rank = 0, size = 1;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    // each rank: the same files, its experts, its contiguous share of the groups
+    const ExpertParallelMoE<T> layer(MPI_COMM_WORLD, w, o);
+    const index_t G = x.size_of("batch"), g0 = G * rank / size, g1 = G * (rank + 1) / size;
+    const Tensor<T> mine = slice(x, "batch", g0, g1 - g0);
+    MoEResult<T> r;
+    double best = 0;
+    for (index_t rep = 0; rep < reps; ++rep) {
+      MPI_Barrier(MPI_COMM_WORLD);
+      const auto t0 = std::chrono::steady_clock::now();
+      layer.forward_into(r, mine);
+      double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(), worst = 0;
+      MPI_Allreduce(&ms, &worst, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+      best = rep == 0 ? worst : std::min(best, worst);
+    }
+    const Tensor<T> all = gather_rows(r.outputs, x.shape());
+    if (rank != 0) return;
+    cli::Outputs out(a.get("--out"));
+    out.add("outputs.npy", all);
+    out.add("aux_loss.npy", Tensor<T>::scalar(r.aux_loss));
+    if (a.has("--router")) out.add("z_loss.npy", Tensor<T>::scalar(r.z_loss));
+    out.commit();
+    print_stats("moe (expert parallel)", r.stats, static_cast<double>(r.aux_loss));
+    std::printf("moe: %d ranks, best of %lld: %.3f ms (%d threads per rank)\n", size, static_cast<long long>(reps), best,
+                num_threads());
+    return;
+#else
+    fail("--expert-parallel: this einmoe was built without MPI (libopenmpi-dev)");
+#endif
+  }
   const MoELayer<T> layer(std::move(w), o);
   MoEResult<T> r;
   double best = 0;
@@ -629,6 +695,7 @@ int run(const std::vector<std::string>& argv) {
     for (const char* f : {"--inputs", "--wg", "--wi", "--wo", "--bi", "--bo", "--activation", "--precision", "--repeat",
                           "--wi-gate", "--shared-wi", "--shared-wo", "--shared-wi-gate", "--shared-gate", "--router"})
       flags.push_back({f, true});
+    flags.push_back({"--expert-parallel", false});
     for (const auto& f : kTopkOnly) flags.push_back({f, true});
     if (help) {
       std::printf("usage: einmoe moe --inputs X.npy --wg WG.npy --wi WI.npy --wo WO.npy (--capacity C | --router R) [flags] --out DIR\n"
@@ -644,6 +711,8 @@ int run(const std::vector<std::string>& argv) {
                   "  --shared-wi-gate SWIG.npy  [M,Hs]: the shared expert gated\n"
                   "  --shared-gate SG.npy     [M]: shared output scaled by sigmoid(x . SG)\n"
                   "  --repeat N               run N times, report the best time (default 1)\n"
+                  "  --expert-parallel        under mpirun: each rank keeps its block of experts and its share of\n"
+                  "                           the groups; rank 0 writes the outputs (the single-process ones)\n"
                   "top-2 gating (without --router):\n%s"
                   "today's routers:\n%s%s"
                   "writes DIR/outputs.npy [G,S,M], DIR/aux_loss.npy (0-d) and, with --router, DIR/z_loss.npy (0-d)\n",
@@ -726,14 +795,41 @@ int run(const std::vector<std::string>& argv) {
 
 }  // namespace
 
+namespace {
+/// MPI for --expert-parallel: initialized only when asked for, finalized on
+/// every way out; only rank 0 prints errors (every rank meets the same ones).
+struct MpiSession {
+  bool on = false;
+  int rank = 0;
+  MpiSession(int argc, char** argv) {
+#if defined(EINMOE_HAS_MPI)
+    for (int i = 1; i < argc; ++i) on = on || std::strcmp(argv[i], "--expert-parallel") == 0;
+    if (on) {
+      MPI_Init(&argc, &argv);
+      MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    }
+#else
+    (void)argc, (void)argv;
+#endif
+  }
+  ~MpiSession() {
+#if defined(EINMOE_HAS_MPI)
+    if (on) MPI_Finalize();
+#endif
+  }
+  bool quiet() const { return rank != 0; }
+};
+}  // namespace
+
 int main(int argc, char** argv) {
+  const MpiSession mpi(argc, argv);
   try {
     return run(std::vector<std::string>(argv + 1, argv + argc));
   } catch (const cli::CliError& e) {
-    std::fprintf(stderr, "einmoe: %s\n", e.what());
+    if (!mpi.quiet()) std::fprintf(stderr, "einmoe: %s\n", e.what());
     return 2;
   } catch (const einmoe::error& e) {
-    std::fprintf(stderr, "einmoe: %s\n", e.what());
+    if (!mpi.quiet()) std::fprintf(stderr, "einmoe: %s\n", e.what());
     return 2;
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "einmoe: out of memory (are the input sizes right?)\n");
