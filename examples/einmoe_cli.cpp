@@ -496,6 +496,43 @@ void run_block(const Args& a) {
       fail("--layer ", layer, ": ", e.what());
     }
   }
+  if (a.has("--expert-parallel")) {
+#if defined(EINMOE_HAS_MPI)
+    // Each rank: the same checkpoint, its block of experts, its contiguous
+    // share of the tokens (each token its own group: routing is dropless and
+    // per token, so the split changes only the experts' row order).
+    int rank = 0, size = 1;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    std::optional<ExpertParallelMoE<float>> ep;
+    const MoEOptions o = ck->moe_options(layer, p);
+    if (ck->bf16_experts(layer)) ep.emplace(MPI_COMM_WORLD, ck->moe_weights<bfloat16>(layer), o);
+    else ep.emplace(MPI_COMM_WORLD, ck->moe_weights<float>(layer), o);
+    const index_t T = x.size_of("tokens"), t0 = T * rank / size, t1 = T * (rank + 1) / size;
+    Tensor<float> mine = slice(x, "tokens", t0, t1 - t0);
+    mine.set_shape(Shape{{"batch", t1 - t0}, {"group", 1}, {"model", M}});
+    const auto r = ep->forward(mine);
+    Tensor<float> local = r.outputs;
+    local.set_shape(Shape{{"tokens", t1 - t0}, {"model", M}});
+    const Tensor<float> all = gather_rows(local, x.shape());
+    if (rank != 0) return;
+    Tensor<float> grouped = x.view();
+    grouped.set_shape(Shape{{"group", T}, {"model", M}});
+    Tensor<float> logits = ep->router_logits(grouped);
+    logits.set_shape(Shape{{"tokens", T}, {"experts", ck->config().experts}});
+    cli::Outputs out(a.get("--out"));
+    out.add("outputs.npy", all);
+    out.add("router_logits.npy", logits);
+    out.commit();
+    std::printf("block (expert parallel, %d ranks): %s layer %lld, %lld tokens, %s experts; tokens per expert:", size,
+                ck->config().model_type.c_str(), static_cast<long long>(layer), static_cast<long long>(T), to_string(p));
+    for (auto n : r.stats.tokens_per_expert) std::printf(" %lld", static_cast<long long>(n));
+    std::printf("\n");
+    return;
+#else
+    fail("--expert-parallel: this einmoe was built without MPI (libopenmpi-dev)");
+#endif
+  }
   std::optional<MoELayer<float>> l;
   try {
     if (ck->bf16_experts(layer)) l.emplace(ck->moe_weights<bfloat16>(layer), ck->moe_options(layer, p));
@@ -723,8 +760,8 @@ int run(const std::vector<std::string>& argv) {
     apply_threads(a);
     by_dtype(a, "--inputs", [&] { run_moe<float>(a); }, [&] { run_moe<double>(a); });
   } else if (cmd == "block") {
-    const std::vector<Flag> flags{{"--model", true}, {"--layer", true}, {"--inputs", true}, {"--precision", true},
-                                  {"--threads", true}, {"--out", true}, {"--help", false}};
+    const std::vector<Flag> flags{{"--model", true}, {"--layer", true},   {"--inputs", true},          {"--precision", true},
+                                  {"--threads", true}, {"--out", true}, {"--expert-parallel", false}, {"--help", false}};
     if (help) {
       std::printf("usage: einmoe block --model DIR --layer N --inputs X.npy [--precision P] --out OUT\n"
                   "  --model DIR              a Hugging Face model directory: config.json and model.safetensors\n"
@@ -735,6 +772,8 @@ int run(const std::vector<std::string>& argv) {
                   "  --precision P            expert weights in fp32 (default) | bf16 | int8 (bf16 checkpoints are\n"
                   "                           read at their exact values)\n"
                   "  --threads N              threads (default: all cores)\n"
+                  "  --expert-parallel        under mpirun: each rank keeps its block of experts and its share of\n"
+                  "                           the tokens; rank 0 writes the outputs\n"
                   "  --out OUT                writes OUT/outputs.npy [T,M] and OUT/router_logits.npy [T,E] (float32)\n");
       return 0;
     }

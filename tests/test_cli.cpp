@@ -470,3 +470,23 @@ TEST_CASE("einmoe block runs a Hugging Face checkpoint's MoE block", "[cli][chec
   expect_rejected("block --model " + scratch("nomodel") + " --layer 0 --inputs " + wide + " --out " + bad, "--model", bad);
 }
 #endif
+
+#if defined(EINMOE_MPIEXEC) && defined(EINMOE_HAS_JSON)
+TEST_CASE("einmoe block --expert-parallel under mpirun matches the HF block", "[cli][checkpoints][mpi]") {
+  ::setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
+  ::setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+  // (under the sanitize preset: Open MPI's own allocations are not leaks of ours)
+  const std::string supp = "suppressions=" + (fs::path(EINMOE_FIXTURES_DIR).parent_path() / "mpi" / "lsan.supp").string();
+  ::setenv("LSAN_OPTIONS", supp.c_str(), 1);
+  const fs::path d = fs::path(EINMOE_FIXTURES_DIR) / "checkpoints" / "qwen2_moe_bf16";
+  const std::string out = fresh_dir("block_ep");
+  const std::string cmd = std::string(EINMOE_MPIEXEC) + " -n 2 --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 " + EINMOE_CLI +
+                          " block --expert-parallel --model " + d.string() + " --layer 1 --inputs " + (d / "x.npy").string() +
+                          " --out " + out + " > " + scratch("ep_stdout.txt") + " 2>&1";
+  REQUIRE(std::system(cmd.c_str()) == 0);
+  const auto y = load_npy<float>(out + "/outputs.npy", {"t", "m"});
+  const auto want = load_npy<double>((d / "outputs.npy").string(), {"t", "m"});
+  REQUIRE(y.size() == want.size());
+  for (index_t i = 0; i < want.size(); ++i) CHECK(std::fabs(double(y[i]) - want[i]) <= 1e-5 * std::max(1.0, std::fabs(want[i])));
+}
+#endif

@@ -210,6 +210,18 @@ class ExpertParallelMoE {
 
   void forward_into(MoEResult<T>& out, const Tensor<T>& inputs) const;
 
+  /// logits [<batch>, group, experts] = x [<batch>, group, model] . wg, as
+  /// MoELayer::router_logits computes them (local: no communication).
+  Tensor<T> router_logits(const Tensor<T>& x_any) const {
+    const std::string& gd = opt_.gating.group_dim;
+    const Shape& xs = x_any.shape();
+    Tensor<T> hold, logits;
+    const Tensor<T>& x = in_order(x_any, xs.without({gd, opt_.model_dim}).with(xs.get(gd, "router_logits")).with(xs.get(opt_.model_dim, "router_logits")), hold);
+    std::vector<FfnScratch<T>> scratch;
+    detail::router_logits_into(router_, x, opt_, model_, experts_dim_, logits, scratch);
+    return logits;
+  }
+
   /// This rank's experts: [first_expert(), first_expert() + local_experts()).
   index_t first_expert() const { return first_[detail::uz(rank_)]; }
   index_t local_experts() const { return first_[detail::uz(rank_ + 1)] - first_[detail::uz(rank_)]; }
