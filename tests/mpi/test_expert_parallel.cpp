@@ -61,7 +61,8 @@ Tensor<T> groups_of(const Tensor<T>& x, index_t g0, index_t n) {
 
 template <class T>
 bool bitwise(const Tensor<T>& a, const Tensor<T>& b) {
-  return a.shape() == b.shape() && std::memcmp(a.data(), b.data(), static_cast<std::size_t>(a.size()) * sizeof(T)) == 0;
+  if (a.shape() != b.shape()) return false;
+  return a.size() == 0 || std::memcmp(a.data(), b.data(), static_cast<std::size_t>(a.size()) * sizeof(T)) == 0;
 }
 
 template <class T>
