@@ -21,6 +21,8 @@
 
 #include <einmoe/dist/expert_parallel.hpp>
 
+#include "bench_common.hpp"
+
 using namespace einmoe;
 
 namespace {
@@ -39,19 +41,12 @@ struct Setup {
   MoEWeights<float> w;
   Tensor<float> x;  // this rank's groups
   Setup() {
-    const index_t G = 4, S = 1024, M = 512, H = 2048, E = 16;
-    Rng rng(2024);
-    auto scaled = [&](const Shape& s, double k) {
-      Tensor<float> t = rng.normal<float>(s);
-      for (auto& v : t) v = static_cast<float>(v * k);
-      return t;
-    };
-    w.wg = scaled(Shape{{"model", M}, {"experts", E}}, 1.0 / std::sqrt(double(M)));
-    w.experts.wi = scaled(Shape{{"experts", E}, {"model", M}, {"hidden", H}}, 1.0 / std::sqrt(double(M)));
-    w.experts.wo = scaled(Shape{{"experts", E}, {"hidden", H}, {"model", M}}, 1.0 / std::sqrt(double(H)));
-    const Tensor<float> all = Rng(7).normal<float>(Shape{{"batch", G}, {"group", S}, {"model", M}});
-    const index_t g0 = G * rank_ / ranks_, g1 = G * (rank_ + 1) / ranks_;
-    x = slice(all, "batch", g0, g1 - g0);
+    // the suite's reference layer and inputs (bench_common.hpp), same seed
+    const bench::Reference R;
+    bench::Layer<float> L(R.G, R.S, R.M, R.H, R.E, R.C());
+    w = std::move(L.w);
+    const index_t g0 = R.G * rank_ / ranks_, g1 = R.G * (rank_ + 1) / ranks_;
+    x = slice(L.x, "batch", g0, g1 - g0);
   }
   static Setup& get() {
     static Setup s;
