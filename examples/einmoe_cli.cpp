@@ -58,6 +58,13 @@ const char* kCommonFlags =
     "  --out DIR                output directory (required; created if missing)\n"
     "  --help                   this text\n";
 
+const char* kExchangeFlags =
+    "  --exchange X             with --expert-parallel, how rows travel: rows (MPI_Alltoallv of the routed\n"
+    "                           rows, default) | padded (MPI_Alltoall of equal capacity blocks, GShard) |\n"
+    "                           hierarchical (inside each node, then across nodes; Tutel's 2DH)\n"
+    "  --ranks-per-node N       with --exchange hierarchical: ranks [0,N), [N,2N), ... are the nodes\n"
+    "                           (default: the ranks that share memory)\n";
+
 std::vector<Flag> gate_flags() {
   return {{"--capacity", true}, {"--policy", true},  {"--threshold", true}, {"--importance", true},
           {"--normalize", true}, {"--second-place-loss", false}, {"--uniform", true}, {"--gumbel", true},
@@ -314,7 +321,27 @@ void run_truncated(const Args& a) {
   out.commit();
 }
 
+/// --exchange and --ranks-per-node, which need --expert-parallel.
+void check_exchange_flags(const Args& a) {
+  for (const char* f : {"--exchange", "--ranks-per-node"})
+    if (a.has(f) && !a.has("--expert-parallel")) fail(f, ": only with --expert-parallel");
+}
+
 #if defined(EINMOE_HAS_MPI)
+ExpertParallelOptions exchange_options(const Args& a) {
+  ExpertParallelOptions ep;
+  try {
+    ep.exchange = parse_exchange(a.get_or("--exchange", "rows"));
+  } catch (const einmoe::error&) {
+    fail("--exchange: unknown exchange \"", a.get("--exchange"), "\" (rows, padded, hierarchical)");
+  }
+  if (a.has("--ranks-per-node") && ep.exchange != Exchange::hierarchical) fail("--ranks-per-node: only with --exchange hierarchical");
+  const long long m = a.integer("--ranks-per-node", 1, 0);
+  if (m > 1000000) fail("--ranks-per-node ", m, ": at most 1000000");
+  ep.ranks_per_node = static_cast<int>(m);
+  return ep;
+}
+
 /// Rank 0 receives every rank's rows of `local` ([n_r, ...] along its first
 /// dim, the same row length everywhere) in rank order; others get an empty
 /// tensor. Collective.
@@ -411,6 +438,7 @@ void run_moe(const Args& a) {
   // --repeat N: run the layer N times and report the best time (the steady
   // state of a model: the layer reuses its workspace and the output buffer).
   const index_t reps = a.integer("--repeat", 1, 1);
+  check_exchange_flags(a);
   if (a.has("--expert-parallel")) {
 #if defined(EINMOE_HAS_MPI)
     if (o.dense) fail("--dense: runs on one process, not with --expert-parallel");
@@ -420,7 +448,7 @@ void run_moe(const Args& a) {
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     // each rank: the same files, its experts, its contiguous share of the groups
-    const ExpertParallelMoE<T> layer(MPI_COMM_WORLD, w, o);
+    const ExpertParallelMoE<T> layer(MPI_COMM_WORLD, w, o, exchange_options(a));
     const index_t G = x.size_of("batch"), g0 = G * rank / size, g1 = G * (rank + 1) / size;
     const Tensor<T> mine = slice(x, "batch", g0, g1 - g0);
     MoEResult<T> r;
@@ -496,6 +524,7 @@ void run_block(const Args& a) {
       fail("--layer ", layer, ": ", e.what());
     }
   }
+  check_exchange_flags(a);
   if (a.has("--expert-parallel")) {
 #if defined(EINMOE_HAS_MPI)
     // Each rank: the same checkpoint, its block of experts, its contiguous
@@ -506,8 +535,8 @@ void run_block(const Args& a) {
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     std::optional<ExpertParallelMoE<float>> ep;
     const MoEOptions o = ck->moe_options(layer, p);
-    if (ck->bf16_experts(layer)) ep.emplace(MPI_COMM_WORLD, ck->moe_weights<bfloat16>(layer), o);
-    else ep.emplace(MPI_COMM_WORLD, ck->moe_weights<float>(layer), o);
+    if (ck->bf16_experts(layer)) ep.emplace(MPI_COMM_WORLD, ck->moe_weights<bfloat16>(layer), o, exchange_options(a));
+    else ep.emplace(MPI_COMM_WORLD, ck->moe_weights<float>(layer), o, exchange_options(a));
     const index_t T = x.size_of("tokens"), t0 = T * rank / size, t1 = T * (rank + 1) / size;
     Tensor<float> mine = slice(x, "tokens", t0, t1 - t0);
     mine.set_shape(Shape{{"batch", t1 - t0}, {"group", 1}, {"model", M}});
@@ -733,6 +762,8 @@ int run(const std::vector<std::string>& argv) {
                           "--wi-gate", "--shared-wi", "--shared-wo", "--shared-wi-gate", "--shared-gate", "--router"})
       flags.push_back({f, true});
     flags.push_back({"--expert-parallel", false});
+    flags.push_back({"--exchange", true});
+    flags.push_back({"--ranks-per-node", true});
     for (const auto& f : kTopkOnly) flags.push_back({f, true});
     if (help) {
       std::printf("usage: einmoe moe --inputs X.npy --wg WG.npy --wi WI.npy --wo WO.npy (--capacity C | --router R) [flags] --out DIR\n"
@@ -750,10 +781,11 @@ int run(const std::vector<std::string>& argv) {
                   "  --repeat N               run N times, report the best time (default 1)\n"
                   "  --expert-parallel        under mpirun: each rank keeps its block of experts and its share of\n"
                   "                           the groups; rank 0 writes the outputs (the single-process ones)\n"
+                  "%s"
                   "top-2 gating (without --router):\n%s"
                   "today's routers:\n%s%s"
                   "writes DIR/outputs.npy [G,S,M], DIR/aux_loss.npy (0-d) and, with --router, DIR/z_loss.npy (0-d)\n",
-                  kGateFlags, kRouterFlags, kCommonFlags);
+                  kExchangeFlags, kGateFlags, kRouterFlags, kCommonFlags);
       return 0;
     }
     const Args a(rest, flags, cmd);
@@ -761,7 +793,8 @@ int run(const std::vector<std::string>& argv) {
     by_dtype(a, "--inputs", [&] { run_moe<float>(a); }, [&] { run_moe<double>(a); });
   } else if (cmd == "block") {
     const std::vector<Flag> flags{{"--model", true}, {"--layer", true},   {"--inputs", true},          {"--precision", true},
-                                  {"--threads", true}, {"--out", true}, {"--expert-parallel", false}, {"--help", false}};
+                                  {"--threads", true}, {"--out", true}, {"--expert-parallel", false}, {"--exchange", true},
+                                  {"--ranks-per-node", true}, {"--help", false}};
     if (help) {
       std::printf("usage: einmoe block --model DIR --layer N --inputs X.npy [--precision P] --out OUT\n"
                   "  --model DIR              a Hugging Face model directory: config.json and model.safetensors\n"
@@ -774,7 +807,9 @@ int run(const std::vector<std::string>& argv) {
                   "  --threads N              threads (default: all cores)\n"
                   "  --expert-parallel        under mpirun: each rank keeps its block of experts and its share of\n"
                   "                           the tokens; rank 0 writes the outputs\n"
-                  "  --out OUT                writes OUT/outputs.npy [T,M] and OUT/router_logits.npy [T,E] (float32)\n");
+                  "%s"
+                  "  --out OUT                writes OUT/outputs.npy [T,M] and OUT/router_logits.npy [T,E] (float32)\n",
+                  kExchangeFlags);
       return 0;
     }
 #if defined(EINMOE_HAS_JSON)

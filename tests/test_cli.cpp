@@ -468,6 +468,17 @@ TEST_CASE("einmoe block runs a Hugging Face checkpoint's MoE block", "[cli][chec
   const fs::path d = root / "mixtral_f32";
   expect_rejected("block --model " + d.string() + " --layer 0 --inputs " + wide + " --out " + bad, "hidden_size", bad);
   expect_rejected("block --model " + scratch("nomodel") + " --layer 0 --inputs " + wide + " --out " + bad, "--model", bad);
+  const std::string x1 = (root / "qwen2_moe_bf16" / "x.npy").string(), q = (root / "qwen2_moe_bf16").string();
+  expect_rejected("block --model " + q + " --layer 1 --inputs " + x1 + " --exchange padded --out " + bad, "--exchange", bad);
+#if defined(EINMOE_HAS_MPI)
+  expect_rejected("block --model " + q + " --layer 1 --inputs " + x1 + " --expert-parallel --exchange ring --out " + bad,
+                  "--exchange", bad);
+  expect_rejected("block --model " + q + " --layer 1 --inputs " + x1 + " --expert-parallel --ranks-per-node 2 --out " + bad,
+                  "--ranks-per-node", bad);
+  expect_rejected("block --model " + q + " --layer 1 --inputs " + x1 +
+                      " --expert-parallel --exchange hierarchical --ranks-per-node 0 --out " + bad,
+                  "--ranks-per-node", bad);
+#endif
 }
 #endif
 
@@ -481,8 +492,8 @@ TEST_CASE("einmoe block --expert-parallel under mpirun matches the HF block", "[
   const fs::path d = fs::path(EINMOE_FIXTURES_DIR) / "checkpoints" / "qwen2_moe_bf16";
   const std::string out = fresh_dir("block_ep");
   const std::string cmd = std::string(EINMOE_MPIEXEC) + " -n 2 --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 " + EINMOE_CLI +
-                          " block --expert-parallel --model " + d.string() + " --layer 1 --inputs " + (d / "x.npy").string() +
-                          " --out " + out + " > " + scratch("ep_stdout.txt") + " 2>&1";
+                          " block --expert-parallel --exchange hierarchical --ranks-per-node 1 --model " + d.string() +
+                          " --layer 1 --inputs " + (d / "x.npy").string() + " --out " + out + " > " + scratch("ep_stdout.txt") + " 2>&1";
   REQUIRE(std::system(cmd.c_str()) == 0);
   const auto y = load_npy<float>(out + "/outputs.npy", {"t", "m"});
   const auto want = load_npy<double>((d / "outputs.npy").string(), {"t", "m"});

@@ -65,11 +65,26 @@ bool bitwise(const Tensor<T>& a, const Tensor<T>& b) {
   return a.size() == 0 || std::memcmp(a.data(), b.data(), static_cast<std::size_t>(a.size()) * sizeof(T)) == 0;
 }
 
+/// Every exchange: flat rows, padded blocks, two-level with the machine's
+/// nodes and with 1, 2 and P ranks per node.
+std::vector<std::pair<std::string, ExpertParallelOptions>> exchanges() {
+  std::vector<std::pair<std::string, ExpertParallelOptions>> v;
+  v.push_back({"rows", {Exchange::rows, 0}});
+  v.push_back({"padded", {Exchange::padded, 0}});
+  v.push_back({"hierarchical (shared memory)", {Exchange::hierarchical, 0}});
+  for (int m : {1, 2, ranks})
+    if (ranks % m == 0 && (m != ranks || m > 2))
+      v.push_back({"hierarchical (" + std::to_string(m) + " per node)", {Exchange::hierarchical, m}});
+  return v;
+}
+
 template <class T>
-void equal_case(const std::string& name, const MoEWeights<T>& w, const MoEOptions& o, index_t G, index_t S, index_t M) {
+void equal_case(const std::string& name0, const MoEWeights<T>& w, const MoEOptions& o, index_t G, index_t S, index_t M) {
   const Tensor<T> x = Rng(99).normal<T>(Shape{{"batch", G}, {"group", S}, {"model", M}});
   const auto ref = MoELayer<T>(w, o).forward(x);
-  const ExpertParallelMoE<T> ep(MPI_COMM_WORLD, w, o);
+  for (const auto& [how, epo] : exchanges()) {
+  const std::string name = name0 + ", " + how;
+  const ExpertParallelMoE<T> ep(MPI_COMM_WORLD, w, o, epo);
   // contiguous, uneven shares: rank r gets groups [G r / P, G (r + 1) / P)
   const index_t g0 = G * rank / ranks, g1 = G * (rank + 1) / ranks;
   const auto out = ep.forward(groups_of(x, g0, g1 - g0));
@@ -87,6 +102,45 @@ void equal_case(const std::string& name, const MoEWeights<T>& w, const MoEOption
   index_t mine = 0;
   for (index_t e = ep.first_expert(); e < ep.first_expert() + ep.local_experts(); ++e) mine += ref.stats.tokens_per_expert[detail::uz(e)];
   check(ep.last().rows_received == mine, name + ": rows received = this rank's experts' load");
+  if (epo.exchange == Exchange::padded)
+    check(ep.last().bytes_sent == ep.last().bytes_received && ep.last().bytes_sent >= static_cast<std::size_t>(ep.last().rows_sent * M) * sizeof(T),
+          name + ": padded blocks are equal and hold every row");
+  }
+}
+
+/// The two-level transport alone, with nodes given by labels (round-robin
+/// placement makes node order differ from rank order): it delivers what
+/// MPI_Alltoallv delivers, in the same order, and brings rows back.
+void two_level_case(const std::vector<int>& labels) {
+  const std::string name = "two-level transport, " + std::to_string(labels.size()) + " ranks, nodes of rank 1: " + std::to_string(labels[labels.size() > 1 ? 1 : 0]);
+  const detail::TwoLevelExchange t(MPI_COMM_WORLD, labels);
+  const index_t W = 3;
+  detail::TwoLevelPlan plan;
+  plan.to.resize(static_cast<std::size_t>(ranks));
+  std::vector<int> sc(static_cast<std::size_t>(ranks)), sd(sc.size()), rc(sc.size()), rd(sc.size());
+  index_t n = 0;
+  for (int q = 0; q < ranks; ++q) sc[static_cast<std::size_t>(q)] = static_cast<int>((rank * 7 + q * 3) % 5), plan.to[static_cast<std::size_t>(q)] = sc[static_cast<std::size_t>(q)], sd[static_cast<std::size_t>(q)] = static_cast<int>(n), n += sc[static_cast<std::size_t>(q)];
+  AlignedVector<double> send(static_cast<std::size_t>(n * W));
+  for (std::size_t i = 0; i < send.size(); ++i) send[i] = rank * 1000.0 + static_cast<double>(i);
+  MPI_Datatype row;
+  MPI_Type_contiguous(static_cast<int>(W), MPI_DOUBLE, &row);
+  MPI_Type_commit(&row);
+  MPI_Alltoall(sc.data(), 1, MPI_INT, rc.data(), 1, MPI_INT, MPI_COMM_WORLD);
+  index_t m = 0;
+  for (int q = 0; q < ranks; ++q) rd[static_cast<std::size_t>(q)] = static_cast<int>(m), m += rc[static_cast<std::size_t>(q)];
+  AlignedVector<double> want(static_cast<std::size_t>(m * W)), got, s1, s2, back(send.size());
+  MPI_Alltoallv(send.data(), sc.data(), sd.data(), row, want.data(), rc.data(), rd.data(), row, MPI_COMM_WORLD);
+  t.forward(send.data(), W, row, plan, got, s1, s2);
+  check(got == want, name + ": rows as MPI_Alltoallv delivers them");
+  bool counts = true;
+  for (int q = 0; q < ranks; ++q) counts = counts && t.from(plan, q) == rc[static_cast<std::size_t>(q)];
+  check(counts, name + ": rows from each rank");
+  for (auto& v : got) v = -v;
+  t.backward(got.data(), W, row, plan, back.data(), s1, s2);
+  bool same = true;
+  for (std::size_t i = 0; i < send.size(); ++i) same = same && back[i] == -send[i];
+  check(same, name + ": the way back restores the senders' layout");
+  MPI_Type_free(&row);
 }
 
 template <class F>
@@ -147,6 +201,20 @@ int main(int argc, char** argv) {
       }
       equal_case("topk double" + e, layer_weights<double>(M, H, E, true, true, 6), topk, G, S, M);
     }
+    // The two-level transport with nodes in rank order and round-robin.
+    {
+      std::vector<int> block(static_cast<std::size_t>(ranks)), rr(block.size()), one(block.size(), 7);
+      for (int q = 0; q < ranks; ++q) block[static_cast<std::size_t>(q)] = q / 2, rr[static_cast<std::size_t>(q)] = q % 2;
+      if (ranks % 2 == 0) two_level_case(block), two_level_case(rr);
+      two_level_case(one);
+      std::vector<int> each(block.size());
+      for (int q = 0; q < ranks; ++q) each[static_cast<std::size_t>(q)] = 10 - q;
+      two_level_case(each);
+      if (ranks == 3) {
+        std::vector<int> uneven{0, 0, 1};
+        expect_throw_everywhere("nodes of different sizes", "every node", [&] { detail::TwoLevelExchange(MPI_COMM_WORLD, uneven); });
+      }
+    }
     // Fewer groups than ranks: some ranks bring none.
     {
       MoEOptions topk;
@@ -195,6 +263,14 @@ int main(int argc, char** argv) {
       MoEOptions bad = o;
       bad.topk.k = rank == 0 ? 9 : 2;
       expect_throw_everywhere("k > E on rank 0", "rank 0", [&] { ExpertParallelMoE<float>(MPI_COMM_WORLD, w, bad); });
+      ExpertParallelOptions h{Exchange::hierarchical, ranks + 1};
+      if (ranks > 1) expect_throw_everywhere("ranks_per_node that does not divide", "does not divide", [&] { ExpertParallelMoE<float>(MPI_COMM_WORLD, w, o, h); });
+      h.ranks_per_node = -1;
+      expect_throw_everywhere("negative ranks_per_node", "ranks_per_node", [&] { ExpertParallelMoE<float>(MPI_COMM_WORLD, w, o, h); });
+      h.ranks_per_node = rank == 0 ? 1 : 0;
+      if (ranks > 1) expect_throw_everywhere("ranks_per_node that differs", "ranks_per_node", [&] { ExpertParallelMoE<float>(MPI_COMM_WORLD, w, o, h); });
+      h.exchange = rank == 0 ? Exchange::padded : Exchange::rows, h.ranks_per_node = 0;
+      if (ranks > 1) expect_throw_everywhere("exchanges that differ", "exchange", [&] { ExpertParallelMoE<float>(MPI_COMM_WORLD, w, o, h); });
       MoEOptions drop = o;
       drop.dropout = 0.1;
       expect_throw_everywhere("dropout", "dropout", [&] { ExpertParallelMoE<float>(MPI_COMM_WORLD, w, drop); });

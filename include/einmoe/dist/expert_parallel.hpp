@@ -49,82 +49,13 @@
 #include <string>
 #include <vector>
 
+#include "einmoe/detail/mpi.hpp"
+#include "einmoe/dist/exchange.hpp"
 #include "einmoe/moe/moe_layer.hpp"
 #include "einmoe/ops/manip.hpp"
 
 namespace einmoe {
 
-namespace detail {
-
-inline void mpi_check(int rc, const char* what) {
-  if (rc != MPI_SUCCESS) {
-    char msg[MPI_MAX_ERROR_STRING];
-    int n = 0;
-    MPI_Error_string(rc, msg, &n);
-    raise<error>("expert parallel: ", what, " failed: ", std::string(msg, static_cast<std::size_t>(n)));
-  }
-}
-
-/// Every rank learns whether all succeeded; if not, all throw the message of
-/// the lowest failing rank (prefixed with its rank).
-inline void agree(MPI_Comm comm, const std::string& failure, bool shape) {
-  int rank = 0, size = 1;
-  MPI_Comm_rank(comm, &rank);
-  MPI_Comm_size(comm, &size);
-  int mine = failure.empty() ? size : rank, first = size;
-  mpi_check(MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, comm), "MPI_Allreduce");
-  if (first == size) return;
-  int len = rank == first ? static_cast<int>(failure.size()) : 0;
-  mpi_check(MPI_Bcast(&len, 1, MPI_INT, first, comm), "MPI_Bcast");
-  std::string msg(static_cast<std::size_t>(len), '\0');
-  if (rank == first) msg = failure;
-  mpi_check(MPI_Bcast(msg.data(), len, MPI_CHAR, first, comm), "MPI_Bcast");
-  const std::string text = "rank " + std::to_string(first) + ": " + msg;
-  if (shape) raise<shape_error>(text);
-  raise<value_error>(text);
-}
-
-template <class F>
-void agreed(MPI_Comm comm, F&& f) {
-  std::string failure;
-  bool shape = false;
-  try {
-    f();
-  } catch (const shape_error& e) {
-    failure = e.what(), shape = true;
-  } catch (const error& e) {
-    failure = e.what();
-  } catch (const std::bad_alloc&) {
-    failure = "out of memory";
-  }
-  agree(comm, failure, shape);
-}
-
-template <class T>
-MPI_Datatype mpi_type() {
-  return std::is_same<T, float>::value ? MPI_FLOAT : MPI_DOUBLE;
-}
-
-inline int mpi_count(index_t n, const char* what) {
-  if (n > INT_MAX) raise<resource_error>("expert parallel: ", n, " ", what, " in one message (at most 2^31 - 1)");
-  return static_cast<int>(n);
-}
-
-/// Allgathers n values of every rank (rank order) into out.
-template <class V>
-void allgather_v(MPI_Comm comm, const std::vector<V>& mine, std::vector<V>& out, MPI_Datatype type) {
-  int size = 1;
-  MPI_Comm_size(comm, &size);
-  int n = mpi_count(static_cast<index_t>(mine.size()), "values");
-  std::vector<int> counts(uz(size)), displs(uz(size));
-  mpi_check(MPI_Allgather(&n, 1, MPI_INT, counts.data(), 1, MPI_INT, comm), "MPI_Allgather");
-  index_t total = 0;
-  for (int r = 0; r < size; ++r) displs[uz(r)] = mpi_count(total, "values"), total += counts[uz(r)];
-  out.resize(uz(total));
-  mpi_check(MPI_Allgatherv(mine.data(), n, type, out.data(), counts.data(), displs.data(), type, comm), "MPI_Allgatherv");
-}
-
-}  // namespace detail
 
 /// Bytes and rows one forward pass moved, and where its time went (this rank).
 struct ExpertParallelStats {
@@ -138,10 +69,12 @@ template <class T>
 class ExpertParallelMoE {
  public:
   /// Every rank passes the same (full) weights and options; each lays out
-  /// only its own experts. Collective: all ranks throw the same error if any
-  /// rank's weights or options are bad or disagree with the others'.
+  /// only its own experts. `ep` chooses how rows travel (exchange.hpp).
+  /// Collective: all ranks throw the same error if any rank's weights or
+  /// options are bad or disagree with the others'.
   template <class S>
-  ExpertParallelMoE(MPI_Comm comm, const MoEWeights<S>& w, MoEOptions options) : comm_(comm), opt_(std::move(options)) {
+  ExpertParallelMoE(MPI_Comm comm, const MoEWeights<S>& w, MoEOptions options, ExpertParallelOptions ep = {})
+      : comm_(comm), opt_(std::move(options)), ep_(ep) {
     int inter = 0;
     detail::mpi_check(MPI_Comm_test_inter(comm, &inter), "MPI_Comm_test_inter");
     if (inter) detail::raise<value_error>("expert parallel: an inter-communicator is not supported");
@@ -184,11 +117,13 @@ class ExpertParallelMoE {
     // Every rank must hold the same layer.
     std::vector<std::int64_t> sig{experts_dim_.size, model_.size, hidden_, static_cast<std::int64_t>(opt_.router),
                                   static_cast<std::int64_t>(opt_.precision), static_cast<std::int64_t>(shared_.empty()),
-                                  static_cast<std::int64_t>(experts_.gated())};
+                                  static_cast<std::int64_t>(experts_.gated()), static_cast<std::int64_t>(ep_.exchange),
+                                  ep_.ranks_per_node};
     std::vector<std::int64_t> all;
     detail::allgather_v(comm_, sig, all, MPI_INT64_T);
     std::string diff;
-    const char* names[] = {"experts", "model", "hidden", "router", "precision", "shared expert", "gated experts"};
+    const char* names[] = {"experts", "model", "hidden", "router", "precision", "shared expert", "gated experts", "exchange",
+                           "ranks_per_node"};
     for (int r = 0; r < size_ && diff.empty(); ++r)
       for (std::size_t i = 0; i < sig.size(); ++i)
         if (all[detail::uz(r) * sig.size() + i] != all[i]) {
@@ -197,7 +132,20 @@ class ExpertParallelMoE {
           break;
         }
     detail::agree(comm_, rank_ == 0 ? diff : std::string(), true);
+    if (ep_.exchange == Exchange::hierarchical) {
+      std::string failure;
+      try {
+        two_level_ = detail::TwoLevelExchange(comm_, detail::node_labels(comm_, ep_.ranks_per_node));
+      } catch (const error& e) {  // the same on every rank: the labels are
+        failure = e.what();       // all-gathered before anything can fail
+      }
+      detail::agree(comm_, failure, false);
+    }
   }
+
+  /// How rows travel; for the hierarchical exchange, the nodes it found.
+  const ExpertParallelOptions& exchange() const { return ep_; }
+  int nodes() const { return ep_.exchange == Exchange::hierarchical ? two_level_.nodes() : 0; }
 
   /// inputs [<batch>, group, model] (this rank's groups; ungrouped inputs
   /// are grouped as MoELayer groups them) -> this rank's outputs, global
@@ -248,12 +196,17 @@ class ExpertParallelMoE {
     detail::GroupedInputs<T> in;
     Tensor<T> canonical, logits;
     std::vector<FfnScratch<T>> router;
-    AlignedVector<T> send, recv, back;
+    AlignedVector<T> send, recv, back, ret, s1, s2;
+    AlignedVector<std::int64_t> counts, got, count_s1, count_s2;
+    std::vector<index_t> pos;
+    detail::TwoLevelPlan count_plan, row_plan;
   };
 
   MPI_Comm comm_;
   int rank_ = 0, size_ = 1;
   MoEOptions opt_;
+  ExpertParallelOptions ep_;
+  detail::TwoLevelExchange two_level_;
   MatrixBank<T> router_;
   PackedExperts<T> experts_;
   SharedExpert<T> shared_;
@@ -346,33 +299,77 @@ void ExpertParallelMoE<T>::forward_into(MoEResult<T>& out, const Tensor<T>& inpu
   }
   const auto t1 = clock::now();
 
-  // Rows per expert to its owner: counts first, then rows in expert order.
+  // Rows per expert to its owner: counts first ([source rank, local expert]
+  // on the owner), then the rows in expert order.
   const auto& off = ws.mine.offset;  // [E + 1], rows sorted by expert
   const index_t R = off[detail::uz(E)];
-  std::vector<std::int64_t> my_counts(detail::uz(E));
-  for (index_t e = 0; e < E; ++e) my_counts[detail::uz(e)] = off[detail::uz(e + 1)] - off[detail::uz(e)];
   const index_t L = local_experts();
+  ws.counts.resize(detail::uz(E));
+  for (index_t e = 0; e < E; ++e) ws.counts[detail::uz(e)] = off[detail::uz(e + 1)] - off[detail::uz(e)];
   std::vector<int> sc(detail::uz(P)), sd(detail::uz(P)), rc(detail::uz(P)), rd(detail::uz(P));
   for (index_t q = 0; q < P; ++q)
     sc[detail::uz(q)] = static_cast<int>(first_[detail::uz(q + 1)] - first_[detail::uz(q)]),
     sd[detail::uz(q)] = static_cast<int>(first_[detail::uz(q)]), rc[detail::uz(q)] = static_cast<int>(L),
     rd[detail::uz(q)] = static_cast<int>(q * L);
-  std::vector<std::int64_t> got(detail::uz(P * L));  // [source, local expert]
-  detail::mpi_check(MPI_Alltoallv(my_counts.data(), sc.data(), sd.data(), MPI_INT64_T, got.data(), rc.data(), rd.data(),
-                                  MPI_INT64_T, comm_),
-                    "MPI_Alltoallv (counts)");
-  // The rows, gathered from the inputs in expert order.
-  ws.send.resize(detail::uz(detail::mul_size(R, M, "rows sent")));
+  if (ep_.exchange == Exchange::hierarchical) {
+    ws.count_plan.to.assign(sc.begin(), sc.end());
+    two_level_.forward(ws.counts.data(), 1, MPI_INT64_T, ws.count_plan, ws.got, ws.count_s1, ws.count_s2);
+  } else {
+    ws.got.resize(detail::uz(P * L));
+    detail::mpi_check(MPI_Alltoallv(ws.counts.data(), sc.data(), sd.data(), MPI_INT64_T, ws.got.data(), rc.data(), rd.data(),
+                                    MPI_INT64_T, comm_),
+                      "MPI_Alltoallv (counts)");
+  }
+  const auto& got = ws.got;  // [source, local expert]
+  index_t recv_rows = 0;
+  for (auto n : got) recv_rows += static_cast<index_t>(n);
+
+  // Where each row sits in the send and receive buffers: packed in expert
+  // order, or (padded) at slot j of block [rank, local expert] of B rows.
+  const bool padded = ep_.exchange == Exchange::padded;
+  index_t B = 0, Lmax = 0;
+  if (padded) {
+    for (index_t q = 0; q < P; ++q) Lmax = std::max(Lmax, first_[detail::uz(q + 1)] - first_[detail::uz(q)]);
+    std::int64_t b = 0;
+    const bool capacity = opt_.router != RouterKind::topk || opt_.topk.capacity.has_value();
+    if (capacity) b = detail::mul_size(r.plan.groups(), r.plan.capacity.size, "padded block");
+    else
+      for (auto n : ws.counts) b = std::max<std::int64_t>(b, n);
+    std::int64_t bmax = 0;
+    detail::mpi_check(MPI_Allreduce(&b, &bmax, 1, MPI_INT64_T, MPI_MAX, comm_), "MPI_Allreduce (block)");
+    B = static_cast<index_t>(bmax);
+    detail::mpi_count(detail::mul_size(Lmax, B, "padded block"), "rows");
+  }
+  const index_t send_rows = padded ? detail::mul_size(detail::mul_size(P, Lmax, "padded block"), B, "padded block") : R;
+  const index_t recv_slots = padded ? send_rows : recv_rows;
+  ws.send.resize(detail::uz(detail::mul_size(send_rows, M, "rows sent")));
+  ws.recv.resize(detail::uz(detail::mul_size(recv_slots, M, "rows received")));
+  ws.pos.resize(detail::uz(R));
+  for (index_t q = 0; q < P; ++q)
+    for (index_t e = first_[detail::uz(q)]; e < first_[detail::uz(q + 1)]; ++e)
+      for (index_t i = off[detail::uz(e)]; i < off[detail::uz(e + 1)]; ++i)
+        ws.pos[detail::uz(i)] = padded ? (q * Lmax + e - first_[detail::uz(q)]) * B + i - off[detail::uz(e)] : i;
+  // The rows, gathered from the inputs; empty padded slots travel as zeros.
   const T* px = x.data();
   for (index_t i = 0; i < R; ++i) {
     const T* src = px + ws.mine.row_token[detail::uz(i)] * M;
-    std::copy(src, src + M, ws.send.data() + i * M);
+    std::copy(src, src + M, ws.send.data() + ws.pos[detail::uz(i)] * M);
   }
-  index_t recv_rows = 0;
-  for (auto n : got) recv_rows += static_cast<index_t>(n);
-  ws.recv.resize(detail::uz(detail::mul_size(recv_rows, M, "rows received")));
+  auto zero_pads = [&](AlignedVector<T>& buf, auto&& rows_in) {
+    for (index_t q = 0; q < P; ++q)
+      for (index_t l = 0; l < Lmax; ++l) {
+        T* block = buf.data() + (q * Lmax + l) * B * M;
+        std::fill(block + rows_in(q, l) * M, block + B * M, T(0));
+      }
+  };
+  if (padded)
+    zero_pads(ws.send, [&](index_t q, index_t l) {
+      const index_t e = first_[detail::uz(q)] + l;
+      return e < first_[detail::uz(q + 1)] ? ws.counts[detail::uz(e)] : 0;
+    });
   MPI_Datatype row;
-  detail::mpi_check(MPI_Type_contiguous(detail::mpi_count(M, "values per row"), detail::mpi_type<T>(), &row), "MPI_Type_contiguous");
+  detail::mpi_check(MPI_Type_contiguous(detail::mpi_count(std::max<index_t>(M, 1), "values per row"), detail::mpi_type<T>(), &row),
+                    "MPI_Type_contiguous");
   MPI_Type_commit(&row);
   struct TypeGuard {
     MPI_Datatype* t;
@@ -387,9 +384,20 @@ void ExpertParallelMoE<T>::forward_into(MoEResult<T>& out, const Tensor<T>& inpu
     for (index_t l = 0; l < L; ++l) n += static_cast<index_t>(got[detail::uz(q * L + l)]);
     rc[detail::uz(q)] = detail::mpi_count(n, "rows"), rd[detail::uz(q)] = detail::mpi_count(at, "rows"), at += n;
   }
-  detail::mpi_check(MPI_Alltoallv(M > 0 ? ws.send.data() : nullptr, sc.data(), sd.data(), row,
-                                  M > 0 ? ws.recv.data() : nullptr, rc.data(), rd.data(), row, comm_),
-                    "MPI_Alltoallv (rows)");
+  // (M == 0: nothing to move; the counts still went.)
+  if (M > 0) {
+    if (padded) {
+      detail::mpi_check(MPI_Alltoall(ws.send.data(), static_cast<int>(Lmax * B), row, ws.recv.data(), static_cast<int>(Lmax * B),
+                                     row, comm_),
+                        "MPI_Alltoall (rows)");
+    } else if (ep_.exchange == Exchange::hierarchical) {
+      ws.row_plan.to.assign(sc.begin(), sc.end());
+      two_level_.forward(ws.send.data(), M, row, ws.row_plan, ws.recv, ws.s1, ws.s2);
+    } else {
+      detail::mpi_check(MPI_Alltoallv(ws.send.data(), sc.data(), sd.data(), row, ws.recv.data(), rc.data(), rd.data(), row, comm_),
+                        "MPI_Alltoallv (rows)");
+    }
+  }
   const auto t2 = clock::now();
 
   // This rank's experts over what arrived, per expert in source-rank order
@@ -407,12 +415,13 @@ void ExpertParallelMoE<T>::forward_into(MoEResult<T>& out, const Tensor<T>& inpu
   for (index_t l = 0; l < L; ++l) at[detail::uz(l)] = lw.offset[detail::uz(l)];
   for (index_t q = 0, src = 0; q < P; ++q)
     for (index_t l = 0; l < L; ++l)
-      for (std::int64_t j = 0; j < got[detail::uz(q * L + l)]; ++j) lw.row_token[detail::uz(at[detail::uz(l)]++)] = src++;
+      for (std::int64_t j = 0; j < got[detail::uz(q * L + l)]; ++j)
+        lw.row_token[detail::uz(at[detail::uz(l)]++)] = padded ? (q * Lmax + l) * B + j : src++;
   const T* prc = ws.recv.data();
   if (L > 0) detail::run_expert_rows(experts_.kernel(), experts_.options(), lw, [&](index_t i) { return prc + i * M; });
   const auto t3 = clock::now();
 
-  // Results back to where the rows came from, in the order they were sent.
+  // Results back to where the rows came from, the reverse way.
   ws.back.resize(ws.recv.size());
   for (index_t l = 0; l < L; ++l)
     for (index_t i = lw.offset[detail::uz(l)]; i < lw.offset[detail::uz(l + 1)]; ++i) {
@@ -420,9 +429,24 @@ void ExpertParallelMoE<T>::forward_into(MoEResult<T>& out, const Tensor<T>& inpu
       std::copy(lw.y.data() + i * M, lw.y.data() + (i + 1) * M, ws.back.data() + dst * M);
     }
   ws.mine.y.resize(detail::uz(detail::mul_size(R, M, "expert outputs")));
-  detail::mpi_check(MPI_Alltoallv(M > 0 ? ws.back.data() : nullptr, rc.data(), rd.data(), row,
-                                  M > 0 ? ws.mine.y.data() : nullptr, sc.data(), sd.data(), row, comm_),
-                    "MPI_Alltoallv (results)");
+  if (M > 0) {
+    if (padded) {
+      zero_pads(ws.back, [&](index_t q, index_t l) { return l < L ? static_cast<index_t>(got[detail::uz(q * L + l)]) : 0; });
+      ws.ret.resize(ws.send.size());
+      detail::mpi_check(MPI_Alltoall(ws.back.data(), static_cast<int>(Lmax * B), row, ws.ret.data(), static_cast<int>(Lmax * B),
+                                     row, comm_),
+                        "MPI_Alltoall (results)");
+      for (index_t i = 0; i < R; ++i) {
+        const T* src = ws.ret.data() + ws.pos[detail::uz(i)] * M;
+        std::copy(src, src + M, ws.mine.y.data() + i * M);
+      }
+    } else if (ep_.exchange == Exchange::hierarchical) {
+      two_level_.backward(ws.back.data(), M, row, ws.row_plan, ws.mine.y.data(), ws.s1, ws.s2);
+    } else {
+      detail::mpi_check(MPI_Alltoallv(ws.back.data(), rc.data(), rd.data(), row, ws.mine.y.data(), sc.data(), sd.data(), row, comm_),
+                        "MPI_Alltoallv (results)");
+    }
+  }
   const auto t4 = clock::now();
 
   // Combine with the gate weights, then the shared expert (local).
@@ -439,8 +463,8 @@ void ExpertParallelMoE<T>::forward_into(MoEResult<T>& out, const Tensor<T>& inpu
   }
   const auto t5 = clock::now();
   last_.rows_sent = R, last_.rows_received = recv_rows;
-  last_.bytes_sent = static_cast<std::size_t>(R * M) * sizeof(T);
-  last_.bytes_received = static_cast<std::size_t>(recv_rows * M) * sizeof(T);
+  last_.bytes_sent = static_cast<std::size_t>(send_rows * M) * sizeof(T);
+  last_.bytes_received = static_cast<std::size_t>(recv_slots * M) * sizeof(T);
   last_.route_ms = ms(t0, t1), last_.exchange_ms = ms(t1, t2) + ms(t3, t4), last_.experts_ms = ms(t2, t3), last_.combine_ms = ms(t4, t5);
 }
 
