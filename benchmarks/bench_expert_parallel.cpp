@@ -2,11 +2,16 @@
 //
 //   mpirun -np 2 build/release/benchmarks/einmoe_bench_expert_parallel
 //
-// BM_EPLayer/{rows,top2cap}: the reference layer (4 groups x 1024 tokens,
-// M=512, H=2048, E=16, top-2, 1 thread per rank) with its groups split over
-// the ranks. rows = dropless top-k; top2cap = GShard's top-2 gating with
-// capacity C=160. Either way only the routed (kept) rows travel. Counters (max over ranks): the time split
-// and MB sent per rank. BM_BareAlltoallv: MPI_Alltoallv alone on the same
+// BM_EPLayer/{rows,top2cap}/{alltoallv,padded,hierarchical}: the reference
+// layer (4 groups x 1024 tokens, M=512, H=2048, E=16, top-2, 1 thread per
+// rank) with its groups split over the ranks. rows = dropless top-k;
+// top2cap = GShard's top-2 gating with capacity C=160. The exchange:
+// alltoallv sends the routed rows only, padded sends equal capacity blocks
+// (MPI_Alltoall, GShard / DeepSpeed), hierarchical goes through the node
+// first (Tutel's 2DH; on one machine all ranks are one node, so this
+// measures its extra copies, not its savings). Counters (max over ranks):
+// the time split, MB sent per rank, and skew_ms = the spread of the ranks'
+// routing + expert time (what the exchange waits for, not moves). BM_BareAlltoallv: MPI_Alltoallv alone on the same
 // bytes the layer's exchange moved (there and back), the baseline of
 // "exchange / bare Alltoallv". Fixed iteration counts, so every rank runs the
 // same collectives.
@@ -28,6 +33,8 @@ using namespace einmoe;
 namespace {
 
 int rank_ = 0, ranks_ = 1;
+
+const char* name(Exchange e) { return e == Exchange::rows ? "alltoallv" : to_string(e); }
 std::map<std::string, double> exchange_ms;      // per variant, last run
 std::map<std::string, std::vector<int>> counts;  // per variant: rows to each rank (baseline)
 
@@ -54,20 +61,21 @@ struct Setup {
   }
 };
 
-void BM_EPLayer(benchmark::State& state, bool padded) {
+void BM_EPLayer(benchmark::State& state, bool top2cap, Exchange how) {
   auto& s = Setup::get();
   MoEOptions o;
-  if (padded) {
+  if (top2cap) {
     o.gating.capacity = Dim("expert_capacity", 160);
   } else {
     o.router = RouterKind::topk;
     o.topk.k = 2;
     o.topk.normalize = TopKNormalize::topk;
   }
-  const ExpertParallelMoE<float> layer(MPI_COMM_WORLD, s.w, o);
+  const ExpertParallelMoE<float> layer(MPI_COMM_WORLD, s.w, o, ExpertParallelOptions{how, 0});
   MoEResult<float> out;
   layer.forward_into(out, s.x);
   ExpertParallelStats sum;
+  double skew = 0;
   for (auto _ : state) {
     MPI_Barrier(MPI_COMM_WORLD);
     const double t0 = MPI_Wtime();
@@ -75,6 +83,8 @@ void BM_EPLayer(benchmark::State& state, bool padded) {
     state.SetIterationTime(max_over_ranks(MPI_Wtime() - t0));
     const auto& l = layer.last();
     sum.route_ms += l.route_ms, sum.exchange_ms += l.exchange_ms, sum.experts_ms += l.experts_ms, sum.combine_ms += l.combine_ms;
+    const double busy = l.route_ms + l.experts_ms;
+    skew += max_over_ranks(busy) + max_over_ranks(-busy);
   }
   const double n = double(state.iterations());
   state.counters["route_ms"] = max_over_ranks(sum.route_ms / n);
@@ -82,15 +92,16 @@ void BM_EPLayer(benchmark::State& state, bool padded) {
   state.counters["experts_ms"] = max_over_ranks(sum.experts_ms / n);
   state.counters["combine_ms"] = max_over_ranks(sum.combine_ms / n);
   state.counters["MB_sent"] = max_over_ranks(double(layer.last().bytes_sent) / 1e6);
+  state.counters["skew_ms"] = skew / n;
   state.counters["ranks"] = ranks_;
-  const std::string v = padded ? "top2cap" : "rows";
+  const std::string v = std::string(top2cap ? "top2cap" : "rows") + "/" + name(how);
   exchange_ms[v] = state.counters["exchange_ms"];
   // rows this rank sent to each rank in the last pass (for the baseline)
   // (the baseline sends as many rows, split evenly over the ranks)
   counts[v].assign(static_cast<std::size_t>(ranks_), static_cast<int>(layer.last().rows_sent / ranks_));
 }
 
-void BM_BareAlltoallv(benchmark::State& state, const char* variant) {
+void BM_BareAlltoallv(benchmark::State& state, const std::string& variant) {
   const index_t M = 512;
   auto it = counts.find(variant);
   std::vector<int> sc = it == counts.end() ? std::vector<int>(static_cast<std::size_t>(ranks_), 1024) : it->second;
@@ -141,11 +152,13 @@ int main(int argc, char** argv) {
   MPI_Comm_size(MPI_COMM_WORLD, &ranks_);
   set_num_threads(1);
   benchmark::Initialize(&argc, argv);
-  for (bool padded : {false, true}) {
-    const char* v = padded ? "top2cap" : "rows";
-    benchmark::RegisterBenchmark((std::string("BM_EPLayer/") + v).c_str(), BM_EPLayer, padded)
-        ->Iterations(10)->UseManualTime()->Unit(benchmark::kMillisecond);
-    benchmark::RegisterBenchmark((std::string("BM_BareAlltoallv/") + v).c_str(), BM_BareAlltoallv, v)
+  const Exchange kinds[] = {Exchange::rows, Exchange::padded, Exchange::hierarchical};
+  for (bool top2cap : {false, true}) {
+    const char* v = top2cap ? "top2cap" : "rows";
+    for (Exchange how : kinds)
+      benchmark::RegisterBenchmark((std::string("BM_EPLayer/") + v + "/" + name(how)).c_str(), BM_EPLayer, top2cap, how)
+          ->Iterations(10)->UseManualTime()->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark((std::string("BM_BareAlltoallv/") + v).c_str(), BM_BareAlltoallv, std::string(v) + "/alltoallv")
         ->Iterations(20)->UseManualTime()->Unit(benchmark::kMillisecond);
   }
   Ratios ratios;
@@ -157,9 +170,16 @@ int main(int argc, char** argv) {
     for (const char* v : {"rows", "top2cap"}) {
       const std::string b = std::string("BM_BareAlltoallv/") + v + "/iterations:20/manual_time";
       const auto it = ratios.seconds.find(b);
+      const std::string base = std::string(v) + "/alltoallv";
       if (it != ratios.seconds.end() && it->second > 0)
-        std::printf("  %-8s layer exchange / bare MPI_Alltoallv of the same bytes   %8.3f\n", v,
-                    exchange_ms[v] / 1e3 / it->second);
+        std::printf("  %-8s layer exchange (alltoallv) / bare MPI_Alltoallv of the same bytes   %8.3f\n", v,
+                    exchange_ms[base] / 1e3 / it->second);
+      for (Exchange how : {Exchange::padded, Exchange::hierarchical}) {
+        const std::string k = std::string(v) + "/" + name(how);
+        if (exchange_ms.count(k) && exchange_ms[base] > 0)
+          std::printf("  %-8s exchange %-12s / exchange alltoallv                          %8.3f\n", v, name(how),
+                      exchange_ms[k] / exchange_ms[base]);
+      }
     }
   }
   benchmark::Shutdown();

@@ -5,6 +5,7 @@
 //
 //   mpirun -np 2 moe_expert_parallel [--groups-per-rank 2] [--tokens-per-group 512]
 //                                    [--model 512] [--hidden 2048] [--experts 16] [--k 2]
+//                                    [--exchange rows|padded|hierarchical]
 #include <mpi.h>
 
 #include <chrono>
@@ -44,6 +45,9 @@ int main(int argc, char** argv) {
   const index_t E = flag(argc, argv, "--experts", 16), K = flag(argc, argv, "--k", 2);
   int status = 0;
   try {
+    ExpertParallelOptions ep;
+    for (int i = 1; i + 1 < argc; ++i)
+      if (std::strcmp(argv[i], "--exchange") == 0) ep.exchange = parse_exchange(argv[i + 1]);
     // The same weights on every rank (same seed); each lays out its experts.
     Rng rng(2024);
     MoEWeights<float> w;
@@ -59,7 +63,7 @@ int main(int argc, char** argv) {
     o.router = RouterKind::topk;
     o.topk.k = K;
     o.topk.normalize = TopKNormalize::topk;
-    const ExpertParallelMoE<float> layer(MPI_COMM_WORLD, w, o);
+    const ExpertParallelMoE<float> layer(MPI_COMM_WORLD, w, o, ep);
     // This rank's groups: rows [rank * Gr, (rank + 1) * Gr) of one global batch.
     const Tensor<float> all = Rng(7).normal<float>(Shape{{"batch", Gr * ranks}, {"group", S}, {"model", M}});
     const Tensor<float> x = slice(all, "batch", rank * Gr, Gr);
@@ -73,11 +77,11 @@ int main(int argc, char** argv) {
     for (int r = 0; r < ranks; ++r) {
       MPI_Barrier(MPI_COMM_WORLD);
       if (r != rank) continue;
-      std::printf("rank %d: experts [%lld, %lld), %lld tokens; rows sent %lld, received %lld; %.2f MB each way;"
+      std::printf("rank %d: experts [%lld, %lld), %lld tokens; rows sent %lld, received %lld; %.2f MB each way (%s);"
                   " %.2f ms = routing %.2f + exchange %.2f + experts %.2f + combine %.2f\n",
                   rank, static_cast<long long>(layer.first_expert()), static_cast<long long>(layer.first_expert() + layer.local_experts()),
                   static_cast<long long>(Gr * S), static_cast<long long>(st.rows_sent), static_cast<long long>(st.rows_received),
-                  double(st.bytes_sent + st.bytes_received) / 2e6, total, st.route_ms, st.exchange_ms, st.experts_ms,
+                  double(st.bytes_sent + st.bytes_received) / 2e6, to_string(ep.exchange), total, st.route_ms, st.exchange_ms, st.experts_ms,
                   st.combine_ms);
       std::fflush(stdout);
     }

@@ -14,18 +14,19 @@
 // the single-process routing). Then:
 //   1. the kept rows are sorted by expert (so by owner rank), in (group,
 //      slot) order within each expert, as the single-process layer sorts them;
-//   2. per-expert row counts go to the owners (MPI_Alltoallv), then the rows
-//      themselves (MPI_Alltoallv over a one-row datatype, so counts are rows,
-//      not elements: 2^31 rows per message before an error, never an
-//      overflow);
+//   2. per-expert row counts go to the owners, then the rows themselves, by
+//      the chosen exchange (exchange.hpp: MPI_Alltoallv of the rows, padded
+//      capacity blocks by MPI_Alltoall, or two-level through the node). Row
+//      messages use a one-row datatype, so counts are rows, not elements:
+//      2^31 rows per message before an error, never an overflow;
 //   3. the owner runs each expert on its rows from rank 0, then rank 1, ...:
 //      with groups split contiguously over the ranks this is the
 //      single-process row order, so the kernels see the same row blocks;
 //   4. the results travel back along the reversed plan and are combined with
 //      the gate weights, which never left their rank; the shared expert runs
 //      locally.
-// Only routed rows travel (2 k M sizeof(T) bytes per token per layer, each
-// way, for top-k), never [E, C, M] padded buffers. Losses and statistics are
+// With the default exchange only routed rows travel (k M sizeof(T) bytes per
+// token per layer, each way, for top-k), never [E, C, M] padded buffers. Losses and statistics are
 // gathered over the communicator and finished in group order, so every rank
 // sees the global aux loss, z-loss and per-expert load.
 //
