@@ -271,6 +271,15 @@ int main(int argc, char** argv) {
       if (ranks > 1) expect_throw_everywhere("ranks_per_node that differs", "ranks_per_node", [&] { ExpertParallelMoE<float>(MPI_COMM_WORLD, w, o, h); });
       h.exchange = rank == 0 ? Exchange::padded : Exchange::rows, h.ranks_per_node = 0;
       if (ranks > 1) expect_throw_everywhere("exchanges that differ", "exchange", [&] { ExpertParallelMoE<float>(MPI_COMM_WORLD, w, o, h); });
+      if (ranks > 1) {  // an inter-communicator between the two halves
+        MPI_Comm half = MPI_COMM_NULL, inter = MPI_COMM_NULL;
+        const int side = rank < ranks / 2 ? 0 : 1;
+        MPI_Comm_split(MPI_COMM_WORLD, side, rank, &half);
+        MPI_Intercomm_create(half, 0, MPI_COMM_WORLD, side == 0 ? ranks / 2 : 0, 17, &inter);
+        expect_throw_everywhere("an inter-communicator", "inter-communicator", [&] { ExpertParallelMoE<float>(inter, w, o); });
+        MPI_Comm_free(&inter);
+        MPI_Comm_free(&half);
+      }
       MoEOptions drop = o;
       drop.dropout = 0.1;
       expect_throw_everywhere("dropout", "dropout", [&] { ExpertParallelMoE<float>(MPI_COMM_WORLD, w, drop); });
