@@ -244,7 +244,7 @@ void BM_RoutingScaling(benchmark::State& state, bool dense) {
       for (index_t e = 0; e < E; ++e)
         for (index_t g = 0; g < G; ++g)
           for (index_t c = 0; c < p.fill[std::size_t(g * E + e)]; ++c) {
-            const index_t entry = p.slot_entry[std::size_t((g * E + e) * o.capacity.size + c)];
+            const index_t entry = p.slot_entry[std::size_t(p.slot_index(g, e, c))];
             std::copy_n(x.data() + (entry / 2) * M, M, buf.data() + at * M);
             entry_row[std::size_t(entry)] = at++;
           }

@@ -38,7 +38,8 @@ void check_plan_matches_dense(const RoutingPlan<double>& plan, const DenseRouter
   REQUIRE(combine.shape() == d.combine.shape());
   for (index_t i = 0; i < combine.size(); ++i) REQUIRE(std::abs(combine[i] - d.combine[i]) <= tol);
   // the plan's bookkeeping agrees with itself
-  const index_t G = plan.groups(), E = plan.experts.size, C = plan.capacity.size;
+  const index_t G = plan.groups(), E = plan.experts.size, C = plan.stride;
+  REQUIRE(plan.stride == std::min(plan.capacity.size, plan.group.size * plan.k));
   for (index_t g = 0; g < G; ++g)
     for (index_t e = 0; e < E; ++e)
       for (index_t c = 0; c < C; ++c) {

@@ -333,7 +333,7 @@ void ExpertParallelMoE<T>::forward_into(MoEResult<T>& out, const Tensor<T>& inpu
     for (index_t q = 0; q < P; ++q) Lmax = std::max(Lmax, first_[detail::uz(q + 1)] - first_[detail::uz(q)]);
     std::int64_t b = 0;
     const bool capacity = opt_.router != RouterKind::topk || opt_.topk.capacity.has_value();
-    if (capacity) b = detail::mul_size(r.plan.groups(), r.plan.capacity.size, "padded block");
+    if (capacity) b = detail::mul_size(r.plan.groups(), r.plan.stride, "padded block");  // (slots past S never fill)
     else
       for (auto n : ws.counts) b = std::max<std::int64_t>(b, n);
     std::int64_t bmax = 0;

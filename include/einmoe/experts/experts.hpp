@@ -235,7 +235,7 @@ void expert_rows(const RoutingPlan<T>& plan, index_t H, ExpertWorkspace<T>& ws) 
     index_t n = 0;
     for (index_t g = 0; g < G; ++g)
       for (index_t c = 0; c < plan.fill[uz(g * E + e)]; ++c) {
-        const index_t entry = plan.slot_entry[uz((g * E + e) * C + c)];
+        const index_t entry = plan.slot_entry[uz(plan.slot_index(g, e, c))];
         n += plan.weight[uz(entry)] != T(0) ? 1 : 0;
       }
     offset[uz(e + 1)] = offset[uz(e)] + n;
@@ -248,10 +248,13 @@ void expert_rows(const RoutingPlan<T>& plan, index_t H, ExpertWorkspace<T>& ws) 
     index_t r = offset[uz(e)];
     for (index_t g = 0; g < G; ++g)
       for (index_t c = 0; c < plan.fill[uz(g * E + e)]; ++c) {
-        const index_t entry = plan.slot_entry[uz((g * E + e) * C + c)];
+        const index_t entry = plan.slot_entry[uz(plan.slot_index(g, e, c))];
         if (plan.weight[uz(entry)] == T(0)) continue;
         ws.row_token[uz(r)] = entry / K;
-        ws.row_first_hidden[uz(r)] = ((e * G + g) * C + c) * H;
+        // (a counter for dropout's draws: wraps, never overflows)
+        ws.row_first_hidden[uz(r)] = static_cast<index_t>(
+            ((static_cast<std::uint64_t>(e) * static_cast<std::uint64_t>(G) + static_cast<std::uint64_t>(g)) * static_cast<std::uint64_t>(C) +
+             static_cast<std::uint64_t>(c)) * static_cast<std::uint64_t>(H));
         ws.entry_row[uz(entry)] = r++;
       }
   }

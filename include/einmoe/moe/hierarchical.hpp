@@ -116,7 +116,7 @@ HierarchicalResult<T> hierarchical_moe_forward(const Tensor<T>& x_in, const Hier
     for (index_t g = 0; g < G; ++g)
       for (index_t e = 0; e < Eo; ++e)
         for (index_t c = 0; c < r_o.plan.fill[detail::uz(g * Eo + e)]; ++c) {
-          const index_t entry = r_o.plan.slot_entry[detail::uz((g * Eo + e) * Co + c)];
+          const index_t entry = r_o.plan.slot_entry[detail::uz(r_o.plan.slot_index(g, e, c))];
           const T wgt = r_o.plan.weight[detail::uz(entry)];
           if (wgt == T(0)) continue;
           const index_t dst = (e * G + g) * Co + c;

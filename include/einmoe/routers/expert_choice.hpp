@@ -68,7 +68,7 @@ RouterResult<T> expert_choice_routing(const Tensor<T>& logits, const ExpertChoic
         r.plan.expert[detail::uz(entry)] = static_cast<std::int32_t>(e);
         r.plan.slot[detail::uz(entry)] = static_cast<std::int32_t>(c);
         r.plan.weight[detail::uz(entry)] = s[detail::uz(t * E + e)];
-        r.plan.slot_entry[detail::uz((g * E + e) * C + c)] = entry;
+        r.plan.slot_entry[detail::uz(r.plan.slot_index(g, e, c))] = entry;
       }
       r.plan.fill[detail::uz(g * E + e)] = static_cast<std::int32_t>(C);
     }

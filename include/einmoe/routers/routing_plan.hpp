@@ -76,7 +76,7 @@ void sum_stats(RoutingStats& st, const RoutingPlan<T>& plan, const std::vector<i
     st.first_kept += kept1[ug];
     st.second_kept += kept2[ug];
   }
-  st.slots = G * E * plan.capacity.size;
+  st.slots = mul_size(mul_size(G, E, "slots"), plan.capacity.size, "slots: ", plan.batch, ", ", plan.experts, ", ", plan.capacity);
 }
 }  // namespace detail
 
@@ -92,10 +92,17 @@ struct RoutingPlan {
   std::vector<std::int32_t> slot;    ///< [G*S*k] slot in that expert, -1 = none
   std::vector<T> weight;             ///< [G*S*k] combine weight (0 where none)
   std::vector<std::int32_t> fill;    ///< [G*E] slots taken
-  std::vector<index_t> slot_entry;   ///< [G*E*C] entry (t*k + j) in each slot, -1 if empty
+  std::vector<index_t> slot_entry;   ///< [G*E*stride] entry (t*k + j) in each slot, -1 if empty
+  /// Slots held per (group, expert): min(C, S k). A group's S k choices can
+  /// fill no more, so slots past them are not allocated (a capacity far above
+  /// the group size costs nothing). (Usually an expert takes a token once,
+  /// but top-2 with one expert repeats it as the second choice.)
+  index_t stride = 0;
 
   index_t groups() const { return batch.num_elements(); }
   index_t tokens() const { return groups() * group.size; }
+  /// Index in slot_entry of slot c of expert e in group g (c < stride).
+  index_t slot_index(index_t g, index_t e, index_t c) const { return (g * experts.size + e) * stride + c; }
 
   /// Sets up an empty plan for the given dims.
   void reset(Shape batch_shape, Dim group_dim, Dim experts_dim, Dim capacity_dim, index_t choices) {
@@ -104,12 +111,22 @@ struct RoutingPlan {
     experts = std::move(experts_dim);
     capacity = std::move(capacity_dim);
     k = choices;
-    const auto entries = static_cast<std::size_t>(tokens() * k);
-    expert.assign(entries, -1);
-    slot.assign(entries, -1);
-    weight.assign(entries, T(0));
-    fill.assign(static_cast<std::size_t>(groups() * experts.size), 0);
-    slot_entry.assign(static_cast<std::size_t>(groups() * experts.size * capacity.size), -1);
+    if (group.size > INT32_MAX)
+      detail::raise<shape_error>("RoutingPlan: group dim \"", group.name, "\" has ", group.size, " tokens (at most 2^31 - 1)");
+    stride = k > 0 && group.size > capacity.size / k ? capacity.size : std::min(capacity.size, group.size * k);
+    const index_t G = groups();
+    const index_t entries = detail::mul_size(detail::mul_size(G, group.size, "routing plan: ", batch, ", ", group),
+                                             k, "routing plan: ", batch, ", ", group, " x ", k, " choices");
+    const index_t ge = detail::mul_size(G, experts.size, "routing plan: ", batch, ", ", experts);
+    const index_t slots = detail::mul_size(ge, stride, "routing plan: ", batch, ", ", experts, ", ", capacity);
+    detail::check_memory(static_cast<long double>(entries) * (2 * sizeof(std::int32_t) + sizeof(T)) +
+                             static_cast<long double>(ge) * sizeof(std::int32_t) + static_cast<long double>(slots) * sizeof(index_t),
+                         "routing plan for ", batch.with(group).with(experts).with(capacity));
+    expert.assign(detail::uz(entries), -1);
+    slot.assign(detail::uz(entries), -1);
+    weight.assign(detail::uz(entries), T(0));
+    fill.assign(detail::uz(ge), 0);
+    slot_entry.assign(detail::uz(slots), -1);
   }
 
   /// [<batch>, group, experts, capacity]
@@ -142,7 +159,7 @@ struct RoutingPlan {
                                  " as ", batch_shape);
     RoutingPlan p;
     p.reset(std::move(batch_shape), group, experts, capacity, k);
-    const index_t S = group.size, E = experts.size, C = capacity.size;
+    const index_t S = group.size, E = experts.size, C = stride;
     const index_t e0 = first * S * k, e1 = (first + count) * S * k;
     std::copy(expert.begin() + e0, expert.begin() + e1, p.expert.begin());
     std::copy(slot.begin() + e0, slot.begin() + e1, p.slot.begin());

@@ -155,7 +155,7 @@ RoutingPlan<T> plan_from_gates(const Tensor<T>& gates, const std::string& expert
       plan.expert[entry] = static_cast<std::int32_t>(e);
       plan.slot[entry] = static_cast<std::int32_t>(slot);
       plan.weight[entry] = w;
-      plan.slot_entry[detail::uz(e * C + slot)] = static_cast<index_t>(entry);
+      plan.slot_entry[detail::uz(plan.slot_index(0, e, slot))] = static_cast<index_t>(entry);
     }
   }
   return plan;

@@ -210,7 +210,7 @@ Top2Result<T> top2_gating(const Tensor<T>& logits, const Top2Options& opt, const
         plan.expert[entry] = static_cast<std::int32_t>(idx[j]);
         plan.slot[entry] = static_cast<std::int32_t>(pos[j]);
         plan.weight[entry] = gate[j];
-        plan.slot_entry[detail::uz((g * E + idx[j]) * C + pos[j])] = static_cast<index_t>(entry);
+        plan.slot_entry[detail::uz(plan.slot_index(g, idx[j], pos[j]))] = static_cast<index_t>(entry);
         if (j == 1) ++fill[idx[j]];
       }
     }

@@ -159,7 +159,7 @@ Top2DenseResult<T> top2_gating_dense(const Tensor<T>& logits_in, const Top2Optio
   out.stats.second_kept = total(mask_2);
   const Tensor<T> per_expert = sum_to(mask_1 + mask_2, Shape{p.experts});
   for (index_t e = 0; e < p.E; ++e) out.stats.tokens_per_expert.push_back(static_cast<index_t>(per_expert[e]));
-  out.stats.slots = p.G * p.E * p.C;
+  out.stats.slots = detail::mul_size(detail::mul_size(p.G, p.E, "slots"), p.C, "slots");
 
   out.combine = detail::dense_combine(gate_1, mask_1_flat, index_1, position_in_expert_1, gate_2, mask_2_flat, index_2,
                                       position_in_expert_2, p.experts, p.capacity);

@@ -348,7 +348,7 @@ RouterResult<T> topk_routing(const Tensor<T>& logits, const TopKOptions& o) {
       r.plan.expert[detail::uz(entry)] = e;
       r.plan.slot[detail::uz(entry)] = f;
       r.plan.weight[detail::uz(entry)] = w[detail::uz(t * K + j)];
-      r.plan.slot_entry[detail::uz((g * E + e) * C + f)] = entry;
+      r.plan.slot_entry[detail::uz(r.plan.slot_index(g, e, f))] = entry;
       ++f;
       (j == 0 ? kept1 : kept2)[detail::uz(g)] += 1;
     };

@@ -82,14 +82,14 @@ Top2Result<T> truncated_top2_gating(const Tensor<T>& gates, const Top2Options& o
         plan.expert[detail::uz(2 * t)] = static_cast<std::int32_t>(a);
         plan.slot[detail::uz(2 * t)] = static_cast<std::int32_t>(pos1[detail::uz(s)]);
         plan.weight[detail::uz(2 * t)] = g1;
-        plan.slot_entry[detail::uz((g * E + a) * C + pos1[detail::uz(s)])] = 2 * t;
+        plan.slot_entry[detail::uz(plan.slot_index(g, a, pos1[detail::uz(s)]))] = 2 * t;
         ++kk1;
       }
       if (keep2) {
         plan.expert[detail::uz(2 * t + 1)] = static_cast<std::int32_t>(b);
         plan.slot[detail::uz(2 * t + 1)] = static_cast<std::int32_t>(p2);
         plan.weight[detail::uz(2 * t + 1)] = g2;
-        plan.slot_entry[detail::uz((g * E + b) * C + p2)] = 2 * t + 1;
+        plan.slot_entry[detail::uz(plan.slot_index(g, b, p2))] = 2 * t + 1;
         ++fill[b];
         ++kk2;
       }
