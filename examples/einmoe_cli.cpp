@@ -30,7 +30,7 @@ using cli::fail;
 using cli::Flag;
 
 const char* kUsage =
-    "usage: einmoe <command> [flags]   (einmoe <command> --help for its flags)\n"
+    "usage: einmoe <command> [flags]   (einmoe <command> --help for its flags; einmoe --version)\n"
     "commands:\n"
     "  gate            top-2 gating of logits [G,S,E] -> dispatch, combine [G,S,E,C], aux_loss\n"
     "  route           top-k or expert-choice routing of logits [G,S,E] -> combine, slot [G,S,E], losses\n"
@@ -280,8 +280,8 @@ template <class T>
 void run_gate(const Args& a) {
   const std::string lp = a.get("--logits");
   const auto logits = cli::load_float<T>("--logits", lp, {"batch", "group", "experts"});
-  cli::expect_finite(logits, "--logits", lp);
   if (logits.size_of("experts") < 1) fail("--logits ", lp, ": no experts (last axis is 0)");
+  expect_logits(logits, "--logits", lp);
   const Top2Options o = gate_options(a);
   const Shape tokens = logits.shape().without({"experts"});
   const auto in = gate_inputs<T>(a, tokens, logits.shape());
@@ -708,6 +708,25 @@ int run(const std::vector<std::string>& argv) {
   if (argv.empty() || argv[0] == "--help" || argv[0] == "-h") {
     std::fputs(kUsage, argv.empty() ? stderr : stdout);
     return argv.empty() ? 2 : 0;
+  }
+  if (argv[0] == "--version") {
+    std::printf("einmoe %s (oneDNN kernels: %s, MPI: %s, Hugging Face checkpoints: %s)\n", einmoe::version,
+#if defined(EINMOE_HAS_DNNL)
+                "yes",
+#else
+                "no",
+#endif
+#if defined(EINMOE_HAS_MPI)
+                "yes",
+#else
+                "no",
+#endif
+#if defined(EINMOE_HAS_JSON)
+                "yes");
+#else
+                "no");
+#endif
+    return argv.size() == 1 ? 0 : (std::fprintf(stderr, "einmoe: --version takes no arguments\n"), 2);
   }
   const std::string cmd = argv[0];
   const std::vector<std::string> rest(argv.begin() + 1, argv.end());

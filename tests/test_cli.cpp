@@ -112,6 +112,41 @@ TEST_CASE("einmoe gate reproduces the numpy reference, fast and dense", "[cli]")
   }
 }
 
+TEST_CASE("einmoe --version names the library's version", "[cli]") {
+  const Result r = run("--version");
+  CHECK(r.status == 0);
+  CHECK(r.out.rfind(std::string("einmoe ") + einmoe::version + " (", 0) == 0);
+  CHECK(run("--version extra").status == 2);
+}
+
+TEST_CASE("einmoe gate: -inf logits mask an expert; NaN, +inf and all -inf are rejected", "[cli][edge]") {
+  const double ninf = -std::numeric_limits<double>::infinity();
+  Tensor<double> l = Rng(4).normal<double>(Shape::parse("batch:1,group:5,experts:3"));
+  for (index_t t = 0; t < 5; ++t) l[t * 3 + 1] = ninf;
+  const std::string lp = scratch("ninf_logits.npy");
+  save_npy(lp, l);
+  for (const char* mode : {"", " --dense"}) {
+    const std::string out = fresh_dir("gate_ninf");
+    const Result r = run("gate --logits " + lp + " --capacity 5 --out " + out + mode);
+    REQUIRE(r.status == 0);
+    const auto combine = load_npy<double>(out + "/combine.npy", {"g", "s", "e", "c"});
+    for (index_t t = 0; t < 5; ++t)
+      for (index_t c = 0; c < 5; ++c) CHECK(combine.at({0, t, 1, c}) == 0.0);  // expert 1 never gets weight
+    CHECK(std::isfinite(load_npy<double>(out + "/aux_loss.npy", {}).item()));
+  }
+  const std::string bad = fresh_dir("gate_bad_inf");
+  for (double v : {std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity()}) {
+    Tensor<double> m = l;
+    m[4] = v;
+    save_npy(scratch("bad_logits.npy"), m);
+    expect_rejected("gate --logits " + scratch("bad_logits.npy") + " --capacity 2 --out " + bad, "--logits", bad);
+  }
+  Tensor<double> all = l;
+  all[0] = all[2] = ninf;
+  save_npy(scratch("bad_logits.npy"), all);
+  expect_rejected("gate --logits " + scratch("bad_logits.npy") + " --capacity 2 --out " + bad, "only -inf", bad);
+}
+
 TEST_CASE("einmoe truncated-gate and moe reproduce the numpy reference", "[cli]") {
   for (const auto& c : fixtures::cases("truncated")) {
     if (!c.f64) continue;

@@ -1,3 +1,6 @@
+#include <cmath>
+#include <limits>
+
 #include "check.hpp"
 #include "moe_fixtures.hpp"
 #include "naive.hpp"
@@ -341,4 +344,28 @@ TEST_CASE("the routing plan never holds a G*S*E*C tensor", "[top2][memory]") {
   const std::size_t bound = static_cast<std::size_t>(G * S * 2 * (4 + 4 + 4) + G * E * C * 8 + G * E * 4);
   CHECK(r.plan.bytes() <= bound);
   CHECK(r.plan.bytes() * 50 < static_cast<std::size_t>(G * S * E * C) * sizeof(float));
+}
+
+TEST_CASE("top-2 gating: -inf logits mask an expert (never chosen first, weight 0 second)", "[top2][edge]") {
+  const double ninf = -std::numeric_limits<double>::infinity();
+  auto l = naive::random_tensor<double>(Shape::parse("batch:2,group:6,experts:4"));
+  for (index_t t = 0; t < 12; ++t) l[t * 4 + 2] = ninf;  // expert 2 masked everywhere
+  l[5 * 4 + 0] = l[5 * 4 + 3] = ninf;  // token 5: only expert 1 is finite
+  for (auto policy : {SecondPolicy::all, SecondPolicy::threshold, SecondPolicy::random, SecondPolicy::sampling}) {
+    Top2Options o = options(4);
+    o.policy = policy;
+    const auto r = top2_gating(l, o);
+    require_same(r, top2_gating_dense(l, o), 1e-12);
+    CHECK(std::isfinite(r.aux_loss));
+    for (index_t t = 0; t < 12; ++t) {
+      CHECK(r.plan.expert[static_cast<std::size_t>(2 * t)] != 2);
+      for (int j = 0; j < 2; ++j) {
+        const auto i = static_cast<std::size_t>(2 * t + j);
+        CHECK(std::isfinite(r.plan.weight[i]));
+        if (r.plan.expert[i] == 2) CHECK(r.plan.weight[i] == 0.0);
+      }
+    }
+    // token 5 has one finite logit: its second choice carries no weight
+    CHECK(r.plan.weight[11] == 0.0);
+  }
 }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cmath>
+#include <limits>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -119,8 +120,19 @@ GatingProblem<T> make_problem(const Tensor<T>& logits, const Top2Options& o, con
   const Shape tok = p.batch.with(p.group);
   const Shape full = tok.with(p.experts);
   p.logits = transpose(logits, full);
-  for (index_t i = 0; i < p.logits.size(); ++i)
-    if (!std::isfinite(p.logits[i])) raise<value_error>(op, ": logits contain ", p.logits[i], " (element ", i, ")");
+  // -inf is a valid logit (an expert that cannot be chosen: its gate is 0);
+  // NaN and +inf are not, nor a token whose every logit is -inf
+  const index_t E = p.experts.size;
+  for (index_t t = 0; E > 0 && t < p.logits.size() / E; ++t) {
+    bool any = false;
+    for (index_t e = 0; e < E; ++e) {
+      const T v = p.logits[t * E + e];
+      if (std::isnan(v) || v == std::numeric_limits<T>::infinity())
+        raise<value_error>(op, ": logits contain ", v, " (token ", t, ", expert ", e, ")");
+      any = any || std::isfinite(v);
+    }
+    if (!any) raise<value_error>(op, ": every logit of token ", t, " is -inf");
+  }
   if (in.importance) {
     p.importance = conform(*in.importance, tok, op, "importance");
     for (auto v : *p.importance)
