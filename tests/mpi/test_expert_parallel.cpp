@@ -8,6 +8,7 @@
 // any rank's failure (mpirun then fails).
 #include <mpi.h>
 
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -201,6 +202,9 @@ int main(int argc, char** argv) {
       }
       equal_case("topk double" + e, layer_weights<double>(M, H, E, true, true, 6), topk, G, S, M);
     }
+    // Message counts past 2^31 - 1 rows are an error, never a wrapped int.
+    check(detail::mpi_count(INT_MAX, "rows") == INT_MAX, "2^31 - 1 rows fit one message");
+    expect_throw_everywhere("2^31 rows in one message", "2^31 - 1", [] { detail::mpi_count(index_t{INT_MAX} + 1, "rows"); });
     // The two-level transport with nodes in rank order and round-robin.
     {
       std::vector<int> block(static_cast<std::size_t>(ranks)), rr(block.size()), one(block.size(), 7);
