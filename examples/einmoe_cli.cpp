@@ -209,7 +209,7 @@ void run_route(const Args& a) {
       }
     aux = static_cast<double>(r.aux_loss), z = static_cast<double>(r.z_loss);
   }
-  cli::Outputs out(a.get("--out"));
+  cli::Outputs out(a);
   out.add("combine.npy", combine);
   out.add("slot.npy", slot);
   out.add("aux_loss.npy", Tensor<double>::scalar(aux));
@@ -285,7 +285,7 @@ void run_gate(const Args& a) {
   const Top2Options o = gate_options(a);
   const Shape tokens = logits.shape().without({"experts"});
   const auto in = gate_inputs<T>(a, tokens, logits.shape());
-  cli::Outputs out(a.get("--out"));
+  cli::Outputs out(a);
   if (a.has("--dense")) {
     const auto d = top2_gating_dense(logits, o, in);
     out.add("dispatch.npy", d.dispatch);
@@ -311,7 +311,7 @@ void run_truncated(const Args& a) {
   if (gates.size_of("experts") < 1) fail("--gates ", gp, ": no experts (last axis is 0)");
   Top2Options o;
   o.capacity = Dim("expert_capacity", a.required_integer("--capacity", 1));
-  cli::Outputs out(a.get("--out"));
+  cli::Outputs out(a);
   if (a.has("--dense")) {
     out.add("combine.npy", truncated_top2_gating_dense(gates, o));
   } else {
@@ -463,7 +463,7 @@ void run_moe(const Args& a) {
     }
     const Tensor<T> all = gather_rows(r.outputs, x.shape());
     if (rank != 0) return;
-    cli::Outputs out(a.get("--out"));
+    cli::Outputs out(a);
     out.add("outputs.npy", all);
     out.add("aux_loss.npy", Tensor<T>::scalar(r.aux_loss));
     if (a.has("--router")) out.add("z_loss.npy", Tensor<T>::scalar(r.z_loss));
@@ -485,7 +485,7 @@ void run_moe(const Args& a) {
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     best = rep == 0 ? ms : std::min(best, ms);
   }
-  cli::Outputs out(a.get("--out"));
+  cli::Outputs out(a);
   out.add("outputs.npy", r.outputs);
   out.add("aux_loss.npy", Tensor<T>::scalar(r.aux_loss));
   if (a.has("--router")) out.add("z_loss.npy", Tensor<T>::scalar(r.z_loss));
@@ -549,7 +549,7 @@ void run_block(const Args& a) {
     grouped.set_shape(Shape{{"group", T}, {"model", M}});
     Tensor<float> logits = ep->router_logits(grouped);
     logits.set_shape(Shape{{"tokens", T}, {"experts", ck->config().experts}});
-    cli::Outputs out(a.get("--out"));
+    cli::Outputs out(a);
     out.add("outputs.npy", all);
     out.add("router_logits.npy", logits);
     out.commit();
@@ -574,7 +574,7 @@ void run_block(const Args& a) {
   grouped.set_shape(Shape{{"group", x.size_of("tokens")}, {"model", M}});
   Tensor<float> logits = l->router_logits(grouped);
   logits.set_shape(Shape{{"tokens", x.size_of("tokens")}, {"experts", ck->config().experts}});
-  cli::Outputs out(a.get("--out"));
+  cli::Outputs out(a);
   out.add("outputs.npy", r.outputs);
   out.add("router_logits.npy", logits);
   out.commit();
@@ -604,18 +604,16 @@ Tensor<std::int64_t> load_ids(const std::string& flag, const std::string& path, 
   }
 }
 
-/// Writes one .npy file (atomically: nothing is left on failure).
+/// Writes one .npy file, the --out path (see cli::Outputs).
 template <class T>
-void write_file(const std::string& path, const Tensor<T>& t) {
-  try {
-    save_npy(path, t);
-  } catch (const einmoe::error&) {
-    fail("--out ", path, ": cannot write");
-  }
+void write_file(const Args& a, const Tensor<T>& t) {
+  cli::Outputs out = cli::Outputs::file(a);
+  out.add("out", t);
+  out.commit();
 }
 
 void run_mask(const std::string& kind, const Args& a) {
-  const std::string out = a.get("--out");
+  a.get("--out");  // required: checked before any work
   Tensor<bool> vis;
   if (kind == "causal") {
     vis = causal_mask(Dim("length", a.required_integer("--length", 1)));
@@ -635,7 +633,7 @@ void run_mask(const std::string& kind, const Args& a) {
       vis = same_segment_mask(q);
     }
   }
-  write_file(out, to_bias<float>(vis));
+  write_file(a, to_bias<float>(vis));
 }
 
 void run_beam(const Args& a) {
@@ -679,7 +677,7 @@ void run_beam(const Args& a) {
     return logits;
   };
   const auto r = beam_search<double>(fn, Tensor<std::int64_t>(Shape{{"batch", B}, {"beam", K}, {"length", L}}), alpha, o);
-  cli::Outputs out(a.get("--out"));
+  cli::Outputs out(a);
   out.add("ids.npy", r.ids);
   out.add("scores.npy", r.scores);
   out.add("steps.npy", Tensor<std::int64_t>::scalar(r.steps));

@@ -1,5 +1,6 @@
 // End-to-end tests of the einmoe command on small files.
 #include <sys/wait.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -536,3 +537,84 @@ TEST_CASE("einmoe block --expert-parallel under mpirun matches the HF block", "[
   for (index_t i = 0; i < want.size(); ++i) CHECK(std::fabs(double(y[i]) - want[i]) <= 1e-5 * std::max(1.0, std::fabs(want[i])));
 }
 #endif
+
+namespace {
+std::string file_text(const std::string& p) {
+  std::ifstream f(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+}  // namespace
+
+TEST_CASE("einmoe outputs: never through a symlink, onto a FIFO or an input; all or nothing", "[cli][outputs]") {
+  const std::string logits = scratch("out_logits.npy");
+  save_npy(logits, Rng(1).normal<float>(Shape::parse("batch:1,group:4,experts:3")));
+  const std::string gate = "gate --logits " + logits + " --capacity 2 --out ";
+  // a planted symlink where an output goes: refused, its target untouched
+  {
+    const std::string d = fresh_dir("symlinked");
+    fs::create_directories(d);
+    const std::string victim = scratch("victim.txt");
+    std::ofstream(victim) << "keep me";
+    fs::create_symlink(victim, d + "/combine.npy");
+    const Result r = run(gate + d);
+    CHECK(r.status == 2);
+    CHECK(r.err.find("symlink") != std::string::npos);
+    CHECK(file_text(victim) == "keep me");
+    CHECK(fs::is_symlink(d + "/combine.npy"));
+    CHECK_FALSE(fs::exists(d + "/dispatch.npy"));  // nothing written
+  }
+  // --out a symlink to a directory, a FIFO, a directory where a file goes
+  {
+    const std::string real = fresh_dir("real_dir");
+    fs::create_directories(real);
+    const std::string link = scratch("out_link");
+    fs::remove(link);
+    fs::create_symlink(real, link);
+    CHECK(run(gate + link).status == 2);
+    CHECK(fs::is_empty(real));
+    const std::string fifo = scratch("out_fifo.npy");
+    fs::remove(fifo);
+    REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+    const Result r = run("mask causal --length 3 --out " + fifo);
+    CHECK(r.status == 2);
+    CHECK(r.err.find("FIFO") != std::string::npos);
+    CHECK(fs::is_fifo(fifo));
+  }
+  // an output that is an input: refused, the input unchanged
+  {
+    const std::string ids = scratch("out_ids.npy");
+    save_npy(ids, Tensor<std::int32_t>(Shape::parse("batch:1,length:3"), 1));
+    const std::string before = file_text(ids);
+    const Result r = run("mask padding --ids " + ids + " --out " + ids);
+    CHECK(r.status == 2);
+    CHECK(r.err.find("--ids") != std::string::npos);
+    CHECK(file_text(ids) == before);
+    const std::string d = fresh_dir("in_is_out");
+    fs::create_directories(d);
+    save_npy(d + "/combine.npy", Rng(1).normal<float>(Shape::parse("batch:1,group:4,experts:3")));
+    const std::string in_before = file_text(d + "/combine.npy");
+    CHECK(run("gate --logits " + d + "/combine.npy --capacity 2 --out " + d).status == 2);
+    CHECK(file_text(d + "/combine.npy") == in_before);
+  }
+  // all or nothing: when one output cannot be replaced, the old ones stay
+  {
+    const std::string d = fresh_dir("all_or_nothing");
+    REQUIRE(run(gate + d).status == 0);
+    const std::string old_dispatch = file_text(d + "/dispatch.npy");
+    fs::remove(d + "/combine.npy");
+    fs::create_directories(d + "/combine.npy");  // a directory where a file goes
+    save_npy(logits, Rng(2).normal<float>(Shape::parse("batch:1,group:4,experts:3")));
+    const Result r = run(gate + d);
+    CHECK(r.status == 2);
+    CHECK(r.err.find("directory") != std::string::npos);
+    CHECK(file_text(d + "/dispatch.npy") == old_dispatch);
+    // and a successful run leaves no temporaries behind
+    fs::remove(d + "/combine.npy");
+    REQUIRE(run(gate + d).status == 0);
+    std::vector<std::string> names;
+    for (const auto& e : fs::directory_iterator(d)) names.push_back(e.path().filename().string());
+    std::sort(names.begin(), names.end());
+    CHECK(names == std::vector<std::string>{"aux_loss.npy", "combine.npy", "dispatch.npy"});
+    CHECK(file_text(d + "/dispatch.npy") != old_dispatch);
+  }
+}

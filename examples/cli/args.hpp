@@ -15,6 +15,9 @@
 #include <string>
 #include <vector>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <einmoe/einmoe.hpp>
 
 namespace cli {
@@ -58,6 +61,8 @@ class Args {
     return it->second;
   }
   std::string get_or(const std::string& f, const std::string& dflt) const { return has(f) ? get(f) : dflt; }
+  /// Every flag given with a value (flag -> value).
+  const std::map<std::string, std::string>& values() const { return values_; }
 
   long long integer(const std::string& f, long long lo, long long dflt) const {
     if (!has(f)) return dflt;
@@ -126,9 +131,33 @@ void expect_finite(const einmoe::Tensor<T>& t, const std::string& flag, const st
 
 /// Output files, written all together or not at all: each goes to a
 /// temporary file first; only when all are written are they renamed.
+/// What kind of non-regular file sits at an output path (for messages).
+inline const char* file_kind(const struct stat& st) {
+  if (S_ISLNK(st.st_mode)) return "a symlink";
+  if (S_ISDIR(st.st_mode)) return "a directory";
+  if (S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)) return "a device";
+  if (S_ISFIFO(st.st_mode)) return "a FIFO";
+  if (S_ISSOCK(st.st_mode)) return "a socket";
+  return "not a regular file";
+}
+
+/// All-or-nothing outputs: every file is written to an exclusive temporary
+/// (mkstemp: O_EXCL, never through a symlink) beside its target, then all
+/// are renamed into place; if a rename fails, the targets already replaced
+/// get their old contents back. Refused before anything is written: an
+/// output path that is a symlink, device, FIFO or other non-regular file,
+/// an output directory that is not a real directory, and an output that is
+/// also one of the command's input files.
 class Outputs {
  public:
-  explicit Outputs(std::string dir) : dir_(std::move(dir)) {}
+  /// Files named `name` inside the directory given by --out.
+  explicit Outputs(const Args& a) : dir_(a.get("--out")), args_(&a) {}
+  /// One file: the --out path itself (use add() once, with any name).
+  static Outputs file(const Args& a) {
+    Outputs o(a);
+    o.single_ = true;
+    return o;
+  }
   template <class T>
   void add(const std::string& name, const einmoe::Tensor<T>& t) {
     std::ostringstream os;
@@ -138,34 +167,82 @@ class Outputs {
   void commit() const {
     namespace fs = std::filesystem;
     std::error_code ec;
-    fs::create_directories(dir_, ec);
-    if (ec || !fs::is_directory(dir_)) fail("--out ", dir_, ": cannot create directory");
-    std::vector<std::string> tmps;
+    struct stat st {};
+    const fs::path dir = single_ ? fs::path(dir_).parent_path() : fs::path(dir_);
+    if (!single_) {
+      if (::lstat(dir_.c_str(), &st) == 0 && !S_ISDIR(st.st_mode))
+        fail("--out ", dir_, ": is ", file_kind(st), ", not a directory");
+    }
+    std::vector<fs::path> targets;
+    for (const auto& f : files_) targets.push_back(single_ ? fs::path(dir_) : dir / f.first);
+    for (const auto& t : targets) {
+      if (::lstat(t.c_str(), &st) == 0 && !S_ISREG(st.st_mode))
+        fail("--out ", t.string(), ": is ", file_kind(st), "; refusing to replace it");
+      for (const auto& [flag, value] : args_->values())
+        if (flag != "--out" && fs::exists(value, ec) && fs::equivalent(t, value, ec))
+          fail("--out ", t.string(), ": is the input ", flag, " ", value, "; refusing to overwrite it");
+    }
+    if (!single_) {
+      fs::create_directories(dir_, ec);
+      if (ec || !fs::is_directory(dir_)) fail("--out ", dir_, ": cannot create directory");
+    }
+    const fs::path where = dir.empty() ? fs::path(".") : dir;
+    std::vector<std::string> tmps, backups;
     auto cleanup = [&] {
-      for (const auto& t : tmps) fs::remove(t, ec);
+      for (const auto& t : tmps) ::unlink(t.c_str());
     };
-    for (const auto& f : files_) {
-      const std::string tmp = (fs::path(dir_) / (f.first + ".einmoe-tmp")).string();
-      std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-      tmps.push_back(tmp);
-      out.write(f.second.data(), static_cast<std::streamsize>(f.second.size()));
-      out.close();
-      if (!out) {
-        cleanup();
-        fail("--out ", dir_, ": cannot write ", f.first);
-      }
-    }
     for (std::size_t i = 0; i < files_.size(); ++i) {
-      fs::rename(tmps[i], fs::path(dir_) / files_[i].first, ec);
-      if (ec) {
+      std::string tmp = (where / ("." + targets[i].filename().string() + ".einmoe-XXXXXX")).string();
+      const int fd = ::mkstemp(tmp.data());
+      if (fd < 0) {
         cleanup();
-        fail("--out ", dir_, ": cannot write ", files_[i].first);
+        fail("--out ", targets[i].string(), ": cannot create a temporary file in ", where.string());
+      }
+      tmps.push_back(tmp);
+      const mode_t mask = ::umask(0);
+      ::umask(mask);
+      bool ok = ::fchmod(fd, 0666 & ~mask) == 0;
+      const std::string& bytes = files_[i].second;
+      for (std::size_t at = 0; ok && at < bytes.size();) {
+        const ssize_t n = ::write(fd, bytes.data() + at, bytes.size() - at);
+        if (n <= 0) ok = false;
+        else at += static_cast<std::size_t>(n);
+      }
+      ok = ::close(fd) == 0 && ok;
+      if (!ok) {
+        cleanup();
+        fail("--out ", targets[i].string(), ": cannot write");
       }
     }
+    // Old outputs are kept under exclusive names until every new one is in.
+    std::vector<bool> had(files_.size(), false);
+    auto restore = [&](std::size_t upto) {
+      for (std::size_t j = 0; j < upto; ++j)
+        if (had[j]) ::rename(backups[j].c_str(), targets[j].c_str());
+        else ::unlink(targets[j].c_str());
+    };
+    for (std::size_t i = 0; i < files_.size(); ++i) {
+      std::string backup = (where / ("." + targets[i].filename().string() + ".einmoe-old-XXXXXX")).string();
+      const int fd = ::mkstemp(backup.data());
+      if (fd >= 0) ::close(fd);
+      backups.push_back(backup);
+      had[i] = fd >= 0 && ::rename(targets[i].c_str(), backup.c_str()) == 0;
+      if (fd >= 0 && !had[i]) ::unlink(backup.c_str());
+      if (::rename(tmps[i].c_str(), targets[i].c_str()) != 0) {
+        if (had[i]) ::rename(backup.c_str(), targets[i].c_str());
+        restore(i);
+        cleanup();
+        fail("--out ", targets[i].string(), ": cannot write");
+      }
+    }
+    for (std::size_t i = 0; i < files_.size(); ++i)
+      if (had[i]) ::unlink(backups[i].c_str());
   }
 
  private:
   std::string dir_;
+  const Args* args_;
+  bool single_ = false;
   std::vector<std::pair<std::string, std::string>> files_;
 };
 
