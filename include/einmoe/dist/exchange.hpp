@@ -148,8 +148,7 @@ class TwoLevelExchange {
                AlignedVector<T>& s1, AlignedVector<T>& s2) const {
     const int N = N_, m = m_;
     // 1. pack by (node-local peer i', node n'): the rows for rank (n', i')
-    std::vector<index_t> soff(uz(N * m) + 1, 0);  // offsets in rank order
-    for (std::size_t q = 0; q < p.to.size(); ++q) soff[q + 1] = soff[q] + p.to[q];
+    const std::vector<index_t> soff = offsets(p.to);  // in rank order
     s1.resize(uz(mul_size(soff.back(), width, "rows sent")));
     std::vector<std::int64_t> cs(uz(m * N));
     index_t at = 0;
@@ -209,8 +208,7 @@ class TwoLevelExchange {
     mpi_check(MPI_Alltoallv(s2.data(), p.rc1.data(), p.rd1.data(), row, s1.data(), p.sc1.data(), p.sd1.data(), row, node_),
               "MPI_Alltoallv (inside the node)");
     // unpack (i', n') -> rank order
-    std::vector<index_t> soff(p.to.size() + 1, 0);
-    for (std::size_t q = 0; q < p.to.size(); ++q) soff[q + 1] = soff[q] + p.to[q];
+    const std::vector<index_t> soff = offsets(p.to);
     index_t at = 0;
     for (int i = 0; i < m_; ++i)
       for (int n = 0; n < N_; ++n) {
@@ -221,6 +219,12 @@ class TwoLevelExchange {
   }
 
  private:
+  /// [n + 1] running sums of n row counts.
+  static std::vector<index_t> offsets(const std::vector<std::int64_t>& rows) {
+    std::vector<index_t> o(rows.size() + 1, 0);
+    for (std::size_t q = 0; q < rows.size(); ++q) o[q + 1] = o[q] + rows[q];
+    return o;
+  }
   template <class T>
   static void copy_rows(const T* src, index_t rows, index_t width, T* dst) {
     if (rows > 0 && width > 0) std::memcpy(dst, src, uz(rows * width) * sizeof(T));
@@ -269,9 +273,9 @@ class TwoLevelExchange {
   template <class T>
   void permute(const std::vector<std::int64_t>& from, const T* src, T* dst, index_t width, bool to_rank_order) const {
     const std::size_t P = rank_at_.size();
-    std::vector<index_t> a(P + 1, 0), b(P + 1, 0);  // offsets in [n][i] and rank order
-    for (std::size_t k = 0; k < P; ++k) a[k + 1] = a[k] + from[k];
-    for (std::size_t q = 0; q < P; ++q) b[q + 1] = b[q] + from[uz(pos_[q])];
+    std::vector<std::int64_t> by_rank(P);
+    for (std::size_t q = 0; q < P; ++q) by_rank[q] = from[uz(pos_[q])];
+    const std::vector<index_t> a = offsets(from), b = offsets(by_rank);  // in [n][i] and rank order
     for (std::size_t k = 0; k < P; ++k) {
       const index_t x = a[k], y = b[uz(rank_at_[k])];
       if (to_rank_order) copy_rows(src + x * width, from[k], width, dst + y * width);

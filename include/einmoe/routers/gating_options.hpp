@@ -3,7 +3,6 @@
 #pragma once
 
 #include <cmath>
-#include <limits>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -11,6 +10,7 @@
 #include "einmoe/core/tensor.hpp"
 #include "einmoe/core/random.hpp"
 #include "einmoe/ops/manip.hpp"
+#include "einmoe/routers/routing_plan.hpp"
 
 namespace einmoe {
 
@@ -120,19 +120,7 @@ GatingProblem<T> make_problem(const Tensor<T>& logits, const Top2Options& o, con
   const Shape tok = p.batch.with(p.group);
   const Shape full = tok.with(p.experts);
   p.logits = transpose(logits, full);
-  // -inf is a valid logit (an expert that cannot be chosen: its gate is 0);
-  // NaN and +inf are not, nor a token whose every logit is -inf
-  const index_t E = p.experts.size;
-  for (index_t t = 0; E > 0 && t < p.logits.size() / E; ++t) {
-    bool any = false;
-    for (index_t e = 0; e < E; ++e) {
-      const T v = p.logits[t * E + e];
-      if (std::isnan(v) || v == std::numeric_limits<T>::infinity())
-        raise<value_error>(op, ": logits contain ", v, " (token ", t, ", expert ", e, ")");
-      any = any || std::isfinite(v);
-    }
-    if (!any) raise<value_error>(op, ": every logit of token ", t, " is -inf");
-  }
+  check_router_logits(p.logits, p.experts.size, op);
   if (in.importance) {
     p.importance = conform(*in.importance, tok, op, "importance");
     for (auto v : *p.importance)

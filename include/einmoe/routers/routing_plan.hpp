@@ -14,6 +14,8 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <cstdint>
 #include <vector>
 
@@ -51,6 +53,23 @@ template <class T>
 struct RoutingPlan;
 
 namespace detail {
+/// Router logits [tokens, E] (contiguous): -inf is a valid logit (an
+/// expert that cannot be chosen; its gate is 0); NaN and +inf are not, nor a
+/// token whose every logit is -inf. value_error naming token and expert.
+template <class T>
+void check_router_logits(const Tensor<T>& logits, index_t E, const char* op) {
+  for (index_t t = 0; E > 0 && t < logits.size() / E; ++t) {
+    bool any = false;
+    for (index_t e = 0; e < E; ++e) {
+      const T v = logits[t * E + e];
+      if (std::isnan(v) || v == std::numeric_limits<T>::infinity())
+        raise<value_error>(op, ": logits contain ", v, " (token ", t, ", expert ", e, ")");
+      any = any || std::isfinite(v);
+    }
+    if (!any) raise<value_error>(op, ": every logit of token ", t, " is -inf");
+  }
+}
+
 /// density_1 from first_choices over `tokens` tokens (one division per
 /// expert, so the sum of counts may come from anywhere).
 inline void finish_density(RoutingStats& st, index_t tokens) {

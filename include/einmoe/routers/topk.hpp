@@ -147,17 +147,7 @@ RouterProblem<T> router_problem(const Tensor<T>& logits, const std::string& grou
   p.S = p.group.size;
   p.E = p.experts.size;
   p.C = p.capacity.size;
-  // -inf is a valid logit (an expert that cannot be chosen); NaN and +inf are not
-  for (index_t t = 0; t < p.G * p.S; ++t) {
-    bool any = false;
-    for (index_t e = 0; e < p.E; ++e) {
-      const T v = p.logits[t * p.E + e];
-      if (std::isnan(v) || v == std::numeric_limits<T>::infinity())
-        raise<value_error>(op, ": logits contain ", v, " (token ", t, ", expert ", e, ")");
-      any = any || std::isfinite(v);
-    }
-    if (!any) raise<value_error>(op, ": every logit of token ", t, " is -inf");
-  }
+  check_router_logits(p.logits, p.E, op);
   return p;
 }
 
