@@ -42,7 +42,8 @@ const char* kUsage =
     "Arrays are .npy (float32 or float64, C order); outputs keep the type of the main input.\n";
 
 const char* kGateFlags =
-    "  --capacity C             slots per expert per group (required, positive)\n"
+    "  --capacity C             slots per expert per group (positive; or --capacity-factor)\n"
+    "  --capacity-factor F      instead of --capacity: C = max(min(S, int(S F / E)), 4) (Mesh TF)\n"
     "  --policy P               second expert: all (default) | none | threshold | random | sampling\n"
     "  --threshold T            for threshold and random (default 0.2)\n"
     "  --importance I.npy       [G,S]: 1 -> two experts, (0,1) -> at most one, 0 -> none\n"
@@ -50,7 +51,9 @@ const char* kGateFlags =
     "  --second-place-loss      add Mesh TF's second-place balancing loss\n"
     "  --uniform U.npy          [G,S] uniforms for policy random (default: drawn from --seed)\n"
     "  --gumbel N.npy           [G,S,E] Gumbel draws for policy sampling (default: drawn from --seed)\n"
-    "  --seed N                 seed for draws not given as files (default 0)\n";
+    "  --seed N                 seed for draws not given as files (default 0)\n"
+    "  --ties lowest|highest    which expert wins a tie: lowest index (default; lingvo, tf.argmax) or\n"
+    "                           highest (Mesh TF's top_1 before Sept. 2019)\n";
 
 const char* kCommonFlags =
     "  --dense                  use the dense one-hot formulation (the oracle) instead of the sparse plan\n"
@@ -66,9 +69,9 @@ const char* kExchangeFlags =
     "                           (default: the ranks that share memory)\n";
 
 std::vector<Flag> gate_flags() {
-  return {{"--capacity", true}, {"--policy", true},  {"--threshold", true}, {"--importance", true},
+  return {{"--capacity", true}, {"--capacity-factor", true}, {"--policy", true},  {"--threshold", true}, {"--importance", true},
           {"--normalize", true}, {"--second-place-loss", false}, {"--uniform", true}, {"--gumbel", true},
-          {"--seed", true}, {"--dense", false}, {"--threads", true}, {"--out", true}, {"--help", false}};
+          {"--seed", true}, {"--ties", true}, {"--dense", false}, {"--threads", true}, {"--out", true}, {"--help", false}};
 }
 
 const char* kRouterFlags =
@@ -84,8 +87,8 @@ const char* kRouterFlags =
     "  --priority P             topk: slot order choice (default) | bpr | token\n";
 
 const std::vector<std::string> kTopkOnly{"--k", "--score", "--bias", "--groups", "--topk-groups", "--scale", "--priority"};
-const std::vector<std::string> kTop2Only{"--policy", "--threshold", "--second-place-loss", "--importance",
-                                         "--uniform", "--gumbel", "--seed"};
+const std::vector<std::string> kTop2Only{"--capacity-factor", "--policy", "--threshold", "--second-place-loss", "--importance",
+                                         "--uniform", "--gumbel", "--seed", "--ties"};
 
 std::vector<Flag> router_flags() {
   std::vector<Flag> f{{"--router", true}, {"--normalize", true}, {"--capacity", true}};
@@ -222,12 +225,25 @@ void run_route(const Args& a) {
 }
 
 void apply_threads(const Args& a) {
-  if (a.has("--threads")) set_num_threads(static_cast<int>(a.integer("--threads", 1, 1)));
+  if (a.has("--threads")) set_num_threads(static_cast<int>(a.integer("--threads", 1, 1, einmoe::max_threads)));
+}
+
+Ties parse_ties_flag(const Args& a) {
+  const std::string t = a.get_or("--ties", "lowest");
+  if (t != "lowest" && t != "highest") fail("--ties: \"", t, "\" is not lowest or highest");
+  return parse_ties(t);
 }
 
 Top2Options gate_options(const Args& a) {
   Top2Options o;
-  o.capacity = Dim("expert_capacity", a.required_integer("--capacity", 1));
+  if (a.has("--capacity") && a.has("--capacity-factor")) fail("--capacity-factor: give --capacity or --capacity-factor, not both");
+  if (a.has("--capacity-factor")) {
+    o.capacity_factor = a.real("--capacity-factor", 1.25);
+    if (!(o.capacity_factor > 0)) fail("--capacity-factor: ", o.capacity_factor, " must be positive");
+  } else {
+    if (!a.has("--capacity")) fail("missing required flag --capacity (or --capacity-factor)");
+    o.capacity = Dim("expert_capacity", a.required_integer("--capacity", 1));
+  }
   o.group_dim = "group";
   o.experts_dim = "experts";
   try {
@@ -242,6 +258,7 @@ Top2Options gate_options(const Args& a) {
   else fail("--normalize: \"", n, "\" is not before or after");
   o.second_place_loss = a.has("--second-place-loss");
   o.seed = static_cast<std::uint64_t>(a.integer("--seed", 0, 0));
+  o.ties = parse_ties_flag(a);
   return o;
 }
 
@@ -311,6 +328,7 @@ void run_truncated(const Args& a) {
   if (gates.size_of("experts") < 1) fail("--gates ", gp, ": no experts (last axis is 0)");
   Top2Options o;
   o.capacity = Dim("expert_capacity", a.required_integer("--capacity", 1));
+  o.ties = parse_ties_flag(a);
   cli::Outputs out(a);
   if (a.has("--dense")) {
     out.add("combine.npy", truncated_top2_gating_dense(gates, o));
@@ -448,13 +466,14 @@ void run_moe(const Args& a) {
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     // each rank: the same files, its experts, its contiguous share of the groups
-    const ExpertParallelMoE<T> layer(MPI_COMM_WORLD, w, o, exchange_options(a));
+    ExpertParallelMoE<T> layer(MPI_COMM_WORLD, w, o, exchange_options(a));
     const index_t G = x.size_of("batch"), g0 = G * rank / size, g1 = G * (rank + 1) / size;
     const Tensor<T> mine = slice(x, "batch", g0, g1 - g0);
     MoEResult<T> r;
     double best = 0;
     for (index_t rep = 0; rep < reps; ++rep) {
       MPI_Barrier(MPI_COMM_WORLD);
+      layer.set_calls(0);  // every repetition draws what --seed gives
       const auto t0 = std::chrono::steady_clock::now();
       layer.forward_into(r, mine);
       double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(), worst = 0;
@@ -476,10 +495,11 @@ void run_moe(const Args& a) {
     fail("--expert-parallel: this einmoe was built without MPI (libopenmpi-dev)");
 #endif
   }
-  const MoELayer<T> layer(std::move(w), o);
+  MoELayer<T> layer(std::move(w), o);
   MoEResult<T> r;
   double best = 0;
   for (index_t rep = 0; rep < reps; ++rep) {
+    layer.set_calls(0);  // every repetition draws what --seed gives
     const auto t0 = std::chrono::steady_clock::now();
     layer.forward_into(r, x, in);
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
@@ -636,17 +656,19 @@ void run_mask(const std::string& kind, const Args& a) {
   write_file(a, to_bias<float>(vis));
 }
 
+/// Scores and transitions keep the --transitions file's float type.
+template <class F>
 void run_beam(const Args& a) {
   const std::string tp = a.get("--transitions");
-  const auto T = cli::load_float<double>("--transitions", tp, {"prev", "vocab"});
+  const auto T = cli::load_float<F>("--transitions", tp, {"prev", "vocab"});
   const index_t V = T.size_of("vocab");
   if (T.size_of("prev") != V) fail("--transitions ", tp, ": shape ", T.shape(), " is not square [V, V]");
   if (V < 2) fail("--transitions ", tp, ": vocab of ", V, "; beam search needs at least 2");
   for (index_t r = 0; r < V; ++r) {
     bool finite = false;
     for (index_t v = 0; v < V; ++v) {
-      const double x = T[r * V + v];
-      if (std::isnan(x) || x == std::numeric_limits<double>::infinity())
+      const F x = T[r * V + v];
+      if (std::isnan(x) || x == std::numeric_limits<F>::infinity())
         fail("--transitions ", tp, ": element [", r, ", ", v, "] is ", x);
       finite = finite || std::isfinite(x);
     }
@@ -667,8 +689,8 @@ void run_beam(const Args& a) {
     for (auto s : start)
       if (s < 0 || s >= V) fail("--start ", a.get("--start"), ": token ", s, " is not in [0, ", V, ")");
   }
-  BeamLogitsFn<double> fn = [&](index_t i, const Tensor<std::int64_t>& ids, std::vector<Tensor<double>>&) {
-    Tensor<double> logits(Shape{{"batch", B}, {"beam", K}, {"vocab", V}}, uninitialized);
+  BeamLogitsFn<F> fn = [&](index_t i, const Tensor<std::int64_t>& ids, std::vector<Tensor<F>>&) {
+    Tensor<F> logits(Shape{{"batch", B}, {"beam", K}, {"vocab", V}}, uninitialized);
     for (index_t b = 0; b < B; ++b)
       for (index_t k = 0; k < K; ++k) {
         const std::int64_t prev = i == 0 ? start[b] : ids[(b * K + k) * L + i - 1];
@@ -676,14 +698,21 @@ void run_beam(const Args& a) {
       }
     return logits;
   };
-  const auto r = beam_search<double>(fn, Tensor<std::int64_t>(Shape{{"batch", B}, {"beam", K}, {"length", L}}), alpha, o);
+  const Tensor<std::int64_t> init(Shape{{"batch", B}, {"beam", K}, {"length", L}});
+  const auto r = [&] {
+    try {
+      return beam_search<F>(fn, init, static_cast<F>(alpha), o);
+    } catch (const einmoe::value_error& e) {  // the one parameter left to check
+      fail("--alpha ", alpha, ": ", e.what());
+    }
+  }();
   cli::Outputs out(a);
   out.add("ids.npy", r.ids);
   out.add("scores.npy", r.scores);
   out.add("steps.npy", Tensor<std::int64_t>::scalar(r.steps));
   out.commit();
   std::printf("beam: %lld steps; best score per row:", static_cast<long long>(r.steps));
-  for (index_t b = 0; b < B; ++b) std::printf(" %.6g", r.scores[b * K]);
+  for (index_t b = 0; b < B; ++b) std::printf(" %.6g", static_cast<double>(r.scores[b * K]));
   std::printf("\n");
 }
 
@@ -760,12 +789,13 @@ int run(const std::vector<std::string>& argv) {
     apply_threads(a);
     by_dtype(a, "--logits", [&] { run_route<float>(a); }, [&] { run_route<double>(a); });
   } else if (cmd == "truncated-gate") {
-    const std::vector<Flag> flags{{"--gates", true}, {"--capacity", true}, {"--dense", false},
+    const std::vector<Flag> flags{{"--gates", true}, {"--capacity", true}, {"--ties", true}, {"--dense", false},
                                   {"--threads", true}, {"--out", true},    {"--help", false}};
     if (help) {
       std::printf("usage: einmoe truncated-gate --gates P.npy --capacity C --out DIR\n"
                   "  --gates P.npy            [G,S,E] gate probabilities\n"
-                  "  --capacity C             slots per expert per group (required, positive)\n%s"
+                  "  --capacity C             slots per expert per group (required, positive)\n"
+                  "  --ties lowest|highest    which expert wins a tie (default lowest; see gate --help)\n%s"
                   "writes DIR/combine.npy [G,S,E,C]\n",
                   kCommonFlags);
       return 0;
@@ -872,12 +902,13 @@ int run(const std::vector<std::string>& argv) {
                   "  --start S.npy            int [B]: the token before step 0 per row (default 0)\n"
                   "  --decode-length N        at most N steps (default: L)\n"
                   "  --no-stop-early          run until the decode length\n"
-                  "  --out DIR                writes ids.npy int64 [B,K,L], scores.npy float64 [B,K], steps.npy int64\n");
+                  "  --out DIR                writes ids.npy int64 [B,K,L], scores.npy [B,K] (the float type of\n"
+                  "                           --transitions), steps.npy int64\n");
       return 0;
     }
     const Args a(rest, flags, cmd);
     apply_threads(a);
-    run_beam(a);
+    by_dtype(a, "--transitions", [&] { run_beam<float>(a); }, [&] { run_beam<double>(a); });
   } else {
     fail("unknown command \"", cmd, "\" (gate, route, truncated-gate, moe, block, mask, beam; see einmoe --help)");
   }

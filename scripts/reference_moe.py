@@ -36,13 +36,23 @@ def exclusive_cumsum(x, axis):
     return np.cumsum(x, axis=axis) - x
 
 
+def argmax(x, ties="lowest"):
+    """Index of the largest entry on the last axis. ties="lowest" is tf.argmax /
+    np.argmax; ties="highest" is Mesh TF's top_1 before September 2019, which
+    took reduce_max(range(E) * one_hot(x == reduce_max(x)))."""
+    if ties == "lowest":
+        return np.argmax(x, axis=-1)
+    is_max = (x == np.max(x, axis=-1, keepdims=True)).astype(np.int64)
+    return np.max(np.arange(x.shape[-1]) * is_max, axis=-1)
+
+
 def top2_gating(logits, capacity, policy="all", threshold=0.2, importance=None,
-                normalize="before", second_place_loss=False, uniform=None, gumbel=None):
+                normalize="before", second_place_loss=False, uniform=None, gumbel=None, ties="lowest"):
     """logits [G, S, E] -> dispatch, combine [G, S, E, C], aux_loss."""
     dt = logits.dtype
     G, S, E = logits.shape
     raw = softmax(logits)
-    index_1 = np.argmax(raw, axis=-1)
+    index_1 = argmax(raw, ties)
     mask_1 = one_hot(index_1, E, dt)
     gate_1 = np.take_along_axis(raw, index_1[..., None], -1)[..., 0]
     proxy_1 = raw
@@ -55,9 +65,9 @@ def top2_gating(logits, capacity, policy="all", threshold=0.2, importance=None,
     if policy == "sampling":
         very_negative = np.array(-0.7, dt) * np.finfo(dt).max
         updated = np.where(mask_1 > 0, very_negative, logits)
-        index_2 = np.argmax(updated + gumbel, axis=-1)
+        index_2 = argmax(updated + gumbel, ties)
     else:
-        index_2 = np.argmax(without, axis=-1)
+        index_2 = argmax(without, ties)
     mask_2 = one_hot(index_2, E, dt)
     gate_2 = np.sum(without * mask_2, axis=-1)
     if importance is not None:
@@ -111,11 +121,11 @@ def top2_gating(logits, capacity, policy="all", threshold=0.2, importance=None,
     return dispatch, combine, np.array(loss, dt)
 
 
-def truncated_top2_gating(gates, capacity):
+def truncated_top2_gating(gates, capacity, ties="lowest"):
     """gates [G, S, E] -> combine [G, S, E, C] (Mesh TF _truncated_top_2_gating_mtf)."""
     dt = gates.dtype
     G, S, E = gates.shape
-    index_1 = np.argmax(gates, -1)
+    index_1 = argmax(gates, ties)
     gate_1 = np.max(gates, -1)
     mask_1 = one_hot(index_1, E, dt)
     pos_1 = exclusive_cumsum(mask_1, 1) * mask_1
@@ -129,7 +139,7 @@ def truncated_top2_gating(gates, capacity):
     exhaustion = space / use_rate
     exhausted = (np.arange(S, dtype=dt)[None, :, None] > exhaustion).astype(dt)
     masked = gates - mask_1 - exhausted
-    index_2 = np.argmax(masked, -1)
+    index_2 = argmax(masked, ties)
     gate_2 = np.max(masked, -1)
     mask_2 = one_hot(index_2, E, dt)
     pos_2 = (exclusive_cumsum(mask_2, 1) + count_1) * mask_2
@@ -232,15 +242,18 @@ def moe_v0(x, wg, bg, wi, bi, wo, bo, loss_coef=1e-3, overhead=1.0):
 
 
 def sentence_embeddings(x, seg):
-    """lingvo GetSentenceEmbeddings: ids global over all tokens, 0 = padding."""
+    """lingvo GetSentenceEmbeddings, literally: ids global over all tokens; with
+    N tokens, id 0 moves to N - 1 and the rest down by one, segment means over
+    N segments, and the last (ids 0 and N) replaced by zeros."""
     G, S, M = x.shape
     flat, ids = x.reshape(-1, M), seg.reshape(-1)
-    out = np.zeros_like(flat)
-    for i in np.unique(ids):
-        if i == 0:
-            continue
-        out[ids == i] = flat[ids == i].mean(0)
-    return out.reshape(G, S, M)
+    N = flat.shape[0]
+    modified = ids + N * (ids == 0) - 1
+    params = np.zeros((N, M), x.dtype)
+    for k in range(N - 1):   # unsorted_segment_mean (empty segments give 0)
+        if np.any(modified == k):
+            params[k] = flat[modified == k].mean(0)
+    return params[modified].reshape(G, S, M)
 
 
 def hierarchical_moe(x, wg_o, wg_i, wi, wo, co, ci):
@@ -366,6 +379,31 @@ def main():
         out, loss = hierarchical_moe(x, co=co, ci=ci, **w)
         write_case(f"hierarchical_co{co}_ci{ci}", dict(inputs=x, expected_outputs=out, expected_aux_loss=loss, **w),
                    dict(kind="hierarchical", outer_capacity=co, inner_capacity=ci))
+    # ties: logits from a few integer levels (and all-zero tokens, as a
+    # zero-initialised router gives) so that first and second places tie;
+    # a separate generator keeps every case above unchanged.
+    trng = np.random.default_rng(77)
+    for dt in (np.float64, np.float32):
+        tname = "f64" if dt == np.float64 else "f32"
+        for C in (2, 5):
+            G, S, E = 2, 12, 4
+            logits = trng.integers(-1, 2, size=(G, S, E)).astype(dt)
+            logits[:, ::4, :] = 0
+            gates = softmax(trng.integers(-1, 2, size=(G, S, E + 1)).astype(dt)).astype(dt)
+            for ties in ("lowest", "highest"):
+                dispatch, combine, loss = top2_gating(logits, C, ties=ties)
+                write_case(f"ties_gate_{tname}_{ties}_c{C}",
+                           dict(logits=logits, expected_dispatch=dispatch, expected_combine=combine,
+                                expected_aux_loss=loss),
+                           dict(kind="ties", variant="gate", capacity=C, ties=ties))
+                write_case(f"ties_truncated_{tname}_{ties}_c{C}",
+                           dict(gates=gates, expected_combine=truncated_top2_gating(gates, C, ties)),
+                           dict(kind="ties", variant="truncated", capacity=C, ties=ties))
+    # sentence ids equal to the token count are padding, as id 0 is
+    x = trng.normal(size=(2, 4, 3))
+    seg = np.array([[1, 8, 2, 2], [0, 8, 1, 3]], dtype=np.int64)
+    write_case("sentence_pad", dict(inputs=x, segment_ids=seg, expected_embeddings=sentence_embeddings(x, seg)),
+               dict(kind="sentence_pad"))
     print(f"wrote fixtures to {os.path.normpath(OUT)}")
 
 

@@ -3,8 +3,13 @@
 
 #include <catch2/catch.hpp>
 
+#include <cstdlib>
 #include <exception>
+#include <filesystem>
+#include <stdexcept>
 #include <string>
+
+#include <unistd.h>
 
 /// Matches an exception whose what() contains `text`.
 class MessageContains : public Catch::MatcherBase<std::exception> {
@@ -20,3 +25,23 @@ class MessageContains : public Catch::MatcherBase<std::exception> {
 /// The expression throws `Type` and the message names `text` (a dim, a flag,
 /// a file...).
 #define CHECK_THROWS_NAMING(expr, Type, text) CHECK_THROWS_MATCHES(expr, Type, MessageContains(text))
+
+/// A directory the test made (mkdtemp under $TMPDIR, else /tmp), removed
+/// with everything in it when the object goes: tests write only there
+/// (ctest runs test cases in parallel processes, and as root).
+struct TempDir {
+  std::string path;
+  explicit TempDir(const std::string& prefix = "einmoe_test") {
+    const char* tmp = std::getenv("TMPDIR");
+    std::string t = std::string(tmp && *tmp ? tmp : "/tmp") + "/" + prefix + "_XXXXXX";
+    if (!::mkdtemp(t.data())) throw std::runtime_error("tests: cannot make a temporary directory " + t);
+    path = t;
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  std::string file(const std::string& name) const { return path + "/" + name; }
+};

@@ -126,6 +126,17 @@ TEST_CASE("beam search errors", "[beam][errors]") {
   CHECK_THROWS_AS(beam_search<double>(fn, Tensor<std::int64_t>(Shape::parse("batch:1,beam:2,length:3")),
                                       std::numeric_limits<double>::infinity()),
                   value_error);
+  // Finite alphas whose length penalty overflows or vanishes (NaN scores).
+  const Tensor<std::int64_t> init(Shape::parse("batch:1,beam:2,length:3"));
+  CHECK_THROWS_NAMING(beam_search<double>(fn, init, 1e99), value_error, "length penalty");
+  CHECK_THROWS_NAMING(beam_search<double>(fn, init, -1e99), value_error, "length penalty");
+  // ((5 + 3) / 6)^1000 = e^288 fits a double but not a float.
+  const BeamLogitsFn<float> fn32 = [](index_t, const Tensor<std::int64_t>& ids, std::vector<Tensor<float>>&) {
+    return Tensor<float>(Shape{ids.shape()[0], ids.shape()[1], Dim{"vocab", 2}}, std::log(0.5f));
+  };
+  CHECK_THROWS_NAMING(beam_search<float>(fn32, init, 1000.f), value_error, "length penalty");
+  CHECK_NOTHROW(beam_search<double>(fn, init, 1000.0));
+  CHECK_NOTHROW(beam_search<double>(fn, init, 100.0));
 }
 
 TEST_CASE("greedy decoding: argmax, forced ids, EOS stop, sampling", "[greedy]") {

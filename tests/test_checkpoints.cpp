@@ -20,21 +20,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    const char* tmp = std::getenv("TMPDIR");
-    std::string t = std::string(tmp && *tmp ? tmp : "/tmp") + "/einmoe_ckpt_XXXXXX";
-    if (!::mkdtemp(t.data())) throw std::runtime_error("cannot make a temporary directory");
-    path = t;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& n) const { return path + "/" + n; }
-};
-
 std::map<std::string, std::string> case_txt(const fs::path& dir) {
   std::map<std::string, std::string> m;
   std::ifstream f(dir / "case.txt");

@@ -27,20 +27,7 @@ namespace {
 /// exit: every file a test writes lives in it (ctest runs test cases in
 /// parallel processes; tests never write where they did not make room).
 const std::string& scratch_dir() {
-  struct Dir {
-    std::string path;
-    Dir() {
-      const char* tmp = std::getenv("TMPDIR");
-      std::string t = std::string(tmp && *tmp ? tmp : "/tmp") + "/einmoe_cli_XXXXXX";
-      if (!::mkdtemp(t.data())) throw std::runtime_error("test_cli: cannot make a scratch directory in " + t);
-      path = t;
-    }
-    ~Dir() {
-      std::error_code ec;
-      fs::remove_all(path, ec);
-    }
-  };
-  static const Dir d;
+  static const TempDir d("einmoe_cli");
   return d.path;
 }
 std::string scratch(const std::string& name) { return scratch_dir() + "/" + name; }
@@ -148,6 +135,39 @@ TEST_CASE("einmoe gate: -inf logits mask an expert; NaN, +inf and all -inf are r
   expect_rejected("gate --logits " + scratch("bad_logits.npy") + " --capacity 2 --out " + bad, "only -inf", bad);
 }
 
+TEST_CASE("einmoe gate and truncated-gate --ties", "[cli][ties]") {
+  for (const auto& c : fixtures::cases("ties")) {
+    if (!c.f64) continue;
+    INFO(c.name);
+    const std::string out = fresh_dir("ties");
+    const bool gate = c.config.at("variant") == "gate";
+    const std::string args = gate ? "gate --logits " + c.path("logits") : "truncated-gate --gates " + c.path("gates");
+    REQUIRE(run(args + " --capacity " + c.config.at("capacity") + " --ties " + c.config.at("ties") + " --out " + out).status == 0);
+    const std::vector<std::string> gsec{"g", "s", "e", "c"};
+    CHECK(naive::all_close(load_npy<double>(out + "/combine.npy", gsec), c.load<double>("expected_combine", gsec), 1e-12, 1e-12));
+  }
+  const auto c = fixtures::cases("ties").front();
+  const std::string out = fresh_dir("ties_bad");
+  expect_rejected("gate --logits " + c.path("logits") + " --capacity 2 --ties middle --out " + out, "--ties", out);
+  expect_rejected("route --logits " + c.path("logits") + " --router topk --ties highest --out " + out, "--ties", out);
+}
+
+TEST_CASE("einmoe gate --capacity-factor sizes the capacity by Mesh TF's rule", "[cli][capacity]") {
+  const auto c = fixtures::cases("gate").front();  // [2, 16, 4] logits
+  const std::string a = fresh_dir("cf_a"), b = fresh_dir("cf_b");
+  REQUIRE(run("gate --logits " + c.path("logits") + " --capacity-factor 2.5 --out " + a).status == 0);
+  const std::string want = std::to_string(mtf_capacity(16, 4, 2.5));  // 10
+  REQUIRE(run("gate --logits " + c.path("logits") + " --capacity " + want + " --out " + b).status == 0);
+  const std::vector<std::string> gsec{"g", "s", "e", "c"};
+  const bool f64 = c.f64;
+  if (f64) CHECK(load_npy<double>(a + "/combine.npy", gsec).to_vector() == load_npy<double>(b + "/combine.npy", gsec).to_vector());
+  else CHECK(load_npy<float>(a + "/combine.npy", gsec).to_vector() == load_npy<float>(b + "/combine.npy", gsec).to_vector());
+  const std::string out = fresh_dir("cf_bad");
+  expect_rejected("gate --logits " + c.path("logits") + " --out " + out, "--capacity", out);
+  expect_rejected("gate --logits " + c.path("logits") + " --capacity 2 --capacity-factor 1 --out " + out, "--capacity-factor", out);
+  expect_rejected("gate --logits " + c.path("logits") + " --capacity-factor 0 --out " + out, "--capacity-factor", out);
+}
+
 TEST_CASE("einmoe truncated-gate and moe reproduce the numpy reference", "[cli]") {
   for (const auto& c : fixtures::cases("truncated")) {
     if (!c.f64) continue;
@@ -224,6 +244,9 @@ TEST_CASE("einmoe rejects bad input with exit status 2, one line, and no output"
   expect_rejected("gate --logits " + L + " --capacity 2 --bogus --out " + out, "--bogus", out);
   expect_rejected("gate --logits " + L + " --capacity 2 --capacity 3 --out " + out, "--capacity", out);
   expect_rejected("gate --logits " + L + " --capacity 2 --threads 0 --out " + out, "--threads", out);
+  // Beyond max_threads, and past int's range (which once wrapped to 1).
+  for (const char* t : {"1025", "100000", "4294967297", "99999999999999999999"})
+    expect_rejected("gate --logits " + L + " --capacity 2 --threads " + t + " --out " + out, "--threads", out);
   expect_rejected("gate --logits " + L + " --capacity", "--capacity", out);
   expect_rejected("frobnicate --out " + out, "frobnicate", out);
   expect_rejected("moe --inputs " + L + " --wg " + scratch("rank2.npy") + " --wi " + L + " --wo " + L + " --capacity 2 --out " + out,
@@ -311,6 +334,25 @@ TEST_CASE("einmoe beam reproduces the numpy transcription of Mesh TF", "[cli][be
   save_npy(scratch("nan_t.npy"), nan_t);
   expect_rejected("beam --transitions " + scratch("nan_t.npy") + " --batch 1 --beam 1 --length 2 --alpha 0 --out " + out,
                   "--transitions", out);
+  // An alpha whose length penalty overflows would give NaN scores.
+  expect_rejected("beam --transitions " + T + " --batch 2 --beam 2 --length 4 --alpha 1e99 --out " + out, "--alpha", out);
+  expect_rejected("beam --transitions " + T + " --batch 2 --beam 2 --length 4 --alpha -1e99 --out " + out, "--alpha", out);
+}
+
+TEST_CASE("einmoe beam keeps float32 transitions in float32", "[cli][beam]") {
+  const auto c = fixtures::cases("beam", "decoding").front();
+  const auto t64 = c.load<double>("transitions", {"prev", "vocab"});
+  Tensor<float> t32(t64.shape());
+  for (index_t i = 0; i < t64.size(); ++i) t32[i] = static_cast<float>(t64[i]);
+  save_npy(scratch("t32.npy"), t32);
+  const std::string out32 = fresh_dir("beam32"), out64 = fresh_dir("beam64");
+  const std::string args = " --batch 2 --beam 2 --length 4 --alpha 0.6 --out ";
+  REQUIRE(run("beam --transitions " + scratch("t32.npy") + args + out32).status == 0);
+  REQUIRE(run("beam --transitions " + c.path("transitions") + args + out64).status == 0);
+  CHECK(read_npy_info(out32 + "/scores.npy").dtype == DType::float32);
+  const auto s32 = load_npy<float>(out32 + "/scores.npy", {"b", "k"});
+  const auto s64 = load_npy<double>(out64 + "/scores.npy", {"b", "k"});
+  for (index_t i = 0; i < s32.size(); ++i) CHECK(s32[i] == Approx(s64[i]).epsilon(1e-5));
 }
 
 TEST_CASE("einmoe --help works for every command", "[cli]") {

@@ -176,10 +176,11 @@ TEST_CASE("MoE layer: outputs, loss and routing are bitwise equal on any thread 
       o.backend = b;
       o.activation = Activation::gelu;
       set_num_threads(1);
-      const MoELayer<float> layer(w, o);
+      MoELayer<float> layer(w, o);
       const auto ref = layer.forward(x);
       for (int t : {1, 2, 3, 4, 1}) {
         set_num_threads(t);
+        layer.set_calls(0);  // policy random: replay call 0's draws
         const auto r = layer.forward(x);
         INFO("backend " << to_string(b) << ", precision " << to_string(p) << ", " << t << " threads");
         CHECK(bitwise_equal(r.outputs, ref.outputs));
@@ -327,4 +328,85 @@ TEST_CASE("MoE layer: gating extras follow ungrouped inputs", "[moe]") {
   CHECK(reshape(h.outputs, x.shape()).to_vector() == r.outputs.to_vector());
   in.importance = naive::random_ints<double>(Shape::parse("batch:2,length:9"), 0, 1);
   CHECK_THROWS_NAMING(moe_forward(x, w, o, in), shape_error, "importance");
+}
+
+TEST_CASE("MoE layer: random draws are fresh on every call, reproducible from (seed, call)", "[moe][random]") {
+  const auto w = random_layer<double>(6, 8, 4);
+  const auto x = naive::random_tensor<double>(Shape::parse("batch:2,group:12,model:6"));
+  for (SecondPolicy p : {SecondPolicy::random, SecondPolicy::sampling}) {
+    for (bool dense : {false, true}) {
+      INFO(to_string(p) << (dense ? ", dense" : ", sparse"));
+      MoEOptions o;
+      o.gating.capacity = Dim("expert_capacity", 6);
+      o.gating.policy = p;
+      o.gating.threshold = 0.5;
+      o.gating.seed = 11;
+      o.dense = dense;
+      MoELayer<double> layer(w, o);
+      CHECK(layer.calls() == 0);
+      const auto c0 = layer.forward(x), c1 = layer.forward(x), c2 = layer.forward(x);
+      CHECK(layer.calls() == 3);
+      // Call 0 draws what the stateless function draws from the seed; later
+      // calls draw anew (the routing changes), as call_seed says.
+      CHECK(c0.outputs.to_vector() == moe_forward(x, w, o).outputs.to_vector());
+      CHECK(c0.outputs.to_vector() != c1.outputs.to_vector());
+      CHECK(c1.outputs.to_vector() != c2.outputs.to_vector());
+      MoEOptions o2 = o;
+      o2.gating.seed = Rng::call_seed(11, 2);
+      CHECK(c2.outputs.to_vector() == moe_forward(x, w, o2).outputs.to_vector());
+      // Another layer with the same seed makes the same sequence; set_calls
+      // replays a call.
+      MoELayer<double> again(w, o);
+      CHECK(again.forward(x).outputs.to_vector() == c0.outputs.to_vector());
+      CHECK(again.forward(x).outputs.to_vector() == c1.outputs.to_vector());
+      again.set_calls(2);
+      CHECK(again.forward(x).outputs.to_vector() == c2.outputs.to_vector());
+      // Explicit draws win over the call count.
+      GatingInputs<double> in;
+      if (p == SecondPolicy::random) in.uniform = naive::random_tensor<double>(Shape::parse("batch:2,group:12"), 0, 1);
+      else in.gumbel = Rng(5).gumbel<double>(Shape::parse("batch:2,group:12,experts:4"));
+      CHECK(again.forward(x, in).outputs.to_vector() == layer.forward(x, in).outputs.to_vector());
+    }
+  }
+  // Policies without draws give the same outputs on every call.
+  MoEOptions o;
+  o.gating.capacity = Dim("expert_capacity", 6);
+  const MoELayer<double> layer(w, o);
+  CHECK(layer.forward(x).outputs.to_vector() == layer.forward(x).outputs.to_vector());
+  // Dropout draws anew per call too.
+  o.dropout = 0.5;
+  o.dropout_seed = 3;
+  const MoELayer<double> drop(w, o);
+  const auto d0 = drop.forward(x), d1 = drop.forward(x);
+  CHECK(d0.outputs.to_vector() == moe_forward(x, w, o).outputs.to_vector());
+  CHECK(d0.outputs.to_vector() != d1.outputs.to_vector());
+  o.dropout_seed = Rng::call_seed(3, 1);
+  CHECK(d1.outputs.to_vector() == moe_forward(x, w, o).outputs.to_vector());
+}
+
+TEST_CASE("MoE layer: the default capacity follows the actual group size, grouped or not", "[moe][capacity]") {
+  const auto w = random_layer<double>(6, 8, 4);
+  // Ungrouped [batch, length, model]: 600 tokens split into 4 groups of 150.
+  const auto x = naive::random_tensor<double>(Shape::parse("batch:2,length:300,model:6"));
+  MoEOptions o;
+  o.max_group_size = 128;
+  REQUIRE(split_into_groups(600, 128).group_size == 150);
+  MoEOptions fixed = o;
+  fixed.gating.capacity = Dim("expert_capacity", mtf_capacity(150, 4, 1.25));  // 46
+  CHECK(fixed.gating.capacity.size == 46);
+  const auto a = MoELayer<double>(w, o).forward(x), b = MoELayer<double>(w, fixed).forward(x);
+  CHECK(a.outputs.to_vector() == b.outputs.to_vector());
+  CHECK(a.stats.slots == b.stats.slots);
+  // Grouped inputs of another size get their own capacity on the same layer.
+  const MoELayer<double> layer(w, o);
+  const auto y = naive::random_tensor<double>(Shape::parse("batch:2,group:40,model:6"));
+  fixed.gating.capacity = Dim("expert_capacity", mtf_capacity(40, 4, 1.25));  // 12
+  CHECK(layer.forward(y).outputs.to_vector() == MoELayer<double>(w, fixed).forward(y).outputs.to_vector());
+  // Expert choice: C = min(S, max(round(S cf / E), 1)) with cf = 2.
+  o.router = RouterKind::expert_choice;
+  fixed = o;
+  fixed.expert_choice.capacity = Dim("expert_capacity", 20);  // round(40 * 2 / 4)
+  CHECK(MoELayer<double>(w, o).forward(y).outputs.to_vector() == MoELayer<double>(w, fixed).forward(y).outputs.to_vector());
+  o.expert_choice.capacity_factor = 0;
+  CHECK_THROWS_NAMING(MoELayer<double>(w, o).forward(y), value_error, "capacity_factor");
 }

@@ -232,8 +232,11 @@ TEST_CASE("top-2 gating: bad input names the dim or value", "[top2][errors]") {
   Top2Options o = options(2);
   CHECK_THROWS_NAMING(top2_gating(naive::random_tensor<double>(Shape::parse("group:3,e:4")), o), shape_error, "\"experts\"");
   CHECK_THROWS_NAMING(top2_gating(naive::random_tensor<double>(Shape::parse("g:3,experts:4")), o), shape_error, "\"group\"");
-  o.capacity = Dim("expert_capacity", 0);
-  CHECK_THROWS_NAMING(top2_gating(l, o), value_error, "expert_capacity");
+  o.capacity = Dim("expert_capacity", 0);  // from the factor...
+  o.capacity_factor = 0.0;                 // ...which is no factor
+  CHECK_THROWS_NAMING(top2_gating(l, o), value_error, "capacity_factor");
+  o.capacity_factor = std::numeric_limits<double>::quiet_NaN();
+  CHECK_THROWS_NAMING(top2_gating_dense(l, o), value_error, "capacity_factor");
   o = options(2);
   Tensor<double> bad = l;
   bad[5] = std::numeric_limits<double>::quiet_NaN();
@@ -332,6 +335,83 @@ TEST_CASE("top-2 gating matches the numpy reference (tests/fixtures/moe)", "[top
     if (c.f64) run(0.0);
     else run(0.0f);
   }
+}
+
+TEST_CASE("top-2 gating ties: lowest or highest index, as the numpy transcription", "[top2][fixtures][ties]") {
+  // Hand-worked: a zero-initialised router ties every expert. Lowest: first
+  // choice 0, second 1; highest (Mesh TF's old top_1): first 3, second 2.
+  Top2Options o;
+  o.capacity = Dim("expert_capacity", 4);
+  const Tensor<double> zeros(Shape{{"batch", 1}, {"group", 2}, {"experts", 4}}, 0.0);
+  for (const Ties t : {Ties::lowest, Ties::highest}) {
+    o.ties = t;
+    const auto f = top2_gating(zeros, o);
+    const auto d = top2_gating_dense(zeros, o);
+    const index_t first = t == Ties::lowest ? 0 : 3, second = t == Ties::lowest ? 1 : 2;
+    for (index_t s = 0; s < 2; ++s) {
+      CHECK(f.plan.expert[detail::uz(2 * s)] == first);
+      CHECK(f.plan.expert[detail::uz(2 * s + 1)] == second);
+      CHECK(f.plan.slot[detail::uz(2 * s)] == s);
+      CHECK(d.combine.at({0, s, first, s}) == Approx(0.5));
+      CHECK(d.combine.at({0, s, second, s}) == Approx(0.5));
+    }
+  }
+  CHECK(parse_ties("highest") == Ties::highest);
+  CHECK_THROWS_NAMING(parse_ties("middle"), value_error, "middle");
+
+  const auto cases = fixtures::cases("ties");
+  REQUIRE(cases.size() == 16);
+  for (const auto& c : cases) {
+    if (c.config.at("variant") != "gate") continue;
+    INFO(c.name);
+    auto run = [&](auto zero) {
+      using T = decltype(zero);
+      Top2Options opt;
+      opt.capacity = Dim("expert_capacity", c.integer("capacity"));
+      opt.ties = parse_ties(c.config.at("ties"));
+      const std::vector<std::string> gsec{"batch", "group", "experts", "expert_capacity"};
+      const auto logits = c.load<T>("logits", {"batch", "group", "experts"});
+      const auto combine = c.load<T>("expected_combine", gsec);
+      const double tol = c.f64 ? 1e-12 : 1e-5;
+      const auto f = top2_gating(logits, opt);
+      const auto d = top2_gating_dense(logits, opt);
+      REQUIRE(naive::all_close(f.plan.combine_tensor(), combine, tol, tol));
+      REQUIRE(naive::all_close(d.combine, combine, tol, tol));
+      REQUIRE(f.plan.dispatch_tensor().to_vector() == c.load<T>("expected_dispatch", gsec).to_vector());
+      REQUIRE(naive::close(f.aux_loss, c.load<T>("expected_aux_loss", {}).item(), tol, tol));
+    };
+    if (c.f64) run(0.0);
+    else run(0.0f);
+  }
+}
+
+TEST_CASE("top-2 gating without a capacity sizes it from the factor for the actual group", "[top2][capacity]") {
+  // The old silent default, C = 4, dropped most first choices on S = 1024,
+  // E = 16. Now: Mesh TF's rule with cf = 1.25, C = max(min(S, int(S cf / E)), 4).
+  const Top2Options d;
+  CHECK(d.capacity.size == 0);
+  CHECK(d.capacity_factor == 1.25);
+  for (const index_t S : {1, 3, 64, 1024}) {
+    const auto l = naive::random_tensor<float>(Shape{{"batch", 2}, {"group", S}, {"experts", 16}});
+    const index_t want = mtf_capacity(S, 16, 1.25);
+    CHECK(resolved_capacity(d, S, 16).size == want);
+    const auto f = top2_gating(l, d);
+    const auto g = top2_gating_dense(l, d);
+    CHECK(f.plan.capacity == Dim("expert_capacity", want));
+    CHECK(g.combine.shape().size_of("expert_capacity") == want);
+    Top2Options fixed;
+    fixed.capacity = Dim("expert_capacity", want);
+    CHECK(f.plan.combine_tensor().to_vector() == top2_gating(l, fixed).plan.combine_tensor().to_vector());
+  }
+  CHECK(resolved_capacity(d, 1024, 16).size == 80);
+  // Another rule and factor.
+  Top2Options o;
+  o.capacity_factor = 2.0;
+  o.capacity_rule = CapacityRule::lingvo;
+  CHECK(resolved_capacity(o, 100, 16).size == lingvo_capacity(100, 16, 2.0));
+  // A fixed capacity wins over the factor.
+  o.capacity = Dim("expert_capacity", 7);
+  CHECK(resolved_capacity(o, 100, 16).size == 7);
 }
 
 TEST_CASE("the routing plan never holds a G*S*E*C tensor", "[top2][memory]") {

@@ -60,3 +60,26 @@ TEST_CASE("truncated gating matches the numpy reference", "[truncated][fixtures]
     else run(0.0f);
   }
 }
+
+TEST_CASE("truncated gating ties: lowest or highest index, as the numpy transcription", "[truncated][fixtures][ties]") {
+  index_t n = 0;
+  for (const auto& c : fixtures::cases("ties")) {
+    if (c.config.at("variant") != "truncated") continue;
+    INFO(c.name);
+    ++n;
+    auto run = [&](auto zero) {
+      using T = decltype(zero);
+      Top2Options o;
+      o.capacity = Dim("expert_capacity", c.integer("capacity"));
+      o.ties = parse_ties(c.config.at("ties"));
+      const auto gates = c.load<T>("gates", {"batch", "group", "experts"});
+      const auto want = c.load<T>("expected_combine", {"batch", "group", "experts", "expert_capacity"});
+      const double tol = c.f64 ? 1e-12 : 1e-5;
+      REQUIRE(naive::all_close(truncated_top2_gating_dense(gates, o), want, tol, tol));
+      REQUIRE(naive::all_close(truncated_top2_gating(gates, o).plan.combine_tensor(), want, tol, tol));
+    };
+    if (c.f64) run(0.0);
+    else run(0.0f);
+  }
+  CHECK(n == 8);
+}

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <set>
 #include <sstream>
@@ -64,13 +65,17 @@ class Args {
   /// Every flag given with a value (flag -> value).
   const std::map<std::string, std::string>& values() const { return values_; }
 
-  long long integer(const std::string& f, long long lo, long long dflt) const {
+  /// The integer value of flag f (dflt when absent), in [lo, hi].
+  long long integer(const std::string& f, long long lo, long long dflt,
+                    long long hi = std::numeric_limits<long long>::max()) const {
     if (!has(f)) return dflt;
     const std::string v = get(f);
     long long x = 0;
     auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), x);
+    if (ec == std::errc::result_out_of_range) fail(f, ": ", v, " is out of range");
     if (ec != std::errc() || p != v.data() + v.size()) fail(f, ": \"", v, "\" is not an integer");
     if (x < lo) fail(f, ": ", x, " must be at least ", lo);
+    if (x > hi) fail(f, ": ", x, " must be at most ", hi);
     return x;
   }
   long long required_integer(const std::string& f, long long lo) const {

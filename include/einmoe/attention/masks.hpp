@@ -107,15 +107,19 @@ Tensor<bool> padding_mask(const Tensor<I>& ids, const std::string& length = "len
 }
 
 /// Mesh TF attention_mask_same_segment: query segment ids [..., length] and
-/// memory segment ids [..., memory_length] (default: the query ids renamed)
+/// memory segment ids [..., length] as the source takes them (renamed to
+/// memory_length, as it does) or [..., memory_length]; default: the query ids
 /// -> [..., length, memory_length], visible where the ids are equal.
 template <class I>
 Tensor<bool> same_segment_mask(const Tensor<I>& query_segment, const Tensor<I>* memory_segment = nullptr,
                                const std::string& length = "length", const std::string& memory_length = "memory_length") {
   static_assert(std::is_integral<I>::value, "same_segment_mask: segment ids must be integers");
   query_segment.shape().require(length, "same_segment_mask");
-  const Tensor<I> mem = memory_segment ? *memory_segment
-                                       : rename_length_to_memory_length(query_segment, length, memory_length);
+  const Tensor<I>& m = memory_segment ? *memory_segment : query_segment;
+  if (m.shape().has(length) && m.shape().has(memory_length))
+    detail::raise<shape_error>("same_segment_mask: memory segment ids ", m.shape(), " have both \"", length, "\" and \"",
+                               memory_length, "\"");
+  const Tensor<I> mem = m.shape().has(length) ? rename_length_to_memory_length(m, length, memory_length) : m;
   mem.shape().require(memory_length, "same_segment_mask");
   // [..., length] vs [..., memory_length]: the result is [..., length, memory_length].
   const Shape out = broadcast_shape(query_segment.shape(), mem.shape(), "same_segment_mask");

@@ -64,12 +64,23 @@ class Rng {
     return static_cast<double>(mix(seed ^ mix(index + 0x9E3779B97F4A7C15ull)) >> 11) * 0x1.0p-53;
   }
 
- private:
+  /// The seed of call n (0, 1, 2, ...) of a layer built with `seed`. Call 0
+  /// uses `seed` itself, so a layer's first call draws exactly what the
+  /// stateless functions draw from that seed; every later call draws fresh
+  /// numbers, reproducibly: call n of any layer with this seed draws what a
+  /// stateless call with seed call_seed(seed, n) draws.
+  static std::uint64_t call_seed(std::uint64_t seed, std::uint64_t n) {
+    return n == 0 ? seed : mix(seed ^ mix(n ^ 0xD1B54A32D192ED03ull));
+  }
+
+  /// splitmix64's finalizer: a bijection on 64-bit words.
   static std::uint64_t mix(std::uint64_t z) {
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
   }
+
+ private:
   template <class T, class F>
   Tensor<T> fill(const Shape& s, F&& draw) {
     Tensor<T> t(s, uninitialized);

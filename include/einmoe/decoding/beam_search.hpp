@@ -129,6 +129,15 @@ BeamSearchResult<T> beam_search(const BeamLogitsFn<T>& logits_fn, const Tensor<s
   if (K < 1) detail::raise<value_error>(op, ": dim \"", beam.name, "\" must have at least one beam");
   if (!std::isfinite(alpha)) detail::raise<value_error>(op, ": alpha ", alpha, " is not finite");
   const index_t decode_length = opt.decode_length < 0 ? L : std::min(opt.decode_length, L);
+  // Scores are divided by ((5 + i) / 6)^alpha for i = 1 .. decode_length;
+  // an alpha that makes one of them overflow or vanish would give NaN or
+  // infinite scores. The extremes are at i = 1 and i = decode_length.
+  for (const index_t len : {index_t{1}, std::max<index_t>(decode_length, 1)}) {
+    const T lp = std::pow((T(5) + static_cast<T>(len)) / T(6), alpha);
+    if (!std::isfinite(lp) || !(lp >= std::numeric_limits<T>::min()))
+      detail::raise<value_error>(op, ": alpha ", alpha, " makes the length penalty ((5 + ", len, ") / 6)^alpha = ", lp,
+                                 ", which scores cannot be divided by");
+  }
   const T inf = static_cast<T>(kBeamInf);
 
   Tensor<std::int64_t> alive_seq = initial_ids, finished_seq = initial_ids;

@@ -157,7 +157,15 @@ class ExpertParallelMoE {
     return out;
   }
 
+  /// Random draws are fresh per call as in MoELayer::forward_into (call n
+  /// draws from Rng::call_seed(seed, n)), so call n equals call n of an
+  /// MoELayer with the same options.
   void forward_into(MoEResult<T>& out, const Tensor<T>& inputs) const;
+
+  /// Forward calls made so far (the same on every rank).
+  std::uint64_t calls() const { return calls_; }
+  /// Makes the next forward call number n; call on every rank.
+  void set_calls(std::uint64_t n) { calls_ = n; }
 
   /// logits [<batch>, group, experts] = x [<batch>, group, model] . wg, as
   /// MoELayer::router_logits computes them (local: no communication).
@@ -216,6 +224,7 @@ class ExpertParallelMoE {
   std::vector<index_t> first_;  // [P + 1] expert blocks
   mutable Work ws_;
   mutable ExpertParallelStats last_;
+  mutable std::uint64_t calls_ = 0;  // collective calls: every rank counts the same
 };
 
 template <class T>
@@ -223,6 +232,7 @@ void ExpertParallelMoE<T>::forward_into(MoEResult<T>& out, const Tensor<T>& inpu
   using clock = std::chrono::steady_clock;
   auto ms = [](clock::time_point a, clock::time_point b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
   const auto t0 = clock::now();
+  const std::uint64_t call = calls_++;
   Work& ws = ws_;
   const index_t M = model_.size, E = experts_dim_.size, P = size_;
   const Tensor<T>* xp = nullptr;
@@ -248,7 +258,7 @@ void ExpertParallelMoE<T>::forward_into(MoEResult<T>& out, const Tensor<T>& inpu
     const auto& g = opt_.gating;
     if (opt_.router == RouterKind::top2 && (g.policy == SecondPolicy::random || g.policy == SecondPolicy::sampling)) {
       const Shape tok = ws.logits.shape().without({g.experts_dim});
-      Rng rng(g.seed);
+      Rng rng(Rng::call_seed(g.seed, call));  // fresh draws per call, as MoELayer
       if (g.policy == SecondPolicy::random) {
         rng.skip(static_cast<std::uint64_t>(g_first * S));
         draws.uniform = rng.uniform<T>(tok);
@@ -257,7 +267,7 @@ void ExpertParallelMoE<T>::forward_into(MoEResult<T>& out, const Tensor<T>& inpu
         draws.gumbel = rng.gumbel<T>(ws.logits.shape());
       }
     }
-    r = detail::route_tokens(ws.logits, opt_, draws);
+    r = detail::route_tokens(ws.logits, opt_, draws, call);
     detail::expert_rows(r.plan, hidden_, ws.mine);
   });
   const Tensor<T>& x = *xp;

@@ -264,7 +264,9 @@ void expert_rows(const RoutingPlan<T>& plan, index_t H, ExpertWorkspace<T>& ws) 
 /// fixed blocks of kernel.row_block() rows per expert, spread over the
 /// threads. ws.y [R, model] receives the outputs.
 template <class T, class RowOf>
-void run_expert_rows(const FfnKernel<T>& k, const ExpertOptions& o, ExpertWorkspace<T>& ws, RowOf&& x_row) {
+void run_expert_rows(const FfnKernel<T>& k, const ExpertOptions& o, ExpertWorkspace<T>& ws, RowOf&& x_row,
+                     std::optional<std::uint64_t> seed = std::nullopt) {
+  const std::uint64_t dropout_seed = seed.value_or(o.dropout_seed);
   const index_t E = k.experts(), M = k.model(), block = k.row_block();
   const index_t R = ws.offset[uz(E)];
   ws.y.resize(uz(mul_size(R, M, "expert outputs")));
@@ -282,7 +284,7 @@ void run_expert_rows(const FfnKernel<T>& k, const ExpertOptions& o, ExpertWorksp
       const T* src = x_row(ws.row_token[uz(it.row + j)]);
       std::copy(src, src + M, xb + j * M);
     }
-    HiddenDropout drop{o.dropout, o.dropout_seed, ws.row_first_hidden.data() + it.row};
+    HiddenDropout drop{o.dropout, dropout_seed, ws.row_first_hidden.data() + it.row};
     ffn_rows(k, it.expert, xb, it.rows, ws.y.data() + it.row * M, t.ffn, o.dropout > 0.0 ? &drop : nullptr);
   });
 }
@@ -321,10 +323,11 @@ void combine_rows(const RoutingPlan<T>& plan, const ExpertWorkspace<T>& ws, inde
 /// Fast experts into `out`: x [<batch>, group, model] routed by `plan` ->
 /// out [<batch>, group, model]. `out` is reused when it holds that many
 /// elements (it is relabelled to the shape, not reallocated). Only filled
-/// rows are computed.
+/// rows are computed. `dropout_seed` replaces the options' dropout seed
+/// for this call (a layer passes its per-call seed).
 template <class T>
 void experts_sparse_into(Tensor<T>& out, const Tensor<T>& x_in, const RoutingPlan<T>& plan, const PackedExperts<T>& pe,
-                         ExpertWorkspace<T>& ws) {
+                         ExpertWorkspace<T>& ws, std::optional<std::uint64_t> dropout_seed = std::nullopt) {
   const char* op = "experts_sparse";
   if (pe.experts().size != plan.experts.size)
     detail::raise<shape_error>(op, ": dim \"", pe.experts().name, "\" has size ", pe.experts().size,
@@ -337,7 +340,7 @@ void experts_sparse_into(Tensor<T>& out, const Tensor<T>& x_in, const RoutingPla
   const index_t M = pe.model().size;
   detail::expert_rows(plan, pe.hidden().size, ws);
   const T* px = x.data();
-  detail::run_expert_rows(pe.kernel(), pe.options(), ws, [&](index_t t) { return px + t * M; });
+  detail::run_expert_rows(pe.kernel(), pe.options(), ws, [&](index_t t) { return px + t * M; }, dropout_seed);
   if (out.size() != xs.num_elements() || !out.writable()) out = Tensor<T>(xs, uninitialized);
   out.set_shape(xs);
   detail::combine_rows(plan, ws, M, out.data());

@@ -7,13 +7,16 @@
 // Supported: little-endian float32, float64, int32, int64 and bool, C order
 // (format versions 1.0, 2.0 and 3.0). Anything else - another dtype, Fortran
 // order, a big-endian file, a truncated file, a wrong rank - is an io_error
-// naming the file. Saving writes a temporary file beside the target and
-// renames it, so a failed save never leaves a partial file.
+// naming the file, its header bytes escaped. Saving writes an exclusive
+// temporary file (mkstemp) beside the target and renames it, so a failed save
+// never leaves a partial file, and refuses to replace anything but a regular
+// file.
 //
 // Why not xt::load_npy: xtensor 0.24's reader needs the dtype at compile
 // time, does not detect truncated files and throws untyped errors.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -25,7 +28,12 @@
 #include <type_traits>
 #include <vector>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include "einmoe/core/tensor.hpp"
+#include "einmoe/detail/checked.hpp"
 
 namespace einmoe {
 
@@ -59,9 +67,10 @@ constexpr DType dtype_of() {
 struct NpyInfo {
   DType dtype = DType::float32;
   std::vector<index_t> sizes;
+  /// The product of sizes; shape_error if it overflows.
   index_t num_elements() const {
     index_t n = 1;
-    for (index_t s : sizes) n *= s;
+    for (index_t s : sizes) n = detail::mul_size(n, s, "npy shape");
     return n;
   }
 };
@@ -80,33 +89,155 @@ inline std::size_t item_size(DType d) {
   }
 }
 
-/// The value of key `key` in the header dict, as raw text up to the next
-/// top-level comma or closing brace.
-inline std::string header_field(const std::string& h, const std::string& key, const std::string& src) {
-  for (const char q : {'\'', '"'}) {
-    const std::string k = std::string(1, q) + key + std::string(1, q);
-    auto p = h.find(k);
-    if (p == std::string::npos) continue;
-    p = h.find(':', p + k.size());
-    if (p == std::string::npos) break;
-    ++p;
-    while (p < h.size() && h[p] == ' ') ++p;
-    std::size_t e = p;
-    int depth = 0;
-    while (e < h.size()) {
-      const char c = h[e];
-      if (c == '(') ++depth;
-      if (c == ')') --depth;
-      if (depth == 0 && (c == ',' || c == '}')) break;
-      ++e;
+/// `s` with every byte outside printable ASCII written as \xNN, so a
+/// message quoting a file's bytes stays one readable line.
+inline std::string escape_bytes(const std::string& s, std::size_t max_len = 80) {
+  static const char hex[] = "0123456789abcdef";
+  std::string r;
+  for (std::size_t i = 0; i < s.size() && i < max_len; ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x20 && c < 0x7f && c != '\\') {
+      r += static_cast<char>(c);
+    } else {
+      r += "\\x";
+      r += hex[c >> 4];
+      r += hex[c & 15];
     }
-    if (depth == 0 && h[p] == '(') ++e;  // include the ')' of a tuple
-    std::string v = h.substr(p, e - p);
-    while (!v.empty() && (v.back() == ' ' || v.back() == ',')) v.pop_back();
-    return v;
   }
-  raise<io_error>("load_npy: ", src, ": header has no '", key, "' field");
+  if (s.size() > max_len) r += "...";
+  return r;
 }
+
+/// A strict reader of the header dict numpy writes: a Python dict literal
+/// with exactly the keys 'descr' (a string), 'fortran_order' (True or False)
+/// and 'shape' (a tuple of non-negative decimal ints), in any order, each
+/// once, an optional trailing comma, then spaces and one newline. Anything
+/// else - another key, a duplicate, a shape numpy would not read as a tuple
+/// such as (3) - is an io_error, so a file never loads with another shape
+/// than numpy gives it.
+class NpyHeaderParser {
+ public:
+  NpyHeaderParser(const std::string& h, const std::string& src) : h_(h), src_(src) {}
+
+  NpyInfo parse() {
+    NpyInfo info;
+    bool has_descr = false, has_fortran = false, has_shape = false, fortran = false;
+    std::string descr;
+    skip_ws();
+    expect('{');
+    skip_ws();
+    while (peek() != '}') {
+      const std::string key = string_literal("a key");
+      skip_ws();
+      expect(':');
+      skip_ws();
+      auto once = [&](bool& seen) {
+        if (seen) fail("duplicate key '", escape_bytes(key), "'");
+        seen = true;
+      };
+      if (key == "descr") {
+        once(has_descr);
+        descr = string_literal("the descr value");
+      } else if (key == "fortran_order") {
+        once(has_fortran);
+        if (h_.compare(p_, 4, "True") == 0) fortran = true, p_ += 4;
+        else if (h_.compare(p_, 5, "False") == 0) fortran = false, p_ += 5;
+        else fail("fortran_order must be True or False");
+      } else if (key == "shape") {
+        once(has_shape);
+        info.sizes = shape_tuple();
+      } else {
+        fail("unexpected key '", escape_bytes(key), "' (numpy writes descr, fortran_order, shape)");
+      }
+      skip_ws();
+      if (peek() == ',') {
+        ++p_;
+        skip_ws();
+      } else if (peek() != '}') {
+        fail("expected ',' or '}' at byte ", p_);
+      }
+    }
+    ++p_;
+    while (p_ < h_.size() && (h_[p_] == ' ' || h_[p_] == '\n')) ++p_;
+    if (p_ != h_.size()) fail("unexpected bytes after the header dict at byte ", p_);
+    if (!has_descr) fail("header has no 'descr' field");
+    if (!has_fortran) fail("header has no 'fortran_order' field");
+    if (!has_shape) fail("header has no 'shape' field");
+
+    if (descr == "<f4") info.dtype = DType::float32;
+    else if (descr == "<f8") info.dtype = DType::float64;
+    else if (descr == "<i4") info.dtype = DType::int32;
+    else if (descr == "<i8") info.dtype = DType::int64;
+    else if (descr == "|b1") info.dtype = DType::boolean;
+    else if (!descr.empty() && descr[0] == '>')
+      fail("big-endian data ('", escape_bytes(descr), "') is not supported");
+    else
+      fail("dtype '", escape_bytes(descr), "' is not supported (float32, float64, int32, int64 or bool)");
+    if (fortran && info.sizes.size() > 1) fail("Fortran-order arrays are not supported (save with C order)");
+    return info;
+  }
+
+ private:
+  template <class... A>
+  [[noreturn]] void fail(const A&... a) const {
+    raise<io_error>("load_npy: ", src_, ": ", a...);
+  }
+  char peek() const { return p_ < h_.size() ? h_[p_] : '\0'; }
+  void skip_ws() {
+    while (p_ < h_.size() && h_[p_] == ' ') ++p_;
+  }
+  void expect(char c) {
+    if (peek() != c) fail("bad header: expected '", std::string(1, c), "' at byte ", p_, " in \"", escape_bytes(h_), "\"");
+    ++p_;
+  }
+  // A quoted string without escapes or newlines ('...' or "...").
+  std::string string_literal(const char* what) {
+    const char q = peek();
+    if (q != '\'' && q != '"') fail("bad header: expected ", what, " (a quoted string) at byte ", p_);
+    const std::size_t b = ++p_;
+    while (p_ < h_.size() && h_[p_] != q) {
+      if (h_[p_] == '\\' || h_[p_] == '\n') fail("bad header: unsupported string at byte ", b - 1);
+      ++p_;
+    }
+    if (p_ >= h_.size()) fail("bad header: unterminated string at byte ", b - 1);
+    return h_.substr(b, p_++ - b);
+  }
+  std::vector<index_t> shape_tuple() {
+    const std::size_t b = p_;
+    auto bad = [&]() -> std::vector<index_t> {
+      std::size_t e = h_.find(')', b);
+      e = e == std::string::npos ? h_.size() : e + 1;
+      fail("bad shape '", escape_bytes(h_.substr(b, e - b)), "' (a tuple of non-negative ints)");
+    };
+    if (peek() != '(') return bad();
+    ++p_;
+    std::vector<index_t> sizes;
+    bool comma = false;  // a one-element tuple needs its comma: (3) is an int
+    skip_ws();
+    while (peek() != ')') {
+      const std::size_t d = p_;
+      while (p_ < h_.size() && h_[p_] >= '0' && h_[p_] <= '9') ++p_;
+      // Python has no leading zeros in decimal ints (except 0 itself).
+      if (p_ == d || p_ - d > 18 || (p_ - d > 1 && h_[d] == '0')) return bad();
+      sizes.push_back(static_cast<index_t>(std::stoll(h_.substr(d, p_ - d))));
+      skip_ws();
+      comma = false;
+      if (peek() == ',') {
+        ++p_, comma = true;
+        skip_ws();
+      } else if (peek() != ')') {
+        return bad();
+      }
+    }
+    ++p_;
+    if (sizes.size() == 1 && !comma) return bad();
+    return sizes;
+  }
+
+  const std::string& h_;
+  const std::string& src_;
+  std::size_t p_ = 0;
+};
 
 inline NpyInfo parse_npy_header(std::istream& in, const std::string& src, std::size_t* data_offset) {
   char magic[8];
@@ -133,56 +264,91 @@ inline NpyInfo parse_npy_header(std::istream& in, const std::string& src, std::s
   in.read(&h[0], static_cast<std::streamsize>(hlen));
   if (!in) raise<io_error>("load_npy: ", src, ": truncated header");
   *data_offset = pre + hlen;
-
-  NpyInfo info;
-  std::string descr = header_field(h, "descr", src);
-  if (descr.size() >= 2 && (descr.front() == '\'' || descr.front() == '"')) descr = descr.substr(1, descr.size() - 2);
-  if (descr == "<f4") info.dtype = DType::float32;
-  else if (descr == "<f8") info.dtype = DType::float64;
-  else if (descr == "<i4") info.dtype = DType::int32;
-  else if (descr == "<i8") info.dtype = DType::int64;
-  else if (descr == "|b1") info.dtype = DType::boolean;
-  else if (!descr.empty() && descr[0] == '>')
-    raise<io_error>("load_npy: ", src, ": big-endian data ('", descr, "') is not supported");
-  else
-    raise<io_error>("load_npy: ", src, ": dtype '", descr,
-                    "' is not supported (float32, float64, int32, int64 or bool)");
-
-  const std::string fortran = header_field(h, "fortran_order", src);
-  if (fortran != "False" && fortran != "True")
-    raise<io_error>("load_npy: ", src, ": bad fortran_order value '", fortran, "'");
-
-  const std::string shape = header_field(h, "shape", src);
-  if (shape.size() < 2 || shape.front() != '(' || shape.back() != ')')
-    raise<io_error>("load_npy: ", src, ": bad shape '", shape, "'");
-  std::stringstream ss(shape.substr(1, shape.size() - 2));
-  std::string tok;
-  while (std::getline(ss, tok, ',')) {
-    const auto b = tok.find_first_not_of(' ');
-    if (b == std::string::npos) continue;
-    const auto e = tok.find_last_not_of(' ');
-    tok = tok.substr(b, e - b + 1);
-    if (tok.find_first_not_of("0123456789") != std::string::npos || tok.size() > 15)
-      raise<io_error>("load_npy: ", src, ": bad shape '", shape, "'");
-    info.sizes.push_back(static_cast<index_t>(std::stoll(tok)));
-  }
-  if (fortran == "True" && info.sizes.size() > 1)
-    raise<io_error>("load_npy: ", src, ": Fortran-order arrays are not supported (save with C order)");
+  NpyInfo info = NpyHeaderParser(h, src).parse();
+  index_t n = 1;
+  for (index_t s : info.sizes) n = mul_size(n, s, "load_npy: ", src, ": shape");
+  mul_size(n, static_cast<index_t>(item_size(info.dtype)), "load_npy: ", src, ": data size");
   return info;
 }
 
 /// Reads the elements after the header; checks the stream holds them all.
+/// `bytes_left` is how many bytes the stream can still deliver, or
+/// SIZE_MAX when unknown: then the data is read in chunks of at most 16 MiB
+/// and the tensor allocated only once every byte has arrived, so a header
+/// that claims more than follows never allocates what it claims.
 template <class T>
-void read_npy_data(std::istream& in, const NpyInfo& info, Tensor<T>& out, const std::string& src) {
+Tensor<T> read_npy_data(std::istream& in, const NpyInfo& info, Shape shape, const std::string& src,
+                        std::size_t bytes_left) {
   const std::size_t n = static_cast<std::size_t>(info.num_elements());
+  const std::size_t item = item_size(info.dtype);
+  const std::size_t want = n * item;  // checked by parse_npy_header
+  if (bytes_left != std::numeric_limits<std::size_t>::max() && want > bytes_left)
+    raise<io_error>("load_npy: ", src, ": truncated data (", want, " bytes declared, ", bytes_left, " follow)");
+  std::vector<char> staged;  // used only when the stream's size is unknown
+  if (bytes_left == std::numeric_limits<std::size_t>::max()) {
+    constexpr std::size_t chunk = std::size_t{16} << 20;
+    while (staged.size() < want) {
+      const std::size_t at = staged.size();
+      const std::size_t step = std::min(chunk, want - at);
+      staged.resize(at + step);
+      in.read(staged.data() + at, static_cast<std::streamsize>(step));
+      if (static_cast<std::size_t>(in.gcount()) != step)
+        raise<io_error>("load_npy: ", src, ": truncated data (", want, " bytes declared, ",
+                        at + static_cast<std::size_t>(in.gcount()), " follow)");
+    }
+  }
+  Tensor<T> out(std::move(shape), uninitialized);
   if (std::is_same<T, bool>::value) {
-    std::vector<unsigned char> bytes(n);
-    in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(n));
-    if (!in && n > 0) raise<io_error>("load_npy: ", src, ": truncated data");
-    for (std::size_t i = 0; i < n; ++i) out[static_cast<index_t>(i)] = bytes[i] != 0;
-  } else {
-    in.read(reinterpret_cast<char*>(out.data()), static_cast<std::streamsize>(n * sizeof(T)));
-    if (!in && n > 0) raise<io_error>("load_npy: ", src, ": truncated data");
+    std::vector<char> bytes;
+    const char* src_bytes = staged.data();
+    if (staged.empty() && n > 0) {
+      bytes.resize(n);
+      in.read(bytes.data(), static_cast<std::streamsize>(n));
+      if (!in) raise<io_error>("load_npy: ", src, ": truncated data");
+      src_bytes = bytes.data();
+    }
+    for (std::size_t i = 0; i < n; ++i) out[static_cast<index_t>(i)] = src_bytes[i] != 0;
+  } else if (n > 0) {
+    if (!staged.empty()) {
+      std::memcpy(static_cast<void*>(out.data()), staged.data(), want);
+    } else {
+      in.read(reinterpret_cast<char*>(out.data()), static_cast<std::streamsize>(want));
+      if (!in) raise<io_error>("load_npy: ", src, ": truncated data");
+    }
+  }
+  return out;
+}
+
+/// Writes to `path` through an exclusive temporary and a rename (see
+/// save_npy): `fill(sink)` hands its bytes to sink(const char*, size_t) and
+/// returns false on failure. `who` starts error messages.
+template <class Fill>
+void replace_file(const std::string& path, const char* who, Fill&& fill) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode))
+    raise<io_error>(who, ": ", path, ": not a regular file (",
+                    S_ISLNK(st.st_mode) ? "a symlink" : S_ISDIR(st.st_mode) ? "a directory" : "a device, FIFO or socket",
+                    "); refusing to replace it");
+  const auto slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  const std::string base = slash == std::string::npos ? path : path.substr(slash + 1);
+  std::string tmp = dir + "/." + base + ".einmoe-XXXXXX";
+  const int fd = ::mkstemp(&tmp[0]);
+  if (fd < 0) raise<io_error>(who, ": cannot write ", path, " (cannot create a temporary file in ", dir, ")");
+  const mode_t mask = ::umask(0);  // mkstemp makes 0600; give the usual mode
+  ::umask(mask);
+  bool ok = ::fchmod(fd, 0666 & ~mask) == 0 && fill([fd](const char* p, std::size_t n) {
+    for (std::size_t at = 0; at < n;) {
+      const ssize_t w = ::write(fd, p + at, n - at);
+      if (w <= 0) return false;
+      at += static_cast<std::size_t>(w);
+    }
+    return true;
+  });
+  ok = ::close(fd) == 0 && ok;
+  if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
+    ::unlink(tmp.c_str());
+    raise<io_error>(who, ": ", ok ? "cannot replace " : "failed writing ", path);
   }
 }
 
@@ -206,7 +372,10 @@ inline NpyInfo read_npy_info(const std::string& path) {
 }
 
 /// Reads a .npy stream whose dtype must be T, naming its dims `names`
-/// (one per axis). `src` names the stream in error messages.
+/// (one per axis). `src` names the stream in error messages; `stream_size`
+/// is the stream's total size when known (load_npy passes the file's). With
+/// or without it, nothing larger than the bytes that actually follow the
+/// header is ever allocated.
 template <class T>
 Tensor<T> read_npy(std::istream& in, const std::vector<std::string>& names, const std::string& src,
                    std::size_t stream_size = std::numeric_limits<std::size_t>::max()) {
@@ -222,16 +391,26 @@ Tensor<T> read_npy(std::istream& in, const std::vector<std::string>& names, cons
                               for (const auto& n : names) s += (s.empty() ? "" : ",") + n;
                               return s;
                             }(), ")");
-  // Never allocate more than the stream can hold.
-  long double bytes = static_cast<long double>(detail::item_size(info.dtype));
-  for (index_t s : info.sizes) bytes *= static_cast<long double>(s);
-  if (bytes > static_cast<long double>(stream_size) - static_cast<long double>(off))
-    detail::raise<io_error>("load_npy: ", src, ": truncated data");
   std::vector<Dim> dims;
   for (std::size_t i = 0; i < names.size(); ++i) dims.emplace_back(names[i], info.sizes[i]);
-  Tensor<T> out(Shape(std::move(dims)), uninitialized);
-  detail::read_npy_data(in, info, out, src);
-  return out;
+  Shape shape(std::move(dims));
+  std::size_t left = std::numeric_limits<std::size_t>::max();
+  if (stream_size != left) {
+    left = stream_size >= off ? stream_size - off : 0;
+  } else {  // a seekable stream tells how much follows
+    const auto here = in.tellg();
+    if (here >= 0) {
+      if (in.seekg(0, std::ios::end)) {
+        const auto end = in.tellg();
+        if (end >= here) left = static_cast<std::size_t>(end - here);
+      }
+      in.clear(in.rdstate() & ~std::ios::failbit);
+      in.seekg(here);
+      if (!in) left = std::numeric_limits<std::size_t>::max();
+    }
+    in.clear(in.rdstate() & ~std::ios::failbit);
+  }
+  return detail::read_npy_data<T>(in, info, std::move(shape), src, left);
 }
 
 /// Loads a .npy file whose dtype must be T, naming its dims `names`.
@@ -242,9 +421,11 @@ Tensor<T> load_npy(const std::string& path, const std::vector<std::string>& name
   return read_npy<T>(in, names, path, file_size);
 }
 
-/// Writes t as .npy (format 1.0, C order) to a stream.
+namespace detail {
+
+/// The magic, length and header dict of t as .npy format 1.0 (C order).
 template <class T>
-void write_npy(std::ostream& out, const Tensor<T>& t) {
+std::string npy_preamble(const Tensor<T>& t) {
   std::string descr;
   switch (dtype_of<T>()) {
     case DType::float32: descr = "<f4"; break;
@@ -260,40 +441,50 @@ void write_npy(std::ostream& out, const Tensor<T>& t) {
   const std::size_t total = 10 + h.size() + 1;
   h.append((64 - total % 64) % 64, ' ');
   h += '\n';
-  if (h.size() > 65535) detail::raise<io_error>("save_npy: header too long");
-  out.write("\x93NUMPY\x01\x00", 8);
-  const unsigned char len[2] = {static_cast<unsigned char>(h.size() & 0xff), static_cast<unsigned char>(h.size() >> 8)};
-  out.write(reinterpret_cast<const char*>(len), 2);
-  out.write(h.data(), static_cast<std::streamsize>(h.size()));
-  if (std::is_same<T, bool>::value) {
-    std::vector<char> bytes(static_cast<std::size_t>(t.size()));
-    for (index_t i = 0; i < t.size(); ++i) bytes[static_cast<std::size_t>(i)] = t[i] ? 1 : 0;
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  } else if (t.size() > 0) {
-    out.write(reinterpret_cast<const char*>(t.data()), static_cast<std::streamsize>(static_cast<std::size_t>(t.size()) * sizeof(T)));
-  }
+  if (h.size() > 65535) raise<io_error>("save_npy: header too long");
+  const char len[2] = {static_cast<char>(h.size() & 0xff), static_cast<char>(h.size() >> 8)};
+  return std::string("\x93NUMPY\x01\x00", 8) + std::string(len, 2) + h;
 }
 
-/// Saves t to `path` as .npy; written to a temporary file first and renamed,
-/// so `path` is either complete or untouched.
+/// Hands t's .npy bytes to `sink(const char*, std::size_t)` (returns false
+/// to stop): the preamble, then the data straight from t's buffer (bools in
+/// 64 KiB chunks of 0/1 bytes).
+template <class T, class Sink>
+bool emit_npy(const Tensor<T>& t, Sink&& sink) {
+  const std::string pre = npy_preamble(t);
+  if (!sink(pre.data(), pre.size())) return false;
+  if (std::is_same<T, bool>::value) {
+    char buf[1 << 16];
+    for (index_t i = 0; i < t.size();) {
+      std::size_t k = 0;
+      for (; k < sizeof(buf) && i < t.size(); ++k, ++i) buf[k] = t[i] ? 1 : 0;
+      if (!sink(buf, k)) return false;
+    }
+    return true;
+  }
+  return t.size() == 0 ||
+         sink(reinterpret_cast<const char*>(t.data()), static_cast<std::size_t>(t.size()) * sizeof(T));
+}
+
+}  // namespace detail
+
+/// Writes t as .npy (format 1.0, C order) to a stream.
+template <class T>
+void write_npy(std::ostream& out, const Tensor<T>& t) {
+  detail::emit_npy(t, [&](const char* p, std::size_t n) {
+    out.write(p, static_cast<std::streamsize>(n));
+    return static_cast<bool>(out);
+  });
+}
+
+/// Saves t to `path` as .npy, all or nothing: the bytes go to a new
+/// temporary file with an unpredictable name beside `path` (mkstemp:
+/// created exclusively, never through a symlink), which is then renamed
+/// onto `path`. `path` must be a regular file or not exist: a symlink,
+/// directory, device or FIFO there is an io_error and is left untouched.
 template <class T>
 void save_npy(const std::string& path, const Tensor<T>& t) {
-  const std::string tmp = path + ".einmoe-tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) detail::raise<io_error>("save_npy: cannot write ", path);
-    write_npy(out, t);
-    out.flush();
-    if (!out) {
-      out.close();
-      std::remove(tmp.c_str());
-      detail::raise<io_error>("save_npy: failed writing ", path);
-    }
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    detail::raise<io_error>("save_npy: cannot write ", path);
-  }
+  detail::replace_file(path, "save_npy", [&](auto&& sink) { return detail::emit_npy(t, sink); });
 }
 
 }  // namespace einmoe

@@ -367,7 +367,7 @@ void ffn_rows(const FfnKernel<T>& f, index_t e, const T* x, index_t m, T* y, Ffn
   x = detail::aligned_rows(x, m, f.model(), s.xa);
   if (dropout && dropout->rate > 0.0 && f.precision() != Precision::fp32)
     detail::raise<value_error>("ffn_rows: dropout runs in fp32 precision only");
-  detail::SingleThread one;
+  [[maybe_unused]] detail::SingleThread one;
   const index_t M = f.model(), H = f.hidden();
   const T* b_up = detail::bias_of(f.b_up, e, H);
   const T* b_gate = detail::bias_of(f.b_gate, e, H);
@@ -375,7 +375,7 @@ void ffn_rows(const FfnKernel<T>& f, index_t e, const T* x, index_t m, T* y, Ffn
 #if defined(EINMOE_HAS_DNNL)
   const bool dnnl = f.backend() == Backend::dnnl && M > 0 && H > 0;
 #else
-  const bool dnnl = false;
+  [[maybe_unused]] const bool dnnl = false;
 #endif
 
 #if defined(EINMOE_HAS_DNNL)
@@ -483,7 +483,7 @@ void linear_rows(const MatrixBank<T>& w, index_t e, const T* x, index_t m, T* y,
   if (m > FfnKernel<T>::row_block_of(w.backend()))
     detail::raise<value_error>("linear_rows: ", m, " rows in one call (at most ", FfnKernel<T>::row_block_of(w.backend()), ")");
   if (m == 0) return;
-  detail::SingleThread one;
+  [[maybe_unused]] detail::SingleThread one;
   x = detail::aligned_rows(x, m, w.in(), s.xa);
 #if defined(EINMOE_HAS_DNNL)
   if constexpr (std::is_same<T, float>::value) {

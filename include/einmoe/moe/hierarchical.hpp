@@ -35,11 +35,12 @@ struct HierarchicalWeights {
 };
 
 struct HierarchicalOptions {
-  /// Outer gating: its group_dim is the token dim of x; capacity e.g. "outer_capacity".
-  Top2Options outer{Dim("outer_capacity", 4), "group", "outer_experts"};
+  /// Outer gating: its group_dim is the token dim of x; capacity e.g.
+  /// "outer_capacity" (size 0: from capacity_factor, see Top2Options).
+  Top2Options outer{Dim("outer_capacity", 0), "group", "outer_experts"};
   /// Inner gating: its group_dim is ignored (the inner groups are the outer
   /// capacity slots); capacity e.g. "inner_capacity".
-  Top2Options inner{Dim("inner_capacity", 4), "outer_capacity", "inner_experts"};
+  Top2Options inner{Dim("inner_capacity", 0), "outer_capacity", "inner_experts"};
   std::string model_dim = "model";
   std::string hidden_dim = "hidden";
   Activation activation = Activation::relu;
@@ -72,9 +73,12 @@ HierarchicalResult<T> hierarchical_moe_forward(const Tensor<T>& x_in, const Hier
   const Dim group = x_in.shape().get(o.outer.group_dim, op);
   const Dim eo = w.wg_outer.shape().get(o.outer.experts_dim, op);
   const Dim ei = w.wg_inner.shape().get(o.inner.experts_dim, op);
-  const Dim co = o.outer.capacity;
+  Top2Options outer = o.outer;  // capacities resolved for these sizes
+  outer.capacity = resolved_capacity(o.outer, group.size, eo.size, op);
+  const Dim co = outer.capacity;
   const Dim hidden = w.wi.shape().get(o.hidden_dim, op);
-  const Top2Options inner = detail::inner_options(o);
+  Top2Options inner = detail::inner_options(o);
+  inner.capacity = resolved_capacity(inner, co.size, ei.size, op);
   const Shape batch = x_in.shape().without({o.model_dim, o.outer.group_dim});
   Tensor<T> x_hold;
   const Tensor<T>& x = in_order(x_in, batch.with(group).with(model), x_hold);
@@ -89,7 +93,7 @@ HierarchicalResult<T> hierarchical_moe_forward(const Tensor<T>& x_in, const Hier
   HierarchicalResult<T> out;
   const Tensor<T> logits_o = einsum({x, w.wg_outer}, batch.with(group).with(eo));
   if (o.dense) {
-    const auto d_o = top2_gating_dense(logits_o, o.outer);
+    const auto d_o = top2_gating_dense(logits_o, outer);
     const Tensor<T> expert_inputs_outer = einsum({x, d_o.dispatch}, eio_shape);
     const Tensor<T> imp = sum_to(d_o.combine, importance_shape);
     GatingInputs<T> in;
@@ -108,7 +112,7 @@ HierarchicalResult<T> hierarchical_moe_forward(const Tensor<T>& x_in, const Hier
     out.outer = d_o.stats;
     out.inner = d_i.stats;
   } else {
-    const auto r_o = top2_gating(logits_o, o.outer);
+    const auto r_o = top2_gating(logits_o, outer);
     const index_t G = r_o.plan.groups(), S = group.size, Eo = eo.size, Co = co.size, M = model.size, K = r_o.plan.k;
     // Outer dispatch: [Eo, <batch>, Co, M], zero rows for empty (or zero-weight) slots.
     Tensor<T> eio(eio_shape);

@@ -27,6 +27,14 @@
 // the experts in fixed blocks of rows per expert, each block by a
 // single-threaded kernel, and every sum runs in a fixed order.
 //
+// Capacity: opt.gating.capacity fixes C; left at size 0 (the default), C
+// comes from opt.gating.capacity_factor (1.25) by Mesh TF's rule for the
+// group size of each call (routers/gating_options.hpp).
+//
+// Random draws (top-2 policies random and sampling, dropout) are fresh on
+// every call and reproducible: call n draws from Rng::call_seed(seed, n);
+// call 0 equals the stateless moe_forward. set_calls(n) replays call n.
+//
 // Routers (opt.router): top2 (default; Mesh TF / GShard top-2 gating with
 // opt.gating), topk (routers/topk.hpp with opt.topk: Switch, Mixtral, Qwen,
 // DeepSeek-V3, DeepSpeed) or expert_choice (opt.expert_choice). Every router
@@ -43,6 +51,7 @@
 // layer then keeps a copy of the weights).
 #pragma once
 
+#include <atomic>
 #include <mutex>
 #include <optional>
 
@@ -196,12 +205,24 @@ void router_logits_into(const MatrixBank<T>& router, const Tensor<T>& x, const M
   });
 }
 
-/// Routes logits [<batch>, group, experts] with the layer's router.
+/// Top-2 options for a layer's call n: the seed of policies random and
+/// sampling advanced to Rng::call_seed(seed, n) (draws given as inputs win).
+inline const Top2Options& gating_for_call(const Top2Options& g, std::uint64_t call, Top2Options& hold) {
+  if (call == 0 || (g.policy != SecondPolicy::random && g.policy != SecondPolicy::sampling)) return g;
+  hold = g;
+  hold.seed = Rng::call_seed(g.seed, call);
+  return hold;
+}
+
+/// Routes logits [<batch>, group, experts] with the layer's router; `call`
+/// is the layer's call count (what top-2's random draws start from).
 template <class T>
-RouterResult<T> route_tokens(const Tensor<T>& logits, const MoEOptions& opt, const GatingInputs<T>& extras) {
+RouterResult<T> route_tokens(const Tensor<T>& logits, const MoEOptions& opt, const GatingInputs<T>& extras,
+                             std::uint64_t call = 0) {
   if (opt.router == RouterKind::topk) return topk_routing(logits, opt.topk);
   if (opt.router == RouterKind::expert_choice) return expert_choice_routing(logits, opt.expert_choice);
-  auto t = top2_gating(logits, opt.gating, extras);
+  Top2Options hold;
+  auto t = top2_gating(logits, gating_for_call(opt.gating, call, hold), extras);
   RouterResult<T> r;
   r.plan = std::move(t.plan), r.aux_loss = t.aux_loss, r.stats = std::move(t.stats), r.parts = std::move(t.parts);
   return r;
@@ -247,15 +268,27 @@ class MoELayer {
   }
 
   /// forward into `out`, reusing its buffers.
+  ///
+  /// Random draws (top-2 policies random and sampling, dropout) are fresh on
+  /// every call and reproducible: call n (counting from 0) draws from
+  /// Rng::call_seed(seed, n), so the first call equals the stateless
+  /// functions with the options' seeds. Draws passed in `extras` win.
   void forward_into(MoEResult<T>& out, const Tensor<T>& inputs, const GatingInputs<T>& extras = {}) const {
+    const std::uint64_t call = calls_.fetch_add(1);
     std::unique_lock<std::mutex> lock(mutex_, std::try_to_lock);
     if (lock.owns_lock()) {
-      run(out, inputs, extras, ws_);
+      run_with(out, inputs, extras, ws_, dense_ ? &*dense_ : nullptr, call);
     } else {
       Workspace ws;
-      run(out, inputs, extras, ws);
+      run_with(out, inputs, extras, ws, dense_ ? &*dense_ : nullptr, call);
     }
   }
+
+  /// Forward calls made so far: the next call draws from
+  /// Rng::call_seed(seed, calls()).
+  std::uint64_t calls() const { return calls_.load(); }
+  /// Makes the next forward call number n (to replay call n, or restart at 0).
+  void set_calls(std::uint64_t n) { calls_.store(n); }
 
   /// logits [<batch>, group, experts] = x [<batch>, group, model] . wg, in
   /// fixed row blocks per group (the routing input).
@@ -362,13 +395,11 @@ class MoELayer {
     detail::router_logits_into(router_, x, opt_, model_, experts_dim_, logits, scratch);
   }
 
-  void run(MoEResult<T>& out, const Tensor<T>& inputs, const GatingInputs<T>& extras_in, Workspace& ws) const {
-    run_with(out, inputs, extras_in, ws, dense_ ? &*dense_ : nullptr);
-  }
-
   void run_with(MoEResult<T>& out, const Tensor<T>& inputs, const GatingInputs<T>& extras_in, Workspace& ws,
-                const MoEWeights<T>* dense) const {
-    const Top2Options& g = opt_.gating;
+                const MoEWeights<T>* dense, std::uint64_t call) const {
+    Top2Options hold;
+    const Top2Options& g = detail::gating_for_call(opt_.gating, call, hold);
+    const std::uint64_t dropout_seed = Rng::call_seed(opt_.dropout_seed, call);
     detail::group_inputs(ws.in, inputs, opt_);
     const Tensor<T>& x = in_order(*ws.in.x, canonical_shape(ws.in.x->shape()), ws.canonical);
     GatingInputs<T> regrouped;
@@ -384,7 +415,8 @@ class MoELayer {
                                  to_string(opt_.router));
     compute_logits(x, ws.logits, ws.router);
     if (opt_.dense) {
-      const ExpertOptions eo = detail::expert_options(opt_);
+      ExpertOptions eo = detail::expert_options(opt_);
+      eo.dropout_seed = dropout_seed;
       struct : DenseRouterResult<T> {
         RoutingStats stats;
       } d;
@@ -409,8 +441,8 @@ class MoELayer {
       out.z_loss = d.z_loss;
       out.stats = std::move(d.stats);
     } else {
-      RouterResult<T> r = detail::route_tokens(ws.logits, opt_, *extras);
-      experts_sparse_into(out.outputs, x, r.plan, experts_, ws.experts);
+      RouterResult<T> r = detail::route_tokens(ws.logits, opt_, *extras, call);
+      experts_sparse_into(out.outputs, x, r.plan, experts_, ws.experts, dropout_seed);
       // (x and the outputs are [<batch>, group, model], contiguous)
       shared_.add_to(x.data(), x.size() / model_.size, out.outputs.data(), ws.shared);
       out.aux_loss = r.aux_loss;
@@ -434,6 +466,7 @@ class MoELayer {
   Dim experts_dim_, model_;
   mutable Workspace ws_;
   mutable std::mutex mutex_;
+  mutable std::atomic<std::uint64_t> calls_{0};
 };
 
 /// One MoE feed-forward layer forward pass (lays the weights out for this
@@ -445,7 +478,7 @@ MoEResult<T> moe_forward(const Tensor<T>& inputs, const MoEWeights<T>& w, const 
   const MoELayer<T> layer(w, opt, false);
   MoEResult<T> out;
   typename MoELayer<T>::Workspace ws;
-  layer.run_with(out, inputs, extras, ws, opt.dense ? &w : nullptr);
+  layer.run_with(out, inputs, extras, ws, opt.dense ? &w : nullptr, 0);
   return out;
 }
 

@@ -91,10 +91,33 @@ TopKResult<T> top_k(const Tensor<T>& x, const std::string& dim, const Dim& k_dim
   return r;
 }
 
-/// The largest entry along `dim` and its position (ties -> lowest index):
+/// Which index wins among equal largest entries.
+enum class Ties {
+  lowest,   ///< the lowest index (tf.argmax, numpy, lingvo; Mesh TF since Sept. 2019)
+  highest,  ///< the highest index (mtf.top_1 before Sept. 2019: reduce_max of range * one_hot)
+};
+
+inline const char* to_string(Ties t) { return t == Ties::lowest ? "lowest" : "highest"; }
+inline Ties parse_ties(const std::string& s) {
+  if (s == "lowest") return Ties::lowest;
+  if (s == "highest") return Ties::highest;
+  detail::raise<value_error>("unknown ties rule \"", s, "\" (lowest, highest)");
+}
+
+namespace detail {
+/// True when candidate entry x (at a higher index than the best so far)
+/// replaces best under `ties`.
+template <class T>
+inline bool replaces_best(T x, T best, Ties ties) {
+  return ties == Ties::lowest ? ranks_before(x, best) : !ranks_before(best, x);
+}
+}  // namespace detail
+
+/// The largest entry along `dim` and its position (ties -> the lowest index,
+/// or the highest with Ties::highest; NaN ranks above everything):
 /// [.., dim, ..] -> values, indices [.. without dim].
 template <class T>
-TopKResult<T> top_1(const Tensor<T>& x, const std::string& dim) {
+TopKResult<T> top_1(const Tensor<T>& x, const std::string& dim, Ties ties = Ties::lowest) {
   const detail::AxisSplit ax(x.shape(), dim, "top_1");
   if (ax.n == 0) detail::raise<shape_error>("top_1: dim \"", dim, "\" is empty");
   const Shape os = x.shape().without({dim});
@@ -104,7 +127,7 @@ TopKResult<T> top_1(const Tensor<T>& x, const std::string& dim) {
       const T* base = x.data() + ax.at(o, 0, j);
       index_t best = 0;
       for (index_t i = 1; i < ax.n; ++i)
-        if (detail::ranks_before(base[i * ax.inner], base[best * ax.inner])) best = i;
+        if (detail::replaces_best(base[i * ax.inner], base[best * ax.inner], ties)) best = i;
       r.values[o * ax.inner + j] = base[best * ax.inner];
       r.indices[o * ax.inner + j] = best;
     }

@@ -16,6 +16,8 @@
 // later tokens of its group.
 #pragma once
 
+#include <cmath>
+
 #include <algorithm>
 #include <numeric>
 
@@ -25,7 +27,12 @@
 namespace einmoe {
 
 struct ExpertChoiceOptions {
-  Dim capacity{"expert_capacity", 4};  ///< C tokens per expert per group (1 <= C <= S)
+  /// C tokens per expert per group (1 <= C <= S). Size 0 (the default) sizes
+  /// it from capacity_factor on every call: C = min(S, max(round(S * cf /
+  /// E), 1)), the rule of Zhou et al. (2022) and flaxformer's
+  /// ExpertsChooseMaskedRouter (each token gets cf experts on average).
+  Dim capacity{"expert_capacity", 0};
+  double capacity_factor = 2.0;  ///< the paper's default c = 2
   std::string group_dim = "group";
   std::string experts_dim = "experts";
 };
@@ -33,7 +40,18 @@ struct ExpertChoiceOptions {
 namespace detail {
 template <class T>
 RouterProblem<T> expert_choice_problem(const Tensor<T>& logits, const ExpertChoiceOptions& o, const char* op) {
-  auto p = router_problem(logits, o.group_dim, o.experts_dim, std::optional<Dim>(o.capacity), o.capacity.name, op);
+  Dim cap = o.capacity;
+  if (cap.size == 0) {
+    if (!(o.capacity_factor > 0 && std::isfinite(o.capacity_factor)))
+      raise<value_error>(op, ": no capacity: set capacity to a positive size, or capacity_factor (now ", o.capacity_factor,
+                         ") to a positive number");
+    const Shape& s = logits.shape();
+    const index_t S = s.has(o.group_dim) ? s.size_of(o.group_dim) : 0;
+    const index_t E = s.has(o.experts_dim) ? std::max<index_t>(s.size_of(o.experts_dim), 1) : 1;
+    const double c = std::round(static_cast<double>(S) * o.capacity_factor / static_cast<double>(E));
+    cap.size = std::min<index_t>(S, std::max<index_t>(1, c >= 9.0e18 ? S : static_cast<index_t>(c)));
+  }
+  auto p = router_problem(logits, o.group_dim, o.experts_dim, std::optional<Dim>(cap), cap.name, op);
   if (p.C > p.S)
     raise<value_error>(op, ": capacity ", p.C, " exceeds the group's ", p.S, " tokens (each expert takes C distinct tokens)");
   return p;

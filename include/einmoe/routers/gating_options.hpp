@@ -9,6 +9,8 @@
 
 #include "einmoe/core/tensor.hpp"
 #include "einmoe/core/random.hpp"
+#include "einmoe/ops/index.hpp"
+#include "einmoe/routers/capacity.hpp"
 #include "einmoe/ops/manip.hpp"
 #include "einmoe/routers/routing_plan.hpp"
 
@@ -49,7 +51,10 @@ inline SecondPolicy parse_second_policy(const std::string& s) {
 /// [<batch dims>, group_dim, experts_dim] (any order; batch dims are all the
 /// others).
 struct Top2Options {
-  Dim capacity{"expert_capacity", 4};  ///< C slots per expert per group
+  /// C slots per expert per group. Size 0 (the default) sizes it from
+  /// capacity_factor by capacity_rule for the actual group size on every
+  /// call; set a positive size to fix it.
+  Dim capacity{"expert_capacity", 0};
   std::string group_dim = "group";     ///< tokens that compete for capacity
   std::string experts_dim = "experts";
   SecondPolicy policy = SecondPolicy::all;
@@ -57,6 +62,17 @@ struct Top2Options {
   Normalize normalize = Normalize::before;
   bool second_place_loss = false;      ///< add Mesh TF's second-place balancing loss
   std::uint64_t seed = 0;              ///< draws for random / sampling when none are given
+  /// Which expert wins a tie for first or second place: the lowest index
+  /// (lingvo, tf.argmax) or the highest (the Mesh TF code in the sources:
+  /// mtf.top_1 before September 2019). Ties are real: a zero-initialised
+  /// router, duplicated experts, or softmax underflow past a logit gap of ~104.
+  Ties ties = Ties::lowest;
+  /// Used when capacity's size is 0: Mesh TF's training default 1.25 (its
+  /// moe_capacity_factor_train).
+  double capacity_factor = 1.25;
+  /// Used when capacity's size is 0: Mesh TF's rule, C = max(min(S, int(S *
+  /// cf / E)), 4) (see routers/capacity.hpp for the others).
+  CapacityRule capacity_rule = CapacityRule::mtf;
 };
 
 /// Optional per-token inputs of top-2 gating.
@@ -70,6 +86,21 @@ struct GatingInputs {
   /// [<batch>, group, experts] standard Gumbel draws for policy sampling.
   std::optional<Tensor<T>> gumbel;
 };
+
+/// The capacity dim top-2 gating uses for groups of S tokens and E experts:
+/// o.capacity when its size is positive, else sized from o.capacity_factor
+/// by o.capacity_rule. value_error for a negative size or, without a size,
+/// a factor that is not a positive number.
+inline Dim resolved_capacity(const Top2Options& o, index_t group_size, index_t experts, const char* op = "top2_gating") {
+  if (o.capacity.size < 0)
+    detail::raise<value_error>(op, ": capacity \"", o.capacity.name, "\" is ", o.capacity.size, "; must be positive");
+  if (o.capacity.size > 0) return o.capacity;
+  if (!(o.capacity_factor > 0 && std::isfinite(o.capacity_factor)))
+    detail::raise<value_error>(op, ": no capacity: set capacity to a positive size, or capacity_factor (now ",
+                               o.capacity_factor, ") to a positive number");
+  return Dim(o.capacity.name, capacity_from_factor(o.capacity_rule, std::max<index_t>(group_size, 1),
+                                                   std::max<index_t>(experts, 1), 2, o.capacity_factor));
+}
 
 namespace detail {
 
@@ -112,10 +143,9 @@ GatingProblem<T> make_problem(const Tensor<T>& logits, const Top2Options& o, con
   p.batch = s.without({o.group_dim, o.experts_dim});
   p.group = s.get(o.group_dim);
   p.experts = s.get(o.experts_dim);
-  p.capacity = o.capacity;
   if (s.has(o.capacity.name)) raise<shape_error>(op, ": capacity dim \"", o.capacity.name, "\" is already in the logits");
   if (p.experts.size < 1) raise<value_error>(op, ": dim \"", p.experts.name, "\" has size 0; need at least one expert");
-  if (p.capacity.size < 1) raise<value_error>(op, ": capacity \"", p.capacity.name, "\" is ", p.capacity.size, "; must be positive");
+  p.capacity = resolved_capacity(o, p.group.size, p.experts.size, op);
   if (std::isnan(o.threshold)) raise<value_error>(op, ": threshold is NaN");
   const Shape tok = p.batch.with(p.group);
   const Shape full = tok.with(p.experts);

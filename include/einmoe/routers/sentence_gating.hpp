@@ -9,8 +9,9 @@
 // Segment ids follow lingvo's GetSentenceEmbeddings exactly: id 0 is padding
 // (its embedding is zero) and ids are global over all tokens of the call -
 // the same id in two groups is one segment, averaged over both. Give each
-// group its own ids to keep segments apart. Ids must lie in [0, number of
-// tokens).
+// group its own ids to keep segments apart. Ids lie in [0, N] for N tokens:
+// id N is padding too, as in lingvo (which shifts ids down by one and sends
+// id 0 to N - 1, so ids 0 and N share the segment whose mean it zeroes).
 //
 // local_dispatch = false gates all tokens as one group (capacity is then per
 // expert for the whole batch): the plan has no batch dims and one group of
@@ -27,8 +28,8 @@
 namespace einmoe {
 
 /// Mean embedding of each token's segment: inputs [<batch>, group, model],
-/// segment_ids (integers) [<batch>, group] -> [<batch>, group, model]; rows
-/// of segment 0 are zero.
+/// segment_ids (integers in [0, N] for N tokens) [<batch>, group] ->
+/// [<batch>, group, model]; rows of segments 0 and N (padding) are zero.
 template <class T, class I>
 Tensor<T> sentence_embeddings(const Tensor<T>& inputs, const Tensor<I>& segment_ids, const std::string& model_dim = "model") {
   static_assert(std::is_integral<I>::value, "sentence_embeddings: segment ids must be integers");
@@ -46,16 +47,16 @@ Tensor<T> sentence_embeddings(const Tensor<T>& inputs, const Tensor<I>& segment_
   std::vector<index_t> counts(detail::uz(N), 0);
   for (index_t t = 0; t < N; ++t) {
     const auto id = static_cast<index_t>(ids[t]);
-    if (id < 0 || id >= std::max<index_t>(N, 1))
-      detail::raise<value_error>(op, ": segment id ", id, " (token ", t, ") is outside [0, ", N, ")");
-    if (id == 0) continue;
+    if (id < 0 || id > N)
+      detail::raise<value_error>(op, ": segment id ", id, " (token ", t, ") is outside [0, ", N, "]");
+    if (id == 0 || id == N) continue;  // padding
     ++counts[detail::uz(id)];
     for (index_t m = 0; m < M; ++m) sums[detail::uz(id * M + m)] += x[t * M + m];
   }
   Tensor<T> out(tokens.with(model));
   for (index_t t = 0; t < N; ++t) {
     const auto id = static_cast<index_t>(ids[t]);
-    if (id == 0) continue;
+    if (id == 0 || id == N) continue;
     const T n = static_cast<T>(counts[detail::uz(id)]);
     for (index_t m = 0; m < M; ++m) out[t * M + m] = sums[detail::uz(id * M + m)] / n;
   }

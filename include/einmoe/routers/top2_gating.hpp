@@ -17,7 +17,8 @@
 //
 // Per group, for each token (see the routing issue for the full statement):
 //  1. raw = softmax(logits) over experts.
-//  2. index_1 = argmax raw (ties -> lowest); gate_1 = raw[index_1]; both
+//  2. index_1 = argmax raw (ties -> lowest, or highest with opt.ties as
+//     Mesh TF's mtf.top_1 before Sept. 2019); gate_1 = raw[index_1]; both
 //     dropped where importance != 1.
 //  3. index_2 = argmax of raw without index_1 (or, policy sampling, argmax of
 //     logits + Gumbel with the first expert's logit at -0.7 * max(T));
@@ -75,10 +76,10 @@ T top2_aux_loss(const LossParts<T>& parts, index_t G, index_t E) {
 namespace detail {
 
 template <class T>
-index_t argmax_row(const T* x, index_t n) {
+index_t argmax_row(const T* x, index_t n, Ties ties = Ties::lowest) {
   index_t best = 0;
   for (index_t i = 1; i < n; ++i)
-    if (ranks_before(x[i], x[best])) best = i;
+    if (replaces_best(x[i], x[best], ties)) best = i;
   return best;
 }
 
@@ -125,7 +126,7 @@ Top2Result<T> top2_gating(const Tensor<T>& logits, const Top2Options& opt, const
       detail::softmax_row(lg, raw.data(), E, 1);
       const T imp = p.importance ? (*p.importance)[t] : T(1);
       // 1st choice
-      const index_t i1 = detail::argmax_row(raw.data(), E);
+      const index_t i1 = detail::argmax_row(raw.data(), E, opt.ties);
       const bool has1 = imp == T(1);
       T g1 = has1 ? raw[detail::uz(i1)] : T(0);
       // 2nd choice
@@ -135,9 +136,9 @@ Top2Result<T> top2_gating(const Tensor<T>& logits, const Top2Options& opt, const
         const T* gu = p.gumbel->data() + t * E;
         for (index_t e = 0; e < E; ++e)
           noised[detail::uz(e)] = ((has1 && e == i1) ? very_negative : lg[e]) + gu[e];
-        i2 = detail::argmax_row(noised.data(), E);
+        i2 = detail::argmax_row(noised.data(), E, opt.ties);
       } else {
-        i2 = detail::argmax_row(without.data(), E);
+        i2 = detail::argmax_row(without.data(), E, opt.ties);
       }
       T g2 = without[detail::uz(i2)];
       bool has2 = imp > T(0);

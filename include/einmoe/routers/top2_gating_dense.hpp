@@ -60,7 +60,7 @@ Top2DenseResult<T> top2_gating_dense(const Tensor<T>& logits_in, const Top2Optio
 
   // FIND TOP 2 EXPERTS PER POSITION
   const Tensor<T> raw_gates = softmax(logits, experts);
-  auto top1 = top_1(raw_gates, experts);
+  auto top1 = top_1(raw_gates, experts, opt.ties);
   Tensor<T> gate_1 = std::move(top1.values);
   const Tensor<std::int64_t> index_1 = std::move(top1.indices);
   Tensor<T> mask_1 = one_hot<T>(index_1, p.experts);
@@ -76,9 +76,9 @@ Top2DenseResult<T> top2_gating_dense(const Tensor<T>& logits_in, const Top2Optio
   if (opt.policy == SecondPolicy::sampling) {
     const T very_negative = T(-0.7) * std::numeric_limits<T>::max();
     const Tensor<T> updated = where(greater(mask_1, T(0)), very_negative, logits);
-    index_2 = top_1(updated + *p.gumbel, experts).indices;
+    index_2 = top_1(updated + *p.gumbel, experts, opt.ties).indices;
   } else {
-    index_2 = top_1(gates_without_top_1, experts).indices;
+    index_2 = top_1(gates_without_top_1, experts, opt.ties).indices;
   }
   Tensor<T> mask_2 = one_hot<T>(index_2, p.experts);
   Tensor<T> gate_2 = sum(gates_without_top_1 * mask_2, experts);

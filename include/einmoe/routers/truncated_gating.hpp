@@ -15,7 +15,7 @@
 //   auto plan = truncated_top2_gating(gates, opt).plan;          // fast
 //   auto combine = truncated_top2_gating_dense(gates, opt);        // [<batch>, group, experts, capacity]
 //
-// Of Top2Options only capacity, group_dim and experts_dim are used.
+// Of Top2Options only capacity, group_dim, experts_dim and ties are used.
 #pragma once
 
 #include <vector>
@@ -48,7 +48,7 @@ Top2Result<T> truncated_top2_gating(const Tensor<T>& gates, const Top2Options& o
     std::vector<index_t> i1(detail::uz(S)), pos1(detail::uz(S), -1);
     std::vector<index_t> count1(detail::uz(E), 0);
     for (index_t s = 0; s < S; ++s) {
-      i1[detail::uz(s)] = detail::argmax_row(gt + s * E, E);
+      i1[detail::uz(s)] = detail::argmax_row(gt + s * E, E, opt.ties);
       const index_t pos = count1[detail::uz(i1[detail::uz(s)])]++;
       if (pos < C) pos1[detail::uz(s)] = pos;
     }
@@ -69,7 +69,7 @@ Top2Result<T> truncated_top2_gating(const Tensor<T>& gates, const Top2Options& o
       for (index_t e = 0; e < E; ++e)
         masked[detail::uz(e)] = row[e] - (e == a && kept_first ? T(1) : T(0)) -
                                 (static_cast<T>(s) > exhaustion[detail::uz(e)] ? T(1) : T(0));
-      const index_t b = detail::argmax_row(masked.data(), E);
+      const index_t b = detail::argmax_row(masked.data(), E, opt.ties);
       const index_t p2 = count2[detail::uz(b)]++ + static_cast<index_t>(kept1[detail::uz(b)]);
       const bool keep1 = pos1[detail::uz(s)] >= 0, keep2 = p2 < C;
       T g1 = keep1 ? row[a] : T(0);
@@ -111,7 +111,7 @@ Tensor<T> truncated_top2_gating_dense(const Tensor<T>& gates_in, const Top2Optio
   const std::string& experts = p.experts.name;
   const Tensor<T>& gates = p.logits;
   const T C = static_cast<T>(p.C);
-  auto top1 = top_1(gates, experts);
+  auto top1 = top_1(gates, experts, opt.ties);
   Tensor<T> gate_1 = std::move(top1.values);
   const auto index_1 = std::move(top1.indices);
   Tensor<T> mask_1 = one_hot<T>(index_1, p.experts);
@@ -127,7 +127,7 @@ Tensor<T> truncated_top2_gating_dense(const Tensor<T>& gates_in, const Top2Optio
   const Tensor<T> expected_exhaustion_pos = space_remaining / use_rate;
   const Tensor<T> expected_exhausted = cast<T>(greater(range<T>(p.group), expected_exhaustion_pos));
   const Tensor<T> masked_gates = gates - mask_1 - expected_exhausted;
-  auto top2 = top_1(masked_gates, experts);
+  auto top2 = top_1(masked_gates, experts, opt.ties);
   Tensor<T> gate_2 = std::move(top2.values);
   const auto index_2 = std::move(top2.indices);
   Tensor<T> mask_2 = one_hot<T>(index_2, p.experts);
