@@ -293,6 +293,62 @@ void print_stats(const char* what, const RoutingStats& s, double aux_loss) {
               static_cast<long long>(s.second_kept), static_cast<long long>(s.second_wanted), s.fill());
 }
 
+/// A JSON number (finite; JSON has no NaN or infinity, so those are null).
+std::string json_number(double v) {
+  if (!std::isfinite(v)) return "null";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.17g", v);
+  return buf;
+}
+template <class I>
+std::string json_list(const std::vector<I>& v) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + json_number(static_cast<double>(v[i]));
+  return s + "]";
+}
+
+/// stats.json of einmoe gate: the options used and the load statistics.
+std::string gate_stats_json(const Args& a, const Top2Options& o, const Shape& logits, index_t capacity,
+                            const RoutingStats& st, double aux_loss) {
+  std::string j = "{\n";
+  j += "  \"command\": \"gate\",\n";
+  j += "  \"options\": {\"capacity\": " + std::to_string(capacity) + ", \"capacity_factor\": " +
+       (a.has("--capacity-factor") ? json_number(o.capacity_factor) : std::string("null")) + ", \"policy\": \"" +
+       to_string(o.policy) + "\", \"threshold\": " + json_number(o.threshold) + ", \"normalize\": \"" +
+       (o.normalize == Normalize::before ? "before" : "after") + "\", \"second_place_loss\": " +
+       (o.second_place_loss ? "true" : "false") + ", \"seed\": " + std::to_string(o.seed) + ", \"ties\": \"" +
+       to_string(o.ties) + "\", \"dense\": " + (a.has("--dense") ? "true" : "false") +
+       ", \"mtf_v1\": " + (a.has("--mtf-v1") ? "true" : "false") + "},\n";
+  j += "  \"groups\": " + std::to_string(logits.size_of("batch")) + ", \"group_size\": " +
+       std::to_string(logits.size_of("group")) + ", \"experts\": " + std::to_string(logits.size_of("experts")) + ",\n";
+  j += "  \"tokens_per_expert\": " + json_list(st.tokens_per_expert) + ",\n";
+  j += "  \"first_choices\": " + json_list(st.first_choices) + ",\n";
+  j += "  \"first_wanted\": " + std::to_string(st.first_wanted) + ", \"first_kept\": " + std::to_string(st.first_kept) +
+       ", \"second_wanted\": " + std::to_string(st.second_wanted) + ", \"second_kept\": " +
+       std::to_string(st.second_kept) + ",\n";
+  j += "  \"dropped_first\": " + json_number(st.dropped_first()) + ", \"dropped_second\": " +
+       json_number(st.dropped_second()) + ", \"fill\": " + json_number(st.fill()) + ",\n";
+  j += "  \"aux_loss\": " + json_number(aux_loss) + "\n}\n";
+  return j;
+}
+
+/// The sparse plan as [G, S, k] arrays: expert and slot (int64, -1 where a
+/// choice was not kept) and weight.
+template <class T>
+void add_plan(cli::Outputs& out, const RoutingPlan<T>& plan) {
+  const Shape gsk{{"batch", plan.groups()}, {"group", plan.group.size}, {"choice", plan.k}};
+  Tensor<std::int64_t> expert(gsk, uninitialized), slot(gsk, uninitialized);
+  Tensor<T> weight(gsk, uninitialized);
+  for (index_t i = 0; i < gsk.num_elements(); ++i) {
+    expert[i] = plan.expert[detail::uz(i)];
+    slot[i] = plan.slot[detail::uz(i)];
+    weight[i] = plan.weight[detail::uz(i)];
+  }
+  out.add("expert.npy", expert);
+  out.add("slot.npy", slot);
+  out.add("weight.npy", weight);
+}
+
 template <class T>
 void run_gate(const Args& a) {
   const std::string lp = a.get("--logits");
@@ -301,20 +357,41 @@ void run_gate(const Args& a) {
   expect_logits(logits, "--logits", lp);
   const Top2Options o = gate_options(a);
   const Shape tokens = logits.shape().without({"experts"});
+  const bool v1 = a.has("--mtf-v1");
+  if (!v1 && a.has("--max-experts")) fail("--max-experts: belongs to --mtf-v1");
+  if (v1) {
+    for (const char* f : {"--importance", "--gumbel", "--normalize"})
+      if (a.has(f)) fail(f, ": not part of --mtf-v1 (its gates are renormalized after capacity; see --max-experts)");
+    if (o.policy == SecondPolicy::sampling) fail("--policy sampling: not part of --mtf-v1 (all, none, threshold, random)");
+  }
   const auto in = gate_inputs<T>(a, tokens, logits.shape());
+  std::optional<Tensor<T>> max_experts;
+  if (a.has("--max-experts")) {
+    const std::string mp = a.get("--max-experts");
+    max_experts = cli::load_float<T>("--max-experts", mp, {"batch", "group"});
+    cli::expect_shape(*max_experts, tokens, "--max-experts", mp);
+    cli::expect_finite(*max_experts, "--max-experts", mp);
+  }
+  const Tensor<T>* me = max_experts ? &*max_experts : nullptr;
+  const Tensor<T>* u = in.uniform ? &*in.uniform : nullptr;
   cli::Outputs out(a);
   if (a.has("--dense")) {
-    const auto d = top2_gating_dense(logits, o, in);
+    const auto d = v1 ? top2_gating_mtf_v1_dense(logits, o, me, u) : top2_gating_dense(logits, o, in);
     out.add("dispatch.npy", d.dispatch);
     out.add("combine.npy", d.combine);
     out.add("aux_loss.npy", Tensor<T>::scalar(d.aux_loss));
+    out.add_text("stats.json", gate_stats_json(a, o, logits.shape(), d.combine.shape().size_of("expert_capacity"), d.stats,
+                                               static_cast<double>(d.aux_loss)));
     out.commit();
     print_stats("gate (dense)", d.stats, static_cast<double>(d.aux_loss));
   } else {
-    const auto r = top2_gating(logits, o, in);
+    const auto r = v1 ? top2_gating_mtf_v1(logits, o, me, u) : top2_gating(logits, o, in);
     out.add("dispatch.npy", r.plan.dispatch_tensor());
     out.add("combine.npy", r.plan.combine_tensor());
     out.add("aux_loss.npy", Tensor<T>::scalar(r.aux_loss));
+    add_plan(out, r.plan);
+    out.add_text("stats.json",
+                 gate_stats_json(a, o, logits.shape(), r.plan.capacity.size, r.stats, static_cast<double>(r.aux_loss)));
     out.commit();
     print_stats("gate", r.stats, static_cast<double>(r.aux_loss));
   }
@@ -761,10 +838,18 @@ int run(const std::vector<std::string>& argv) {
   if (cmd == "gate") {
     auto flags = gate_flags();
     flags.push_back({"--logits", true});
+    flags.push_back({"--mtf-v1", false});
+    flags.push_back({"--max-experts", true});
     if (help) {
       std::printf("usage: einmoe gate --logits L.npy --capacity C [flags] --out DIR\n"
-                  "  --logits L.npy           [G,S,E] router logits\n%s%s"
-                  "writes DIR/dispatch.npy, DIR/combine.npy [G,S,E,C] and DIR/aux_loss.npy (0-d)\n",
+                  "  --logits L.npy           [G,S,E] router logits\n"
+                  "  --mtf-v1                 Mesh TF's other _top_2_gating (max_experts; gates renormalized after\n"
+                  "                           capacity with +1e-9; threshold/random on the raw gate_2; no sampling)\n"
+                  "  --max-experts M.npy      with --mtf-v1: [G,S] at most this many experts per token\n%s%s"
+                  "writes DIR/dispatch.npy, DIR/combine.npy [G,S,E,C], DIR/aux_loss.npy (0-d), the sparse plan\n"
+                  "DIR/expert.npy and DIR/slot.npy (int64 [G,S,2]: each token's first and second expert and\n"
+                  "its slot, -1 where not kept) and DIR/weight.npy [G,S,2] (not with --dense), and\n"
+                  "DIR/stats.json (the options used, tokens per expert, dropped fractions)\n",
                   kGateFlags, kCommonFlags);
       return 0;
     }
@@ -951,13 +1036,14 @@ int main(int argc, char** argv) {
     if (!mpi.quiet()) std::fprintf(stderr, "einmoe: %s\n", e.what());
     return 2;
   } catch (const einmoe::error& e) {
-    if (!mpi.quiet()) std::fprintf(stderr, "einmoe: %s\n", e.what());
+    if (!mpi.quiet()) std::fprintf(stderr, "einmoe: %s\n", cli::one_line(e.what()).c_str());
     return 2;
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "einmoe: out of memory (are the input sizes right?)\n");
     return 2;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "einmoe: internal error: %s\n", e.what());
-    return 1;
+    // (not expected: every failure the command foresees is exit 2)
+    std::fprintf(stderr, "einmoe: internal error: %s\n", cli::one_line(e.what()).c_str());
+    return 2;
   }
 }

@@ -121,6 +121,81 @@ def top2_gating(logits, capacity, policy="all", threshold=0.2, importance=None,
     return dispatch, combine, np.array(loss, dt)
 
 
+def top2_gating_mtf_v1(logits, capacity, policy="all", threshold=0.2, max_experts=None,
+                       second_place_loss=False, uniform=None, ties="lowest"):
+    """Mesh TF's _top_2_gating with max_experts [batch, group] (the other
+    version in the sources): logits [G, S, E] -> dispatch, combine, loss."""
+    dt = logits.dtype
+    G, S, E = logits.shape
+    raw_gates = softmax(logits)
+    expert_capacity_f = float(capacity)
+    index_1 = argmax(raw_gates, ties)
+    gate_1 = np.take_along_axis(raw_gates, index_1[..., None], -1)[..., 0]
+    mask_1 = one_hot(index_1, E, dt)
+    gates_without_top_1 = raw_gates * (1.0 - mask_1)
+    index_2 = argmax(gates_without_top_1, ties)
+    gate_2 = np.take_along_axis(gates_without_top_1, index_2[..., None], -1)[..., 0]
+    mask_2 = one_hot(index_2, E, dt)
+    if max_experts is not None:
+        geq1 = (max_experts >= 1.0).astype(dt)
+        geq2 = (max_experts >= 2.0).astype(dt)
+        mask_1 = mask_1 * geq1[..., None]
+        mask_2 = mask_2 * geq2[..., None]
+        raw_gates = raw_gates * geq1[..., None]
+        gates_without_top_1 = gates_without_top_1 * geq2[..., None]
+    density_1 = np.mean(mask_1, axis=1)
+    density_1_proxy = np.mean(raw_gates, axis=1)
+    loss = np.mean(density_1_proxy * density_1) * dt.type(E * E)
+    if second_place_loss:
+        density_2 = np.mean(mask_2, axis=1)
+        normalized = gates_without_top_1 / (np.sum(gates_without_top_1, axis=-1, keepdims=True) + np.array(1e-9, dt))
+        density_2_proxy = np.mean(normalized, axis=1)
+        loss = loss + np.mean(density_2_proxy * density_2) * dt.type(E * E) * dt.type(0.5)
+    if policy == "none":
+        mask_2 = np.zeros_like(mask_2)
+    elif policy == "threshold":
+        mask_2 = mask_2 * (gate_2 > threshold).astype(dt)[..., None]
+    elif policy == "random":
+        mask_2 = mask_2 * (uniform < gate_2 / dt.type(max(threshold, 1e-9))).astype(dt)[..., None]
+    pos_1 = exclusive_cumsum(mask_1, 1) * mask_1
+    mask_1 = mask_1 * (pos_1 < expert_capacity_f).astype(dt)
+    mask_1_count = np.sum(mask_1, axis=1, keepdims=True)
+    mask_1_flat = np.sum(mask_1, axis=-1)
+    pos_1 = np.sum(pos_1, axis=-1)
+    gate_1 = gate_1 * mask_1_flat
+    pos_2 = exclusive_cumsum(mask_2, 1) + mask_1_count
+    pos_2 = pos_2 * mask_2
+    mask_2 = mask_2 * (pos_2 < expert_capacity_f).astype(dt)
+    mask_2_flat = np.sum(mask_2, axis=-1)
+    gate_2 = gate_2 * mask_2_flat
+    pos_2 = np.sum(pos_2, axis=-1)
+    denom = gate_1 + gate_2 + np.array(1e-9, dt)
+    gate_1 = gate_1 / denom
+    gate_2 = gate_2 / denom
+    combine = ((gate_1 * mask_1_flat)[..., None, None] * one_hot(index_1, E, dt)[..., None]
+               * one_hot(pos_1.astype(np.int64), capacity, dt)[..., None, :]
+               + (gate_2 * mask_2_flat)[..., None, None] * one_hot(index_2, E, dt)[..., None]
+               * one_hot(pos_2.astype(np.int64), capacity, dt)[..., None, :])
+    dispatch = (combine != 0).astype(dt)
+    return dispatch, combine, np.array(loss, dt)
+
+
+def gather_k(selected_pos, values, k):
+    """lingvo GatherK, line by line (num_devices=1): selected_pos [B, T] 0/1,
+    values [B, T, ...] -> output [B, k, ...], padding [B, k]."""
+    B, T = selected_pos.shape
+    indices = 1 + np.arange(T, dtype=np.int32)[None, :]
+    x = indices * selected_pos.astype(np.int32)
+    # tf.math.top_k(x, k): the k largest, descending; equal values keep index order
+    order = np.argsort(-x, axis=-1, kind="stable")[:, :k]
+    topk_indices = np.take_along_axis(x, order, -1)
+    idx = topk_indices[:, ::-1]
+    padding = (idx == 0).astype(values.dtype)
+    mp_idx = np.maximum(0, idx - 1)
+    output = values[np.arange(B)[:, None], mp_idx]
+    return output, padding
+
+
 def truncated_top2_gating(gates, capacity, ties="lowest"):
     """gates [G, S, E] -> combine [G, S, E, C] (Mesh TF _truncated_top_2_gating_mtf)."""
     dt = gates.dtype
@@ -223,6 +298,35 @@ def noisy_top_k_gating(x, w_gate, w_noise, normal, k, train=True, noise_epsilon=
     else:
         load = (gates > 0).sum(0).astype(x.dtype)
     return gates, load, gates.sum(0)
+
+
+def t2t_hierarchical_moe(x, wg1, wn1, wg2, wn2, wi, wo, normal1, normal2, k1, k2, train=True):
+    """t2t DistributedMixtureOfExperts.Eval with secondary gating, one device:
+    x [B, M] -> ys [B, M], importance [n1, n2], load [n1, n2]."""
+    eps = 1e-10
+    g1, smooth1, _ = noisy_top_k_gating(x, wg1, wn1, normal1, k1, train)
+    true1 = (g1 > 0).sum(0).astype(x.dtype)            # _GatesToLoad
+    n1, n2 = wg2.shape[0], wg2.shape[2]
+    ys = np.zeros_like(x)
+    importance, load = [], []
+    for i in range(n1):                                # DistributedSparseDispatcher: rows with g1 > 0
+        rows = np.nonzero(g1[:, i] > 0)[0]
+        xi = x[rows]
+        if len(rows) == 0:
+            importance.append(np.zeros(n2)); load.append(np.zeros(n2)); continue
+        g2, l2, _ = noisy_top_k_gating(xi, wg2[i], None if wn2 is None else wn2[i],
+                                       None if normal2 is None else normal2[i][rows], k2, train)
+        g2 = g2 * g1[rows, i][:, None]                 # per_example_multiplier
+        yi = np.zeros_like(xi)
+        for j in range(n2):                            # SparseDispatcher, FeedForwardExpert (relu)
+            r2 = np.nonzero(g2[:, j] > 0)[0]
+            h = np.maximum(xi[r2] @ wi[i, j], 0)
+            yi[r2] += g2[r2, j][:, None] * (h @ wo[i, j])
+        ys[rows] += yi                                 # Combine(multiply_by_gates=False)
+        importance.append(g2.sum(0)); load.append(l2)
+    importance = np.stack(importance)
+    load = np.stack(load) * (smooth1 / (true1 + eps))[:, None]
+    return ys, importance, load
 
 
 def moe_v0(x, wg, bg, wi, bi, wo, bo, loss_coef=1e-3, overhead=1.0):
@@ -399,6 +503,53 @@ def main():
                 write_case(f"ties_truncated_{tname}_{ties}_c{C}",
                            dict(gates=gates, expected_combine=truncated_top2_gating(gates, C, ties)),
                            dict(kind="ties", variant="truncated", capacity=C, ties=ties))
+    # Mesh TF's _top_2_gating with max_experts (its own generator, too)
+    vrng = np.random.default_rng(101)
+    for dt in (np.float64, np.float32):
+        tname = "f64" if dt == np.float64 else "f32"
+        for policy in ("all", "none", "threshold", "random"):
+            for use_max in (False, True):
+                G, S, E = 2, 14, 5
+                C = int(vrng.integers(1, 8))
+                logits = (vrng.normal(size=(G, S, E)) * 2).astype(dt)
+                logits[:, ::5, :] = 0  # zero rows: ties
+                ties = "highest" if use_max else "lowest"
+                kw = dict(policy=policy, threshold=0.3, second_place_loss=policy in ("all", "random"), ties=ties)
+                arrays = {"logits": logits}
+                if use_max:
+                    arrays["max_experts"] = kw["max_experts"] = vrng.choice([0.0, 1.0, 1.5, 2.0, 3.0], size=(G, S)).astype(dt)
+                if policy == "random":
+                    arrays["uniform"] = kw["uniform"] = vrng.random((G, S)).astype(dt)
+                dispatch, combine, loss = top2_gating_mtf_v1(logits, C, **kw)
+                arrays.update(expected_dispatch=dispatch, expected_combine=combine, expected_aux_loss=loss)
+                write_case(f"mtf_v1_{tname}_{policy}_{'max' if use_max else 'nomax'}", arrays,
+                           dict(kind="mtf_v1", capacity=C, policy=policy, threshold=0.3, ties=ties,
+                                second_place_loss=int(kw["second_place_loss"])))
+    # lingvo GatherK: the docstring's example, and random rows
+    sel = np.array([[0, 0, 1, 1], [0, 1, 1, 0], [0, 0, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]], dtype=np.int64)
+    vals = (np.arange(20, dtype=np.float64) * 2 + 1).reshape(5, 4)
+    out, pad = gather_k(sel, vals, 3)
+    write_case("gather_k_docstring", dict(selected=sel, values=vals, expected_output=out, expected_padding=pad),
+               dict(kind="gather_k", k=3))
+    sel = (vrng.random((6, 9)) < 0.4).astype(np.int64)
+    vals = vrng.normal(size=(6, 9, 3))
+    out, pad = gather_k(sel, vals, 4)
+    write_case("gather_k_random", dict(selected=sel, values=vals, expected_output=out, expected_padding=pad),
+               dict(kind="gather_k", k=4))
+    # t2t's hierarchical DistributedMixtureOfExperts, noisy and not
+    for case, noisy in (("noisy", True), ("clean", False)):
+        B, M, H, n1, n2 = 10, 5, 6, 3, 4
+        x = vrng.normal(size=(B, M))
+        w = dict(w_gate=vrng.normal(size=(M, n1)), w_gate_inner=vrng.normal(size=(n1, M, n2)),
+                 wi=vrng.normal(size=(n1, n2, M, H)) / 2, wo=vrng.normal(size=(n1, n2, H, M)) / 2)
+        if noisy:
+            w.update(w_noise=vrng.normal(size=(M, n1)), w_noise_inner=vrng.normal(size=(n1, M, n2)),
+                     normal_outer=vrng.normal(size=(B, n1)), normal_inner=vrng.normal(size=(n1, B, n2)))
+        ys, imp, load = t2t_hierarchical_moe(x, w["w_gate"], w.get("w_noise"), w["w_gate_inner"], w.get("w_noise_inner"),
+                                             w["wi"], w["wo"], w.get("normal_outer"), w.get("normal_inner"), 2, 2)
+        write_case(f"t2t_hierarchical_{case}", dict(inputs=x, expected_outputs=ys, expected_importance=imp,
+                                                    expected_load=load, **w),
+                   dict(kind="t2t_hierarchical", k_outer=2, k_inner=2, noisy=int(noisy)))
     # sentence ids equal to the token count are padding, as id 0 is
     x = trng.normal(size=(2, 4, 3))
     seg = np.array([[1, 8, 2, 2], [0, 8, 1, 3]], dtype=np.int64)

@@ -152,6 +152,75 @@ TEST_CASE("einmoe gate and truncated-gate --ties", "[cli][ties]") {
   expect_rejected("route --logits " + c.path("logits") + " --router topk --ties highest --out " + out, "--ties", out);
 }
 
+TEST_CASE("einmoe gate writes the sparse plan and stats.json", "[cli][plan]") {
+  for (const auto& c : fixtures::cases("gate")) {
+    if (!c.f64 || c.config.at("policy") != "threshold" || c.has("importance")) continue;
+    INFO(c.name);
+    const std::string out = fresh_dir("plan");
+    REQUIRE(run("gate --logits " + c.path("logits") + " --capacity " + c.config.at("capacity") +
+                " --policy threshold --threshold " + c.config.at("threshold") + " --normalize " + c.config.at("normalize") +
+                " --ties highest --out " + out).status == 0);
+    const std::vector<std::string> gsk{"g", "s", "k"}, gsec{"g", "s", "e", "c"};
+    const auto expert = load_npy<std::int64_t>(out + "/expert.npy", gsk);
+    const auto slot = load_npy<std::int64_t>(out + "/slot.npy", gsk);
+    const auto weight = load_npy<double>(out + "/weight.npy", gsk);
+    const auto combine = c.load<double>("expected_combine", gsec);
+    const index_t G = combine.shape()[0].size, S = combine.shape()[1].size, E = combine.shape()[2].size;
+    const index_t C = combine.shape()[3].size;
+    REQUIRE(expert.shape() == Shape{{"g", G}, {"s", S}, {"k", 2}});
+    // Every kept choice is the combine tensor's entry; the rest of it is 0.
+    Tensor<double> rebuilt(combine.shape(), 0.0);
+    index_t kept[2] = {0, 0};
+    for (index_t g = 0; g < G; ++g)
+      for (index_t s = 0; s < S; ++s)
+        for (index_t j = 0; j < 2; ++j) {
+          const index_t i = (g * S + s) * 2 + j;
+          CHECK((expert[i] < 0) == (slot[i] < 0));
+          if (expert[i] < 0) continue;
+          REQUIRE(expert[i] < E);
+          REQUIRE(slot[i] < C);
+          rebuilt.at({g, s, expert[i], slot[i]}) += weight[i];
+          ++kept[j];
+        }
+    CHECK(naive::all_close(rebuilt, combine, 1e-12, 1e-12));
+    std::ifstream f(out + "/stats.json");
+    const std::string json((std::istreambuf_iterator<char>(f)), {});
+    CHECK(json.find("\"first_kept\": " + std::to_string(kept[0]) + ",") != std::string::npos);
+    CHECK(json.find("\"second_kept\": " + std::to_string(kept[1]) + ",") != std::string::npos);
+    CHECK(json.find("\"capacity\": " + c.config.at("capacity") + ",") != std::string::npos);
+    CHECK(json.find("\"policy\": \"threshold\"") != std::string::npos);
+    CHECK(json.find("\"ties\": \"highest\"") != std::string::npos);
+    CHECK(json.find("\"tokens_per_expert\": [") != std::string::npos);
+  }
+}
+
+TEST_CASE("einmoe gate --mtf-v1 reproduces the numpy transcription", "[cli][mtf_v1]") {
+  for (const auto& c : fixtures::cases("mtf_v1")) {
+    if (!c.f64) continue;
+    INFO(c.name);
+    for (const char* mode : {"", " --dense"}) {
+      const std::string out = fresh_dir("mtfv1");
+      std::string args = "gate --mtf-v1 --logits " + c.path("logits") + " --capacity " + c.config.at("capacity") +
+                         " --policy " + c.config.at("policy") + " --threshold " + c.config.at("threshold") + " --ties " +
+                         c.config.at("ties") + " --out " + out + mode;
+      if (c.integer("second_place_loss")) args += " --second-place-loss";
+      if (c.has("max_experts")) args += " --max-experts " + c.path("max_experts");
+      if (c.has("uniform")) args += " --uniform " + c.path("uniform");
+      REQUIRE(run(args).status == 0);
+      const std::vector<std::string> gsec{"g", "s", "e", "c"};
+      CHECK(naive::all_close(load_npy<double>(out + "/combine.npy", gsec), c.load<double>("expected_combine", gsec), 1e-12, 1e-12));
+      CHECK(naive::close(load_npy<double>(out + "/aux_loss.npy", {}).item(), c.load<double>("expected_aux_loss", {}).item(),
+                         1e-12, 1e-12));
+    }
+  }
+  const auto c = fixtures::cases("mtf_v1").front();
+  const std::string L = c.path("logits"), out = fresh_dir("mtfv1_bad");
+  expect_rejected("gate --mtf-v1 --logits " + L + " --capacity 2 --policy sampling --out " + out, "sampling", out);
+  expect_rejected("gate --mtf-v1 --logits " + L + " --capacity 2 --normalize after --out " + out, "--normalize", out);
+  expect_rejected("gate --logits " + L + " --capacity 2 --max-experts " + L + " --out " + out, "--max-experts", out);
+  expect_rejected("gate --mtf-v1 --logits " + L + " --capacity 2 --max-experts " + L + " --out " + out, "--max-experts", out);
+}
+
 TEST_CASE("einmoe gate --capacity-factor sizes the capacity by Mesh TF's rule", "[cli][capacity]") {
   const auto c = fixtures::cases("gate").front();  // [2, 16, 4] logits
   const std::string a = fresh_dir("cf_a"), b = fresh_dir("cf_b");
@@ -244,6 +313,8 @@ TEST_CASE("einmoe rejects bad input with exit status 2, one line, and no output"
   expect_rejected("gate --logits " + L + " --capacity 2 --bogus --out " + out, "--bogus", out);
   expect_rejected("gate --logits " + L + " --capacity 2 --capacity 3 --out " + out, "--capacity", out);
   expect_rejected("gate --logits " + L + " --capacity 2 --threads 0 --out " + out, "--threads", out);
+  // A value with a newline or control bytes still gives one line (escaped).
+  expect_rejected("gate --logits " + L + " --capacity '1\n\x01' --out " + out, "\\x0a\\x01", out);
   // Beyond max_threads, and past int's range (which once wrapped to 1).
   for (const char* t : {"1025", "100000", "4294967297", "99999999999999999999"})
     expect_rejected("gate --logits " + L + " --capacity 2 --threads " + t + " --out " + out, "--threads", out);

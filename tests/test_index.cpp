@@ -1,4 +1,5 @@
 #include "check.hpp"
+#include "moe_fixtures.hpp"
 #include "naive.hpp"
 
 using namespace einmoe;
@@ -120,4 +121,37 @@ TEST_CASE("gather and one_hot equal a naive loop on random shapes", "[index][pro
       REQUIRE(oh[naive::offset(oh.shape(), at)] == (idx[naive::offset(is, at)] == at.at("hot") ? 1.f : 0.f));
     });
   }
+}
+
+TEST_CASE("gather_k reproduces lingvo's GatherK (numpy transcription of its code)", "[index][gather_k][fixtures]") {
+  const auto cases = fixtures::cases("gather_k");
+  REQUIRE(cases.size() == 2);
+  for (const auto& c : cases) {
+    INFO(c.name);
+    const auto sel = c.load<std::int64_t>("selected", {"batch", "time"});
+    const bool extra = c.name == "gather_k_random";
+    const auto vals = extra ? c.load<double>("values", {"batch", "time", "model"}) : c.load<double>("values", {"batch", "time"});
+    const Dim k("k", c.integer("k"));
+    const auto r = gather_k(sel, vals, k);
+    CHECK(r.output.shape() == (extra ? Shape{sel.shape()[0], k, vals.shape()[2]} : Shape{sel.shape()[0], k}));
+    CHECK(r.output.to_vector() == c.load<double>("expected_output", extra ? std::vector<std::string>{"b", "k", "m"}
+                                                                            : std::vector<std::string>{"b", "k"})
+                                      .to_vector());
+    CHECK(r.padding.to_vector() == c.load<double>("expected_padding", {"b", "k"}).to_vector());
+  }
+  // hand-worked: the last k selected, ascending; padding first, holding time 0
+  const Tensor<int> sel(Shape::parse("batch:1,time:5"), {1, 0, 1, 1, 1});
+  const Tensor<double> v(Shape::parse("batch:1,time:5"), {10, 11, 12, 13, 14});
+  CHECK(gather_k(sel, v, Dim("k", 2)).output.to_vector() == std::vector<double>{13, 14});
+  const Tensor<int> one(Shape::parse("batch:1,time:5"), {0, 0, 0, 1, 0});
+  const auto r = gather_k(one, v, Dim("k", 3));
+  CHECK(r.output.to_vector() == std::vector<double>{10, 10, 13});
+  CHECK(r.padding.to_vector() == std::vector<double>{1, 1, 0});
+  // errors
+  CHECK_THROWS_NAMING(gather_k(sel, v, Dim("k", 6)), value_error, "k = 6");
+  CHECK_THROWS_NAMING(gather_k(Tensor<int>(Shape::parse("batch:1,time:5"), 2), v, Dim("k", 2)), value_error, "0 or 1");
+  CHECK_THROWS_NAMING(gather_k(sel, Tensor<double>(Shape::parse("batch:1,time:4")), Dim("k", 2)), shape_error, "time");
+  CHECK_THROWS_NAMING(gather_k(sel, Tensor<double>(Shape::parse("rows:1,time:5")), Dim("k", 2)), shape_error, "batch");
+  CHECK(gather_k(Tensor<int>(Shape::parse("batch:0,time:3")), Tensor<double>(Shape::parse("batch:0,time:3")), Dim("k", 2))
+            .output.size() == 0);
 }

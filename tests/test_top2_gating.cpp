@@ -1,3 +1,4 @@
+#include <optional>
 #include <cmath>
 #include <limits>
 
@@ -448,4 +449,83 @@ TEST_CASE("top-2 gating: -inf logits mask an expert (never chosen first, weight 
     // token 5 has one finite logit: its second choice carries no weight
     CHECK(r.plan.weight[11] == 0.0);
   }
+}
+
+TEST_CASE("Mesh TF's max_experts top-2 gating matches the numpy transcription", "[top2][mtf_v1][fixtures]") {
+  const auto cases = fixtures::cases("mtf_v1");
+  REQUIRE(cases.size() == 16);
+  for (const auto& c : cases) {
+    INFO(c.name);
+    auto run = [&](auto zero) {
+      using T = decltype(zero);
+      Top2Options o;
+      o.capacity = Dim("expert_capacity", c.integer("capacity"));
+      o.policy = parse_second_policy(c.config.at("policy"));
+      o.threshold = std::stod(c.config.at("threshold"));
+      o.second_place_loss = c.integer("second_place_loss") != 0;
+      o.ties = parse_ties(c.config.at("ties"));
+      const std::vector<std::string> gs{"batch", "group"};
+      const std::vector<std::string> gsec{"batch", "group", "experts", "expert_capacity"};
+      std::optional<Tensor<T>> me, u;
+      if (c.has("max_experts")) me = c.load<T>("max_experts", gs);
+      if (c.has("uniform")) u = c.load<T>("uniform", gs);
+      const auto logits = c.load<T>("logits", {"batch", "group", "experts"});
+      const auto combine = c.load<T>("expected_combine", gsec);
+      const T loss = c.load<T>("expected_aux_loss", {}).item();
+      const double tol = c.f64 ? 1e-12 : 1e-5;
+      const auto f = top2_gating_mtf_v1(logits, o, me ? &*me : nullptr, u ? &*u : nullptr);
+      const auto d = top2_gating_mtf_v1_dense(logits, o, me ? &*me : nullptr, u ? &*u : nullptr);
+      REQUIRE(naive::all_close(f.plan.combine_tensor(), combine, tol, tol));
+      REQUIRE(naive::all_close(d.combine, combine, tol, tol));
+      REQUIRE(f.plan.dispatch_tensor().to_vector() == c.load<T>("expected_dispatch", gsec).to_vector());
+      REQUIRE(naive::close(f.aux_loss, loss, tol, tol));
+      REQUIRE(naive::close(d.aux_loss, loss, tol, tol));
+      CHECK(f.stats.tokens_per_expert == d.stats.tokens_per_expert);
+      CHECK(f.stats.first_kept == d.stats.first_kept);
+      CHECK(f.stats.second_wanted == d.stats.second_wanted);
+    };
+    if (c.f64) run(0.0);
+    else run(0.0f);
+  }
+}
+
+TEST_CASE("Mesh TF's max_experts top-2 gating: fast equals dense on edge cases", "[top2][mtf_v1][property]") {
+  for (int trial = 0; trial < 40; ++trial) {
+    auto& g = naive::rng();
+    const index_t G = std::uniform_int_distribution<index_t>(1, 3)(g), S = std::uniform_int_distribution<index_t>(1, 12)(g);
+    const index_t E = std::uniform_int_distribution<index_t>(1, 5)(g);
+    const Shape gs{{"batch", G}, {"group", S}};
+    // integer logits give ties; some trials all-zero (a fresh router)
+    auto l = naive::random_ints<double>(gs.with(Dim("experts", E)), -1, 1);
+    if (trial % 7 == 0) l.fill(0.0);
+    Top2Options o;
+    o.capacity = Dim("expert_capacity", std::uniform_int_distribution<index_t>(1, S + 2)(g));  // C > S too
+    o.policy = static_cast<SecondPolicy>(trial % 4);  // all, none, threshold, random
+    o.second_place_loss = trial % 2 == 0;
+    o.ties = trial % 3 == 0 ? Ties::highest : Ties::lowest;
+    o.seed = static_cast<std::uint64_t>(trial);
+    Tensor<double> me = naive::random_ints<double>(gs, 0, 3);
+    if (trial % 5 == 0) me.fill(0.0);  // every token padding
+    INFO("trial " << trial);
+    const auto f = top2_gating_mtf_v1(l, o, trial % 2 ? &me : nullptr);
+    const auto d = top2_gating_mtf_v1_dense(l, o, trial % 2 ? &me : nullptr);
+    REQUIRE(naive::all_close(f.plan.combine_tensor(), d.combine, 1e-12, 1e-12));
+    REQUIRE(naive::close(f.aux_loss, d.aux_loss, 1e-12, 1e-12));
+    REQUIRE(f.stats.tokens_per_expert == d.stats.tokens_per_expert);
+    if (trial % 5 == 0 && trial % 2) {
+      for (auto v : d.combine) REQUIRE(v == 0.0);
+      CHECK(f.aux_loss == 0.0);
+    }
+  }
+  const auto l = naive::random_tensor<double>(Shape::parse("batch:1,group:4,experts:3"));
+  Top2Options o;
+  o.capacity = Dim("expert_capacity", 2);
+  o.policy = SecondPolicy::sampling;
+  CHECK_THROWS_NAMING(top2_gating_mtf_v1(l, o), value_error, "sampling");
+  o.policy = SecondPolicy::all;
+  const Tensor<double> bad(Shape::parse("batch:1,group:5"));
+  CHECK_THROWS_NAMING(top2_gating_mtf_v1(l, o, &bad), shape_error, "max_experts");
+  Tensor<double> nan(Shape::parse("batch:1,group:4"));
+  nan[1] = std::numeric_limits<double>::quiet_NaN();
+  CHECK_THROWS_NAMING(top2_gating_mtf_v1_dense(l, o, &nan), value_error, "max_experts");
 }

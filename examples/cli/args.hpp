@@ -19,7 +19,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <einmoe/einmoe.hpp>
+#include <einmoe/io/npy.hpp>
+#include <einmoe/ops/elementwise.hpp>
 
 namespace cli {
 
@@ -27,9 +28,27 @@ struct CliError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+/// `msg` on one printable line: control and non-ASCII bytes (from flag
+/// values, file names, library messages quoting file bytes) become \xNN.
+inline std::string one_line(const std::string& msg) {
+  std::string r;
+  for (const char ch : msg) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c >= 0x20 && c < 0x7f) {
+      r += ch;
+    } else {
+      static const char hex[] = "0123456789abcdef";
+      r += "\\x";
+      r += hex[c >> 4];
+      r += hex[c & 15];
+    }
+  }
+  return r;
+}
+
 template <class... A>
 [[noreturn]] void fail(A&&... a) {
-  throw CliError(einmoe::detail::cat(std::forward<A>(a)...));
+  throw CliError(one_line(einmoe::detail::cat(std::forward<A>(a)...)));
 }
 
 /// A flag a subcommand accepts: "--capacity" (takes a value) or "--dense".
@@ -169,6 +188,8 @@ class Outputs {
     einmoe::write_npy(os, t);
     files_.push_back({name, os.str()});
   }
+  /// A text file (e.g. stats.json), committed with the others.
+  void add_text(const std::string& name, std::string text) { files_.push_back({name, std::move(text)}); }
   void commit() const {
     namespace fs = std::filesystem;
     std::error_code ec;

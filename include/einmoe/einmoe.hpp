@@ -8,7 +8,9 @@
 #include "einmoe/core/bfloat16.hpp"
 #include "einmoe/core/threads.hpp"
 #include "einmoe/core/eigen_interop.hpp"
+#if defined(EINMOE_HAS_XTENSOR)  // set by the einmoe target when xtensor is installed
 #include "einmoe/core/xtensor_interop.hpp"
+#endif
 #include "einmoe/ops/elementwise.hpp"
 #include "einmoe/ops/reduce.hpp"
 #include "einmoe/ops/softmax.hpp"
@@ -23,6 +25,7 @@
 #include "einmoe/routers/routing_plan.hpp"
 #include "einmoe/routers/top2_gating.hpp"
 #include "einmoe/routers/top2_gating_dense.hpp"
+#include "einmoe/routers/top2_gating_mtf_v1.hpp"
 #include "einmoe/routers/topk.hpp"
 #include "einmoe/routers/topk_dense.hpp"
 #include "einmoe/routers/expert_choice.hpp"
@@ -37,6 +40,7 @@
 #include "einmoe/routers/sentence_gating.hpp"
 #include "einmoe/moe/hierarchical.hpp"
 #include "einmoe/moe/local_moe.hpp"
+#include "einmoe/moe/t2t_hierarchical.hpp"
 #include "einmoe/attention/masks.hpp"
 #include "einmoe/decoding/beam_search.hpp"
 #include "einmoe/decoding/greedy.hpp"

@@ -19,6 +19,7 @@
 #include "einmoe/core/tensor.hpp"
 #include "einmoe/detail/axis.hpp"
 #include "einmoe/detail/strided.hpp"
+#include "einmoe/ops/manip.hpp"
 
 namespace einmoe {
 
@@ -172,6 +173,69 @@ Tensor<T> gather(const Tensor<T>& x, const Tensor<I>& indices, const std::string
     }
   });
   return out;
+}
+
+/// The result of gather_k: the gathered values and which of the k places
+/// are padding.
+template <class T>
+struct GatherKResult {
+  Tensor<T> output;   ///< [<batch>, k, ...]
+  Tensor<T> padding;  ///< [<batch>, k]: 1 where fewer than k positions were selected
+};
+
+/// lingvo's GatherK: up to k values at the selected positions of each row.
+/// selected [<batch>, time] (0 or 1), values [<batch>, time, ...] ->
+/// output [<batch>, k, ...] and padding [<batch>, k]. Per row, the last k
+/// selected positions in ascending order; when fewer than k are selected,
+/// the padding places come first. As lingvo's code (not its docstring, whose
+/// example shows zeros there) gathers position max(0, index - 1), a padding
+/// place holds the row's value at time 0; mask it with padding. k may not
+/// exceed the time dim (tf.math.top_k's rule).
+template <class T, class I>
+GatherKResult<T> gather_k(const Tensor<I>& selected, const Tensor<T>& values, const Dim& k,
+                          const std::string& time_dim = "time") {
+  static_assert(std::is_integral<I>::value || std::is_same<I, bool>::value, "gather_k: selected must be 0/1 integers");
+  const char* op = "gather_k";
+  const Dim time = selected.shape().get(time_dim, op);
+  if (values.shape().get(time_dim, op) != time)
+    detail::raise<shape_error>(op, ": dim \"", time_dim, "\" has size ", values.shape().size_of(time_dim), " in the values but ",
+                               time.size, " in selected");
+  if (selected.shape().has(k.name) || values.shape().has(k.name))
+    detail::raise<shape_error>(op, ": k dim \"", k.name, "\" is already in ", selected.shape(), " or ", values.shape());
+  if (k.size > time.size)
+    detail::raise<value_error>(op, ": k = ", k.size, " exceeds dim \"", time_dim, "\" of size ", time.size);
+  const Shape batch = selected.shape().without({time_dim});
+  for (const auto& d : batch)
+    if (!values.shape().has(d.name) || values.shape().size_of(d.name) != d.size)
+      detail::raise<shape_error>(op, ": values ", values.shape(), " lack selected's dim ", d);
+  Tensor<I> hold;
+  const Tensor<I>& sel = in_order(selected, batch.with(time), hold);
+  const index_t B = batch.num_elements(), Tn = time.size, K = k.size;
+  Tensor<std::int64_t> positions(batch.with(k), uninitialized);
+  GatherKResult<T> r;
+  r.padding = Tensor<T>(batch.with(k), T(0));
+  std::vector<index_t> chosen;
+  for (index_t b = 0; b < B; ++b) {
+    chosen.clear();
+    for (index_t t = 0; t < Tn; ++t) {
+      const auto v = sel[b * Tn + t];
+      if (v != I(0) && v != I(1))
+        detail::raise<value_error>(op, ": selected holds ", static_cast<long long>(v), " at [", b, ", ", t, "]; must be 0 or 1");
+      if (v == I(1)) chosen.push_back(t);
+    }
+    const index_t m = std::min<index_t>(static_cast<index_t>(chosen.size()), K);
+    const index_t pad = K - m;
+    for (index_t j = 0; j < K; ++j) {
+      if (j < pad) {
+        positions[b * K + j] = 0;  // max(0, 0 - 1)
+        r.padding[b * K + j] = T(1);
+      } else {
+        positions[b * K + j] = chosen[chosen.size() - static_cast<std::size_t>(m) + static_cast<std::size_t>(j - pad)];
+      }
+    }
+  }
+  r.output = gather(values, positions, time_dim);
+  return r;
 }
 
 }  // namespace einmoe

@@ -133,7 +133,7 @@ Tensor<T> conform(const Tensor<T>& x, const Shape& want, const char* op, const c
 
 template <class T>
 GatingProblem<T> make_problem(const Tensor<T>& logits, const Top2Options& o, const GatingInputs<T>& in,
-                              const char* op) {
+                              const char* op, const char* importance_name = "importance") {
   static_assert(std::is_floating_point<T>::value, "top-2 gating needs float or double logits");
   GatingProblem<T> p;
   const Shape& s = logits.shape();
@@ -152,9 +152,9 @@ GatingProblem<T> make_problem(const Tensor<T>& logits, const Top2Options& o, con
   p.logits = transpose(logits, full);
   check_router_logits(p.logits, p.experts.size, op);
   if (in.importance) {
-    p.importance = conform(*in.importance, tok, op, "importance");
+    p.importance = conform(*in.importance, tok, op, importance_name);
     for (auto v : *p.importance)
-      if (!std::isfinite(v)) raise<value_error>(op, ": importance contains ", v);
+      if (!std::isfinite(v)) raise<value_error>(op, ": ", importance_name, " contains ", v);
   }
   if (in.uniform) p.uniform = conform(*in.uniform, tok, op, "uniform draws");
   if (in.gumbel) p.gumbel = conform(*in.gumbel, full, op, "gumbel draws");
