@@ -4,17 +4,7 @@
 # crash fails the test and leaves its input in WORK_DIR/artifacts.
 set(work "${WORK_DIR}")
 file(MAKE_DIRECTORY "${work}/artifacts")
-function(run)
-  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-  if(NOT rc EQUAL 0)
-    string(LENGTH "${err}" n)
-    if(n GREATER 6000)
-      math(EXPR from "${n} - 6000")
-      string(SUBSTRING "${err}" ${from} 6000 err)
-    endif()
-    message(FATAL_ERROR "failed (${rc}): ${ARGN}\n${out}\n${err}")
-  endif()
-endfunction()
+include("${CMAKE_CURRENT_LIST_DIR}/../cmake/run_checked.cmake")
 run(${CMAKE_COMMAND} -S "${EINMOE_SOURCE_DIR}/fuzz" -B "${work}/build" -DCMAKE_BUILD_TYPE=Release
     "-DCMAKE_CXX_COMPILER=${CLANGXX}" "-DEINMOE_SOURCE_DIR=${EINMOE_SOURCE_DIR}")
 run(${CMAKE_COMMAND} --build "${work}/build" --parallel 2)

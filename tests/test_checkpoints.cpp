@@ -122,6 +122,14 @@ TEST_CASE("safetensors: malformed files are rejected naming the file and the pro
   rejects("[1,2]", "", "not a JSON object");
   rejects(R"({"a":{"shape":[2],"data_offsets":[0,8]}})", two, "dtype, shape and data_offsets");
   rejects(R"({"a":{"dtype":"F33","shape":[2],"data_offsets":[0,8]}})", two, "unknown dtype");
+  // a tensor name with a newline and a control byte (JSON escapes): the
+  // message stays one printable line
+  rejects(R"({"a\n\u0001":{"dtype":"F33","shape":[2],"data_offsets":[0,8]}})", two, "tensor \"a\\x0a\\x01\"");
+  try {
+    SafetensorsFile f(p);
+  } catch (const io_error& e) {
+    for (const char c : std::string(e.what())) CHECK((static_cast<unsigned char>(c) >= 0x20 && static_cast<unsigned char>(c) < 0x7f));
+  }
   rejects(R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", two, "non-negative");
   rejects(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}})", two, "backwards");
   rejects(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,16]}})", two, "past the file");

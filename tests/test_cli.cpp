@@ -367,6 +367,9 @@ TEST_CASE("einmoe mask writes Mesh TF's biases", "[cli][masks]") {
   expect_rejected("mask diagonal --out " + none, "diagonal", none);
   expect_rejected("mask padding --ids " + f + " --out " + none, "--ids", none);  // float32, not int
   expect_rejected("mask padding --ids " + seg + " --length 3 --out " + none, "--length", none);
+  // sizes whose products overflow: one line, exit 2, nothing written
+  expect_rejected("mask causal --length 4294967296 --out " + none, "length", none);
+  expect_rejected("mask local-block --block 4611686018427387904 --out " + none, "block_length", none);
   save_npy(scratch("mem3.npy"), Tensor<std::int64_t>(Shape::parse("batch:3,memory_length:2")));
   expect_rejected("mask segment --query " + seg + " --memory " + scratch("mem3.npy") + " --out " + none, "--memory", none);
 }

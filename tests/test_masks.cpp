@@ -9,6 +9,8 @@ constexpr float X = -1e9f;
 }  // namespace
 
 TEST_CASE("Mesh TF local block bias: the published block-3 rows", "[masks]") {
+  // 2 x block length overflowing is a shape_error naming the dim, not a wrap
+  CHECK_THROWS_NAMING(local_block_mask(Dim("block_length", index_t{1} << 62)), shape_error, "block_length");
   const auto m = local_block_mask(Dim("block_length", 3));
   CHECK(m.shape() == Shape::parse("block_length:3,memory_length:6"));
   CHECK(bias_rows(m) == std::vector<float>{0, 0, 0, 0, X, X, /**/ 0, 0, 0, 0, 0, X, /**/ 0, 0, 0, 0, 0, 0});

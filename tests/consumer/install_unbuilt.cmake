@@ -4,12 +4,7 @@
 set(work "${WORK_DIR}")
 file(REMOVE_RECURSE "${work}")
 file(MAKE_DIRECTORY "${work}")
-function(run)
-  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-  if(NOT rc EQUAL 0)
-    message(FATAL_ERROR "failed (${rc}): ${ARGN}\n${out}\n${err}")
-  endif()
-endfunction()
+include("${CMAKE_CURRENT_LIST_DIR}/../../cmake/run_checked.cmake")
 # (xtensor off too: only core/xtensor_interop.hpp needs it, so the package
 # must not ask consumers for it)
 run(${CMAKE_COMMAND} -S "${SOURCE_DIR}" -B "${work}/build" -DCMAKE_BUILD_TYPE=Release

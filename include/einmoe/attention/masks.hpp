@@ -31,6 +31,7 @@
 #include "einmoe/ops/softmax.hpp"
 #include "einmoe/detail/strided.hpp"
 #include "einmoe/detail/axis.hpp"
+#include "einmoe/detail/checked.hpp"
 
 namespace einmoe {
 
@@ -131,7 +132,8 @@ Tensor<bool> same_segment_mask(const Tensor<I>& query_segment, const Tensor<I>* 
 /// visible, the current block (second half) causal.
 inline Tensor<bool> local_block_mask(const Dim& block_length, const std::string& memory_length = "memory_length") {
   const index_t n = block_length.size;
-  return detail::mask_2d(block_length, Dim(memory_length, 2 * n), [n](index_t i, index_t j) { return j < n || j - n <= i; });
+  const index_t m = detail::mul_size(2, n, "local_block_mask: memory_length = 2 x ", block_length);
+  return detail::mask_2d(block_length, Dim(memory_length, m), [n](index_t i, index_t j) { return j < n || j - n <= i; });
 }
 
 /// The older attention_bias_local_block: [block_length, memory_length] (any
@@ -151,6 +153,7 @@ inline Tensor<bool> sliding_window_mask(const Dim& length, const Dim& memory_len
 
 /// Causal with the query block at an explicit offset into the memory:
 /// query i (absolute position offset + i) sees memory j <= offset + i.
+/// -> [length, memory_length].
 inline Tensor<bool> causal_mask_with_offset(const Dim& length, const Dim& memory_length, index_t offset) {
   return detail::mask_2d(length, memory_length, [=](index_t i, index_t j) { return j <= offset + i; });
 }
@@ -158,6 +161,7 @@ inline Tensor<bool> causal_mask_with_offset(const Dim& length, const Dim& memory
 /// Causal aligned to the bottom right, for cached decoding: the last query
 /// is the last memory position (offset = memory - queries). With fewer memory
 /// than query positions, early queries see nothing (fully masked rows).
+/// -> [length, memory_length].
 inline Tensor<bool> causal_mask_bottom_right(const Dim& length, const Dim& memory_length) {
   return causal_mask_with_offset(length, memory_length, memory_length.size - length.size);
 }

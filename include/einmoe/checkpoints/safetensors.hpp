@@ -128,7 +128,10 @@ class SafetensorsFile {
   /// is not valid safetensors.
   explicit SafetensorsFile(const std::string& path) : map_(std::make_shared<detail::FileMap>(path)) {
     const auto& m = *map_;
-    auto bad = [&](auto&&... why) { detail::raise<io_error>(path, ": not a valid safetensors file: ", why...); };
+    // (names and JSON come from the file: the message escapes their bytes)
+    auto bad = [&](auto&&... why) {
+      detail::raise<io_error>(detail::escape_bytes(detail::cat(path, ": not a valid safetensors file: ", why...), 1000));
+    };
     if (m.size() < 8) bad("shorter than its 8-byte header length");
     std::uint64_t n = 0;
     for (int i = 7; i >= 0; --i) n = (n << 8) | m.data()[i];

@@ -5,6 +5,7 @@
 // involved, e.g.  einsum: dim "experts" has size 16 in input 0 but 8 in input 1
 #pragma once
 
+#include <cstddef>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -50,6 +51,25 @@ std::string cat(Args&&... args) {
   std::ostringstream os;
   (os << ... << std::forward<Args>(args));
   return os.str();
+}
+
+/// `s` with every byte outside printable ASCII written as \xNN, so a
+/// message quoting a file's bytes stays one readable line.
+inline std::string escape_bytes(const std::string& s, std::size_t max_len = 80) {
+  static const char hex[] = "0123456789abcdef";
+  std::string r;
+  for (std::size_t i = 0; i < s.size() && i < max_len; ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x20 && c < 0x7f && c != '\\') {
+      r += static_cast<char>(c);
+    } else {
+      r += "\\x";
+      r += hex[c >> 4];
+      r += hex[c & 15];
+    }
+  }
+  if (s.size() > max_len) r += "...";
+  return r;
 }
 
 template <class E, class... Args>

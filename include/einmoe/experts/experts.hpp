@@ -357,7 +357,8 @@ Tensor<T> experts_sparse(const Tensor<T>& x, const RoutingPlan<T>& plan, const P
 }
 
 /// The same from unpacked weights (lays them out for this one call; keep a
-/// PackedExperts, or an MoELayer, for repeated calls).
+/// PackedExperts, or an MoELayer, for repeated calls): x [<batch>, group,
+/// model] routed by `plan` -> [<batch>, group, model].
 template <class T>
 Tensor<T> experts_sparse(const Tensor<T>& x, const RoutingPlan<T>& plan, const ExpertWeights<T>& w,
                          const ExpertOptions& opt) {

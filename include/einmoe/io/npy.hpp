@@ -89,25 +89,6 @@ inline std::size_t item_size(DType d) {
   }
 }
 
-/// `s` with every byte outside printable ASCII written as \xNN, so a
-/// message quoting a file's bytes stays one readable line.
-inline std::string escape_bytes(const std::string& s, std::size_t max_len = 80) {
-  static const char hex[] = "0123456789abcdef";
-  std::string r;
-  for (std::size_t i = 0; i < s.size() && i < max_len; ++i) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    if (c >= 0x20 && c < 0x7f && c != '\\') {
-      r += static_cast<char>(c);
-    } else {
-      r += "\\x";
-      r += hex[c >> 4];
-      r += hex[c & 15];
-    }
-  }
-  if (s.size() > max_len) r += "...";
-  return r;
-}
-
 /// A strict reader of the header dict numpy writes: a Python dict literal
 /// with exactly the keys 'descr' (a string), 'fortran_order' (True or False)
 /// and 'shape' (a tuple of non-negative decimal ints), in any order, each

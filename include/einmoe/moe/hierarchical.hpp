@@ -64,7 +64,9 @@ inline Top2Options inner_options(const HierarchicalOptions& o) {
 }
 }  // namespace detail
 
-/// Two-level MoE forward pass; see the file comment.
+/// Two-level MoE forward pass; see the file comment. x [<batch>, group,
+/// model] -> outputs [<batch>, group, model], aux_loss (outer + inner) and
+/// the statistics of both levels.
 template <class T>
 HierarchicalResult<T> hierarchical_moe_forward(const Tensor<T>& x_in, const HierarchicalWeights<T>& w,
                                                const HierarchicalOptions& o) {

@@ -25,7 +25,10 @@ struct LocalMoEResult {
   T loss(T loss_coef) const { return (cv_squared(importance) + cv_squared(load)) * loss_coef; }
 };
 
-/// t2t LocalMixtureOfExperts.Eval; see the file comment.
+/// t2t LocalMixtureOfExperts.Eval; see the file comment. x [<batch>, model],
+/// w_gate and w_noise [model, experts], per_example_multiplier [<batch>],
+/// normal draws [<batch>, experts] -> outputs [<batch>, model], gates
+/// [<batch>, experts], importance and load [experts].
 template <class T>
 LocalMoEResult<T> local_moe_forward(const Tensor<T>& x, const Tensor<T>& w_gate, const detail::same_t<Tensor<T>>* w_noise,
                                     const ExpertWeights<T>& experts, const NoisyTopKOptions& gating,

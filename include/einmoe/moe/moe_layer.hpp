@@ -240,6 +240,9 @@ void finish_losses(const MoEOptions& opt, const LossParts<T>& parts, index_t gro
 
 }  // namespace detail
 
+/// One MoE layer forward pass: inputs [<batch>, group, model] (or
+/// ungrouped [<tokens...>, model]) -> outputs of the same shape, losses and
+/// statistics. Defined below.
 template <class T>
 MoEResult<T> moe_forward(const Tensor<T>& inputs, const MoEWeights<T>& w, const MoEOptions& opt,
                          const GatingInputs<T>& extras = {});
@@ -470,8 +473,11 @@ class MoELayer {
 };
 
 /// One MoE feed-forward layer forward pass (lays the weights out for this
-/// call; keep an MoELayer for repeated calls). With opt.dense it runs the
-/// oracle on the caller's weights without copying them. See the file comment.
+/// call; keep an MoELayer for repeated calls): inputs [<batch>, group,
+/// model] (or ungrouped) -> outputs of the same shape; extras (importance,
+/// uniform [<batch>, group], gumbel [<batch>, group, experts]) for router
+/// top2. With opt.dense it runs the oracle on the caller's weights without
+/// copying them. See the file comment.
 template <class T>
 MoEResult<T> moe_forward(const Tensor<T>& inputs, const MoEWeights<T>& w, const MoEOptions& opt,
                          const GatingInputs<T>& extras) {

@@ -59,7 +59,8 @@ RouterProblem<T> expert_choice_problem(const Tensor<T>& logits, const ExpertChoi
 }  // namespace detail
 
 /// Expert-choice routing, fast: per expert a partial sort of its group's
-/// scores.
+/// scores. logits [<batch>, group, experts] -> a plan of C tokens per expert
+/// per group (k = E choice slots per token), z_loss, statistics.
 template <class T>
 RouterResult<T> expert_choice_routing(const Tensor<T>& logits, const ExpertChoiceOptions& o) {
   const char* op = "expert_choice_routing";

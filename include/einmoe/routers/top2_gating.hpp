@@ -83,6 +83,55 @@ index_t argmax_row(const T* x, index_t n, Ties ties = Ties::lowest) {
   return best;
 }
 
+/// Hands out group g's slots as the sources do - first choices in token
+/// order, then second choices after all kept first choices; a choice is
+/// kept if its slot < C - and writes the kept ones into the plan. m1 / m2
+/// say which tokens want a first / second expert; the kept gates (dropped
+/// ones are 0) pass through finish(g1, g2), the renormalization after
+/// capacity. Adds the wanted and kept counts to w1, w2, k1, k2.
+template <class T, class Finish>
+void assign_top2_slots(RoutingPlan<T>& plan, index_t g, index_t S, index_t E, index_t C,
+                       const std::vector<index_t>& index1, const std::vector<index_t>& index2,
+                       const std::vector<char>& m1, const std::vector<char>& m2, const std::vector<T>& gate1,
+                       const std::vector<T>& gate2, index_t& w1, index_t& w2, index_t& k1, index_t& k2,
+                       Finish&& finish) {
+  std::int32_t* fill = plan.fill.data() + g * E;
+  std::vector<index_t> count1(uz(E), 0), count2(uz(E), 0);
+  std::vector<index_t> pos1(uz(S), -1), pos2(uz(S), -1);
+  for (index_t s = 0; s < S; ++s) {
+    if (!m1[uz(s)]) continue;
+    ++w1;
+    const index_t pos = count1[uz(index1[uz(s)])]++;
+    if (pos < C) pos1[uz(s)] = pos, ++k1;
+  }
+  for (index_t e = 0; e < E; ++e) fill[e] = static_cast<std::int32_t>(std::min(count1[uz(e)], C));
+  for (index_t s = 0; s < S; ++s) {
+    if (!m2[uz(s)]) continue;
+    ++w2;
+    const index_t e = index2[uz(s)];
+    const index_t pos = count2[uz(e)]++ + std::min(count1[uz(e)], C);
+    if (pos < C) pos2[uz(s)] = pos, ++k2;
+  }
+  for (index_t s = 0; s < S; ++s) {
+    const index_t t = g * S + s;
+    T g1 = pos1[uz(s)] >= 0 ? gate1[uz(s)] : T(0);
+    T g2 = pos2[uz(s)] >= 0 ? gate2[uz(s)] : T(0);
+    finish(g1, g2);
+    const index_t pos[2] = {pos1[uz(s)], pos2[uz(s)]};
+    const index_t idx[2] = {index1[uz(s)], index2[uz(s)]};
+    const T gate[2] = {g1, g2};
+    for (index_t j = 0; j < 2; ++j) {
+      if (pos[j] < 0) continue;
+      const auto entry = uz(t * 2 + j);
+      plan.expert[entry] = static_cast<std::int32_t>(idx[j]);
+      plan.slot[entry] = static_cast<std::int32_t>(pos[j]);
+      plan.weight[entry] = gate[j];
+      plan.slot_entry[uz(plan.slot_index(g, idx[j], pos[j]))] = static_cast<index_t>(entry);
+      if (j == 1) ++fill[idx[j]];
+    }
+  }
+}
+
 /// Per-group loss accumulators: sums over the group's tokens, per expert.
 template <class T>
 struct GroupLoss {
@@ -175,46 +224,13 @@ Top2Result<T> top2_gating(const Tensor<T>& logits, const Top2Options& opt, const
       m2[detail::uz(s)] = has2;
     }
 
-    // Slots: first choices in token order, then second choices.
-    std::int32_t* fill = plan.fill.data() + g * E;
-    std::vector<index_t> count1(detail::uz(E), 0), count2(detail::uz(E), 0);
     index_t w1 = 0, w2 = 0, k1 = 0, k2 = 0;
-    std::vector<index_t> pos1(detail::uz(S), -1), pos2(detail::uz(S), -1);
-    for (index_t s = 0; s < S; ++s) {
-      if (!m1[detail::uz(s)]) continue;
-      ++w1;
-      const index_t pos = count1[detail::uz(index1[detail::uz(s)])]++;
-      if (pos < C) pos1[detail::uz(s)] = pos, ++k1;
-    }
-    for (index_t e = 0; e < E; ++e) fill[e] = static_cast<std::int32_t>(std::min(count1[detail::uz(e)], C));
-    for (index_t s = 0; s < S; ++s) {
-      if (!m2[detail::uz(s)]) continue;
-      ++w2;
-      const index_t e = index2[detail::uz(s)];
-      const index_t pos = count2[detail::uz(e)]++ + std::min(count1[detail::uz(e)], C);
-      if (pos < C) pos2[detail::uz(s)] = pos, ++k2;
-    }
-    for (index_t s = 0; s < S; ++s) {
-      const index_t t = g * S + s;
-      T g1 = pos1[detail::uz(s)] >= 0 ? gate1[detail::uz(s)] : T(0);
-      T g2 = pos2[detail::uz(s)] >= 0 ? gate2[detail::uz(s)] : T(0);
+    detail::assign_top2_slots(plan, g, S, E, C, index1, index2, m1, m2, gate1, gate2, w1, w2, k1, k2, [&](T& a, T& b) {
       if (opt.normalize == Normalize::after) {
-        const T d = g1 + g2;
-        if (d > T(0)) g1 /= d, g2 /= d;
+        const T d = a + b;
+        if (d > T(0)) a /= d, b /= d;
       }
-      const index_t pos[2] = {pos1[detail::uz(s)], pos2[detail::uz(s)]};
-      const index_t idx[2] = {index1[detail::uz(s)], index2[detail::uz(s)]};
-      const T gate[2] = {g1, g2};
-      for (index_t j = 0; j < 2; ++j) {
-        if (pos[j] < 0) continue;
-        const auto entry = detail::uz(t * 2 + j);
-        plan.expert[entry] = static_cast<std::int32_t>(idx[j]);
-        plan.slot[entry] = static_cast<std::int32_t>(pos[j]);
-        plan.weight[entry] = gate[j];
-        plan.slot_entry[detail::uz(plan.slot_index(g, idx[j], pos[j]))] = static_cast<index_t>(entry);
-        if (j == 1) ++fill[idx[j]];
-      }
-    }
+    });
     wanted1[detail::uz(g)] = w1, wanted2[detail::uz(g)] = w2, kept1[detail::uz(g)] = k1, kept2[detail::uz(g)] = k2;
   }
 

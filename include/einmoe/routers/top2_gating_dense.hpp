@@ -45,6 +45,66 @@ Tensor<T> dense_combine(const Tensor<T>& gate_1, const Tensor<T>& flat_1, const 
   return gate_1 * flat_1 * one_hot<T>(index_1, experts) * one_hot<T>(cast<std::int64_t>(position_1), capacity) +
          gate_2 * flat_2 * one_hot<T>(index_2, experts) * one_hot<T>(cast<std::int64_t>(position_2), capacity);
 }
+/// The sources' steps after the balancing loss, shared by the dense top-2
+/// gatings: the second policy on mask_2, statistics, positions in each
+/// expert (cumsums), capacity, the gates' renormalization after capacity
+/// (finish(gate_1, gate_2)), and the combine and dispatch tensors.
+template <class T, class Finish>
+void dense_policy_and_slots(const GatingProblem<T>& p, const Top2Options& opt, Tensor<T> mask_1, Tensor<T> mask_2,
+                            Tensor<T> gate_1, Tensor<T> gate_2, const Tensor<std::int64_t>& index_1,
+                            const Tensor<std::int64_t>& index_2, Top2DenseResult<T>& out, Finish&& finish) {
+  const std::string& group = p.group.name;
+  const std::string& experts = p.experts.name;
+  const T C = static_cast<T>(p.C);
+  // SECOND POLICY
+  switch (opt.policy) {
+    case SecondPolicy::none: mask_2.fill(T(0)); break;
+    case SecondPolicy::threshold: mask_2 = mask_2 * cast<T>(greater(gate_2, static_cast<T>(opt.threshold))); break;
+    case SecondPolicy::random:
+      mask_2 = mask_2 * cast<T>(less(*p.uniform, gate_2 / static_cast<T>(std::max(opt.threshold, 1e-9))));
+      break;
+    default: break;
+  }
+
+  // statistics before capacity
+  auto total = [](const Tensor<T>& t) { return static_cast<index_t>(sum_to(t, Shape()).item()); };
+  out.stats.first_wanted = total(mask_1);
+  out.stats.second_wanted = total(mask_2);
+  {
+    const Tensor<T> d1 = sum_to(mask_1, Shape{p.experts});
+    const double n = static_cast<double>(p.G * p.S);
+    for (index_t e = 0; e < p.E; ++e) {
+      out.stats.first_choices.push_back(static_cast<index_t>(d1[e]));
+      out.stats.density_1.push_back(n > 0 ? static_cast<double>(d1[e]) / n : 0.0);
+    }
+  }
+
+  // COMPUTE ASSIGNMENT TO EXPERTS
+  Tensor<T> position_in_expert_1 = cumsum(mask_1, group, true) * mask_1;
+  mask_1 = mask_1 * cast<T>(less(position_in_expert_1, C));
+  const Tensor<T> mask_1_count = sum(mask_1, group);
+  const Tensor<T> mask_1_flat = sum(mask_1, experts);
+  position_in_expert_1 = sum(position_in_expert_1, experts);
+  gate_1 = gate_1 * mask_1_flat;
+
+  Tensor<T> position_in_expert_2 = (cumsum(mask_2, group, true) + mask_1_count) * mask_2;
+  mask_2 = mask_2 * cast<T>(less(position_in_expert_2, C));
+  const Tensor<T> mask_2_flat = sum(mask_2, experts);
+  gate_2 = gate_2 * mask_2_flat;
+  position_in_expert_2 = sum(position_in_expert_2, experts);
+
+  finish(gate_1, gate_2);
+
+  out.stats.first_kept = total(mask_1);
+  out.stats.second_kept = total(mask_2);
+  const Tensor<T> per_expert = sum_to(mask_1 + mask_2, Shape{p.experts});
+  for (index_t e = 0; e < p.E; ++e) out.stats.tokens_per_expert.push_back(static_cast<index_t>(per_expert[e]));
+  out.stats.slots = detail::mul_size(detail::mul_size(p.G, p.E, "slots"), p.C, "slots");
+
+  out.combine = detail::dense_combine(gate_1, mask_1_flat, index_1, position_in_expert_1, gate_2, mask_2_flat, index_2,
+                                      position_in_expert_2, p.experts, p.capacity);
+  out.dispatch = cast<T>(not_equal(out.combine, T(0)));
+}
 }  // namespace detail
 
 /// Top-2 gating, dense formulation: logits [<batch>, group, experts] ->
@@ -55,7 +115,6 @@ Top2DenseResult<T> top2_gating_dense(const Tensor<T>& logits_in, const Top2Optio
   const std::string& group = p.group.name;
   const std::string& experts = p.experts.name;
   const Tensor<T>& logits = p.logits;
-  const T C = static_cast<T>(p.C);
   const T one(1), eps = static_cast<T>(1e-9);
 
   // FIND TOP 2 EXPERTS PER POSITION
@@ -111,59 +170,15 @@ Top2DenseResult<T> top2_gating_dense(const Tensor<T>& logits_in, const Top2Optio
     }
   }
 
-  // SECOND POLICY
-  switch (opt.policy) {
-    case SecondPolicy::none: mask_2.fill(T(0)); break;
-    case SecondPolicy::threshold: mask_2 = mask_2 * cast<T>(greater(gate_2, static_cast<T>(opt.threshold))); break;
-    case SecondPolicy::random:
-      mask_2 = mask_2 * cast<T>(less(*p.uniform, gate_2 / static_cast<T>(std::max(opt.threshold, 1e-9))));
-      break;
-    default: break;
-  }
-
-  // statistics before capacity
-  auto total = [](const Tensor<T>& t) { return static_cast<index_t>(sum_to(t, Shape()).item()); };
-  out.stats.first_wanted = total(mask_1);
-  out.stats.second_wanted = total(mask_2);
-  {
-    const Tensor<T> d1 = sum_to(mask_1, Shape{p.experts});
-    const double n = static_cast<double>(p.G * p.S);
-    for (index_t e = 0; e < p.E; ++e) {
-      out.stats.first_choices.push_back(static_cast<index_t>(d1[e]));
-      out.stats.density_1.push_back(n > 0 ? static_cast<double>(d1[e]) / n : 0.0);
-    }
-  }
-
-  // COMPUTE ASSIGNMENT TO EXPERTS
-  Tensor<T> position_in_expert_1 = cumsum(mask_1, group, true) * mask_1;
-  mask_1 = mask_1 * cast<T>(less(position_in_expert_1, C));
-  const Tensor<T> mask_1_count = sum(mask_1, group);
-  const Tensor<T> mask_1_flat = sum(mask_1, experts);
-  position_in_expert_1 = sum(position_in_expert_1, experts);
-  gate_1 = gate_1 * mask_1_flat;
-
-  Tensor<T> position_in_expert_2 = (cumsum(mask_2, group, true) + mask_1_count) * mask_2;
-  mask_2 = mask_2 * cast<T>(less(position_in_expert_2, C));
-  const Tensor<T> mask_2_flat = sum(mask_2, experts);
-  gate_2 = gate_2 * mask_2_flat;
-  position_in_expert_2 = sum(position_in_expert_2, experts);
-
-  if (opt.normalize == Normalize::after) {
-    Tensor<T> denom = gate_1 + gate_2;
-    denom = where(greater(denom, T(0)), denom, one);
-    gate_1 = gate_1 / denom;
-    gate_2 = gate_2 / denom;
-  }
-
-  out.stats.first_kept = total(mask_1);
-  out.stats.second_kept = total(mask_2);
-  const Tensor<T> per_expert = sum_to(mask_1 + mask_2, Shape{p.experts});
-  for (index_t e = 0; e < p.E; ++e) out.stats.tokens_per_expert.push_back(static_cast<index_t>(per_expert[e]));
-  out.stats.slots = detail::mul_size(detail::mul_size(p.G, p.E, "slots"), p.C, "slots");
-
-  out.combine = detail::dense_combine(gate_1, mask_1_flat, index_1, position_in_expert_1, gate_2, mask_2_flat, index_2,
-                                      position_in_expert_2, p.experts, p.capacity);
-  out.dispatch = cast<T>(not_equal(out.combine, T(0)));
+  detail::dense_policy_and_slots(p, opt, std::move(mask_1), std::move(mask_2), std::move(gate_1), std::move(gate_2),
+                                 index_1, index_2, out, [&](Tensor<T>& g1, Tensor<T>& g2) {
+                                   if (opt.normalize == Normalize::after) {
+                                     Tensor<T> denom = g1 + g2;
+                                     denom = where(greater(denom, T(0)), denom, one);
+                                     g1 = g1 / denom;
+                                     g2 = g2 / denom;
+                                   }
+                                 });
   return out;
 }
 

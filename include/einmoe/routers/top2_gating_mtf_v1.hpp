@@ -110,44 +110,11 @@ Top2Result<T> top2_gating_mtf_v1(const Tensor<T>& logits, const Top2Options& opt
       gate1[detail::uz(s)] = raw[detail::uz(i1)], gate2[detail::uz(s)] = g2;
       m1[detail::uz(s)] = geq1, m2[detail::uz(s)] = use2;
     }
-    // Slots: first choices in token order, then second choices.
-    std::int32_t* fill = plan.fill.data() + g * E;
-    std::vector<index_t> count1(detail::uz(E), 0), count2(detail::uz(E), 0);
-    std::vector<index_t> pos1(detail::uz(S), -1), pos2(detail::uz(S), -1);
     index_t w1 = 0, w2 = 0, k1 = 0, k2 = 0;
-    for (index_t s = 0; s < S; ++s) {
-      if (!m1[detail::uz(s)]) continue;
-      ++w1;
-      const index_t pos = count1[detail::uz(index1[detail::uz(s)])]++;
-      if (pos < C) pos1[detail::uz(s)] = pos, ++k1;
-    }
-    for (index_t e = 0; e < E; ++e) fill[e] = static_cast<std::int32_t>(std::min(count1[detail::uz(e)], C));
-    for (index_t s = 0; s < S; ++s) {
-      if (!m2[detail::uz(s)]) continue;
-      ++w2;
-      const index_t e = index2[detail::uz(s)];
-      const index_t pos = count2[detail::uz(e)]++ + std::min(count1[detail::uz(e)], C);
-      if (pos < C) pos2[detail::uz(s)] = pos, ++k2;
-    }
-    for (index_t s = 0; s < S; ++s) {
-      const index_t t = g * S + s;
-      T g1 = pos1[detail::uz(s)] >= 0 ? gate1[detail::uz(s)] : T(0);
-      T g2 = pos2[detail::uz(s)] >= 0 ? gate2[detail::uz(s)] : T(0);
-      const T d = g1 + g2 + eps;  // after capacity, always (the source)
-      g1 /= d, g2 /= d;
-      const index_t pos[2] = {pos1[detail::uz(s)], pos2[detail::uz(s)]};
-      const index_t idx[2] = {index1[detail::uz(s)], index2[detail::uz(s)]};
-      const T gate[2] = {g1, g2};
-      for (index_t j = 0; j < 2; ++j) {
-        if (pos[j] < 0) continue;
-        const auto entry = detail::uz(t * 2 + j);
-        plan.expert[entry] = static_cast<std::int32_t>(idx[j]);
-        plan.slot[entry] = static_cast<std::int32_t>(pos[j]);
-        plan.weight[entry] = gate[j];
-        plan.slot_entry[detail::uz(plan.slot_index(g, idx[j], pos[j]))] = static_cast<index_t>(entry);
-        if (j == 1) ++fill[idx[j]];
-      }
-    }
+    detail::assign_top2_slots(plan, g, S, E, C, index1, index2, m1, m2, gate1, gate2, w1, w2, k1, k2, [&](T& a, T& b) {
+      const T d = a + b + eps;  // after capacity, always (the source)
+      a /= d, b /= d;
+    });
     wanted1[detail::uz(g)] = w1, wanted2[detail::uz(g)] = w2, kept1[detail::uz(g)] = k1, kept2[detail::uz(g)] = k2;
   }
 
@@ -187,7 +154,6 @@ Top2DenseResult<T> top2_gating_mtf_v1_dense(const Tensor<T>& logits_in, const To
   const auto p = detail::mtf_v1_problem(logits_in, opt, max_experts, uniform, "top2_gating_mtf_v1_dense");
   const std::string& group = p.group.name;
   const std::string& experts = p.experts.name;
-  const T C = static_cast<T>(p.C);
   const T one(1), eps = static_cast<T>(1e-9);
 
   Tensor<T> raw_gates = softmax(p.logits, experts);
@@ -225,54 +191,12 @@ Top2DenseResult<T> top2_gating_mtf_v1_dense(const Tensor<T>& logits_in, const To
     }
   }
 
-  switch (opt.policy) {
-    case SecondPolicy::none: mask_2.fill(T(0)); break;
-    case SecondPolicy::threshold: mask_2 = mask_2 * cast<T>(greater(gate_2, static_cast<T>(opt.threshold))); break;
-    case SecondPolicy::random:
-      mask_2 = mask_2 * cast<T>(less(*p.uniform, gate_2 / static_cast<T>(std::max(opt.threshold, 1e-9))));
-      break;
-    default: break;
-  }
-
-  auto total = [](const Tensor<T>& t) { return static_cast<index_t>(sum_to(t, Shape()).item()); };
-  out.stats.first_wanted = total(mask_1);
-  out.stats.second_wanted = total(mask_2);
-  {
-    const Tensor<T> d1 = sum_to(mask_1, Shape{p.experts});
-    const double n = static_cast<double>(p.G * p.S);
-    for (index_t e = 0; e < p.E; ++e) {
-      out.stats.first_choices.push_back(static_cast<index_t>(d1[e]));
-      out.stats.density_1.push_back(n > 0 ? static_cast<double>(d1[e]) / n : 0.0);
-    }
-  }
-
-  // COMPUTE ASSIGNMENT TO EXPERTS
-  Tensor<T> position_in_expert_1 = cumsum(mask_1, group, true) * mask_1;
-  mask_1 = mask_1 * cast<T>(less(position_in_expert_1, C));
-  const Tensor<T> mask_1_count = sum(mask_1, group);
-  const Tensor<T> mask_1_flat = sum(mask_1, experts);
-  position_in_expert_1 = sum(position_in_expert_1, experts);
-  gate_1 = gate_1 * mask_1_flat;
-
-  Tensor<T> position_in_expert_2 = cumsum(mask_2, group, true) + mask_1_count;
-  position_in_expert_2 = position_in_expert_2 * mask_2;
-  mask_2 = mask_2 * cast<T>(less(position_in_expert_2, C));
-  const Tensor<T> mask_2_flat = sum(mask_2, experts);
-  gate_2 = gate_2 * mask_2_flat;
-  position_in_expert_2 = sum(position_in_expert_2, experts);
-
-  const Tensor<T> denom = gate_1 + gate_2 + eps;
-  gate_1 = gate_1 / denom;
-  gate_2 = gate_2 / denom;
-
-  out.stats.first_kept = total(mask_1);
-  out.stats.second_kept = total(mask_2);
-  const Tensor<T> per_expert = sum_to(mask_1 + mask_2, Shape{p.experts});
-  for (index_t e = 0; e < p.E; ++e) out.stats.tokens_per_expert.push_back(static_cast<index_t>(per_expert[e]));
-  out.stats.slots = detail::mul_size(detail::mul_size(p.G, p.E, "slots"), p.C, "slots");
-  out.combine = detail::dense_combine(gate_1, mask_1_flat, index_1, position_in_expert_1, gate_2, mask_2_flat, index_2,
-                                      position_in_expert_2, p.experts, p.capacity);
-  out.dispatch = cast<T>(not_equal(out.combine, T(0)));
+  detail::dense_policy_and_slots(p, opt, std::move(mask_1), std::move(mask_2), std::move(gate_1), std::move(gate_2),
+                                 index_1, index_2, out, [&](Tensor<T>& g1, Tensor<T>& g2) {
+                                   const Tensor<T> denom = g1 + g2 + eps;  // after capacity, always
+                                   g1 = g1 / denom;
+                                   g2 = g2 / denom;
+                                 });
   return out;
 }
 

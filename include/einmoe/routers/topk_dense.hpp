@@ -27,7 +27,9 @@ struct DenseRouterResult {
   T z_loss = T(0);
 };
 
-/// Top-k routing as one-hot masks and cumsums (see the file comment).
+/// Top-k routing as one-hot masks and cumsums (see the file comment):
+/// logits [<batch>, group, experts] -> dispatch and combine [<batch>, group,
+/// experts, capacity], aux_loss, z_loss.
 template <class T>
 DenseRouterResult<T> topk_routing_dense(const Tensor<T>& logits, const TopKOptions& o) {
   const char* op = "topk_routing_dense";
