@@ -139,6 +139,42 @@ struct GroupLoss {
   T importance_sum = T(0);
 };
 
+/// Finishes a top-2 result from the per-group sums: the balancing loss (per
+/// group, then over groups in order, as top2_aux_loss; with `denominators`,
+/// both group means are divided by mean(importance) + 1e-6, lingvo's
+/// normalize-after rule) and the statistics.
+template <class T>
+void finish_top2(Top2Result<T>& r, const std::vector<GroupLoss<T>>& losses, index_t G, index_t S, index_t E,
+                 bool second_place_loss, bool denominators, const std::vector<index_t>& wanted1,
+                 const std::vector<index_t>& wanted2, const std::vector<index_t>& kept1, const std::vector<index_t>& kept2) {
+  if (S > 0) {
+    // Divisions, not reciprocal multiplies, exactly as the dense form's means.
+    const T Sf = static_cast<T>(S);
+    r.parts.aux.assign(uz(G), T(0));
+    if (second_place_loss) r.parts.aux2.assign(uz(G), T(0));
+    for (index_t g = 0; g < G; ++g) {
+      const auto& L = losses[uz(g)];
+      const T denom = L.importance_sum / Sf + T(1e-6);
+      T total = T(0), total2 = T(0);
+      for (index_t e = 0; e < E; ++e) {
+        T proxy = L.proxy_1[uz(e)] / Sf, density = L.mask_1[uz(e)] / Sf;
+        if (denominators) proxy /= denom, density /= denom;
+        total += proxy * density;
+        if (second_place_loss) total2 += (L.proxy_2[uz(e)] / Sf) * (L.mask_2[uz(e)] / Sf);
+      }
+      r.parts.aux[uz(g)] = total;
+      if (second_place_loss) r.parts.aux2[uz(g)] = total2;
+    }
+    r.aux_loss = top2_aux_loss(r.parts, G, E);
+  }
+  auto& st = r.stats;
+  sum_stats(st, r.plan, wanted1, wanted2, kept1, kept2);
+  st.first_choices.assign(uz(E), 0);
+  for (index_t g = 0; g < G; ++g)
+    for (index_t e = 0; e < E; ++e) st.first_choices[uz(e)] += static_cast<index_t>(losses[uz(g)].mask_1[uz(e)]);
+  finish_density(st, G * S);
+}
+
 }  // namespace detail
 
 /// Top-2 gating: logits [<batch>, group, experts] -> sparse routing plan.
@@ -234,36 +270,8 @@ Top2Result<T> top2_gating(const Tensor<T>& logits, const Top2Options& opt, const
     wanted1[detail::uz(g)] = w1, wanted2[detail::uz(g)] = w2, kept1[detail::uz(g)] = k1, kept2[detail::uz(g)] = k2;
   }
 
-  // Balancing loss: per group, then over groups in order (top2_aux_loss).
-  if (S > 0) {
-    // Divisions, not reciprocal multiplies, exactly as the dense form's means.
-    const T Sf = static_cast<T>(S);
-    r.parts.aux.assign(detail::uz(G), T(0));
-    if (opt.second_place_loss) r.parts.aux2.assign(detail::uz(G), T(0));
-    for (index_t g = 0; g < G; ++g) {
-      const auto& L = losses[detail::uz(g)];
-      const T denom = L.importance_sum / Sf + T(1e-6);
-      T total = T(0), total2 = T(0);
-      for (index_t e = 0; e < E; ++e) {
-        T proxy = L.proxy_1[detail::uz(e)] / Sf, density = L.mask_1[detail::uz(e)] / Sf;
-        if (opt.normalize == Normalize::after) proxy /= denom, density /= denom;
-        total += proxy * density;
-        if (opt.second_place_loss) total2 += (L.proxy_2[detail::uz(e)] / Sf) * (L.mask_2[detail::uz(e)] / Sf);
-      }
-      r.parts.aux[detail::uz(g)] = total;
-      if (opt.second_place_loss) r.parts.aux2[detail::uz(g)] = total2;
-    }
-    r.aux_loss = detail::top2_aux_loss(r.parts, G, E);
-  }
-
-  // Statistics.
-  auto& st = r.stats;
-  detail::sum_stats(st, plan, wanted1, wanted2, kept1, kept2);
-  st.first_choices.assign(detail::uz(E), 0);
-  for (index_t g = 0; g < G; ++g)
-    for (index_t e = 0; e < E; ++e)
-      st.first_choices[detail::uz(e)] += static_cast<index_t>(losses[detail::uz(g)].mask_1[detail::uz(e)]);
-  detail::finish_density(st, G * S);
+  detail::finish_top2(r, losses, G, S, E, opt.second_place_loss, opt.normalize == Normalize::after, wanted1, wanted2,
+                      kept1, kept2);
   return r;
 }
 

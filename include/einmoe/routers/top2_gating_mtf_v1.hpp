@@ -118,30 +118,8 @@ Top2Result<T> top2_gating_mtf_v1(const Tensor<T>& logits, const Top2Options& opt
     wanted1[detail::uz(g)] = w1, wanted2[detail::uz(g)] = w2, kept1[detail::uz(g)] = k1, kept2[detail::uz(g)] = k2;
   }
 
-  // Loss: per group, then over groups in order; no density denominators.
-  if (S > 0) {
-    const T Sf = static_cast<T>(S);
-    r.parts.aux.assign(detail::uz(G), T(0));
-    if (opt.second_place_loss) r.parts.aux2.assign(detail::uz(G), T(0));
-    for (index_t g = 0; g < G; ++g) {
-      const auto& L = losses[detail::uz(g)];
-      T total = T(0), total2 = T(0);
-      for (index_t e = 0; e < E; ++e) {
-        total += (L.proxy_1[detail::uz(e)] / Sf) * (L.mask_1[detail::uz(e)] / Sf);
-        if (opt.second_place_loss) total2 += (L.proxy_2[detail::uz(e)] / Sf) * (L.mask_2[detail::uz(e)] / Sf);
-      }
-      r.parts.aux[detail::uz(g)] = total;
-      if (opt.second_place_loss) r.parts.aux2[detail::uz(g)] = total2;
-    }
-    r.aux_loss = detail::top2_aux_loss(r.parts, G, E);
-  }
-  auto& st = r.stats;
-  detail::sum_stats(st, plan, wanted1, wanted2, kept1, kept2);
-  st.first_choices.assign(detail::uz(E), 0);
-  for (index_t g = 0; g < G; ++g)
-    for (index_t e = 0; e < E; ++e)
-      st.first_choices[detail::uz(e)] += static_cast<index_t>(losses[detail::uz(g)].mask_1[detail::uz(e)]);
-  detail::finish_density(st, G * S);
+  // The loss has no density denominators (normalize-before's form).
+  detail::finish_top2(r, losses, G, S, E, opt.second_place_loss, false, wanted1, wanted2, kept1, kept2);
   return r;
 }
 
