@@ -137,6 +137,11 @@ template <class T>
 struct GroupLoss {
   std::vector<T> proxy_1, mask_1, proxy_2, mask_2;
   T importance_sum = T(0);
+  /// Zeroed sums for E experts.
+  void reset(index_t E) {
+    for (auto* v : {&proxy_1, &mask_1, &proxy_2, &mask_2}) v->assign(uz(E), T(0));
+    importance_sum = T(0);
+  }
 };
 
 /// Finishes a top-2 result from the per-group sums: the balancing loss (per
@@ -200,10 +205,7 @@ Top2Result<T> top2_gating(const Tensor<T>& logits, const Top2Options& opt, const
     std::vector<T> gate1(detail::uz(S)), gate2(detail::uz(S));
     std::vector<char> m1(detail::uz(S)), m2(detail::uz(S));
     auto& L = losses[detail::uz(g)];
-    L.proxy_1.assign(detail::uz(E), T(0));
-    L.mask_1.assign(detail::uz(E), T(0));
-    L.proxy_2.assign(detail::uz(E), T(0));
-    L.mask_2.assign(detail::uz(E), T(0));
+    L.reset(E);
 
     for (index_t s = 0; s < S; ++s) {
       const index_t t = g * S + s;

@@ -76,10 +76,7 @@ Top2Result<T> top2_gating_mtf_v1(const Tensor<T>& logits, const Top2Options& opt
     std::vector<T> gate1(detail::uz(S)), gate2(detail::uz(S));
     std::vector<char> m1(detail::uz(S)), m2(detail::uz(S));
     auto& L = losses[detail::uz(g)];
-    L.proxy_1.assign(detail::uz(E), T(0));
-    L.mask_1.assign(detail::uz(E), T(0));
-    L.proxy_2.assign(detail::uz(E), T(0));
-    L.mask_2.assign(detail::uz(E), T(0));
+    L.reset(E);
     for (index_t s = 0; s < S; ++s) {
       const index_t t = g * S + s;
       detail::softmax_row(p.logits.data() + t * E, raw.data(), E, 1);
