@@ -1,6 +1,6 @@
-// The test binary compiles einmoe's GEMM kernels once, here; the other test
-// files see them as extern templates (EINMOE_EXTERN_GEMM, set in CMake).
-#include "einmoe/detail/gemm.hpp"
-
-EINMOE_INSTANTIATE_GEMM(float);
-EINMOE_INSTANTIATE_GEMM(double);
+// The test programs compile einmoe's GEMM kernels once, here, with the code
+// README.md gives for it (its EINMOE_INSTANTIATE_GEMM block, extracted into
+// doc_examples.inc); the other files see them as extern templates
+// (EINMOE_EXTERN_GEMM, set in CMake).
+#define EINMOE_EXAMPLE_readme_7
+#include "doc_examples.inc"

@@ -40,7 +40,7 @@ std::uint16_t nearest(double d) {
 }
 }  // namespace
 
-TEST_CASE("bfloat16 rounds to nearest, ties to even; widening is exact", "[bfloat16]") {
+TEST_CASE("bfloat16 rounds to nearest, ties to even, widening is exact", "[bfloat16]") {
   CHECK(bfloat16(1.0f).bits == 0x3f80);
   CHECK(static_cast<float>(bfloat16(1.0f)) == 1.0f);
   // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties to even (1.0)

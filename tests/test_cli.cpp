@@ -107,7 +107,7 @@ TEST_CASE("einmoe --version names the library's version", "[cli]") {
   CHECK(run("--version extra").status == 2);
 }
 
-TEST_CASE("einmoe gate: -inf logits mask an expert; NaN, +inf and all -inf are rejected", "[cli][edge]") {
+TEST_CASE("einmoe gate: -inf logits mask an expert, NaN, +inf and all -inf are rejected", "[cli][edge]") {
   const double ninf = -std::numeric_limits<double>::infinity();
   Tensor<double> l = Rng(4).normal<double>(Shape::parse("batch:1,group:5,experts:3"));
   for (index_t t = 0; t < 5; ++t) l[t * 3 + 1] = ninf;
@@ -661,7 +661,7 @@ std::string file_text(const std::string& p) {
 }
 }  // namespace
 
-TEST_CASE("einmoe outputs: never through a symlink, onto a FIFO or an input; all or nothing", "[cli][outputs]") {
+TEST_CASE("einmoe outputs: never through a symlink, onto a FIFO or an input, all or nothing", "[cli][outputs]") {
   const std::string logits = scratch("out_logits.npy");
   save_npy(logits, Rng(1).normal<float>(Shape::parse("batch:1,group:4,experts:3")));
   const std::string gate = "gate --logits " + logits + " --capacity 2 --out ";
@@ -730,7 +730,8 @@ TEST_CASE("einmoe outputs: never through a symlink, onto a FIFO or an input; all
     std::vector<std::string> names;
     for (const auto& e : fs::directory_iterator(d)) names.push_back(e.path().filename().string());
     std::sort(names.begin(), names.end());
-    CHECK(names == std::vector<std::string>{"aux_loss.npy", "combine.npy", "dispatch.npy"});
+    CHECK(names == std::vector<std::string>{"aux_loss.npy", "combine.npy", "dispatch.npy", "expert.npy", "slot.npy",
+                                            "stats.json", "weight.npy"});
     CHECK(file_text(d + "/dispatch.npy") != old_dispatch);
   }
 }

@@ -13,7 +13,7 @@ TEST_CASE("top_k reproduces the published example", "[index]") {
   CHECK(t.indices.to_vector() == std::vector<std::int64_t>{5, 4, 0, 1});
 }
 
-TEST_CASE("top_1 and top_k break ties toward the lower index; NaN ranks first", "[index]") {
+TEST_CASE("top_1 and top_k break ties toward the lower index, NaN ranks first", "[index]") {
   Tensor<float> x(Shape::parse("g:2,e:4"), {1, 3, 3, 0, 2, 2, 2, 2});
   const auto [v, i] = top_1(x, "e");
   CHECK(v.to_vector() == std::vector<float>{3, 2});

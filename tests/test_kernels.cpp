@@ -219,7 +219,7 @@ TEST_CASE("int8 quantization: symmetric, per output channel, ties to even", "[ke
   CHECK_THROWS_NAMING(quantize_int8(bad, "model"), value_error, "nan");
 }
 
-TEST_CASE("MatrixBank lays out any dim order the same; bad weights are named", "[kernels][bank]") {
+TEST_CASE("MatrixBank lays out any dim order the same, bad weights are named", "[kernels][bank]") {
   auto w = naive::random_tensor<float>(Shape::parse("experts:2,model:5,hidden:7"));
   const Tensor<float> hf = transpose(w, Names({"experts", "hidden", "model"}));  // HF Linear: [out, in]
   for (Backend b : backends())

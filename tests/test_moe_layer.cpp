@@ -202,7 +202,7 @@ TEST_CASE("MoE layer: the router's logits of a group do not depend on the other 
   CHECK(std::memcmp(part.data(), all.data() + 2 * 100 * 5, 2 * 100 * 5 * sizeof(float)) == 0);
 }
 
-TEST_CASE("MoE layer: bf16 and int8 experts stay close to fp32; routing is the same", "[moe][precision]") {
+TEST_CASE("MoE layer: bf16 and int8 experts stay close to fp32, routing is the same", "[moe][precision]") {
   // Reference-like scales: weights ~ 1/sqrt(fan-in), unit inputs.
   Rng rng(5);
   MoEWeights<float> w;

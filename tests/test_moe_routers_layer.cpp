@@ -154,7 +154,7 @@ TEMPLATE_TEST_CASE("MoE layer: topk and expert-choice routers, sparse equals den
   }
 }
 
-TEST_CASE("MoE layer: shared expert in bf16 and int8 stays close to fp32; bitwise equal on any thread count",
+TEST_CASE("MoE layer: shared expert in bf16 and int8 stays close to fp32, bitwise equal on any thread count",
           "[moe][shared][precision][determinism]") {
   ThreadGuard guard;
   const auto w = random_layer<float>(40, 48, 4, true, 72, true, true);

@@ -29,7 +29,7 @@ TEST_CASE("Rng is reproducible and its draws have the right ranges and moments",
   CHECK(sn2 / n == Approx(1.0).margin(0.02));
 }
 
-TEST_CASE("Rng fills tensors in row-major order; uniform_at is stateless", "[random]") {
+TEST_CASE("Rng fills tensors in row-major order, uniform_at is stateless", "[random]") {
   Rng r(3);
   const auto t = r.uniform<double>(Shape::parse("a:2,b:3"));
   Rng r2(3);

@@ -3,7 +3,7 @@
 
 using namespace einmoe;
 
-TEST_CASE("RoutingPlan rebuilds the dense tensors; stats fractions", "[plan]") {
+TEST_CASE("RoutingPlan rebuilds the dense tensors, stats fractions", "[plan]") {
   RoutingPlan<double> p;
   p.reset(Shape::parse("batch:1"), Dim("group", 2), Dim("experts", 2), Dim("expert_capacity", 1), 2);
   CHECK(p.tokens() == 2);
@@ -26,7 +26,7 @@ TEST_CASE("RoutingPlan rebuilds the dense tensors; stats fractions", "[plan]") {
   CHECK(s.fill() == Approx(0.75));
 }
 
-TEST_CASE("RoutingPlan: slots past the group size are not allocated; sizes are checked", "[plan][edge][overflow]") {
+TEST_CASE("RoutingPlan: slots past the group size are not allocated, sizes are checked", "[plan][edge][overflow]") {
   RoutingPlan<float> p;
   p.reset(Shape::parse("batch:1"), Dim("group", 4), Dim("experts", 2), Dim("expert_capacity", index_t{1} << 40), 2);
   CHECK(p.stride == 8);  // S k

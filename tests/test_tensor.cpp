@@ -36,7 +36,7 @@ TEST_CASE("Tensor checks indices and value counts", "[tensor]") {
   CHECK_THROWS_AS(t.set_shape(Shape::parse("c:5")), shape_error);
 }
 
-TEST_CASE("Tensor has value semantics; borrow is zero-copy", "[tensor]") {
+TEST_CASE("Tensor has value semantics, borrow is zero-copy", "[tensor]") {
   Tensor<float> a(Shape::parse("a:3"), {1, 2, 3});
   Tensor<float> b = a;  // deep copy
   b[0] = 9;
@@ -113,7 +113,7 @@ TEST_CASE("borrow wraps std::vector, const or not, and checks its size", "[tenso
   CHECK_THROWS_NAMING(borrow(cv, Shape::parse("n:5")), shape_error, "4 elements");
 }
 
-TEST_CASE("Sizes are overflow-checked; huge tensors are refused before allocating", "[tensor]") {
+TEST_CASE("Sizes are overflow-checked, huge tensors are refused before allocating", "[tensor]") {
   // 2^31 * 2^31 * 2^2 = 2^64 elements: the shape itself is an error naming the dims.
   CHECK_THROWS_NAMING(Shape::parse("a:2147483648,b:2147483648,c:4"), shape_error, "a:2147483648");
   // A zero-size dim does not hide an overflowing stride.

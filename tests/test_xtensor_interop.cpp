@@ -32,7 +32,7 @@ TEST_CASE("borrow of a const xtensor container is a read-only view", "[xtensor]"
   CHECK(as_xtensor(ct)(2) == 2.f);
 }
 
-TEST_CASE("as_xtensor adapts a tensor without copying; to_xarray copies", "[xtensor]") {
+TEST_CASE("as_xtensor adapts a tensor without copying, to_xarray copies", "[xtensor]") {
   Tensor<int> t(Shape::parse("a:2,b:2"), {1, 2, 3, 4});
   auto v = as_xtensor(t);
   CHECK(v(1, 0) == 3);

@@ -113,6 +113,37 @@ void equal_case(const std::string& name0, const MoEWeights<T>& w, const MoEOptio
   }
 }
 
+/// The documented examples of dist/ and the README's expert-parallel block
+/// (extracted into doc_examples.inc; tests/test_doc_examples.cpp has the
+/// rest): they compile, run, and give the single-process layer's outputs.
+void doc_examples() {
+  const index_t M = 16, G = 2 * ranks;
+  const MoEWeights<float> weights = layer_weights<float>(M, 24, 4, false, false, 21);
+  MoEOptions opt;
+  opt.gating.capacity = Dim("expert_capacity", 8);
+  const Tensor<float> x = Rng(5).normal<float>(Shape{{"batch", G}, {"group", 12}, {"model", M}});
+  const Tensor<float> my_groups = groups_of(x, 2 * rank, 2);
+  const auto want = groups_of(MoELayer<float>(weights, opt).forward(x).outputs, 2 * rank, 2);
+  {
+#define EINMOE_EXAMPLE_dist_expert_parallel_1
+#include "doc_examples.inc"
+    check(bitwise(y, want), "dist/expert_parallel.hpp example: outputs of one process");
+    check(aux > 0, "dist/expert_parallel.hpp example: aux loss");
+  }
+  {
+    MPI_Comm comm = MPI_COMM_WORLD;
+#define EINMOE_EXAMPLE_dist_exchange_1
+#include "doc_examples.inc"
+    check(bitwise(layer.forward(my_groups).outputs, want), "dist/exchange.hpp example: outputs of one process");
+  }
+  {
+#define EINMOE_EXAMPLE_readme_5
+#include "doc_examples.inc"
+    check(bitwise(out.outputs, want), "README expert-parallel example: outputs of one process");
+    check(bitwise(two_level.forward(my_groups).outputs, want), "README expert-parallel example: two-level exchange");
+  }
+}
+
 /// The two-level transport alone, with nodes given by labels (round-robin
 /// placement makes node order differ from rank order): it delivers what
 /// MPI_Alltoallv delivers, in the same order, and brings rows back.
@@ -168,6 +199,7 @@ int main(int argc, char** argv) {
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &ranks);
   try {
+    doc_examples();
     const index_t M = 32, H = 40, G = 7, S = 60;
     for (index_t E : {8, 6}) {  // P = 4 splits 6 experts unevenly
       const std::string e = " E=" + std::to_string(E);

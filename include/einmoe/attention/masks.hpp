@@ -1,15 +1,16 @@
 // einmoe/attention/masks.hpp - attention masks as named tensors.
 //
 // Two representations, convertible both ways:
-//   visibility  Tensor<bool>, true where the query may attend to the memory position;
+//   visibility  Tensor<bool>, true where the query may attend to the memory position.
 //   bias        Tensor<T>, added to attention logits: 0 where visible, `masked`
 //               (-1e9 by default, as Mesh TF; or -inf) elsewhere.
 // Query positions run along `length`, memory positions along `memory_length`
 // (Mesh TF's names); every function takes the names as arguments.
 //
-//   auto m = causal_mask(Dim{"length", 4});                 // [length, memory_length] bool
+// Example:
+//   auto m = causal_mask(Dim{"length", 4});                 // [length=4, memory_length=4] bool
 //   auto b = to_bias<float>(m);                              // 0 / -1e9
-//   auto p = masked_softmax(logits, m, "memory_length");     // fully masked rows -> 0
+//   auto p = masked_softmax(logits, m, "memory_length");     // logits [heads, length, memory_length]
 //
 // Sources: Mesh TF's attention_mask_autoregressive, attention_mask_ignore_padding,
 // attention_mask_same_segment and attention_bias_local_block (both forms).
@@ -40,14 +41,16 @@ inline constexpr double kMaskedBias = -1e9;
 
 // ---- conversions ------------------------------------------------------------
 
-/// Visibility -> additive bias: 0 where visible, `masked` elsewhere.
+/// Visibility -> additive bias: 0 where visible, `masked` elsewhere;
+/// [dims] bool -> [dims] T.
 template <class T>
 Tensor<T> to_bias(const Tensor<bool>& visible, T masked = static_cast<T>(kMaskedBias)) {
   return map(visible, [masked](bool v) { return v ? T(0) : masked; });
 }
 
 /// Bias -> visibility: visible where bias > masked / 2 (so both -1e9 and -inf
-/// biases convert back; small additive biases count as visible).
+/// biases convert back; small additive biases count as visible);
+/// [dims] T -> [dims] bool.
 template <class T>
 Tensor<bool> to_visibility(const Tensor<T>& bias, T masked = static_cast<T>(kMaskedBias)) {
   const T cut = masked / T(2);

@@ -1,9 +1,10 @@
 // einmoe/checkpoints/hf_checkpoint.hpp - MoE blocks straight from a Hugging
 // Face model directory (config.json + safetensors).
 //
-//   HfCheckpoint ck("path/to/Mixtral-8x7B");         // config.json, model.safetensors(.index.json)
-//   MoELayer<float> layer = load_moe_layer(ck, 3);    // the MoE block of decoder layer 3
-//   auto y = layer.forward(x);                        // x [tokens..., model]
+// Example:
+//   HfCheckpoint ck(model_dir);                       // config.json, model.safetensors(.index.json)
+//   MoELayer<float> layer = load_moe_layer(ck, 2);    // the MoE block of decoder layer 2
+//   MoEResult<float> y = layer.forward(x);            // x [tokens..., model] -> y.outputs, same shape
 //
 // Supported model_types and what they map to (HF Linear weights are [out, in];
 // einmoe reads them in place by naming their dims, never transposing):
@@ -246,7 +247,8 @@ class HfCheckpoint {
     if (weight_map_.empty()) return files_.at("")->has(name);
     return weight_map_.count(name) > 0 && file_of(name).has(name);
   }
-  /// The tensor `name` (a view of the mapped file where its dtype is T's).
+  /// The tensor `name` (a view of the mapped file where its dtype is T's),
+  /// one dim name per axis: [dims[0]=stored size 0, ...].
   template <class T>
   Tensor<T> tensor(const std::string& name, const std::vector<std::string>& dims) const {
     return file_of(name).tensor<T>(name, dims);

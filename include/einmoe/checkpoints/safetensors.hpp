@@ -1,9 +1,10 @@
 // einmoe/checkpoints/safetensors.hpp - reading .safetensors files, memory-
 // mapped, with every header field validated.
 //
-//   SafetensorsFile f("model.safetensors");
-//   Tensor<bfloat16> w = f.tensor<bfloat16>("model.layers.0.mlp.gate.weight", {"experts", "model"});
-//   Tensor<float>    b = f.tensor<float>("...e_score_correction_bias", {"experts"});
+// Example:
+//   SafetensorsFile f(path);                     // e.g. "model.safetensors", stored in BF16
+//   Tensor<bfloat16> w = f.tensor<bfloat16>("model.layers.0.mlp.gate.weight", {"experts", "model"});  // a view
+//   Tensor<float> w32 = f.tensor<float>("model.layers.0.mlp.gate.weight", {"experts", "model"});      // a copy
 //
 // The format (https://github.com/huggingface/safetensors): an 8-byte
 // little-endian header length N, N bytes of JSON {name: {"dtype", "shape",
@@ -217,6 +218,7 @@ class SafetensorsFile {
 
   /// The tensor `name` with one dim name per axis (see the file comment for
   /// when this is a view and when a copy). T is float, double or bfloat16.
+  /// Shape: [dims[0]=stored size 0, ...].
   template <class T>
   Tensor<T> tensor(const std::string& name, const std::vector<std::string>& dims) const {
     static_assert(std::is_same<T, float>::value || std::is_same<T, double>::value || std::is_same<T, bfloat16>::value,

@@ -5,6 +5,7 @@
 // einmoe uses it for storage and conversion (Tensor<bfloat16> holds checkpoint
 // weights without widening them to float32); arithmetic happens in float.
 //
+// Example:
 //   bfloat16 h(0.1f);                         // round to nearest, ties to even
 //   float f = static_cast<float>(h);          // exact: 0.10009765625
 //   auto w16 = to_bfloat16(w);                // Tensor<float> -> Tensor<bfloat16>

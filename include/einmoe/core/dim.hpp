@@ -4,6 +4,7 @@
 // Mesh TF's mtf.Dimension. A Shape is an ordered list of Dims with unique
 // names; the order is the row-major memory order of a Tensor.
 //
+// Example:
 //   Dim batch{"batch", 8};
 //   Shape s = Shape::parse("batch:8,length:512");   // [batch=8, length=512]
 #pragma once

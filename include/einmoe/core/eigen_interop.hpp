@@ -1,13 +1,13 @@
 // einmoe/core/eigen_interop.hpp - zero-copy both ways between einmoe tensors
 // and Eigen matrices.
 //
+// Example:
 //   // a tensor as a matrix: x [batch=4, length=8, model=16]
 //   auto m = einmoe::as_matrix(x, {"batch", "length"}, {"model"});  // 32 x 16 Map
-//
 //   // a matrix as a tensor, dims named in the matrix's storage order:
 //   Eigen::MatrixXf w(512, 16);                       // column-major
 //   auto t = einmoe::borrow(w, "model", "experts");   // [experts=16, model=512]
-//   const Eigen::VectorXf& b = bias;
+//   const Eigen::VectorXf& b = bias;                  // 16 values
 //   auto v = einmoe::borrow(b, "experts");            // [experts=16], read-only
 //
 // as_matrix: the row dims must be x's leading dims and the column dims the
@@ -92,7 +92,8 @@ Shape eigen_vector_shape(const Eigen::DenseBase<Derived>& v, const std::string& 
 }
 }  // namespace detail
 
-/// x as a row-major (prod rows) x (prod cols) matrix over x's memory.
+/// x as a row-major (prod rows) x (prod cols) matrix over x's memory:
+/// [rows..., cols...] -> Map (read-only for a const x).
 template <class T>
 MatrixMap<T> as_matrix(Tensor<T>& x, const Names& rows, const Names& cols) {
   const auto rc = detail::matrix_dims(x.shape(), rows, cols);
@@ -112,7 +113,8 @@ Tensor<typename Derived::Scalar> borrow(Eigen::DenseBase<Derived>& m, const std:
   Shape s = detail::eigen_shape(m, rows, cols);
   return Tensor<typename Derived::Scalar>::borrow(m.derived().data(), std::move(s));
 }
-/// A read-only tensor over a const contiguous Eigen matrix (no copy).
+/// A read-only tensor over a const contiguous Eigen matrix (no copy), dims
+/// in storage order as above: [rows, cols] or [cols, rows].
 template <class Derived, std::enable_if_t<detail::eigen_direct<Derived>::value, int> = 0>
 Tensor<typename Derived::Scalar> borrow(const Eigen::DenseBase<Derived>& m, const std::string& rows,
                                         const std::string& cols) {

@@ -6,6 +6,7 @@
 // every platform (unlike std:: distributions, whose output the standard
 // leaves to the implementation).
 //
+// Example:
 //   Rng rng(42);
 //   auto u = rng.uniform<float>(Shape::parse("batch:2,group:8"));   // [0, 1)
 //   auto g = rng.gumbel<double>(logits.shape());                      // -log(-log(u))
@@ -44,6 +45,8 @@ class Rng {
     return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586476925 * u2);
   }
 
+  /// Tensors of draws, filled in row-major order: [s] -> Tensor<T> [s].
+  /// uniform in [0, 1); gumbel -log(-log(u)); normal N(0, 1).
   template <class T>
   Tensor<T> uniform(const Shape& s) {
     return fill<T>(s, [this] { return uniform(); });

@@ -13,6 +13,7 @@
 // value_error, as numpy does for a non-writeable array. view() gives a
 // read-only view of any tensor.
 //
+// Example:
 //   Tensor<float> x(Shape{{"batch", 2}, {"model", 3}});       // zeros
 //   x.at({1, 2}) = 5.f;
 //   Tensor<float> y = Tensor<float>::borrow(ptr, x.shape());   // no copy, writable
@@ -85,17 +86,18 @@ class Tensor {
   Tensor(Shape shape, std::initializer_list<T> values)
       : Tensor(std::move(shape), std::vector<T>(values)) {}
 
-  /// A rank-0 tensor.
+  /// A rank-0 tensor: [].
   static Tensor scalar(T value) { return Tensor(Shape(), value); }
 
-  /// Wraps caller memory without copying. `data` must hold shape.num_elements()
-  /// elements in row-major order and outlive the returned tensor (and its moves).
+  /// Wraps caller memory without copying: a tensor [shape]. `data` must hold
+  /// shape.num_elements() elements in row-major order and outlive the returned
+  /// tensor (and its moves).
   static Tensor borrow(T* data, Shape shape) {
     if (data == nullptr && shape.num_elements() != 0)
       detail::raise<value_error>("Tensor::borrow: null data for shape ", shape);
     return Tensor(std::move(shape), data, borrow_tag{});
   }
-  /// A read-only view of const caller memory (no copy); writes through it
+  /// A read-only view [shape] of const caller memory (no copy); writes through it
   /// throw value_error.
   static Tensor borrow(const T* data, Shape shape) {
     Tensor t = borrow(const_cast<T*>(data), std::move(shape));
@@ -254,7 +256,7 @@ Tensor<T> borrow(std::vector<T>& v, Shape shape) {
                                shape.num_elements());
   return Tensor<T>::borrow(v.data(), std::move(shape));
 }
-/// A read-only tensor over a const std::vector's elements (no copy).
+/// A read-only tensor [shape] over a const std::vector's elements (no copy).
 template <class T>
 Tensor<T> borrow(const std::vector<T>& v, Shape shape) {
   if (static_cast<index_t>(v.size()) != shape.num_elements())

@@ -4,6 +4,7 @@
 // expert GEMMs and the routing loops run on num_threads() threads; without
 // it everything runs on one thread and set_num_threads is a no-op.
 //
+// Example:
 //   einmoe::set_num_threads(1);   // e.g. for a single-thread benchmark
 #pragma once
 

@@ -1,6 +1,7 @@
 // einmoe/core/xtensor_interop.hpp - zero-copy both ways between einmoe
 // tensors and xtensor containers.
 //
+// Example:
 //   xt::xarray<float> a = xt::zeros<float>({2, 3});
 //   auto t = einmoe::borrow(a, {"batch", "model"});   // Tensor over a's memory
 //   auto v = einmoe::as_xtensor(t);                   // xtensor adaptor over t's memory
@@ -33,6 +34,7 @@ Shape named_shape_of(const C& c, const std::vector<std::string>& names, const ch
 }  // namespace detail
 
 /// A Tensor over the memory of a row-major xarray (no copy); `a` must outlive it.
+/// Axis i gets names[i]: [names[0]=a.shape(0), ...].
 template <class T>
 Tensor<T> borrow(xt::xarray<T>& a, const std::vector<std::string>& names) {
   if (a.layout() != xt::layout_type::row_major)
@@ -40,7 +42,7 @@ Tensor<T> borrow(xt::xarray<T>& a, const std::vector<std::string>& names) {
   return Tensor<T>::borrow(a.data(), detail::named_shape_of(a, names, "borrow"));
 }
 
-/// A Tensor over the memory of a row-major xtensor (no copy).
+/// A Tensor over the memory of a row-major xtensor (no copy): [names...].
 template <class T, std::size_t N>
 Tensor<T> borrow(xt::xtensor<T, N>& a, const std::vector<std::string>& names) {
   if (a.layout() != xt::layout_type::row_major)
@@ -48,7 +50,7 @@ Tensor<T> borrow(xt::xtensor<T, N>& a, const std::vector<std::string>& names) {
   return Tensor<T>::borrow(a.data(), detail::named_shape_of(a, names, "borrow"));
 }
 
-/// A read-only Tensor over a const row-major xarray (no copy).
+/// A read-only Tensor over a const row-major xarray (no copy): [names...].
 template <class T>
 Tensor<T> borrow(const xt::xarray<T>& a, const std::vector<std::string>& names) {
   if (a.layout() != xt::layout_type::row_major)
@@ -57,7 +59,7 @@ Tensor<T> borrow(const xt::xarray<T>& a, const std::vector<std::string>& names) 
   return Tensor<T>::borrow(p, detail::named_shape_of(a, names, "borrow"));
 }
 
-/// A read-only Tensor over a const row-major xtensor (no copy).
+/// A read-only Tensor over a const row-major xtensor (no copy): [names...].
 template <class T, std::size_t N>
 Tensor<T> borrow(const xt::xtensor<T, N>& a, const std::vector<std::string>& names) {
   if (a.layout() != xt::layout_type::row_major)
@@ -81,7 +83,7 @@ auto as_xtensor(Tensor<T>& t) {
   return xt::adapt(t.data(), static_cast<std::size_t>(t.size()), xt::no_ownership(), shape);
 }
 
-/// A copy of t as an xarray.
+/// A copy of t as an xarray (positional axes in t's dim order).
 template <class T>
 xt::xarray<T> to_xarray(const Tensor<T>& t) {
   std::vector<std::size_t> shape;

@@ -1,16 +1,17 @@
 // einmoe/decoding/beam_search.hpp - Mesh TF's beam search with length
 // penalties and its exact termination rule.
 //
+// Example:
 //   auto logits_fn = [&](index_t step, const Tensor<std::int64_t>& ids,   // [batch, beam, length]
 //                        std::vector<Tensor<float>>& states) {            // each [batch, beam, ...]
-//     return model_logits;                                               // [batch, beam, vocab]
+//     return model(step, ids, states);                                   // [batch, beam, vocab]
 //   };
-//   auto r = beam_search<float>(logits_fn, initial_ids, /*alpha=*/0.6f);
-//   r.ids;     // [batch, beam, length], best first
-//   r.scores;  // [batch, beam]
+//   auto r = beam_search<float>(logits_fn, initial_ids, /*alpha=*/0.6f);  // initial_ids [batch, beam, length]
+//   Tensor<std::int64_t> best = r.ids;   // [batch, beam, length], best first
+//   Tensor<float> scores = r.scores;     // [batch, beam]
 //
 // Each step i (Mesh TF's grow_topk / grow_alive / grow_finished):
-//   log_probs = log_softmax(logits) + alive log-probs; lp = ((5 + (i + 1)) / 6)^alpha;
+//   log_probs = log_softmax(logits) + alive log-probs, lp = ((5 + (i + 1)) / 6)^alpha,
 //   scores = log_probs / lp; the top 2*beam over beam x vocab (ties -> lower
 //   flat index) give beam = id / vocab, token = id mod vocab, written at
 //   position i; finished = (token == eos).

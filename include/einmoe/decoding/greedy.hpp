@@ -1,9 +1,10 @@
 // einmoe/decoding/greedy.hpp - Mesh TF's greedy decoding (argmax, or
 // sampling with a temperature), with forced ids.
 //
+// Example:
 //   auto logits_fn = [&](index_t step, const Tensor<std::int64_t>& ids,  // [..., length]
 //                        std::vector<Tensor<float>>& states) {
-//     return logits;                                                      // [..., vocab]
+//     return model(step, ids, states);                                    // [..., vocab]
 //   };
 //   GreedyOptions o;  o.temperature = 0;                                   // argmax
 //   auto r = greedy_decode<float>(logits_fn, initial_ids, o);              // r.ids [..., length]

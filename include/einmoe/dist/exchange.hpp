@@ -1,6 +1,7 @@
 // einmoe/dist/exchange.hpp - how an expert-parallel layer moves routed rows
 // to the ranks that own their experts and the results back.
 //
+// Example:
 //   ExpertParallelOptions ep;
 //   ep.exchange = Exchange::hierarchical;     // rows | padded | hierarchical
 //   ExpertParallelMoE<float> layer(comm, weights, opt, ep);

@@ -1,11 +1,12 @@
 // einmoe/dist/expert_parallel.hpp - an MoE layer whose experts are spread
 // over the ranks of an MPI communicator (expert parallelism).
 //
-//   MPI_Init(...);
-//   ExpertParallelMoE<float> layer(MPI_COMM_WORLD, weights, opt);   // every rank: the same weights
-//   auto out = layer.forward(my_groups);      // [<batch>, group, model]: this rank's groups
-//   out.outputs;                              // this rank's outputs
-//   out.aux_loss, out.z_loss, out.stats;      // global: over every rank's groups
+// Example:
+//   // after MPI_Init; every rank passes the same weights and options
+//   ExpertParallelMoE<float> layer(MPI_COMM_WORLD, weights, opt);
+//   MoEResult<float> out = layer.forward(my_groups);   // [<batch>, group, model]: this rank's groups
+//   Tensor<float> y = out.outputs;                     // this rank's outputs
+//   double aux = out.aux_loss;                         // global: over every rank's groups (z_loss, stats too)
 //
 // Rank r of P owns the experts [E r / P, E (r + 1) / P) (contiguous blocks;
 // when P does not divide E the first blocks are one expert smaller) and lays

@@ -9,11 +9,13 @@
 // bi, bi_gate [experts, hidden], bo [experts, model] (biases optional; dims
 // found by name, in any order). SwiGLU is act = silu, GeGLU gelu / gelu_tanh.
 //
+// Example:
+//   // x [batch, group, model]; d = top2_gating_dense(logits, o), r = top2_gating(logits, o)
 //   // dense: expert_inputs = einsum(dispatch [G,S,E,C], x [G,S,M]) -> [E,G,C,M] ...
-//   auto y1 = experts_dense(x, d.dispatch, d.combine, w, opt);
+//   Tensor<float> y1 = experts_dense(x, d.dispatch, d.combine, w, opt);
 //   // fast: weights laid out once, then each expert's filled rows only
 //   PackedExperts<float> pe(w, opt);             // opt.precision, opt.backend
-//   auto y2 = experts_sparse(x, r.plan, pe);
+//   Tensor<float> y2 = experts_sparse(x, r.plan, pe);   // y1, y2 [batch, group, model]
 //
 // Both give [<batch>, group, model]. experts_sparse computes only the rows
 // the routing filled (and skips zero-weight choices, which the dense form

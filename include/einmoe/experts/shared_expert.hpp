@@ -1,11 +1,15 @@
 // einmoe/experts/shared_expert.hpp - an expert every token goes through
 // (DeepSeek-V3's shared_experts, Qwen2-MoE's shared_expert).
 //
-//   SharedExpertWeights<float> w{wi, wo};       // [model, hidden], [hidden, model]
+// Example:
+//   SharedExpertWeights<float> w;
+//   w.wi = wi;                                  // [model, hidden]
+//   w.wo = wo;                                  // [hidden, model]
 //   w.wi_gate = wig;                            // optional: gated (GLU)
 //   w.gate = g;                                 // optional [model]: scale by sigmoid(x . g)
-//   SharedExpert<float> s(w, opt);              // laid out once, like PackedExperts
-//   s.add_to(x, tokens, out, ws);               // out [tokens, model] += sigmoid(x . g) * FFN(x)
+//   SharedExpert<float> s(w, model, opt);       // model: x's feature Dim; laid out once, like PackedExperts
+//   SharedExpertWorkspace<float> ws;            // scratch, reused across calls
+//   s.add_to(x.data(), tokens, out.data(), ws); // out [tokens, model] += sigmoid(x . g) * FFN(x [tokens, model])
 //
 // The FFN is the experts' (experts/experts.hpp) with its own hidden size:
 //   plain:  y = act(x . wi) . wo

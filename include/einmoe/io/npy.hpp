@@ -1,8 +1,9 @@
 // einmoe/io/npy.hpp - .npy load and save, with dim names attached on load.
 //
-//   auto x = einmoe::load_npy<float>("x.npy", {"group", "length", "model"});
-//   einmoe::save_npy("y.npy", y);
-//   einmoe::NpyInfo info = einmoe::read_npy_info("x.npy");   // dtype and sizes
+// Example:
+//   auto x = einmoe::load_npy<float>(dir + "/x.npy", {"group", "length", "model"});
+//   einmoe::save_npy(dir + "/y.npy", y);
+//   einmoe::NpyInfo info = einmoe::read_npy_info(dir + "/x.npy");   // dtype and sizes
 //
 // Supported: little-endian float32, float64, int32, int64 and bool, C order
 // (format versions 1.0, 2.0 and 3.0). Anything else - another dtype, Fortran
@@ -394,7 +395,8 @@ Tensor<T> read_npy(std::istream& in, const std::vector<std::string>& names, cons
   return detail::read_npy_data<T>(in, info, std::move(shape), src, left);
 }
 
-/// Loads a .npy file whose dtype must be T, naming its dims `names`.
+/// Loads a .npy file whose dtype must be T, naming its dims `names`: axis i
+/// becomes [names[i]=the file's size i].
 template <class T>
 Tensor<T> load_npy(const std::string& path, const std::vector<std::string>& names) {
   std::size_t file_size = 0;
@@ -449,7 +451,8 @@ bool emit_npy(const Tensor<T>& t, Sink&& sink) {
 
 }  // namespace detail
 
-/// Writes t as .npy (format 1.0, C order) to a stream.
+/// Writes t as .npy (format 1.0, C order) to a stream: any [dims] (the names
+/// are not stored).
 template <class T>
 void write_npy(std::ostream& out, const Tensor<T>& t) {
   detail::emit_npy(t, [&](const char* p, std::size_t n) {

@@ -1,9 +1,10 @@
 // einmoe/kernels/ffn.hpp - the expert feed-forward network on a block of
 // rows, for every backend and precision.
 //
-//   FfnKernel<float> f;                 // banks laid out once (see experts/packed_experts.hpp)
-//   FfnScratch<float> s;                // per thread, reused
-//   ffn_rows(f, e, x, m, y, s);         // y [m, model] = FFN_e(x [m, model]), m <= f.row_block()
+// Example:
+//   const FfnKernel<float>& f = packed.kernel();   // banks laid out once (PackedExperts, experts/experts.hpp)
+//   FfnScratch<float> s;                           // per thread, reused
+//   ffn_rows(f, e, x, m, y, s);                    // y [m, model] = FFN_e(x [m, model]), m <= f.row_block()
 //
 // The FFN of expert e is
 //   plain:  y = act(x . up[e] + b_up[e]) . down[e] + b_down[e]

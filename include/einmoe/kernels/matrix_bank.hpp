@@ -1,10 +1,12 @@
 // einmoe/kernels/matrix_bank.hpp - weight matrices laid out once for the
 // expert kernels.
 //
-//   // wi: [experts=16, model=512, hidden=2048], any dim order; float, double or bfloat16
+// Example:
+//   // wi: [experts=4, model=64, hidden=128], any dim order; float, double or bfloat16
 //   MatrixBank<float> up(wi, "experts", "model", "hidden", Precision::bf16, Backend::automatic, "wi");
-//   up.count();            // 16 matrices, each [in=512, out=2048]
-//   up.bytes();            // 32 MiB: bf16
+//   index_t n = up.count();          // 4 matrices, each [in=64, out=128]
+//   std::size_t bytes = up.bytes();  // 64 KiB: bf16
+//   // wg: [model=64, experts=4], one matrix
 //   MatrixBank<float> router(wg, "", "model", "experts", Precision::fp32, Backend::automatic, "wg");
 //
 // A bank holds `count` matrices [in, out] in one precision and one backend's

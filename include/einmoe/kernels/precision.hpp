@@ -1,6 +1,7 @@
 // einmoe/kernels/precision.hpp - what the expert kernels compute in, and on
 // which backend.
 //
+// Example:
 //   MoEOptions opt;
 //   opt.precision = Precision::bf16;     // weights stored in bf16, fp32 accumulation
 //   opt.backend = Backend::automatic;    // oneDNN when einmoe was built with it, else Eigen

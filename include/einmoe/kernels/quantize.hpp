@@ -1,10 +1,11 @@
 // einmoe/kernels/quantize.hpp - int8 quantization, the way einmoe's int8
 // expert kernels do it.
 //
-//   // w: [experts=16, model=512, hidden=2048] float (or bfloat16)
-//   Int8Tensor q = quantize_int8(w, "model");   // per output channel: scales [experts, hidden]
-//   Tensor<float> w2 = dequantize(q, "model");  // q.values * q.scales, w's shape
-//   Int8Tensor a = quantize_rows_int8(x, "model");  // activations: one scale per row
+// Example:
+//   // w: [experts=4, model=64, hidden=128] float (or bfloat16); x [tokens, model]
+//   Int8Tensor q = quantize_int8(w, "model");       // per output channel: scales [experts, hidden]
+//   Tensor<float> w2 = dequantize(q, "model");      // q.values * q.scales, w's shape
+//   Int8Tensor a = quantize_rows_int8(x, "model");  // activations: one scale per row, scales [tokens]
 //
 // Weights: symmetric, one scale per output channel, i.e. per position of
 // every dim except the contracted (input) one: scale = max |w| / 127 over the

@@ -1,9 +1,12 @@
 // einmoe/moe/local_moe.hpp - tensor2tensor's LocalMixtureOfExperts: noisy
 // top-k gating, dropless dispatch (no capacity), one FFN per expert, combine.
 //
-//   x [<batch>, model] -> outputs [<batch>, model], importance and load [experts]
+// x [<batch>, model] -> outputs [<batch>, model], importance and load [experts].
+//
+// Example:
+//   // w_gate, w_noise [model, experts]; experts: ExpertWeights (wi, wo, ...)
 //   LocalMoEResult<float> r = local_moe_forward(x, w_gate, &w_noise, experts, gating_opt, cfg);
-//   T loss = r.loss(1e-2);   // (cv^2(importance) + cv^2(load)) * coef
+//   float loss = r.loss(1e-2f);   // (cv^2(importance) + cv^2(load)) * coef
 //
 // per_example_multiplier [<batch>] (optional) scales every row's gates, as
 // t2t does for the secondary mixtures of a hierarchical MoE; importance then

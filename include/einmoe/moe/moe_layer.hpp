@@ -1,14 +1,15 @@
 // einmoe/moe/moe_layer.hpp - the MoE feed-forward layer: router logits,
 // gating, dispatch, experts, combine.
 //
+// Example:
 //   MoEOptions opt;
 //   opt.gating.capacity = Dim{"expert_capacity", 160};
 //   opt.precision = Precision::bf16;             // expert weights (default fp32)
 //   MoELayer<float> layer(weights, opt);         // wg [model, experts], wi, wo (+ wi_gate, bi, bo)
-//   auto out = layer.forward(x);                 // x [batch, group, model]
-//   out.outputs;    // [batch, group, model]
-//   out.aux_loss;   // balancing loss
-//   out.stats;      // per-expert load, dropped fractions
+//   MoEResult<float> out = layer.forward(x);     // x [batch, group, model]
+//   Tensor<float> y = out.outputs;               // [batch, group, model]
+//   double aux = out.aux_loss;                   // balancing loss
+//   RoutingStats stats = out.stats;              // per-expert load, dropped fractions
 //
 // Inputs are [<batch dims>, group, model] (dims named by the options). Inputs
 // without the group dim, e.g. [batch, length, model], are flattened to
@@ -270,7 +271,9 @@ class MoELayer {
     return out;
   }
 
-  /// forward into `out`, reusing its buffers.
+  /// forward into `out`, reusing its buffers: inputs as forward's
+  /// ([<batch>, group, model] or [<batch>, ..., model]); out.outputs gets the
+  /// inputs' shape.
   ///
   /// Random draws (top-2 policies random and sampling, dropout) are fresh on
   /// every call and reproducible: call n (counting from 0) draws from

@@ -47,7 +47,9 @@ struct MoEV0Result {
   RoutingStats stats;  ///< filled on the sparse path
 };
 
-/// Mesh TF's moe_v0 forward pass; see the file comment.
+/// Mesh TF's moe_v0 forward pass; see the file comment: inputs [batch,
+/// length, model] -> outputs [batch, length, model] and the loss (the cv^2
+/// of importance [batch, experts], times loss_coef).
 template <class T>
 MoEV0Result<T> moe_v0_forward(const Tensor<T>& inputs, const MoEV0Weights<T>& w, const MoEV0Options& o) {
   const char* op = "moe_v0_forward";

@@ -2,13 +2,16 @@
 // DistributedMixtureOfExperts (secondary_gating_hp given), on one process:
 // noisy top-k gating at both levels, dropless dispatch, FFN experts.
 //
+// Example:
 //   T2THierarchicalWeights<float> w;   // w_gate [model, outer_experts], w_noise (optional),
-//                                      // w_gate_inner / w_noise_inner [outer_experts, model, inner_experts],
-//                                      // wi [outer_experts, inner_experts, model, hidden], wo [.., hidden, model]
+//   w.w_gate = w_gate;                 // w_gate_inner / w_noise_inner [outer_experts, model, inner_experts],
+//   w.w_gate_inner = w_gate_inner;     // wi [outer_experts, inner_experts, model, hidden], wo [.., hidden, model]
+//   w.wi = wi;
+//   w.wo = wo;
 //   auto r = t2t_hierarchical_moe_forward(x, w, opt);   // x [<batch>, model]
-//   r.outputs;                 // [<batch>, model]
-//   r.importance, r.load;      // [outer_experts, inner_experts]
-//   r.loss(1e-2);              // (cv^2(importance) + cv^2(load)) * coef
+//   Tensor<float> y = r.outputs;       // [<batch>, model]
+//   Tensor<float> load = r.load;       // [outer_experts, inner_experts], as r.importance
+//   float loss = r.loss(1e-2f);        // (cv^2(importance) + cv^2(load)) * coef
 //
 // As the source's Eval: the primary gates g1 [<batch>, outer] come from
 // noisy top-k gating (opt.outer); the rows with g1[., i] > 0 go, in batch

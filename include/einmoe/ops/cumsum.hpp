@@ -1,7 +1,8 @@
 // einmoe/ops/cumsum.hpp - cumulative sum along a named dim, in O(n).
 //
-//   cumsum(x, "group")         // out[i] = x[0] + ... + x[i]
-//   cumsum(x, "group", true)   // exclusive: out[i] = x[0] + ... + x[i-1]
+// Example:
+//   auto c = cumsum(x, "group");         // c[i] = x[0] + ... + x[i], x's shape
+//   auto e = cumsum(x, "group", true);   // exclusive: e[i] = x[0] + ... + x[i-1]
 //
 // Sums run sequentially in T, so integer counts are exact at any size (and
 // float counts are exact up to 2^24). Mesh TF's cumsum was a matmul in

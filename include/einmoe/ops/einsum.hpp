@@ -1,5 +1,6 @@
 // einmoe/ops/einsum.hpp - Mesh TF's einsum, lowered to batched GEMM.
 //
+// Example:
 //   // x: [group, length, model], w: [model, hidden]
 //   auto h = einsum({x, w}, Shape::parse("group:4,length:128,hidden:256"));
 //   auto y = einsum({x, w}, {"model"});     // reduced_dims form: [group, length, hidden]
@@ -245,17 +246,18 @@ template <class T>
 Tensor<T> einsum(const std::vector<TensorRef<T>>& xs, const Names& reduced_dims) {
   return detail::einsum_impl(detail::pointers(xs), static_cast<const Shape*>(nullptr), &reduced_dims);
 }
-/// einsum(xs): the output is the dims that occur in exactly one input.
+/// einsum(xs): the output is the dims that occur in exactly one input
+/// (first-appearance order); the others are summed.
 template <class T>
 Tensor<T> einsum(const std::vector<TensorRef<T>>& xs) {
   return detail::einsum_impl(detail::pointers(xs), static_cast<const Shape*>(nullptr),
                              static_cast<const Names*>(nullptr));
 }
 
-// Braced-list forms, `einsum({x, w}, shape)`, for each element type (a braced
-// list cannot deduce a template's T). They are templates on a dummy parameter
-// only so that a translation unit instantiates the GEMM kernels of the types
-// it actually uses.
+// Braced-list forms, `einsum({x, w}, shape)`, with the shapes of the forms
+// above, for each element type (a braced list cannot deduce a template's T).
+// They are templates on a dummy parameter only so that a translation unit
+// instantiates the GEMM kernels of the types it actually uses.
 #define EINMOE_EINSUM_LIST(T)                                                                       \
   template <int = 0>                                                                                \
   Tensor<T> einsum(std::initializer_list<TensorRef<T>> xs, const Shape& output_shape) {             \

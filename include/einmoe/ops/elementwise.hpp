@@ -6,6 +6,7 @@
 // output shape wins (every input dim must be in it). A dim name with two sizes
 // is a shape_error, never an outer product.
 //
+// Example:
 //   Tensor<float> x(Shape::parse("batch:2,model:3")), b(Shape::parse("model:3"));
 //   auto y = x + b;                 // [batch=2, model=3]
 //   auto m = greater(x, 0.f);       // Tensor<bool>, [batch=2, model=3]
@@ -124,6 +125,7 @@ Tensor<T> where(const Tensor<bool>& cond, const Tensor<T>& a, const Tensor<T>& b
   });
   return out;
 }
+/// where with a scalar branch: [cond] , [a] -> broadcast of the two.
 template <class T>
 Tensor<T> where(const Tensor<bool>& cond, const Tensor<T>& a, detail::same_t<T> b) {
   return where(cond, a, Tensor<T>::scalar(b));
@@ -191,6 +193,7 @@ EINMOE_OPERATOR(multiply, *)
 EINMOE_OPERATOR(divide, /)
 #undef EINMOE_OPERATOR
 
+/// Elementwise not and negation: [x.shape] -> [x.shape].
 inline Tensor<bool> logical_not(const Tensor<bool>& x) {
   return map(x, [](bool v) { return !v; });
 }
@@ -201,7 +204,7 @@ Tensor<T> operator-(const Tensor<T>& x) {
 
 // ---- unary math ------------------------------------------------------------
 
-/// x ** p elementwise.
+/// x ** p elementwise: [x.shape] -> [x.shape].
 template <class T>
 Tensor<T> pow(const Tensor<T>& x, T p) {
   return map(x, [p](T v) { return static_cast<T>(std::pow(v, p)); });

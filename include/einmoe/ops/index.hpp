@@ -1,7 +1,8 @@
 // einmoe/ops/index.hpp - ops on integer indices: one_hot, top_1, top_k,
 // gather, range.
 //
-//   x: [group=3, experts=4]
+// Example:
+//   // x: [group=3, experts=4]
 //   auto [v, i] = top_1(x, "experts");            // v, i: [group=3]
 //   auto oh = one_hot<float>(i, Dim{"experts", 4}); // [group=3, experts=4]
 //   auto t = top_k(x, "experts", Dim{"k", 2});      // values, indices: [group=3, k=2]

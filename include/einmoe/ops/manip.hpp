@@ -1,11 +1,12 @@
 // einmoe/ops/manip.hpp - ops that move or relabel elements without arithmetic.
 //
-//   x: [batch=2, length=3, model=4]
-//   transpose(x, {"model", "batch", "length"})   -> [model=4, batch=2, length=3]
-//   rename(x, "length", "memory_length")         -> [batch=2, memory_length=3, model=4]
-//   slice(x, "length", 1, 2)                     -> [batch=2, length=2, model=4]
-//   concat<float>({x, x}, "length")              -> [batch=2, length=6, model=4]
-//   stack<float>({x, x}, "copy", 0)              -> [copy=2, batch=2, length=3, model=4]
+// Example:
+//   // x: [batch=2, length=3, model=4]
+//   auto t = transpose(x, {"model", "batch", "length"});   // [model=4, batch=2, length=3]
+//   auto r = rename(x, "length", "memory_length");         // [batch=2, memory_length=3, model=4]
+//   auto s = slice(x, "length", 1, 2);                     // [batch=2, length=2, model=4]
+//   auto c = concat<float>({x, x}, "length");              // [batch=2, length=6, model=4]
+//   auto k = stack<float>({x, x}, "copy", 0);              // [copy=2, batch=2, length=3, model=4]
 #pragma once
 
 #include <string>
@@ -256,7 +257,8 @@ Tensor<T> stack(const std::vector<Tensor<T>>& xs, const std::string& dim, index_
   return out;
 }
 
-/// Splits x along `dim` into x.size_of(dim) tensors without that dim.
+/// Splits x along `dim` into x.size_of(dim) tensors without that dim:
+/// [..., dim=n, ...] -> n x [..., ...].
 template <class T>
 std::vector<Tensor<T>> unstack(const Tensor<T>& x, const std::string& dim) {
   const index_t n = x.shape().size_of(dim, "unstack");

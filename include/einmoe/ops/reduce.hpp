@@ -5,9 +5,11 @@
 // and to an output shape (`sum_to(x, shape)`; its dims must be a subset of
 // x's and the result takes the given order).
 //
-//   x: [batch=2, group=3, experts=4]
-//   sum(x, "group")                                  -> [batch=2, experts=4]
-//   sum_to(x, Shape{{"experts",4},{"batch",2}})      -> [experts=4, batch=2]
+// Example:
+//   // x: [batch=2, group=3, experts=4]
+//   auto s = sum(x, "group");                                   // [batch=2, experts=4]
+//   auto t = sum_to(x, Shape{{"experts", 4}, {"batch", 2}});    // [experts=4, batch=2]
+//   auto m = max(x, {"batch", "group"});                        // [experts=4]
 //
 // Over an empty dim: sum 0, mean NaN, max -inf (lowest for integers), min
 // +inf (max for integers), any false, all true. max/min propagate NaN.
@@ -130,6 +132,7 @@ EINMOE_REDUCTION(min, detail::MinOp<T>, T, T)
 inline Tensor<bool> any(const Tensor<bool>& x, const Names& dims) {
   return detail::reduce_to<detail::AnyOp>(x, detail::reduced_shape(x.shape(), dims, "any"));
 }
+/// Any down to out_shape (a subset of x's dims, in its own order): [x.shape] -> [out_shape].
 inline Tensor<bool> any_to(const Tensor<bool>& x, const Shape& out_shape) {
   detail::check_reduce_target(x.shape(), out_shape, "any_to");
   return detail::reduce_to<detail::AnyOp>(x, out_shape);
@@ -138,6 +141,7 @@ inline Tensor<bool> any_to(const Tensor<bool>& x, const Shape& out_shape) {
 inline Tensor<bool> all(const Tensor<bool>& x, const Names& dims) {
   return detail::reduce_to<detail::AllOp>(x, detail::reduced_shape(x.shape(), dims, "all"));
 }
+/// All down to out_shape (a subset of x's dims, in its own order): [x.shape] -> [out_shape].
 inline Tensor<bool> all_to(const Tensor<bool>& x, const Shape& out_shape) {
   detail::check_reduce_target(x.shape(), out_shape, "all_to");
   return detail::reduce_to<detail::AllOp>(x, out_shape);

@@ -1,7 +1,8 @@
 // einmoe/ops/softmax.hpp - softmax, log_softmax and logsumexp along a dim.
 //
-//   softmax(logits, "experts")       // [group, experts] -> [group, experts]
-//   logsumexp(logits, "experts")     // [group, experts] -> [group]
+// Example:
+//   auto p = softmax(logits, "experts");     // [group, experts] -> [group, experts]
+//   auto l = logsumexp(logits, "experts");   // [group, experts] -> [group]
 //
 // All three subtract the running max first, so large logits do not overflow.
 // A row that is entirely -inf has no defined softmax: softmax gives NaN and

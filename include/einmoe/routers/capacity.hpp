@@ -1,11 +1,12 @@
 // einmoe/routers/capacity.hpp - expert capacity and grouping rules of the systems
 // einmoe follows.
 //
-//   mtf_capacity(1024, 16, 1.25)        // Mesh TF: max(min(S, int(S*cf/E)), 4)  -> 80
-//   lingvo_capacity(1024, 16, 1.25)     // lingvo: int(S*cf/E) rounded up to a multiple of 4 -> 80
-//   topk_capacity(1024, 16, 2, 1.25)    // DeepSpeed/Tutel: ceil(k*cf*S/E) -> 160
-//   flaxformer_capacity(1024, 16, 1.25) // flaxformer: max(round(S*cf/E), 4) -> 80
-//   split_into_groups(4096, 1024)       // Mesh TF: {num_groups 4, group_size 1024}
+// Example:
+//   index_t a = mtf_capacity(1024, 16, 1.25);         // Mesh TF: max(min(S, int(S*cf/E)), 4) -> 80
+//   index_t b = lingvo_capacity(1024, 16, 1.25);      // lingvo: int(S*cf/E) rounded up to a multiple of 4 -> 80
+//   index_t c = topk_capacity(1024, 16, 2, 1.25);     // DeepSpeed/Tutel: ceil(k*cf*S/E) -> 160
+//   index_t d = flaxformer_capacity(1024, 16, 1.25);  // flaxformer: max(round(S*cf/E), 4) -> 80
+//   auto g = split_into_groups(4096, 1024);           // Mesh TF: {num_groups 4, group_size 1024}
 #pragma once
 
 #include <cmath>

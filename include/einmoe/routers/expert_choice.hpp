@@ -1,10 +1,11 @@
 // einmoe/routers/expert_choice.hpp - experts choose tokens (Zhou et al. 2022;
 // flaxformer ExpertsChooseMaskedRouter), fast and dense.
 //
+// Example:
 //   ExpertChoiceOptions o;
 //   o.capacity = Dim("expert_capacity", 64);    // C tokens per expert per group, C <= S
-//   auto r = expert_choice_routing(logits, o);  // logits [<batch>, group, experts]
-//   auto d = expert_choice_routing_dense(logits, o);
+//   auto r = expert_choice_routing(logits, o);  // logits [<batch>, group, experts]; r.plan
+//   auto d = expert_choice_routing_dense(logits, o);   // d.combine [<batch>, group, experts, expert_capacity]
 //
 // Scores are the softmax over experts of each token's logits. Each expert
 // takes the C tokens of its group with the highest score for it (ties: the

@@ -1,7 +1,8 @@
 // einmoe/routers/losses.hpp - balancing losses that are not part of a gating
 // function.
 //
-//   cv_squared(importance)   // t2t / Mesh TF: variance / mean^2, with epsilons
+// Example:
+//   float l = cv_squared(importance);   // importance [experts]; t2t / Mesh TF: variance / mean^2, with epsilons
 #pragma once
 
 #include "einmoe/core/tensor.hpp"

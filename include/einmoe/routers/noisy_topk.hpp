@@ -13,8 +13,10 @@
 //             without noise (or k = experts): the count of gates > 0.
 //   loss = (cv_squared(importance) + cv_squared(load)) * loss_coef
 //
-//   NoisyTopKOptions o;  o.k = 2;
-//   auto r = noisy_top_k_gating(x, w_gate, &w_noise, o);     // normal draws from o.seed
+// Example:
+//   NoisyTopKOptions o;
+//   o.k = 2;
+//   auto r = noisy_top_k_gating(x, w_gate, &w_noise, o);     // normal draws from o.seed; r.gates [batch, experts]
 //   SparseDispatcher<float> d(r.gates, "batch", "experts");  // dropless dispatch
 //
 // The top-k order is t2t's: larger first, ties to the lower index.

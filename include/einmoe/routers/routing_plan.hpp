@@ -151,7 +151,8 @@ struct RoutingPlan {
   /// [<batch>, group, experts, capacity]
   Shape dense_shape() const { return batch.with(group).with(experts).with(capacity); }
 
-  /// The dense combine tensor of the sources: weight at [.., s, e, c].
+  /// The dense combine tensor of the sources, [<batch>, group, experts,
+  /// capacity]: weight at [.., s, e, c].
   Tensor<T> combine_tensor() const {
     Tensor<T> out(dense_shape());
     const index_t E = experts.size, C = capacity.size;
@@ -162,8 +163,8 @@ struct RoutingPlan {
       }
     return out;
   }
-  /// The dense dispatch tensor: 1 where combine is nonzero (as the sources
-  /// derive it), else 0.
+  /// The dense dispatch tensor [<batch>, group, experts, capacity]: 1 where
+  /// combine is nonzero (as the sources derive it), else 0.
   Tensor<T> dispatch_tensor() const {
     Tensor<T> c = combine_tensor();
     for (auto& v : c) v = v != T(0) ? T(1) : T(0);

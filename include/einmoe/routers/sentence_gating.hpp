@@ -2,6 +2,8 @@
 // gating: every token of a segment is routed by its segment's mean embedding
 // (SentenceTop2Gating) or by a given task embedding (TaskTop2Gating).
 //
+// Example:
+//   // x [<batch>, group, model], segment_ids [<batch>, group], wg [model, experts]
 //   auto emb = sentence_embeddings(x, segment_ids);     // [<batch>, group, model]
 //   auto r = sentence_top2_gating(wg, x, segment_ids, opt);
 //   auto t = task_top2_gating(wg, task_embeddings, opt);

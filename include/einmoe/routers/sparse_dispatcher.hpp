@@ -5,8 +5,10 @@
 // receives exactly the rows b with gates[b, e] > 0, in batch order; nothing
 // is dropped (there is no capacity).
 //
+// Example:
 //   SparseDispatcher<float> d(gates, "batch", "experts");
 //   auto parts = d.dispatch(x);        // one [batch=n_e, model] tensor per expert
+//   std::vector<Tensor<float>> expert_outs = run_experts(parts);   // the same shapes
 //   auto y = d.combine(expert_outs);   // [batch, model]: sum_e gates[b, e] * out_e[b]
 //   auto g = d.expert_to_gates();      // one [batch=n_e] tensor per expert
 //

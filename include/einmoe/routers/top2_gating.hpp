@@ -7,13 +7,14 @@
 // the balancing loss, and a second pass hands out slots with per-expert
 // counters (the exclusive cumsum of one-hot masks, done as counting).
 //
+// Example:
 //   // logits: [batch=4, group=1024, experts=16]
 //   Top2Options o;
 //   o.capacity = Dim{"expert_capacity", 160};
 //   auto r = top2_gating(logits, o);
-//   r.plan;        // sparse routing (RoutingPlan)
-//   r.aux_loss;    // balancing loss (scalar)
-//   r.stats;       // per-expert load, dropped fractions
+//   const RoutingPlan<float>& plan = r.plan;   // sparse routing
+//   double aux = r.aux_loss;                   // balancing loss (scalar)
+//   const RoutingStats& stats = r.stats;       // per-expert load, dropped fractions
 //
 // Per group, for each token (see the routing issue for the full statement):
 //  1. raw = softmax(logits) over experts.

@@ -6,9 +6,10 @@
 // transcription of Mesh TF's _top_2_gating / lingvo's Top2GatingOnLogits, so
 // the fast top2_gating can be tested against it. Use top2_gating in models.
 //
+// Example:
 //   auto d = top2_gating_dense(logits, opt);   // logits [<batch>, group, experts]
-//   d.dispatch, d.combine;                     // [<batch>, group, experts, expert_capacity]
-//   d.aux_loss;
+//   Tensor<float> combine = d.combine;         // [<batch>, group, experts, expert_capacity], as d.dispatch
+//   double aux = d.aux_loss;
 #pragma once
 
 #include <algorithm>

@@ -1,6 +1,7 @@
 // einmoe/routers/top2_gating_mtf_v1.hpp - the other _top_2_gating in the
 // Mesh TF sources: the version with max_experts [batch, group].
 //
+// Example:
 //   Top2Options o;
 //   o.capacity = Dim{"expert_capacity", 8};
 //   o.ties = Ties::highest;                       // mtf.top_1 of that era

@@ -2,14 +2,17 @@
 // models (Switch, Mixtral, Qwen-MoE, OLMoE, DeepSeek-V3, flaxformer,
 // DeepSpeed), fast (a RoutingPlan) and dense (the one-hot oracle).
 //
+// Example:
 //   TopKOptions o;
 //   o.k = 8;
 //   o.score = Score::sigmoid;                  // DeepSeek-V3
-//   o.bias = e_score_correction_bias;          // [E], for selection only
-//   o.groups = 8, o.topk_groups = 4;           // group-limited selection
-//   o.normalize = TopKNormalize::topk, o.scale = 2.5;
+//   o.bias = e_score_correction_bias;          // [experts], for selection only
+//   o.groups = 8;                              // group-limited selection:
+//   o.topk_groups = 4;                         //   the best 4 of 8 expert groups
+//   o.normalize = TopKNormalize::topk;
+//   o.scale = 2.5;
 //   auto r = topk_routing(logits, o);          // logits [<batch>, group, experts]
-//   r.plan; r.aux_loss; r.z_loss; r.stats;
+//   const RoutingPlan<float>& plan = r.plan;   // also r.aux_loss, r.z_loss, r.stats
 //
 // Per token (scores in the logits' float type):
 //   1. scores s = softmax(logits) over experts, or sigmoid(logits).

@@ -5,10 +5,11 @@
 // fast topk_routing is tested against; O(S * k * E) per group, plus the
 // S * E * C outputs.
 //
+// Example:
 //   auto d = topk_routing_dense(logits, o);   // same options as topk_routing
-//   d.combine;   // [<batch>, group, experts, expert_capacity]
-//   d.dispatch;  // 1 where combine routes a token, else 0
-//   d.aux_loss, d.z_loss
+//   Tensor<float> combine = d.combine;        // [<batch>, group, experts, expert_capacity]
+//   Tensor<float> dispatch = d.dispatch;      // 1 where combine routes a token, else 0
+//   double aux = d.aux_loss, z = d.z_loss;
 #pragma once
 
 #include <algorithm>

@@ -12,8 +12,9 @@
 // value, exactly as in the source. Slots are then assigned as in top-2
 // gating and the kept gates renormalized by gate_1 + gate_2 + 1e-9.
 //
-//   auto plan = truncated_top2_gating(gates, opt).plan;          // fast
-//   auto combine = truncated_top2_gating_dense(gates, opt);        // [<batch>, group, experts, capacity]
+// Example:
+//   RoutingPlan<float> plan = truncated_top2_gating(gates, opt).plan;   // fast
+//   auto combine = truncated_top2_gating_dense(gates, opt);      // [<batch>, group, experts, expert_capacity]
 //
 // Of Top2Options only capacity, group_dim, experts_dim and ties are used.
 #pragma once

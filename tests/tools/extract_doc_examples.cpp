@@ -1,0 +1,158 @@
+// extract_doc_examples SOURCE_DIR OUTPUT - collects the documented examples
+// so that tests/test_doc_examples.cpp compiles (and runs) every one of them.
+//
+// Examples are
+//  - in a header under include/einmoe/: a comment line "// Example:" followed
+//    by lines "//   code" (the block ends at the first line without that
+//    three-space prefix); id <folder>_<header>_<n>, e.g. ops_index_1;
+//  - in README.md: every ```cpp block; id readme_<n>.
+//
+// OUTPUT gets, for each example, a section
+//     #if defined(EINMOE_EXAMPLE_<id>)
+//     #undef EINMOE_EXAMPLE_<id>
+//     #line <line> "<file>"
+//     <code>
+//     #endif
+// and a list EINMOE_DOC_EXAMPLE_LIST(<id>) of them all (under
+// #if defined(EINMOE_DOC_EXAMPLE_LIST)), which the test turns into
+// compile-time checks that it covers every example.
+//
+// A header comment line indented like example code and ending in ';' outside
+// an Example block is an error: an example that nothing would compile.
+// OUTPUT is rewritten only when its content changes.
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <regex>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Example {
+  std::string id, file;
+  int line = 0;  // 1-based line of the first code line
+  std::vector<std::string> code;
+};
+
+bool starts_with(const std::string& s, const std::string& p) { return s.compare(0, p.size(), p) == 0; }
+
+std::vector<std::string> read_lines(const fs::path& p) {
+  std::ifstream in(p);
+  if (!in) throw std::runtime_error("cannot read " + p.string());
+  std::vector<std::string> lines;
+  for (std::string l; std::getline(in, l);) lines.push_back(l);
+  return lines;
+}
+
+// "//   auto a = f(x);   // note" -> true: a statement at the examples'
+// indentation (prose tables indent their continuation lines further).
+bool looks_like_code(const std::string& line) {
+  if (!starts_with(line, "//   ") || line.size() < 6 || line[5] == ' ') return false;
+  std::string body = line.substr(5);
+  const auto comment = body.find("//");
+  if (comment != std::string::npos) body.erase(comment);
+  while (!body.empty() && (body.back() == ' ' || body.back() == '\t')) body.pop_back();
+  if (body.empty() || body.back() != ';') return false;
+  // a call, an assignment, a member access or a declaration "Type name(...)"
+  static const std::regex statement(R"(^(auto|const|[A-Za-z_][\w:]*(<[^;]*>)?[&*]?\s+[&*]?[A-Za-z_]\w*\s*[=({;]|[A-Za-z_][\w:.]*\s*(\(|=|\.|->|\[)))");
+  return std::regex_search(body, statement);
+}
+
+void from_header(const fs::path& root, const fs::path& header, std::vector<Example>& out,
+                 std::vector<std::string>& errors) {
+  const auto lines = read_lines(header);
+  const std::string rel = fs::relative(header, root / "include" / "einmoe").generic_string();
+  std::string stem = rel.substr(0, rel.size() - 4);  // drop ".hpp"
+  std::replace(stem.begin(), stem.end(), '/', '_');
+  int n = 0;
+  for (std::size_t i = 0; i < lines.size(); ++i) {
+    if (lines[i] == "// Example:") {
+      Example e;
+      e.id = stem + "_" + std::to_string(++n);
+      e.file = header.string();
+      e.line = static_cast<int>(i) + 2;
+      std::size_t j = i + 1;
+      for (; j < lines.size() && starts_with(lines[j], "//   "); ++j) e.code.push_back(lines[j].substr(5));
+      if (e.code.empty())
+        throw std::runtime_error(header.string() + ":" + std::to_string(i + 1) + ": an Example: block without code");
+      out.push_back(e);
+      i = j - 1;
+    } else if (looks_like_code(lines[i])) {
+      errors.push_back(header.string() + ":" + std::to_string(i + 1) +
+                       ": code outside an \"// Example:\" block (tests compile only those): " + lines[i]);
+    }
+  }
+}
+
+void from_readme(const fs::path& readme, std::vector<Example>& out) {
+  const auto lines = read_lines(readme);
+  int n = 0;
+  for (std::size_t i = 0; i < lines.size(); ++i) {
+    if (lines[i] != "```cpp") continue;
+    Example e;
+    e.id = "readme_" + std::to_string(++n);
+    e.file = readme.string();
+    e.line = static_cast<int>(i) + 2;
+    std::size_t j = i + 1;
+    for (; j < lines.size() && lines[j] != "```"; ++j) e.code.push_back(lines[j]);
+    if (j == lines.size()) throw std::runtime_error(readme.string() + ":" + std::to_string(i + 1) + ": unterminated ```cpp block");
+    out.push_back(e);
+    i = j;
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 3) {
+    std::cerr << "usage: extract_doc_examples SOURCE_DIR OUTPUT\n";
+    return 2;
+  }
+  try {
+    const fs::path root = argv[1];
+    std::vector<fs::path> headers;
+    for (const auto& entry : fs::recursive_directory_iterator(root / "include" / "einmoe"))
+      if (entry.is_regular_file() && entry.path().extension() == ".hpp") headers.push_back(entry.path());
+    std::sort(headers.begin(), headers.end());
+    std::vector<Example> examples;
+    std::vector<std::string> errors;
+    for (const auto& h : headers) from_header(root, h, examples, errors);
+    if (!errors.empty()) {
+      for (const auto& e : errors) std::cerr << "extract_doc_examples: " << e << '\n';
+      return 1;
+    }
+    from_readme(root / "README.md", examples);
+
+    std::ostringstream s;
+    s << "// Generated by tests/tools/extract_doc_examples.cpp from the headers' \"// Example:\"\n"
+         "// blocks and README.md's cpp blocks. Do not edit.\n"
+         "#if defined(EINMOE_DOC_EXAMPLE_LIST)\n";
+    for (const auto& e : examples) s << "EINMOE_DOC_EXAMPLE_LIST(" << e.id << ")\n";
+    s << "#endif\n";
+    for (const auto& e : examples) {
+      s << "#if defined(EINMOE_EXAMPLE_" << e.id << ")\n#undef EINMOE_EXAMPLE_" << e.id << "\n#line " << e.line << " \""
+        << e.file << "\"\n";
+      for (const auto& l : e.code) s << l << '\n';
+      s << "#endif\n";
+    }
+    const std::string text = s.str();
+    {
+      std::ifstream old(argv[2], std::ios::binary);
+      std::ostringstream prev;
+      prev << old.rdbuf();
+      if (old && prev.str() == text) return 0;
+    }
+    std::ofstream o(argv[2], std::ios::binary | std::ios::trunc);
+    o << text;
+    if (!o.flush()) throw std::runtime_error(std::string("cannot write ") + argv[2]);
+    std::cout << "extract_doc_examples: " << examples.size() << " examples\n";
+  } catch (const std::exception& e) {
+    std::cerr << "extract_doc_examples: " << e.what() << '\n';
+    return 1;
+  }
+}
