@@ -332,6 +332,50 @@ TEST_CASE("decode kernels: many panels, every row count, rows independent of eac
     }
 }
 
+TEST_CASE("decode kernels: projections cut by panels over threads give ffn_decode's bits", "[kernels][ffn][decode]") {
+  const int saved = num_threads();
+  for (bool gated : {false, true}) {
+    const RefWeights rw = random_ref(3, 64 * 5 + 3, 64 * 7 + 5, gated, true);
+    const ExpertWeights<float> w = to_weights(rw);
+    for (Precision p : {Precision::fp32, Precision::bf16, Precision::int8}) {
+      if (!backend_supports(Backend::dnnl, p)) continue;
+      ExpertOptions o;
+      o.backend = Backend::dnnl;
+      o.precision = p;
+      o.activation = Activation::gelu;
+      const PackedExperts<float> pe(w, o);
+      if (!detail::decode_path(pe.kernel(), 4)) continue;
+      // calls on experts 0, 2, 1, 0 with 1, 3, 4 and 2 rows
+      const std::vector<std::pair<index_t, index_t>> shape{{0, 1}, {2, 3}, {1, 4}, {0, 2}};
+      const auto x = random_floats(10 * rw.M, -1, 1);
+      std::vector<float> want(x.size());
+      FfnScratch<float> s;
+      std::vector<index_t> first_row;
+      index_t row = 0;
+      for (const auto& [e, m] : shape) {
+        first_row.push_back(row);
+        ffn_rows(pe.kernel(), e, x.data() + row * rw.M, m, want.data() + row * rw.M, s);
+        row += m;
+      }
+      for (int threads : {1, 2, 3})
+        for (index_t parts : {1, 2, 3, 7}) {
+          set_num_threads(threads);
+          std::vector<float> y(x.size(), -1.f);
+          std::vector<detail::DecodeCall> calls;
+          for (std::size_t i = 0; i < shape.size(); ++i)
+            calls.push_back({shape[i].first, shape[i].second, y.data() + first_row[i] * rw.M});
+          std::vector<FfnScratch<float>> scratch;
+          detail::ffn_decode_split(pe.kernel(), calls, parts, scratch, [&](index_t i, FfnScratch<float>&) {
+            return x.data() + first_row[detail::uz(i)] * rw.M;
+          });
+          INFO(to_string(p) << (gated ? " gated" : " plain") << ", " << threads << " threads, " << parts << " parts");
+          CHECK(std::memcmp(y.data(), want.data(), y.size() * sizeof(float)) == 0);
+        }
+    }
+  }
+  set_num_threads(saved);
+}
+
 TEST_CASE("int8 experts: oneDNN and Eigen give bitwise the same outputs", "[kernels][ffn]") {
   if (!backend_supports(Backend::dnnl, Precision::int8)) return;  // no oneDNN, or no VNNI
   for (int trial = 0; trial < 6; ++trial) {

@@ -191,6 +191,44 @@ TEST_CASE("MoE layer: outputs, loss and routing are bitwise equal on any thread 
     }
 }
 
+TEST_CASE("MoE layer: decode steps (a few tokens) are bitwise equal on any thread count, experts cut by panels",
+          "[moe][determinism][decode]") {
+  ThreadGuard guard;
+  const index_t M = 64 * 3 + 5, H = 64 * 4 + 9;
+  const auto w = random_layer<float>(M, H, 6);
+  for (index_t tokens : {1, 3, 8})
+    for (Precision p : {Precision::fp32, Precision::bf16, Precision::int8}) {
+      if (!backend_supports(Backend::dnnl, p)) continue;
+      const auto x = naive::random_tensor<float>(Shape{{"batch", 1}, {"group", tokens}, {"model", M}});
+      MoEOptions o;
+      o.gating.capacity = Dim("expert_capacity", tokens);
+      o.precision = p;
+      o.backend = Backend::dnnl;
+      o.activation = Activation::silu;
+      set_num_threads(1);
+      const MoELayer<float> layer(w, o);
+      const auto ref = layer.forward(x);
+      INFO(tokens << " tokens, " << to_string(p));
+      for (int t : {2, 3, 4}) {
+        set_num_threads(t);
+        const auto r = layer.forward(x);
+        INFO(t << " threads");
+        CHECK(bitwise_equal(r.outputs, ref.outputs));
+      }
+      // and at 2 threads the experts did take the split decode path
+      const auto plan = top2_gating(layer.router_logits(x), o.gating).plan;
+      ExpertWorkspace<float> ws;
+      detail::expert_rows(plan, H, ws);
+      set_num_threads(2);
+      detail::run_expert_rows(layer.experts().kernel(), layer.experts().options(), ws,
+                              [&](index_t tok) { return x.data() + tok * M; });
+      bool few = detail::decode_path(layer.experts().kernel(), 1);
+      for (const auto& it : ws.items) few = few && it.rows <= detail::gemv::kMaxRows;
+      CHECK(ws.decode_calls.size() == (few ? ws.items.size() : 0));
+      if (tokens <= 3) CHECK(few == detail::decode_path(layer.experts().kernel(), 1));
+    }
+}
+
 TEST_CASE("MoE layer: the router's logits of a group do not depend on the other groups", "[moe][determinism]") {
   const auto w = random_layer<float>(40, 8, 5);
   const auto x = naive::random_tensor<float>(Shape::parse("batch:4,group:100,model:40"));

@@ -221,6 +221,8 @@ struct ExpertWorkspace {
   std::vector<index_t> offset, row_token, row_first_hidden, entry_row;
   std::vector<Item> items;
   std::vector<PerThread> threads;
+  std::vector<detail::DecodeCall> decode_calls;  // the split decode path (float, oneDNN)
+  std::vector<FfnScratch<T>> decode_scratch;     // one per call
 };
 
 namespace detail {
@@ -262,9 +264,21 @@ void expert_rows(const RoutingPlan<T>& plan, index_t H, ExpertWorkspace<T>& ws) 
   }
 }
 
+/// Whether run_expert_rows takes the split decode path: oneDNN's layout,
+/// no dropout, every item a few rows for the decode kernels.
+inline bool decode_split_applies(const FfnKernel<float>& k, const ExpertOptions& o,
+                                 const ExpertWorkspace<float>& ws) {
+  if (k.backend() != Backend::dnnl || o.dropout > 0.0 || ws.items.empty()) return false;
+  for (const auto& it : ws.items)
+    if (!decode_path(k, it.rows)) return false;
+  return true;
+}
+
 /// Runs every expert on its rows (x_rows(token) gives a token's input row):
 /// fixed blocks of kernel.row_block() rows per expert, spread over the
-/// threads. ws.y [R, model] receives the outputs.
+/// threads (a decode step's few-row experts: each expert's projections cut
+/// by panels over the threads instead). ws.y [R, model] receives the
+/// outputs.
 template <class T, class RowOf>
 void run_expert_rows(const FfnKernel<T>& k, const ExpertOptions& o, ExpertWorkspace<T>& ws, RowOf&& x_row,
                      std::optional<std::uint64_t> seed = std::nullopt) {
@@ -277,6 +291,26 @@ void run_expert_rows(const FfnKernel<T>& k, const ExpertOptions& o, ExpertWorksp
     for (index_t r = ws.offset[uz(e)]; r < ws.offset[uz(e + 1)]; r += block)
       ws.items.push_back({e, r, std::min(block, ws.offset[uz(e + 1)] - r)});
   const int nt = std::max(1, num_threads());
+  if constexpr (std::is_same<T, float>::value) {
+    // A decode step: every expert has a few rows (one item each), so threads
+    // taking whole experts would wait on the one with the most weights to
+    // read. Instead each expert's projections are cut by panels over all
+    // threads; every row's result is the same bits either way.
+    if (nt > 1 && decode_split_applies(k, o, ws)) {
+      ws.decode_calls.clear();
+      for (const auto& it : ws.items) ws.decode_calls.push_back({it.expert, it.rows, ws.y.data() + it.row * M});
+      ffn_decode_split(k, ws.decode_calls, nt, ws.decode_scratch, [&](index_t i, FfnScratch<T>& s) {
+        const auto& it = ws.items[uz(i)];
+        T* xb = FfnScratch<T>::get(s.xa, it.rows * M);
+        for (index_t j = 0; j < it.rows; ++j) {
+          const T* src = x_row(ws.row_token[uz(it.row + j)]);
+          std::copy(src, src + M, xb + j * M);
+        }
+        return static_cast<const T*>(xb);
+      });
+      return;
+    }
+  }
   if (static_cast<int>(ws.threads.size()) < nt) ws.threads.resize(uz(nt));
   parallel_items(static_cast<index_t>(ws.items.size()), [&](index_t i) {
     const auto& it = ws.items[uz(i)];
