@@ -195,7 +195,13 @@ TEST_CASE("MoE layer: decode steps (a few tokens) are bitwise equal on any threa
           "[moe][determinism][decode]") {
   ThreadGuard guard;
   const index_t M = 64 * 3 + 5, H = 64 * 4 + 9;
-  const auto w = random_layer<float>(M, H, 6);
+  auto w = random_layer<float>(M, H, 6);
+  SharedExpertWeights<float> shared;  // a gated shared expert with a sigmoid gate, as Qwen2-MoE's
+  shared.wi = naive::random_tensor<float>(Shape{{"model", M}, {"hidden", 2 * H}}, -0.2, 0.2);
+  shared.wi_gate = naive::random_tensor<float>(Shape{{"model", M}, {"hidden", 2 * H}}, -0.2, 0.2);
+  shared.wo = naive::random_tensor<float>(Shape{{"hidden", 2 * H}, {"model", M}}, -0.2, 0.2);
+  shared.gate = naive::random_tensor<float>(Shape{{"model", M}});
+  w.shared = shared;
   for (index_t tokens : {1, 3, 8})
     for (Precision p : {Precision::fp32, Precision::bf16, Precision::int8}) {
       if (!backend_supports(Backend::dnnl, p)) continue;
@@ -226,6 +232,17 @@ TEST_CASE("MoE layer: decode steps (a few tokens) are bitwise equal on any threa
       for (const auto& it : ws.items) few = few && it.rows <= detail::gemv::kMaxRows;
       CHECK(ws.decode_calls.size() == (few ? ws.items.size() : 0));
       if (tokens <= 3) CHECK(few == detail::decode_path(layer.experts().kernel(), 1));
+      // the shared expert's block too
+      const SharedExpert<float>& se = layer.shared_expert();
+      std::vector<float> one(detail::uz(tokens * M), 0.5f), two = one;
+      SharedExpertWorkspace<float> ws1, ws2;
+      set_num_threads(1);
+      se.add_to(x.data(), tokens, one.data(), ws1);
+      set_num_threads(2);
+      se.add_to(x.data(), tokens, two.data(), ws2);
+      CHECK(std::memcmp(one.data(), two.data(), one.size() * sizeof(float)) == 0);
+      CHECK(ws1.calls.empty());
+      CHECK(ws2.calls.size() == (detail::decode_path(se.kernel(), tokens) ? 1u : 0u));
     }
 }
 

@@ -44,6 +44,8 @@ template <class T>
 struct SharedExpertWorkspace {
   std::vector<FfnScratch<T>> threads;
   std::vector<AlignedVector<T>> y;  // per thread: one block's outputs
+  std::vector<detail::DecodeCall> calls;  // a decode step's block, split over the threads
+  std::vector<FfnScratch<T>> decode;
 };
 
 namespace detail {
@@ -133,21 +135,38 @@ class SharedExpert {
     const index_t items = (tokens + block - 1) / block;
     const int nt = std::max(1, num_threads());
     if (static_cast<int>(ws.threads.size()) < nt) ws.threads.resize(detail::uz(nt)), ws.y.resize(detail::uz(nt));
+    if constexpr (std::is_same<T, float>::value) {
+      // A decode step's few tokens are one block: its projections are cut by
+      // panels over the threads instead (the same bits as one thread).
+      if (nt > 1 && k_.backend() == Backend::dnnl && detail::decode_path(k_, tokens)) {
+        T* y = FfnScratch<T>::get(ws.y[0], tokens * M);
+        ws.calls.assign(1, detail::DecodeCall{0, tokens, y});
+        detail::ffn_decode_split(k_, ws.calls, nt, ws.decode, [&](index_t, FfnScratch<T>&) { return x; });
+        add_rows(x, 0, tokens, y, out);
+        return;
+      }
+    }
     detail::parallel_items(items, [&](index_t i) {
       const index_t r0 = i * block, m = std::min(block, tokens - r0);
       const auto t = detail::uz(detail::thread_index());
       T* y = FfnScratch<T>::get(ws.y[t], m * M);
       ffn_rows(k_, 0, x + r0 * M, m, y, ws.threads[t]);
-      for (index_t r = 0; r < m; ++r) {
-        const T g = has_gate() ? detail::sigmoid(dot(x + (r0 + r) * M)) : T(1);
-        T* o = out + (r0 + r) * M;
-        const T* yr = y + r * M;
-        for (index_t j = 0; j < M; ++j) o[j] += g * yr[j];
-      }
+      add_rows(x, r0, m, y, out);
     });
   }
 
  private:
+  /// out[r0 + r] += sigmoid(x[r0 + r] . gate) * y[r] for r < m.
+  void add_rows(const T* x, index_t r0, index_t m, const T* y, T* out) const {
+    const index_t M = model_.size;
+    for (index_t r = 0; r < m; ++r) {
+      const T g = has_gate() ? detail::sigmoid(dot(x + (r0 + r) * M)) : T(1);
+      T* o = out + (r0 + r) * M;
+      const T* yr = y + r * M;
+      for (index_t j = 0; j < M; ++j) o[j] += g * yr[j];
+    }
+  }
+
   T dot(const T* x) const {
     T z = T(0);
     for (std::size_t j = 0; j < gate_.size(); ++j) z += x[j] * gate_[j];
