@@ -291,6 +291,14 @@ void run_expert_rows(const FfnKernel<T>& k, const ExpertOptions& o, ExpertWorksp
     for (index_t r = ws.offset[uz(e)]; r < ws.offset[uz(e + 1)]; r += block)
       ws.items.push_back({e, r, std::min(block, ws.offset[uz(e + 1)] - r)});
   const int nt = std::max(1, num_threads());
+  // an item's rows, gathered into xb [rows, model]
+  auto gather = [&](const typename ExpertWorkspace<T>::Item& it, T* xb) {
+    for (index_t j = 0; j < it.rows; ++j) {
+      const T* src = x_row(ws.row_token[uz(it.row + j)]);
+      std::copy(src, src + M, xb + j * M);
+    }
+    return static_cast<const T*>(xb);
+  };
   if constexpr (std::is_same<T, float>::value) {
     // A decode step: every expert has a few rows (one item each), so threads
     // taking whole experts would wait on the one with the most weights to
@@ -301,12 +309,7 @@ void run_expert_rows(const FfnKernel<T>& k, const ExpertOptions& o, ExpertWorksp
       for (const auto& it : ws.items) ws.decode_calls.push_back({it.expert, it.rows, ws.y.data() + it.row * M});
       ffn_decode_split(k, ws.decode_calls, nt, ws.decode_scratch, [&](index_t i, FfnScratch<T>& s) {
         const auto& it = ws.items[uz(i)];
-        T* xb = FfnScratch<T>::get(s.xa, it.rows * M);
-        for (index_t j = 0; j < it.rows; ++j) {
-          const T* src = x_row(ws.row_token[uz(it.row + j)]);
-          std::copy(src, src + M, xb + j * M);
-        }
-        return static_cast<const T*>(xb);
+        return gather(it, FfnScratch<T>::get(s.xa, it.rows * M));
       });
       return;
     }
@@ -315,11 +318,7 @@ void run_expert_rows(const FfnKernel<T>& k, const ExpertOptions& o, ExpertWorksp
   parallel_items(static_cast<index_t>(ws.items.size()), [&](index_t i) {
     const auto& it = ws.items[uz(i)];
     auto& t = ws.threads[uz(thread_index())];
-    T* xb = FfnScratch<T>::get(t.x, it.rows * M);
-    for (index_t j = 0; j < it.rows; ++j) {
-      const T* src = x_row(ws.row_token[uz(it.row + j)]);
-      std::copy(src, src + M, xb + j * M);
-    }
+    const T* xb = gather(it, FfnScratch<T>::get(t.x, it.rows * M));
     HiddenDropout drop{o.dropout, dropout_seed, ws.row_first_hidden.data() + it.row};
     ffn_rows(k, it.expert, xb, it.rows, ws.y.data() + it.row * M, t.ffn, o.dropout > 0.0 ? &drop : nullptr);
   });
