@@ -469,7 +469,7 @@ TEST_CASE("doc example: routers/expert_choice.hpp", "[doc_examples]") {
 #define EINMOE_EXAMPLE_routers_expert_choice_1
 #include "doc_examples.inc"
   CHECK(d.combine.shape() == Shape::parse("batch:1,group:128,experts:4,expert_capacity:64"));
-  CHECK(max_abs_diff(r.plan.combine_tensor(), d.combine) == 0);
+  CHECK(max_abs_diff(r.plan.combine_tensor(), d.combine) < 1e-6);
 }
 
 EINMOE_DOC_EXAMPLE_COVERED(routers_losses_1)
