@@ -46,6 +46,39 @@ Tensor<T> dense_combine(const Tensor<T>& gate_1, const Tensor<T>& flat_1, const 
   return gate_1 * flat_1 * one_hot<T>(index_1, experts) * one_hot<T>(cast<std::int64_t>(position_1), capacity) +
          gate_2 * flat_2 * one_hot<T>(index_2, experts) * one_hot<T>(cast<std::int64_t>(position_2), capacity);
 }
+/// One choice's capacity step, as the sources write it: position_in_expert
+/// = (exclusive cumsum of mask over the group + taken) * mask, where taken
+/// [<batch>, experts] counts slots already filled (none: 0); mask
+/// [<batch>, group, experts] drops choices at positions >= C, and gate
+/// [<batch>, group] is zeroed with them. Returns mask_flat and the position
+/// [<batch>, group] (summed over experts).
+template <class T>
+struct DenseSlots {
+  Tensor<T> flat, position;
+};
+template <class T>
+DenseSlots<T> dense_capacity(Tensor<T>& mask, Tensor<T>& gate, const same_t<Tensor<T>>* taken, const std::string& group,
+                             const std::string& experts, T C) {
+  Tensor<T> position = taken ? (cumsum(mask, group, true) + *taken) * mask : cumsum(mask, group, true) * mask;
+  mask = mask * cast<T>(less(position, C));
+  DenseSlots<T> out{sum(mask, experts), sum(position, experts)};
+  gate = gate * out.flat;
+  return out;
+}
+
+/// The second-place loss term of both Mesh TF top-2 gatings: 0.5 E^2
+/// mean(mean_group(normalized) * mean_group(mask_2)), normalized = the gates
+/// without the top choice over their sum + eps; mask_2 [<batch>, group,
+/// experts] before capacity.
+template <class T>
+T dense_second_place_loss(const Tensor<T>& mask_2, const Tensor<T>& gates_without_top_1, const std::string& group,
+                          const std::string& experts, T eps, T E2) {
+  const Tensor<T> density_2 = mean(mask_2, group);
+  const Tensor<T> normalized = gates_without_top_1 / (sum(gates_without_top_1, experts) + eps);
+  const Tensor<T> density_2_proxy = mean(normalized, group);
+  return mean_to(density_2_proxy * density_2, Shape()).item() * E2 * T(0.5);
+}
+
 /// The sources' steps after the balancing loss, shared by the dense top-2
 /// gatings: the second policy on mask_2, statistics, positions in each
 /// expert (cumsums), capacity, the gates' renormalization after capacity
@@ -81,18 +114,9 @@ void dense_policy_and_slots(const GatingProblem<T>& p, const Top2Options& opt, T
   }
 
   // COMPUTE ASSIGNMENT TO EXPERTS
-  Tensor<T> position_in_expert_1 = cumsum(mask_1, group, true) * mask_1;
-  mask_1 = mask_1 * cast<T>(less(position_in_expert_1, C));
+  const DenseSlots<T> slots_1 = dense_capacity(mask_1, gate_1, nullptr, group, experts, C);
   const Tensor<T> mask_1_count = sum(mask_1, group);
-  const Tensor<T> mask_1_flat = sum(mask_1, experts);
-  position_in_expert_1 = sum(position_in_expert_1, experts);
-  gate_1 = gate_1 * mask_1_flat;
-
-  Tensor<T> position_in_expert_2 = (cumsum(mask_2, group, true) + mask_1_count) * mask_2;
-  mask_2 = mask_2 * cast<T>(less(position_in_expert_2, C));
-  const Tensor<T> mask_2_flat = sum(mask_2, experts);
-  gate_2 = gate_2 * mask_2_flat;
-  position_in_expert_2 = sum(position_in_expert_2, experts);
+  const DenseSlots<T> slots_2 = dense_capacity(mask_2, gate_2, &mask_1_count, group, experts, C);
 
   finish(gate_1, gate_2);
 
@@ -102,8 +126,8 @@ void dense_policy_and_slots(const GatingProblem<T>& p, const Top2Options& opt, T
   for (index_t e = 0; e < p.E; ++e) out.stats.tokens_per_expert.push_back(static_cast<index_t>(per_expert[e]));
   out.stats.slots = detail::mul_size(detail::mul_size(p.G, p.E, "slots"), p.C, "slots");
 
-  out.combine = detail::dense_combine(gate_1, mask_1_flat, index_1, position_in_expert_1, gate_2, mask_2_flat, index_2,
-                                      position_in_expert_2, p.experts, p.capacity);
+  out.combine = detail::dense_combine(gate_1, slots_1.flat, index_1, slots_1.position, gate_2, slots_2.flat, index_2,
+                                      slots_2.position, p.experts, p.capacity);
   out.dispatch = cast<T>(not_equal(out.combine, T(0)));
 }
 }  // namespace detail
@@ -163,12 +187,8 @@ Top2DenseResult<T> top2_gating_dense(const Tensor<T>& logits_in, const Top2Optio
       density_1_proxy_mean = density_1_proxy_mean / denom;
     }
     out.aux_loss = mean_to(density_1_proxy_mean * density_1, Shape()).item() * E2;
-    if (opt.second_place_loss) {
-      const Tensor<T> density_2 = mean(mask_2, group);
-      const Tensor<T> normalized = gates_without_top_1 / (sum(gates_without_top_1, experts) + eps);
-      const Tensor<T> density_2_proxy = mean(normalized, group);
-      out.aux_loss += mean_to(density_2_proxy * density_2, Shape()).item() * E2 * T(0.5);
-    }
+    if (opt.second_place_loss)
+      out.aux_loss += detail::dense_second_place_loss(mask_2, gates_without_top_1, group, experts, eps, E2);
   }
 
   detail::dense_policy_and_slots(p, opt, std::move(mask_1), std::move(mask_2), std::move(gate_1), std::move(gate_2),

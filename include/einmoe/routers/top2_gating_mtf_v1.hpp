@@ -159,12 +159,8 @@ Top2DenseResult<T> top2_gating_mtf_v1_dense(const Tensor<T>& logits_in, const To
     const Tensor<T> density_1 = mean(mask_1, group);
     const Tensor<T> density_1_proxy = mean(raw_gates, group);
     out.aux_loss = mean_to(density_1_proxy * density_1, Shape()).item() * E2;
-    if (opt.second_place_loss) {
-      const Tensor<T> density_2 = mean(mask_2, group);
-      const Tensor<T> normalized = gates_without_top_1 / (sum(gates_without_top_1, experts) + eps);
-      const Tensor<T> density_2_proxy = mean(normalized, group);
-      out.aux_loss += mean_to(density_2_proxy * density_2, Shape()).item() * E2 * T(0.5);
-    }
+    if (opt.second_place_loss)
+      out.aux_loss += detail::dense_second_place_loss(mask_2, gates_without_top_1, group, experts, eps, E2);
   }
 
   detail::dense_policy_and_slots(p, opt, std::move(mask_1), std::move(mask_2), std::move(gate_1), std::move(gate_2),

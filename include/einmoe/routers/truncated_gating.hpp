@@ -116,12 +116,8 @@ Tensor<T> truncated_top2_gating_dense(const Tensor<T>& gates_in, const Top2Optio
   Tensor<T> gate_1 = std::move(top1.values);
   const auto index_1 = std::move(top1.indices);
   Tensor<T> mask_1 = one_hot<T>(index_1, p.experts);
-  Tensor<T> position_in_expert_1 = cumsum(mask_1, group, true) * mask_1;
-  mask_1 = mask_1 * cast<T>(less(position_in_expert_1, C));
+  const detail::DenseSlots<T> slots_1 = detail::dense_capacity(mask_1, gate_1, nullptr, group, experts, C);
   const Tensor<T> mask_1_count = sum(mask_1, group);
-  const Tensor<T> mask_1_flat = sum(mask_1, experts);
-  position_in_expert_1 = sum(position_in_expert_1, experts);
-  gate_1 = gate_1 * mask_1_flat;
 
   const Tensor<T> space_remaining = C - mask_1_count;
   const Tensor<T> use_rate = (mask_1_count + T(1)) / static_cast<T>(p.S);
@@ -132,17 +128,13 @@ Tensor<T> truncated_top2_gating_dense(const Tensor<T>& gates_in, const Top2Optio
   Tensor<T> gate_2 = std::move(top2.values);
   const auto index_2 = std::move(top2.indices);
   Tensor<T> mask_2 = one_hot<T>(index_2, p.experts);
-  Tensor<T> position_in_expert_2 = (cumsum(mask_2, group, true) + mask_1_count) * mask_2;
-  mask_2 = mask_2 * cast<T>(less(position_in_expert_2, C));
-  const Tensor<T> mask_2_flat = sum(mask_2, experts);
-  position_in_expert_2 = sum(position_in_expert_2, experts);
-  gate_2 = gate_2 * mask_2_flat;
+  const detail::DenseSlots<T> slots_2 = detail::dense_capacity(mask_2, gate_2, &mask_1_count, group, experts, C);
 
   const Tensor<T> denom = gate_1 + gate_2 + static_cast<T>(1e-9);
   gate_1 = gate_1 / denom;
   gate_2 = gate_2 / denom;
-  return detail::dense_combine(gate_1, mask_1_flat, index_1, position_in_expert_1, gate_2, mask_2_flat, index_2,
-                               position_in_expert_2, p.experts, p.capacity);
+  return detail::dense_combine(gate_1, slots_1.flat, index_1, slots_1.position, gate_2, slots_2.flat, index_2,
+                               slots_2.position, p.experts, p.capacity);
 }
 
 }  // namespace einmoe
