@@ -31,19 +31,7 @@ struct CliError : std::runtime_error {
 /// `msg` on one printable line: control and non-ASCII bytes (from flag
 /// values, file names, library messages quoting file bytes) become \xNN.
 inline std::string one_line(const std::string& msg) {
-  std::string r;
-  for (const char ch : msg) {
-    const auto c = static_cast<unsigned char>(ch);
-    if (c >= 0x20 && c < 0x7f) {
-      r += ch;
-    } else {
-      static const char hex[] = "0123456789abcdef";
-      r += "\\x";
-      r += hex[c >> 4];
-      r += hex[c & 15];
-    }
-  }
-  return r;
+  return einmoe::detail::escape_bytes(msg, msg.size(), /*escape_backslash=*/false);
 }
 
 template <class... A>

@@ -54,13 +54,15 @@ std::string cat(Args&&... args) {
 }
 
 /// `s` with every byte outside printable ASCII written as \xNN, so a
-/// message quoting a file's bytes stays one readable line.
-inline std::string escape_bytes(const std::string& s, std::size_t max_len = 80) {
+/// message quoting a file's bytes stays one readable line; at most max_len
+/// bytes of it, then "...". Backslashes are escaped too, unless `s` is a
+/// message whose quoted bytes are already escaped (escape_backslash false).
+inline std::string escape_bytes(const std::string& s, std::size_t max_len = 80, bool escape_backslash = true) {
   static const char hex[] = "0123456789abcdef";
   std::string r;
   for (std::size_t i = 0; i < s.size() && i < max_len; ++i) {
     const auto c = static_cast<unsigned char>(s[i]);
-    if (c >= 0x20 && c < 0x7f && c != '\\') {
+    if (c >= 0x20 && c < 0x7f && (c != '\\' || !escape_backslash)) {
       r += static_cast<char>(c);
     } else {
       r += "\\x";
