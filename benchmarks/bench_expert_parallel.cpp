@@ -24,7 +24,7 @@
 #include <map>
 #include <string>
 
-#include <einmoe/dist/expert_parallel.hpp>
+#include <einmoe/parallel/expert_parallel.hpp>
 
 #include "bench_common.hpp"
 

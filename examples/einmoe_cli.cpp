@@ -17,7 +17,7 @@
 
 #include <einmoe/einmoe.hpp>
 #if defined(EINMOE_HAS_MPI)
-#include <einmoe/dist/expert_parallel.hpp>
+#include <einmoe/parallel/expert_parallel.hpp>
 #endif
 
 #include "cli/args.hpp"

@@ -15,7 +15,7 @@
 #include <cstring>
 #include <string>
 
-#include <einmoe/dist/expert_parallel.hpp>
+#include <einmoe/parallel/expert_parallel.hpp>
 
 using namespace einmoe;
 

@@ -225,8 +225,8 @@ TEST_CASE("doc example: decoding/greedy.hpp", "[doc_examples]") {
 
 // The expert-parallel examples need MPI: tests/mpi/test_expert_parallel.cpp
 // compiles and runs them under mpirun.
-EINMOE_DOC_EXAMPLE_COVERED(dist_exchange_1)
-EINMOE_DOC_EXAMPLE_COVERED(dist_expert_parallel_1)
+EINMOE_DOC_EXAMPLE_COVERED(parallel_exchange_1)
+EINMOE_DOC_EXAMPLE_COVERED(parallel_expert_parallel_1)
 EINMOE_DOC_EXAMPLE_COVERED(readme_5)
 
 namespace {

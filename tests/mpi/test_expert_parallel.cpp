@@ -15,7 +15,7 @@
 #include <functional>
 #include <string>
 
-#include "einmoe/dist/expert_parallel.hpp"
+#include "einmoe/parallel/expert_parallel.hpp"
 
 using namespace einmoe;
 
@@ -113,7 +113,7 @@ void equal_case(const std::string& name0, const MoEWeights<T>& w, const MoEOptio
   }
 }
 
-/// The documented examples of dist/ and the README's expert-parallel block
+/// The documented examples of parallel/ and the README's expert-parallel block
 /// (extracted into doc_examples.inc; tests/test_doc_examples.cpp has the
 /// rest): they compile, run, and give the single-process layer's outputs.
 void doc_examples() {
@@ -125,16 +125,16 @@ void doc_examples() {
   const Tensor<float> my_groups = groups_of(x, 2 * rank, 2);
   const auto want = groups_of(MoELayer<float>(weights, opt).forward(x).outputs, 2 * rank, 2);
   {
-#define EINMOE_EXAMPLE_dist_expert_parallel_1
+#define EINMOE_EXAMPLE_parallel_expert_parallel_1
 #include "doc_examples.inc"
-    check(bitwise(y, want), "dist/expert_parallel.hpp example: outputs of one process");
-    check(aux > 0, "dist/expert_parallel.hpp example: aux loss");
+    check(bitwise(y, want), "parallel/expert_parallel.hpp example: outputs of one process");
+    check(aux > 0, "parallel/expert_parallel.hpp example: aux loss");
   }
   {
     MPI_Comm comm = MPI_COMM_WORLD;
-#define EINMOE_EXAMPLE_dist_exchange_1
+#define EINMOE_EXAMPLE_parallel_exchange_1
 #include "doc_examples.inc"
-    check(bitwise(layer.forward(my_groups).outputs, want), "dist/exchange.hpp example: outputs of one process");
+    check(bitwise(layer.forward(my_groups).outputs, want), "parallel/exchange.hpp example: outputs of one process");
   }
   {
 #define EINMOE_EXAMPLE_readme_5

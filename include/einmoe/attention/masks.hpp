@@ -32,7 +32,7 @@
 #include "einmoe/ops/softmax.hpp"
 #include "einmoe/detail/strided.hpp"
 #include "einmoe/detail/axis.hpp"
-#include "einmoe/detail/checked.hpp"
+#include "einmoe/core/checked.hpp"
 
 namespace einmoe {
 

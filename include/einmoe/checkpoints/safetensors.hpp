@@ -40,7 +40,7 @@
 #include "einmoe/core/bfloat16.hpp"
 #include "einmoe/core/error.hpp"
 #include "einmoe/core/tensor.hpp"
-#include "einmoe/detail/checked.hpp"
+#include "einmoe/core/checked.hpp"
 
 namespace einmoe {
 

@@ -41,7 +41,7 @@
 
 #include "einmoe/core/dim.hpp"
 #include "einmoe/core/error.hpp"
-#include "einmoe/detail/checked.hpp"
+#include "einmoe/core/checked.hpp"
 
 namespace einmoe {
 

@@ -34,7 +34,7 @@
 #include <unistd.h>
 
 #include "einmoe/core/tensor.hpp"
-#include "einmoe/detail/checked.hpp"
+#include "einmoe/core/checked.hpp"
 
 namespace einmoe {
 

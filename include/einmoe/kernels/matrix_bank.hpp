@@ -34,7 +34,7 @@
 #include "einmoe/core/bfloat16.hpp"
 #include "einmoe/core/tensor.hpp"
 #include "einmoe/core/threads.hpp"
-#include "einmoe/detail/checked.hpp"
+#include "einmoe/core/checked.hpp"
 #include "einmoe/detail/dnnl.hpp"
 #include "einmoe/detail/gemv.hpp"
 #include "einmoe/kernels/precision.hpp"

@@ -41,7 +41,7 @@ struct RoutingStats {
 /// A router's losses in per-group pieces (group order), from which the
 /// scalar losses are finished: routers over groups routed on different
 /// processes gather the pieces and finish them in the same order as one
-/// process does, so the losses are bitwise the same (see dist/).
+/// process does, so the losses are bitwise the same (see parallel/).
 template <class T>
 struct LossParts {
   std::vector<T> aux;   ///< [G] the group's balancing-loss sum

@@ -1,4 +1,4 @@
-// einmoe/dist/exchange.hpp - how an expert-parallel layer moves routed rows
+// einmoe/parallel/exchange.hpp - how an expert-parallel layer moves routed rows
 // to the ranks that own their experts and the results back.
 //
 // Example:

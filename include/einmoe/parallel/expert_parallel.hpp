@@ -1,4 +1,4 @@
-// einmoe/dist/expert_parallel.hpp - an MoE layer whose experts are spread
+// einmoe/parallel/expert_parallel.hpp - an MoE layer whose experts are spread
 // over the ranks of an MPI communicator (expert parallelism).
 //
 // Example:
@@ -52,7 +52,7 @@
 #include <vector>
 
 #include "einmoe/detail/mpi.hpp"
-#include "einmoe/dist/exchange.hpp"
+#include "einmoe/parallel/exchange.hpp"
 #include "einmoe/moe/moe_layer.hpp"
 #include "einmoe/ops/manip.hpp"
 

@@ -1,4 +1,4 @@
-// einmoe/detail/checked.hpp - size arithmetic that cannot overflow silently,
+// einmoe/core/checked.hpp - size arithmetic that cannot overflow silently,
 // and the machine's memory as an upper bound for one request.
 //
 // Every product or sum of sizes in einmoe goes through these helpers; an
