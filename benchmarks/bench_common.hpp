@@ -54,8 +54,8 @@ struct Reference {
 /// Random weights and inputs with a fixed seed.
 template <class T>
 struct Layer {
-  MoEWeights<T> w;
-  Tensor<T> x;
+  Tensor<T> wg, wi, wo, x;
+  MoEWeights<T> w;  // views of wg, wi, wo
   MoEOptions opt;
   Layer(index_t G, index_t S, index_t M, index_t H, index_t E, index_t C, std::uint64_t seed = 2024) {
     Rng rng(seed);
@@ -64,11 +64,16 @@ struct Layer {
       for (auto& v : t) v = static_cast<T>(static_cast<double>(v) * scale);
       return t;
     };
-    w.wg = init(Shape{{"model", M}, {"experts", E}}, 1.0 / std::sqrt(double(M)));
-    w.experts.wi = init(Shape{{"experts", E}, {"model", M}, {"hidden", H}}, 1.0 / std::sqrt(double(M)));
-    w.experts.wo = init(Shape{{"experts", E}, {"hidden", H}, {"model", M}}, 1.0 / std::sqrt(double(H)));
+    wg = init(Shape{{"model", M}, {"experts", E}}, 1.0 / std::sqrt(double(M)));
+    wi = init(Shape{{"experts", E}, {"model", M}, {"hidden", H}}, 1.0 / std::sqrt(double(M)));
+    wo = init(Shape{{"experts", E}, {"hidden", H}, {"model", M}}, 1.0 / std::sqrt(double(H)));
     x = init(Shape{{"batch", G}, {"group", S}, {"model", M}}, 1.0);
-    opt.gating.capacity = Dim("expert_capacity", C);
+    w.wg = wg;
+    w.experts.wi = wi;
+    w.experts.wo = wo;
+    Top2Options gating;
+    gating.capacity = CapacitySpec::fixed(C);
+    opt.router = gating;
   }
 };
 

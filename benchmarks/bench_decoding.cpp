@@ -33,7 +33,7 @@ void BM_BeamSearchStep(benchmark::State& state) {
   set_threads(state);
   const index_t B = 8, K = 4, V = 32000, L = 16;
   const auto logits = Rng(2).normal<float>(Shape{{"batch", B}, {"beam", K}, {"vocab", V}});
-  BeamLogitsFn<float> fn = [&](index_t, const Tensor<std::int64_t>&, std::vector<Tensor<float>>&) { return logits; };
+  BeamLogitsFn<float> fn = [&](index_t, const TensorView<const std::int64_t>&, std::vector<Tensor<float>>&) { return logits; };
   const Tensor<std::int64_t> init(Shape{{"batch", B}, {"beam", K}, {"length", L}});
   BeamSearchOptions o;
   o.decode_length = 1;

@@ -65,11 +65,14 @@ void BM_EPLayer(benchmark::State& state, bool top2cap, Exchange how) {
   auto& s = Setup::get();
   MoEOptions o;
   if (top2cap) {
-    o.gating.capacity = Dim("expert_capacity", 160);
+    Top2Options g;
+    g.capacity = CapacitySpec::fixed(160);
+    o.router = g;
   } else {
-    o.router = RouterKind::topk;
-    o.topk.k = 2;
-    o.topk.normalize = TopKNormalize::topk;
+    TopKOptions t;
+    t.k = 2;
+    t.normalize = TopKNormalize::topk;
+    o.router = t;
   }
   const ExpertParallelMoE<float> layer(MPI_COMM_WORLD, s.w, o, ExpertParallelOptions{how, 0});
   MoEResult<float> out;

@@ -79,28 +79,27 @@ void BM_MoELayerPortable(benchmark::State& state) {
   state.SetLabel(std::string(kPrecision[precision]) + ", compiled for " + bench_portable::compiled_isa());
 }
 
-// The expert stage alone (gather each block's rows, the FFN kernels) over the
-// rows the routing filled, routed once outside the timing: the layer's ratio
-// to it is what the router, gating and combine add.
+// The expert stage alone (gather each block's rows, the FFN kernels, the
+// combine) over the rows the routing filled, routed once outside the
+// timing: the layer's ratio to it is what the router and gating add.
 void BM_ExpertStage(benchmark::State& state) {
   const int precision = static_cast<int>(state.range(0));
   set_threads(state, 1);
   auto& R = ReferenceLayers::get();
   const auto& layer = R.at(precision);
   const auto logits = layer.router_logits(R.L.x);
-  const auto routing = top2_gating(logits, R.L.opt.gating);
+  const auto routing = top2_gating(logits, std::get<Top2Options>(R.L.opt.router));
   ExpertWorkspace<float> ws;
+  Tensor<float> y;
   const auto& pe = layer.experts();
-  detail::expert_rows(routing.plan, pe.hidden().size, ws);
-  const float* px = R.L.x.data();
-  const index_t M = R.r.M;
-  auto stage = [&] { detail::run_expert_rows(pe.kernel(), pe.options(), ws, [&](index_t t) { return px + t * M; }); };
+  auto stage = [&] { experts_sparse_into(y, R.L.x, routing.plan, pe, ws); };
   stage();
   for (auto _ : state) {
     stage();
-    benchmark::DoNotOptimize(ws.y.data());
+    benchmark::DoNotOptimize(y.data());
   }
-  const index_t rows = ws.offset.back();
+  index_t rows = 0;
+  for (index_t n : routing.stats.tokens_per_expert) rows += n;
   state.counters["GFLOP/s"] = benchmark::Counter(4.0 * double(rows) * double(R.r.M * R.r.H) * double(state.iterations()) / 1e9,
                                                  benchmark::Counter::kIsRate);
   state.SetLabel(kPrecision[precision]);
@@ -153,7 +152,7 @@ struct DecodeLayers {
       auto& R = ReferenceLayers::get();
       MoEOptions o = R.L.opt;
       o.precision = static_cast<Precision>(precision);
-      o.gating.capacity = Dim("expert_capacity", 64);
+      std::get<Top2Options>(o.router).capacity = CapacitySpec::fixed(64);
       const std::size_t per = MoELayer<float>(R.L.w, o).weight_bytes();
       const std::size_t want = std::max<std::size_t>(std::size_t{256} << 20, 4 * llc_bytes());
       const std::size_t n = std::max<std::size_t>(2, (want + per - 1) / per);
@@ -196,7 +195,7 @@ void BM_Top2Gating(benchmark::State& state, bool dense) {
   set_threads(state, 1);
   const index_t S = state.range(0), E = 16;
   Top2Options o;
-  o.capacity = Dim("expert_capacity", topk_capacity(S, E, 2, 1.25));
+  o.capacity = CapacitySpec::fixed(topk_capacity(S, E, 2, 1.25));
   const auto logits = Rng(1).normal<float>(Shape{{"batch", 1}, {"group", S}, {"experts", E}});
   for (auto _ : state) {
     if (dense) {
@@ -218,12 +217,12 @@ void BM_RoutingScaling(benchmark::State& state, bool dense) {
   set_threads(state, 1);
   const index_t S = state.range(0), N = 8192, G = N / S, M = 512, E = 16;
   Top2Options o;
-  o.capacity = Dim("expert_capacity", topk_capacity(S, E, 2, 1.25));
+  o.capacity = CapacitySpec::fixed(topk_capacity(S, E, 2, 1.25));
   Rng rng(3);
   const auto x = rng.normal<float>(Shape{{"batch", G}, {"group", S}, {"model", M}});
   const auto wg = rng.normal<float>(Shape{{"model", M}, {"experts", E}});
   const Shape logits_shape{{"batch", G}, {"group", S}, {"experts", E}};
-  const Shape egcm{{"experts", E}, {"batch", G}, o.capacity, {"model", M}};
+  const Shape egcm{{"experts", E}, {"batch", G}, {"expert_capacity", o.capacity.size}, {"model", M}};
   std::vector<float> buf;
   Tensor<float> out(x.shape());
   for (auto _ : state) {
@@ -237,13 +236,13 @@ void BM_RoutingScaling(benchmark::State& state, bool dense) {
       // dispatch: gather the routed rows (per expert, (group, slot) order)
       const auto& p = r.plan;
       index_t rows = 0;
-      for (auto f : p.fill) rows += f;
+      for (auto f : p.taken) rows += f;
       if (buf.size() < std::size_t(rows * M)) buf.resize(std::size_t(rows * M));
       std::vector<index_t> entry_row(p.expert.size(), -1);
       index_t at = 0;
       for (index_t e = 0; e < E; ++e)
         for (index_t g = 0; g < G; ++g)
-          for (index_t c = 0; c < p.fill[std::size_t(g * E + e)]; ++c) {
+          for (index_t c = 0; c < p.taken[std::size_t(g * E + e)]; ++c) {
             const index_t entry = p.slot_entry[std::size_t(p.slot_index(g, e, c))];
             std::copy_n(x.data() + (entry / 2) * M, M, buf.data() + at * M);
             entry_row[std::size_t(entry)] = at++;

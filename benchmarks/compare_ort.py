@@ -12,7 +12,7 @@ weights (numpy, fixed seed); the outputs must agree; best-of-N times and the
 ratio are printed for each thread count, for einmoe in fp32 and bf16.
 
     npm install --prefix build/ort --ignore-scripts onnxruntime-node@1.30
-    /usr/bin/python3 benchmarks/compare_ort.py --einmoe build/release/examples/einmoe
+    /usr/bin/python3 benchmarks/compare_ort.py --einmoe build/release/tools/einmoe
 
 The ONNX model is written by hand (the protobuf wire format below), so the
 python `onnx` package is not needed; numpy is. ORT's MoE weights are
@@ -152,7 +152,7 @@ def run_einmoe(a, d, C, threads, precision):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--einmoe", default="build/release/examples/einmoe")
+    ap.add_argument("--einmoe", default="build/release/tools/einmoe")
     ap.add_argument("--ort-dir", default="build/ort", help="npm prefix holding node_modules/onnxruntime-node")
     ap.add_argument("--threads", type=int, nargs="+", default=sorted({1, os.cpu_count() or 1}))
     ap.add_argument("--groups", type=int, default=4)

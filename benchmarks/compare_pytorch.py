@@ -8,7 +8,7 @@ through `einmoe moe` (sparse routing plan, GEMMs over filled rows). Identical
 inputs and weights (numpy, fixed seed); the outputs must agree; both times
 (best of --repeat, same thread count) and their ratio are printed.
 
-    /usr/bin/python3 benchmarks/compare_pytorch.py --einmoe build/release/examples/einmoe --threads 1
+    /usr/bin/python3 benchmarks/compare_pytorch.py --einmoe build/release/tools/einmoe --threads 1
 
 Needs Debian's python3-torch and python3-numpy; says so and exits 2 when
 PyTorch is missing. Debian's PyTorch calls the system BLAS: with the
@@ -107,7 +107,7 @@ def openblas_core():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--einmoe", default="build/release/examples/einmoe")
+    ap.add_argument("--einmoe", default="build/release/tools/einmoe")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--groups", type=int, default=4)
     ap.add_argument("--group-size", type=int, default=1024)

@@ -68,7 +68,7 @@ def main():
     ap.add_argument("--update-readme", action="store_true")
     a = ap.parse_args()
     bench = os.path.join(a.build, "benchmarks", "einmoe_benchmarks")
-    cli = os.path.join(a.build, "examples", "einmoe")
+    cli = os.path.join(a.build, "tools", "einmoe")
     for p in (bench, cli):
         if not os.path.exists(p):
             sys.exit(f"report.py: {p} is missing; build with: cmake --preset release && cmake --build --preset release")

@@ -58,7 +58,7 @@ int main(int argc, char** argv) {
     std::printf("%s, layer %lld: %lld experts (top-%lld, %s scores%s%s), hidden %lld, expert hidden %lld%s\n",
                 c.model_type.c_str(), layer, static_cast<long long>(c.experts), static_cast<long long>(c.k),
                 to_string(c.score), c.normalize == TopKNormalize::topk ? ", normalized" : "",
-                c.groups > 1 ? ", group-limited" : "", static_cast<long long>(c.hidden_size),
+                c.expert_groups > 1 ? ", group-limited" : "", static_cast<long long>(c.hidden_size),
                 static_cast<long long>(c.expert_hidden),
                 c.shared_hidden > 0 ? (", shared expert " + std::to_string(c.shared_hidden)).c_str() : "");
     std::printf("laid out %.1f MB of %s weights (%s experts) in %.1f ms\n", double(block.weight_bytes()) / 1e6,

@@ -17,7 +17,7 @@ int main() {
               static_cast<long long>(cfg.experts), static_cast<long long>(cfg.vocab));
 
   // Beam search: the logits function runs one cached step for all [batch, beam] rows.
-  BeamLogitsFn<double> beam_fn = [&](index_t step, const Tensor<std::int64_t>& ids, std::vector<Tensor<double>>& kv) {
+  BeamLogitsFn<double> beam_fn = [&](index_t step, const TensorView<const std::int64_t>& ids, std::vector<Tensor<double>>& kv) {
     return model.step_logits(step, ids, kv);
   };
   Tensor<std::int64_t> init(Shape{{"batch", B}, {"beam", K}, {"length", L}});
@@ -40,7 +40,7 @@ int main() {
   model.reset_load();
 
   // Greedy decoding, argmax and sampled.
-  GreedyLogitsFn<double> greedy_fn = [&](index_t step, const Tensor<std::int64_t>& ids, std::vector<Tensor<double>>& kv) {
+  GreedyLogitsFn<double> greedy_fn = [&](index_t step, const TensorView<const std::int64_t>& ids, std::vector<Tensor<double>>& kv) {
     return model.step_logits(step, ids, kv);
   };
   Tensor<std::int64_t> g0(Shape{{"batch", B}, {"length", L}});
@@ -48,7 +48,7 @@ int main() {
     GreedyOptions o;
     o.temperature = temperature;
     o.seed = 7;
-    const auto g = greedy_decode<double>(greedy_fn, g0, o, nullptr, model.empty_cache(Shape{{"batch", B}}));
+    const auto g = greedy_decode<double>(greedy_fn, g0, o, std::nullopt, model.empty_cache(Shape{{"batch", B}}));
     std::printf("\ngreedy (temperature %.1f): %lld steps\n", temperature, static_cast<long long>(g.steps));
     for (index_t b = 0; b < B; ++b) {
       std::printf("  row %lld  ids", static_cast<long long>(b));

@@ -50,19 +50,23 @@ int main(int argc, char** argv) {
       if (std::strcmp(argv[i], "--exchange") == 0) ep.exchange = parse_exchange(argv[i + 1]);
     // The same weights on every rank (same seed); each lays out its experts.
     Rng rng(2024);
-    MoEWeights<float> w;
     auto scaled = [&](const Shape& s, double k) {
       Tensor<float> t = rng.normal<float>(s);
       for (auto& v : t) v = static_cast<float>(v * k);
       return t;
     };
-    w.wg = scaled(Shape{{"model", M}, {"experts", E}}, 1.0 / std::sqrt(double(M)));
-    w.experts.wi = scaled(Shape{{"experts", E}, {"model", M}, {"hidden", H}}, 1.0 / std::sqrt(double(M)));
-    w.experts.wo = scaled(Shape{{"experts", E}, {"hidden", H}, {"model", M}}, 1.0 / std::sqrt(double(H)));
+    const Tensor<float> wg = scaled(Shape{{"model", M}, {"experts", E}}, 1.0 / std::sqrt(double(M)));
+    const Tensor<float> wi = scaled(Shape{{"experts", E}, {"model", M}, {"hidden", H}}, 1.0 / std::sqrt(double(M)));
+    const Tensor<float> wo = scaled(Shape{{"experts", E}, {"hidden", H}, {"model", M}}, 1.0 / std::sqrt(double(H)));
+    MoEWeights<float> w;
+    w.wg = wg;
+    w.experts.wi = wi;
+    w.experts.wo = wo;
+    TopKOptions t;
+    t.k = K;
+    t.normalize = TopKNormalize::topk;
     MoEOptions o;
-    o.router = RouterKind::topk;
-    o.topk.k = K;
-    o.topk.normalize = TopKNormalize::topk;
+    o.router = t;
     const ExpertParallelMoE<float> layer(MPI_COMM_WORLD, w, o, ep);
     // This rank's groups: rows [rank * Gr, (rank + 1) * Gr) of one global batch.
     const Tensor<float> all = Rng(7).normal<float>(Shape{{"batch", Gr * ranks}, {"group", S}, {"model", M}});

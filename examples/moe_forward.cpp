@@ -30,6 +30,20 @@ long long flag(int argc, char** argv, const char* name, long long dflt) {
   return dflt;
 }
 
+double real_flag(int argc, char** argv, const char* name, double dflt) {
+  for (int i = 1; i + 1 < argc; ++i)
+    if (std::strcmp(argv[i], name) == 0) {
+      char* end = nullptr;
+      const double v = std::strtod(argv[i + 1], &end);
+      if (*end != '\0' || !(v > 0) || !(v < 1e6)) {
+        std::fprintf(stderr, "moe_forward: %s needs a positive number, got \"%s\"\n", name, argv[i + 1]);
+        std::exit(2);
+      }
+      return v;
+    }
+  return dflt;
+}
+
 template <class F>
 double time_ms(F&& f, int reps) {
   f();  // warm up
@@ -43,30 +57,35 @@ double time_ms(F&& f, int reps) {
 int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i)
     if (std::strcmp(argv[i], "--help") == 0) {
-      std::puts("usage: moe_forward [--rows 8] [--tokens-per-row 512] [--model 512] [--hidden 2048] [--experts 16]\n"
-                "                   [--capacity-factor-percent 125] [--threads N]");
+      std::puts("usage: moe_forward [--tokens-per-row 512] [--rows 8] [--model 512] [--hidden 2048] [--experts 16]\n"
+                "                   [--capacity-factor 1.25] [--threads N]");
       return 0;
     }
   const index_t B = flag(argc, argv, "--rows", 8), L = flag(argc, argv, "--tokens-per-row", 512);
   const index_t M = flag(argc, argv, "--model", 512), H = flag(argc, argv, "--hidden", 2048);
   const index_t E = flag(argc, argv, "--experts", 16);
-  const double cf = static_cast<double>(flag(argc, argv, "--capacity-factor-percent", 125)) / 100.0;
+  const double cf = real_flag(argc, argv, "--capacity-factor", 1.25);
   if (const long long t = flag(argc, argv, "--threads", 0)) set_num_threads(static_cast<int>(t));
 
   // Inputs [batch, length, model] are grouped per row: groups of L tokens.
   const index_t C = topk_capacity(L, E, 2, cf);
   Rng rng(2024);
-  MoEWeights<float> w;
-  w.wg = rng.normal<float>(Shape{{"model", M}, {"experts", E}});
-  w.experts.wi = rng.normal<float>(Shape{{"experts", E}, {"model", M}, {"hidden", H}});
-  w.experts.wo = rng.normal<float>(Shape{{"experts", E}, {"hidden", H}, {"model", M}});
-  for (auto& v : w.wg) v *= 1.0f / std::sqrt(static_cast<float>(M));
-  for (auto& v : w.experts.wi) v *= 1.0f / std::sqrt(static_cast<float>(M));
-  for (auto& v : w.experts.wo) v *= 1.0f / std::sqrt(static_cast<float>(H));
+  Tensor<float> wg = rng.normal<float>(Shape{{"model", M}, {"experts", E}});
+  Tensor<float> wi = rng.normal<float>(Shape{{"experts", E}, {"model", M}, {"hidden", H}});
+  Tensor<float> wo = rng.normal<float>(Shape{{"experts", E}, {"hidden", H}, {"model", M}});
+  for (auto& v : wg) v *= 1.0f / std::sqrt(static_cast<float>(M));
+  for (auto& v : wi) v *= 1.0f / std::sqrt(static_cast<float>(M));
+  for (auto& v : wo) v *= 1.0f / std::sqrt(static_cast<float>(H));
   const auto x = rng.normal<float>(Shape{{"batch", B}, {"group", L}, {"model", M}});
+  MoEWeights<float> w;  // views of the tensors above: the layer lays them out once
+  w.wg = wg;
+  w.experts.wi = wi;
+  w.experts.wo = wo;
 
+  Top2Options gating;
+  gating.capacity = CapacitySpec::fixed(C);
   MoEOptions opt;
-  opt.gating.capacity = Dim("expert_capacity", C);
+  opt.router = gating;
   MoELayer<float> layer(w, opt);
 
   std::printf("einmoe %s: MoE layer, %lld x %lld tokens, model %lld, hidden %lld, %lld experts, top-2, capacity %lld "

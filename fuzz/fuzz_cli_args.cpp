@@ -1,11 +1,11 @@
-// libFuzzer harness: the einmoe command's flag parser (examples/cli/args.hpp)
+// libFuzzer harness: the einmoe command's flag parser (tools/einmoe/args.hpp)
 // on arbitrary argument lists (NUL-separated). Parsing and reading typed
 // values either succeeds or fails with the command's one-line CliError;
 // nothing is read from or written to files here.
 #include <string>
 #include <vector>
 
-#include "cli/args.hpp"
+#include "einmoe/args.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const unsigned char* data, std::size_t size) {
   std::vector<std::string> argv;

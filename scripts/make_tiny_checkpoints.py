@@ -90,6 +90,8 @@ def build(case, model_type, dtype, shards, rng):
     elif model_type == "deepseek_v3":
         cfg.update(n_routed_experts=E, moe_intermediate_size=H, n_shared_experts=1, n_group=2, topk_group=1,
                    norm_topk_prob=True, routed_scaling_factor=2.5, first_k_dense_replace=1)
+    elif model_type == "olmoe":
+        cfg.update(num_experts=E, intermediate_size=H, norm_topk_prob=True)  # OlmoeConfig has no moe_intermediate_size
     else:
         cfg.update(num_experts=E, moe_intermediate_size=H, norm_topk_prob=(model_type != "qwen2_moe"))
         if model_type == "qwen2_moe":

@@ -47,7 +47,7 @@ inline index_t offset(const Shape& s, const Index& idx) {
 }
 
 template <class T>
-T get(const Tensor<T>& t, const Index& idx) {
+T get(const einmoe::TensorView<const T>& t, const Index& idx) {
   return t[offset(t.shape(), idx)];
 }
 
@@ -103,7 +103,7 @@ Tensor<T> random_ints(const Shape& s, index_t lo, index_t hi) {
 
 /// Naive einsum: loops over every combination of all dims.
 template <class T>
-Tensor<T> einsum(const std::vector<const Tensor<T>*>& xs, const Shape& out) {
+Tensor<T> einsum(const std::vector<const einmoe::TensorView<const T>*>& xs, const Shape& out) {
   std::vector<Dim> all;
   auto add = [&](const Shape& s) {
     for (const auto& d : s) {
@@ -126,7 +126,7 @@ Tensor<T> einsum(const std::vector<const Tensor<T>*>& xs, const Shape& out) {
 /// Reference mixture of experts, t2t style: SparseDispatcher dispatch, each
 /// expert relu(x . wi[e]) . wo[e] written with einsum on its rows, combine.
 /// gates [batch, experts]; x [batch, model]; wi [experts, model, hidden].
-inline Tensor<double> dispatcher_ffn(const Tensor<double>& gates, const Tensor<double>& x, const einmoe::ExpertWeights<double>& w) {
+inline Tensor<double> dispatcher_ffn(const einmoe::TensorView<const double>& gates, const einmoe::TensorView<const double>& x, const einmoe::ExpertWeights<double>& w) {
   einmoe::SparseDispatcher<double> d(gates);
   const auto parts = d.dispatch(x);
   const index_t E = w.wi.size_of("experts");
@@ -151,7 +151,7 @@ bool close(T a, T b, double rtol, double atol = 1e-12) {
 
 /// Same shape and all elements close.
 template <class T>
-bool all_close(const Tensor<T>& a, const Tensor<T>& b, double rtol, double atol = 1e-12) {
+bool all_close(const einmoe::TensorView<const T>& a, const einmoe::TensorView<const T>& b, double rtol, double atol = 1e-12) {
   if (a.shape() != b.shape()) return false;
   for (index_t i = 0; i < a.size(); ++i)
     if (!close(a[i], b[i], rtol, atol)) return false;

@@ -7,7 +7,7 @@ using namespace einmoe;
 namespace {
 /// Logits that depend only on (step, beam), as in tensor2tensor's tests.
 BeamLogitsFn<double> table_fn(const std::vector<std::vector<std::vector<double>>>& probs, index_t batch = 1) {
-  return [probs, batch](index_t i, const Tensor<std::int64_t>& ids, std::vector<Tensor<double>>&) {
+  return [probs, batch](index_t i, const TensorView<const std::int64_t>& ids, std::vector<Tensor<double>>&) {
     const auto& step = probs[detail::uz(std::min<index_t>(i, static_cast<index_t>(probs.size()) - 1))];
     const index_t K = ids.shape()[1].size, V = static_cast<index_t>(step[0].size());
     Tensor<double> l(Shape{{"batch", batch}, {"beam", K}, {"vocab", V}});
@@ -62,13 +62,13 @@ TEST_CASE("beam search reorders caller states with the surviving beams", "[beam]
   // step i + 1 every beam must carry the hash of its own (new) prefix up to
   // position i - 1: exactly what a KV cache needs.
   const index_t B = 2, K = 3, L = 6, V = 5;
-  auto prefix_hash = [&](const Tensor<std::int64_t>& ids, index_t row, index_t upto) {
+  auto prefix_hash = [&](const TensorView<const std::int64_t>& ids, index_t row, index_t upto) {
     double h = 0;
     for (index_t p = 0; p < upto; ++p) h = h * 7 + static_cast<double>(ids[row * L + p] + 1);
     return h;
   };
   index_t checked = 0;
-  BeamLogitsFn<double> fn = [&](index_t i, const Tensor<std::int64_t>& ids, std::vector<Tensor<double>>& st) {
+  BeamLogitsFn<double> fn = [&](index_t i, const TensorView<const std::int64_t>& ids, std::vector<Tensor<double>>& st) {
     for (index_t row = 0; row < B * K; ++row) {
       if (i > 0) {
         REQUIRE(st[0][row] == prefix_hash(ids, row, i - 1));
@@ -131,7 +131,7 @@ TEST_CASE("beam search errors", "[beam][errors]") {
   CHECK_THROWS_NAMING(beam_search<double>(fn, init, 1e99), value_error, "length penalty");
   CHECK_THROWS_NAMING(beam_search<double>(fn, init, -1e99), value_error, "length penalty");
   // ((5 + 3) / 6)^1000 = e^288 fits a double but not a float.
-  const BeamLogitsFn<float> fn32 = [](index_t, const Tensor<std::int64_t>& ids, std::vector<Tensor<float>>&) {
+  const BeamLogitsFn<float> fn32 = [](index_t, const TensorView<const std::int64_t>& ids, std::vector<Tensor<float>>&) {
     return Tensor<float>(Shape{ids.shape()[0], ids.shape()[1], Dim{"vocab", 2}}, std::log(0.5f));
   };
   CHECK_THROWS_NAMING(beam_search<float>(fn32, init, 1000.f), value_error, "length penalty");
@@ -142,7 +142,7 @@ TEST_CASE("beam search errors", "[beam][errors]") {
 TEST_CASE("greedy decoding: argmax, forced ids, EOS stop, sampling", "[greedy]") {
   // a bigram table over vocab 4: next = argmax row[prev]
   const double T[4][4] = {{0, 0, 5, 1}, {0, 9, 0, 0}, {0, 1, 0, 3}, {0, 4, 0, 0}};
-  GreedyLogitsFn<double> fn = [&](index_t step, const Tensor<std::int64_t>& ids, std::vector<Tensor<double>>&) {
+  GreedyLogitsFn<double> fn = [&](index_t step, const TensorView<const std::int64_t>& ids, std::vector<Tensor<double>>&) {
     const index_t R = ids.shape()[0].size, L = ids.shape()[1].size;
     Tensor<double> l(Shape{{"batch", R}, {"vocab", 4}});
     for (index_t r = 0; r < R; ++r) {
@@ -158,7 +158,7 @@ TEST_CASE("greedy decoding: argmax, forced ids, EOS stop, sampling", "[greedy]")
   CHECK(r.steps == 3);
   // forced ids override nonzero positions; row 1 forced to 3 at step 0 -> 1 -> stays EOS
   Tensor<std::int64_t> forced(Shape::parse("batch:2,length:6"), {0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0});
-  r = greedy_decode<double>(fn, init, GreedyOptions{}, &forced);
+  r = greedy_decode<double>(fn, init, GreedyOptions{}, forced);
   CHECK(r.ids.to_vector() == std::vector<std::int64_t>{2, 3, 1, 0, 0, 0, 3, 1, 1, 0, 0, 0});
   // no EOS reachable: runs to the length
   GreedyOptions o;
@@ -173,7 +173,7 @@ TEST_CASE("greedy decoding: argmax, forced ids, EOS stop, sampling", "[greedy]")
   o.temperature = -1;
   CHECK_THROWS_AS(greedy_decode<double>(fn, init, o), value_error);
   Tensor<std::int64_t> short_forced(Shape::parse("batch:2,length:5"));
-  CHECK_THROWS_NAMING(greedy_decode<double>(fn, init, GreedyOptions{}, &short_forced), shape_error, "forced");
+  CHECK_THROWS_NAMING(greedy_decode<double>(fn, init, GreedyOptions{}, short_forced), shape_error, "forced");
 }
 
 TEST_CASE("beam search matches the numpy transcription of Mesh TF on bigram models", "[beam][fixtures]") {
@@ -184,7 +184,7 @@ TEST_CASE("beam search matches the numpy transcription of Mesh TF on bigram mode
     const auto T = c.load<double>("transitions", {"prev", "vocab"});
     const auto start = c.load<std::int64_t>("start", {"batch"});
     const index_t B = c.integer("batch"), K = c.integer("beam"), L = c.integer("length"), V = T.size_of("vocab");
-    BeamLogitsFn<double> fn = [&](index_t i, const Tensor<std::int64_t>& ids, std::vector<Tensor<double>>&) {
+    BeamLogitsFn<double> fn = [&](index_t i, const TensorView<const std::int64_t>& ids, std::vector<Tensor<double>>&) {
       Tensor<double> l(Shape{{"batch", B}, {"beam", K}, {"vocab", V}});
       for (index_t b = 0; b < B; ++b)
         for (index_t k = 0; k < K; ++k) {

@@ -73,18 +73,17 @@ TEST_CASE("HF checkpoints: tiny Mixtral, Qwen2/3-MoE, OLMoE, DeepSeek-V3 (F32, B
     for (index_t i = 0; i < want.size(); ++i)
       err = std::max(err, std::fabs(double(y.outputs[i]) - want[i])), ymax = std::max(ymax, std::fabs(want[i]));
     CHECK(err <= 1e-5 * std::max(1.0, ymax));
-    Tensor<float> gx = x.view();
-    gx.set_shape(Shape{{"group", x.size_of("tokens")}, {"model", M}});
+    const auto gx = reshape(x, Shape{{"group", x.size_of("tokens")}, {"model", M}});
     const auto logits = l.router_logits(gx);
     for (index_t i = 0; i < want_logits.size(); ++i) CHECK(std::fabs(double(logits[i]) - want_logits[i]) <= 1e-5);
     // Reads in place: weights stored as T come back as views of the mapping.
     const std::string g = ck.config().prefix(layer) + "gate.weight";
     if (c.at("dtype") == "BF16") {
       CHECK(ck.bf16_experts(layer));
-      CHECK(ck.tensor<bfloat16>(g, {"experts", "model"}).borrowed());
-      CHECK_FALSE(ck.tensor<float>(g, {"experts", "model"}).borrowed());  // converted
+      CHECK(ck.in_mapping(g, ck.tensor<bfloat16>(g, {"experts", "model"}).data()));
+      CHECK_FALSE(ck.in_mapping(g, ck.tensor<float>(g, {"experts", "model"}).data()));  // converted
     } else {
-      CHECK(ck.tensor<float>(g, {"experts", "model"}).borrowed());
+      CHECK(ck.in_mapping(g, ck.tensor<float>(g, {"experts", "model"}).data()));
       CHECK_THROWS_NAMING(ck.tensor<bfloat16>(g, {"experts", "model"}), value_error, "F32");
     }
     // Expert precisions run from the same checkpoint, close to fp32.
@@ -165,23 +164,23 @@ TEST_CASE("safetensors: malformed files are rejected naming the file and the pro
     CHECK(f.names() == std::vector<std::string>{"a", "b", "c", "d", "e"});
     const auto a = f.tensor<float>("a", {"x"});
     CHECK(a.to_vector() == std::vector<float>{1.5f, -2.f});
-    CHECK(a.borrowed() == aligned);
-    CHECK(a.writable() == !aligned);  // a view of the read-only mapping, or a copy
+    CHECK(f.in_mapping(a.data()) == aligned);  // a view of the read-only mapping, or of a copy
+    static_assert(!decltype(a)::writable());
     CHECK(f.tensor<double>("a", {"x"}).to_vector() == std::vector<double>{1.5, -2.0});
     CHECK(f.tensor<float>("b", {"x"}).to_vector() == std::vector<float>{1.f, -2.5f});
     CHECK(f.tensor<float>("c", {"r", "x"}).to_vector() == std::vector<float>{1.5f, 2.f});
     const auto c16 = f.tensor<bfloat16>("c", {"r", "x"});
     CHECK(c16.data()[1].bits == 0x4000);
     CHECK_THROWS_NAMING(f.tensor<float>("d", {"x"}), value_error, "I64");
-    CHECK_THROWS_NAMING(f.tensor<float>("zz", {"x"}), value_error, "\"zz\"");
+    CHECK_THROWS_NAMING(f.tensor<float>("zz", {"x"}), not_found_error, "\"zz\"");
     CHECK_THROWS_NAMING(f.tensor<float>("a", {"x", "y"}), shape_error, "rank 1");
     CHECK_THROWS_NAMING(f.tensor<bfloat16>("b", {"x"}), value_error, "F16");
   }
   // A view keeps the mapping alive after the file object is gone.
-  Tensor<float> kept;
+  TensorView<const float> kept;
   {
     write_st(p, header + std::string((8 - header.size() % 8) % 8, ' '), data);
-    kept = SafetensorsFile(p).tensor<float>("a", {"x"}).view();
+    kept = SafetensorsFile(p).tensor<float>("a", {"x"});
   }
   fs::remove(p);
   CHECK(kept.to_vector() == std::vector<float>{1.5f, -2.f});
@@ -209,7 +208,7 @@ TEST_CASE("HF checkpoints: bad configs, indexes and shapes are named", "[checkpo
   {
     const auto d = fresh("missing");
     edit_config(d, [](nlohmann::json& j) { j.erase("num_experts"); });
-    CHECK_THROWS_NAMING(HfCheckpoint(d.string()), value_error, "\"num_experts\" is missing");
+    CHECK_THROWS_NAMING(HfCheckpoint(d.string()), not_found_error, "\"num_experts\" is missing");
   }
   {
     const auto d = fresh("type2");
@@ -254,10 +253,10 @@ TEST_CASE("HF checkpoints: bad configs, indexes and shapes are named", "[checkpo
     j["weight_map"][name] = other;
     std::ofstream(d / "model.safetensors.index.json") << j.dump();
     const HfCheckpoint ck(d.string());
-    CHECK_THROWS_NAMING(load_moe_layer(ck, 0), value_error, "the index puts it there");
+    CHECK_THROWS_NAMING(load_moe_layer(ck, 0), not_found_error, "the index puts it there");
     j["weight_map"].erase(name);
     std::ofstream(d / "model.safetensors.index.json") << j.dump();
-    CHECK_THROWS_NAMING(load_moe_layer(HfCheckpoint(d.string()), 0), value_error, name);
+    CHECK_THROWS_NAMING(load_moe_layer(HfCheckpoint(d.string()), 0), not_found_error, name);
   }
   {
     const auto d = fresh("noshard");
@@ -270,4 +269,44 @@ TEST_CASE("HF checkpoints: bad configs, indexes and shapes are named", "[checkpo
     fs::remove(d / "model.safetensors.index.json");
     CHECK_THROWS_NAMING(HfCheckpoint(d.string()), io_error, "model.safetensors");
   }
+}
+
+TEST_CASE("HF configs: each model_type's keys and defaults are the transformers configuration class's", "[checkpoints]") {
+  auto parse = [](const char* text) { return parse_hf_moe_config(nlohmann::json::parse(text), "config.json"); };
+  // OlmoeConfig sizes its experts by intermediate_size; it has no
+  // moe_intermediate_size (a real OLMoE config.json, trimmed).
+  const auto olmoe = parse(R"({"model_type": "olmoe", "hidden_size": 2048, "intermediate_size": 1024,
+      "num_hidden_layers": 16, "num_experts": 64, "num_experts_per_tok": 8, "norm_topk_prob": false})");
+  CHECK(olmoe.expert_hidden == 1024);
+  CHECK(olmoe.experts == 64);
+  CHECK(olmoe.normalize == TopKNormalize::none);
+  CHECK(olmoe.shared_hidden == 0);
+  // Qwen2MoeConfig / Qwen3MoeConfig: moe_intermediate_size (intermediate_size is the dense MLP's);
+  // norm_topk_prob, decoder_sparse_step and mlp_only_layers default to false, 1, [].
+  const auto qwen3 = parse(R"({"model_type": "qwen3_moe", "hidden_size": 2048, "intermediate_size": 6144,
+      "moe_intermediate_size": 768, "num_hidden_layers": 48, "num_experts": 128, "num_experts_per_tok": 8})");
+  CHECK(qwen3.expert_hidden == 768);
+  CHECK(qwen3.normalize == TopKNormalize::none);
+  CHECK(qwen3.decoder_sparse_step == 1);
+  CHECK(qwen3.is_moe_layer(0));
+  // MixtralConfig: num_local_experts, experts sized by intermediate_size, always normalized.
+  const auto mixtral = parse(R"({"model_type": "mixtral", "hidden_size": 4096, "intermediate_size": 14336,
+      "num_hidden_layers": 32, "num_local_experts": 8, "num_experts_per_tok": 2})");
+  CHECK(mixtral.expert_hidden == 14336);
+  CHECK(mixtral.normalize == TopKNormalize::topk);
+  // DeepseekV3Config's defaults: n_shared_experts 1, n_group 8, topk_group 4,
+  // routed_scaling_factor 2.5, first_k_dense_replace 3, norm_topk_prob true.
+  const auto ds = parse(R"({"model_type": "deepseek_v3", "hidden_size": 7168, "moe_intermediate_size": 2048,
+      "num_hidden_layers": 61, "n_routed_experts": 256, "num_experts_per_tok": 8})");
+  CHECK(ds.expert_groups == 8);
+  CHECK(ds.topk_expert_groups == 4);
+  CHECK(ds.scale == 2.5);
+  CHECK(ds.first_k_dense_replace == 3);
+  CHECK_FALSE(ds.is_moe_layer(2));
+  CHECK(ds.is_moe_layer(3));
+  CHECK(ds.shared_hidden == 2048);
+  CHECK(ds.normalize == TopKNormalize::topk);
+  // a size the config does not give is an error naming the key (never a default)
+  CHECK_THROWS_NAMING(parse(R"({"model_type": "olmoe", "hidden_size": 8, "num_hidden_layers": 1, "num_experts": 4,
+      "num_experts_per_tok": 2, "moe_intermediate_size": 6})"), not_found_error, "\"intermediate_size\" is missing");
 }

@@ -359,7 +359,7 @@ TEST_CASE("einmoe mask writes Mesh TF's biases", "[cli][masks]") {
   REQUIRE(run("mask segment --query " + seg + " --out " + f).status == 0);
   CHECK(load_npy<float>(f, {"b", "l", "m"}).to_vector() == to_bias<float>(same_segment_mask(q)).to_vector());
   REQUIRE(run("mask segment --query " + seg + " --memory " + mem + " --out " + f).status == 0);
-  CHECK(load_npy<float>(f, {"b", "l", "m"}).to_vector() == to_bias<float>(same_segment_mask(q, &m)).to_vector());
+  CHECK(load_npy<float>(f, {"b", "l", "m"}).to_vector() == to_bias<float>(same_segment_mask(q, m)).to_vector());
   // bad input: exit 2, one line, no file
   const std::string none = scratch("never.npy");
   expect_rejected("mask causal --length 0 --out " + none, "--length", none);

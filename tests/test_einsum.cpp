@@ -64,7 +64,7 @@ TEMPLATE_TEST_CASE("einsum equals a naive loop on random operands and outputs", 
     all.resize(std::uniform_int_distribution<std::size_t>(0, all.size())(naive::rng()));
     const Shape out(all);
     std::vector<TensorRef<TestType>> refs(xs.begin(), xs.end());
-    std::vector<const Tensor<TestType>*> ptrs;
+    std::vector<const TensorView<const TestType>*> ptrs;
     for (const auto& x : xs) ptrs.push_back(&x);
     const auto got = einsum(refs, out);
     const auto want = naive::einsum(ptrs, out);

@@ -10,11 +10,11 @@ namespace {
 template <class T>
 ExpertWeights<T> random_experts(index_t E, index_t M, index_t H, bool biases) {
   ExpertWeights<T> w;
-  w.wi = naive::random_tensor<T>(Shape{{"experts", E}, {"model", M}, {"hidden", H}}, -1, 1);
-  w.wo = naive::random_tensor<T>(Shape{{"experts", E}, {"hidden", H}, {"model", M}}, -1, 1);
+  w.wi = shared_view(naive::random_tensor<T>(Shape{{"experts", E}, {"model", M}, {"hidden", H}}, -1, 1));
+  w.wo = shared_view(naive::random_tensor<T>(Shape{{"experts", E}, {"hidden", H}, {"model", M}}, -1, 1));
   if (biases) {
-    w.bi = naive::random_tensor<T>(Shape{{"experts", E}, {"hidden", H}}, -1, 1);
-    w.bo = naive::random_tensor<T>(Shape{{"experts", E}, {"model", M}}, -1, 1);
+    w.bi = shared_view(naive::random_tensor<T>(Shape{{"experts", E}, {"hidden", H}}, -1, 1));
+    w.bo = shared_view(naive::random_tensor<T>(Shape{{"experts", E}, {"model", M}}, -1, 1));
   }
   return w;
 }
@@ -24,10 +24,10 @@ TEST_CASE("experts: hand-worked single expert, relu, biases", "[experts]") {
   // 1 group, 2 tokens, 1 expert with capacity 2; identity-ish weights.
   Tensor<double> x(Shape::parse("batch:1,group:2,model:2"), {1, -2, 3, 4});
   ExpertWeights<double> w;
-  w.wi = Tensor<double>(Shape::parse("experts:1,model:2,hidden:2"), {1, 0, 0, 1});
-  w.wo = Tensor<double>(Shape::parse("experts:1,hidden:2,model:2"), {2, 0, 0, 2});
-  w.bi = Tensor<double>(Shape::parse("experts:1,hidden:2"), {0, 1});
-  w.bo = Tensor<double>(Shape::parse("experts:1,model:2"), {10, 20});
+  w.wi = shared_view(Tensor<double>(Shape::parse("experts:1,model:2,hidden:2"), {1, 0, 0, 1}));
+  w.wo = shared_view(Tensor<double>(Shape::parse("experts:1,hidden:2,model:2"), {2, 0, 0, 2}));
+  w.bi = shared_view(Tensor<double>(Shape::parse("experts:1,hidden:2"), {0, 1}));
+  w.bo = shared_view(Tensor<double>(Shape::parse("experts:1,model:2"), {10, 20}));
   // combine: token 0 -> slot 0 with 0.5, token 1 -> slot 1 with 1.0
   Tensor<double> combine(Shape::parse("batch:1,group:2,experts:1,expert_capacity:2"), {0.5, 0, 0, 1.0});
   const Tensor<double> dispatch = cast<double>(not_equal(combine, 0.0));
@@ -40,7 +40,7 @@ TEST_CASE("experts: hand-worked single expert, relu, biases", "[experts]") {
   plan.reset(Shape::parse("batch:1"), Dim("group", 2), Dim("experts", 1), Dim("expert_capacity", 2), 2);
   plan.expert[0] = 0, plan.slot[0] = 0, plan.weight[0] = 0.5;
   plan.expert[2] = 0, plan.slot[2] = 1, plan.weight[2] = 1.0;
-  plan.fill[0] = 2, plan.slot_entry[0] = 0, plan.slot_entry[1] = 2;
+  plan.taken[0] = 2, plan.slot_entry[0] = 0, plan.slot_entry[1] = 2;
   CHECK(experts_sparse(x, plan, w, cfg).to_vector() == std::vector<double>{6, 10, 16, 30});
 }
 
@@ -56,7 +56,7 @@ TEMPLATE_TEST_CASE("experts: sparse equals dense for every activation, biases an
     const auto x = naive::random_tensor<TestType>(Shape{{"batch", B}, {"group", S}, {"model", M}});
     const auto logits = naive::random_tensor<TestType>(Shape{{"batch", B}, {"group", S}, {"experts", E}});
     Top2Options o;
-    o.capacity = Dim("expert_capacity", std::uniform_int_distribution<index_t>(1, S + 1)(g));
+    o.capacity = CapacitySpec::fixed(std::uniform_int_distribution<index_t>(1, S + 1)(g));
     const auto r = top2_gating(logits, o);
     const auto d = top2_gating_dense(logits, o);
     ExpertOptions cfg;
@@ -78,7 +78,7 @@ TEST_CASE("experts: dropout zeroes about the given fraction and is seeded", "[ex
   const auto x = naive::random_tensor<double>(Shape{{"batch", 1}, {"group", 8}, {"model", 4}});
   const auto l = naive::random_tensor<double>(Shape{{"batch", 1}, {"group", 8}, {"experts", 2}});
   Top2Options o;
-  o.capacity = Dim("expert_capacity", 8);
+  o.capacity = CapacitySpec::fixed(8);
   const auto r = top2_gating(l, o);
   ExpertOptions cfg;
   const auto base = experts_sparse(x, r.plan, w, cfg);
@@ -98,14 +98,14 @@ TEST_CASE("experts: bad weights name the dim", "[experts][errors]") {
   const auto x = naive::random_tensor<double>(Shape{{"batch", 1}, {"group", 2}, {"model", 3}});
   const auto l = naive::random_tensor<double>(Shape{{"batch", 1}, {"group", 2}, {"experts", 2}});
   Top2Options o;
-  o.capacity = Dim("expert_capacity", 2);
+  o.capacity = CapacitySpec::fixed(2);
   const auto r = top2_gating(l, o);
   ExpertOptions cfg;
   auto bad = w;
-  bad.wo = naive::random_tensor<double>(Shape{{"experts", 2}, {"hidden", 5}, {"model", 3}});
+  bad.wo = shared_view(naive::random_tensor<double>(Shape{{"experts", 2}, {"hidden", 5}, {"model", 3}}));
   CHECK_THROWS_NAMING(experts_sparse(x, r.plan, bad, cfg), shape_error, "\"hidden\"");
   bad = w;
-  bad.bi = naive::random_tensor<double>(Shape{{"experts", 2}, {"model", 3}});
+  bad.bi = shared_view(naive::random_tensor<double>(Shape{{"experts", 2}, {"model", 3}}));
   CHECK_THROWS_NAMING(experts_sparse(x, r.plan, bad, cfg), shape_error, "bi");
   const auto w3 = random_experts<double>(3, 3, 4, false);
   CHECK_THROWS_NAMING(experts_sparse(x, r.plan, w3, cfg), shape_error, "\"experts\"");
@@ -124,7 +124,7 @@ TEST_CASE("experts: work items are (expert, fixed row block), the same on any th
   Tensor<float> logits(Shape{{"batch", 1}, {"group", S}, {"experts", E}}, 0.f);
   for (index_t s = 0; s < S; ++s) logits[s * E + (s < 600 ? 0 : 1 + s % 2)] = 5.f;  // expert 0 gets 600 first choices
   Top2Options o;
-  o.capacity = Dim("expert_capacity", S);
+  o.capacity = CapacitySpec::fixed(S);
   const auto plan = top2_gating(logits, o).plan;
   const auto x = naive::random_tensor<float>(Shape{{"batch", 1}, {"group", S}, {"model", M}});
   for (Backend b : {Backend::eigen, Backend::automatic}) {
@@ -135,7 +135,7 @@ TEST_CASE("experts: work items are (expert, fixed row block), the same on any th
     std::vector<std::vector<index_t>> seen;
     for (int threads : {1, 2, 3}) {
       set_num_threads(threads);
-      ExpertWorkspace<float> ws;
+      detail::ExpertBuffers<float> ws;
       detail::expert_rows(plan, H, ws);
       std::atomic<int> inner{0};
       detail::run_expert_rows(pe.kernel(), pe.options(), ws, [&](index_t t) {

@@ -7,7 +7,7 @@ using namespace einmoe;
 TEST_CASE("top_k reproduces the published example", "[index]") {
   // [a=6, b=2]: [[1,10],[2,9],[3,8],[4,7],[5,6],[6,5]], k=2 over a
   Tensor<float> x(Shape::parse("a:6,b:2"), {1, 10, 2, 9, 3, 8, 4, 7, 5, 6, 6, 5});
-  const auto t = top_k(x, "a", Dim("k", 2));
+  const auto t = topk(x, "a", Dim("k", 2));
   CHECK(t.values.shape() == Shape::parse("b:2,k:2"));
   CHECK(t.values.to_vector() == std::vector<float>{6, 5, 10, 9});
   CHECK(t.indices.to_vector() == std::vector<std::int64_t>{5, 4, 0, 1});
@@ -15,23 +15,23 @@ TEST_CASE("top_k reproduces the published example", "[index]") {
 
 TEST_CASE("top_1 and top_k break ties toward the lower index, NaN ranks first", "[index]") {
   Tensor<float> x(Shape::parse("g:2,e:4"), {1, 3, 3, 0, 2, 2, 2, 2});
-  const auto [v, i] = top_1(x, "e");
+  const auto [v, i] = top1(x, "e");
   CHECK(v.to_vector() == std::vector<float>{3, 2});
   CHECK(i.to_vector() == std::vector<std::int64_t>{1, 0});
-  const auto t = top_k(x, "e", Dim("k", 3));
+  const auto t = topk(x, "e", Dim("k", 3));
   CHECK(t.indices.to_vector() == std::vector<std::int64_t>{1, 2, 0, 0, 1, 2});
   const float nan = std::numeric_limits<float>::quiet_NaN();
   Tensor<float> n(Shape::parse("e:3"), {1, nan, nan});
-  CHECK(top_1(n, "e").indices.item() == 1);
-  CHECK(top_k(x, "e", Dim("k", 0)).values.size() == 0);
+  CHECK(top1(n, "e").indices.item() == 1);
+  CHECK(topk(x, "e", Dim("k", 0)).values.size() == 0);
 }
 
 TEST_CASE("top_k and top_1 errors", "[index]") {
   Tensor<float> x(Shape::parse("g:2,e:4"));
-  CHECK_THROWS_NAMING(top_k(x, "e", Dim("k", 5)), shape_error, "\"k\"");
-  CHECK_THROWS_NAMING(top_k(x, "experts", Dim("k", 1)), shape_error, "\"experts\"");
-  CHECK_THROWS_NAMING(top_k(x, "e", Dim("g", 1)), shape_error, "\"g\"");
-  CHECK_THROWS_NAMING(top_1(Tensor<float>(Shape::parse("g:2,e:0")), "e"), shape_error, "\"e\"");
+  CHECK_THROWS_NAMING(topk(x, "e", Dim("k", 5)), shape_error, "\"k\"");
+  CHECK_THROWS_NAMING(topk(x, "experts", Dim("k", 1)), shape_error, "\"experts\"");
+  CHECK_THROWS_NAMING(topk(x, "e", Dim("g", 1)), shape_error, "\"g\"");
+  CHECK_THROWS_NAMING(top1(Tensor<float>(Shape::parse("g:2,e:0")), "e"), shape_error, "\"e\"");
 }
 
 TEST_CASE("one_hot gives all-zero rows for out-of-range indices", "[index]") {
@@ -69,7 +69,7 @@ TEMPLATE_TEST_CASE("top_k equals a naive sort", "[index][property]", float, doub
     // small integers so that ties occur
     const auto x = naive::random_ints<TestType>(s, 0, 3);
     const index_t k = std::uniform_int_distribution<index_t>(0, s.size_of(dim))(naive::rng());
-    const auto t = top_k(x, dim, Dim("k", k));
+    const auto t = topk(x, dim, Dim("k", k));
     const Shape rest = s.without({dim});
     naive::for_each(rest, [&](const naive::Index& idx) {
       std::vector<std::pair<TestType, index_t>> col;

@@ -123,13 +123,13 @@ RefWeights random_ref(index_t E, index_t M, index_t H, bool gated, bool biases) 
 ExpertWeights<float> to_weights(const RefWeights& r) {
   const Dim E{"experts", r.E}, M{"model", r.M}, H{"hidden", r.H};
   ExpertWeights<float> w;
-  w.wi = Tensor<float>(Shape{E, M, H}, r.wi);
-  w.wo = Tensor<float>(Shape{E, H, M}, r.wo);
-  if (r.gated) w.wi_gate = Tensor<float>(Shape{E, M, H}, r.wg);
+  w.wi = shared_view(Tensor<float>(Shape{E, M, H}, r.wi));
+  w.wo = shared_view(Tensor<float>(Shape{E, H, M}, r.wo));
+  if (r.gated) w.wi_gate = shared_view(Tensor<float>(Shape{E, M, H}, r.wg));
   if (r.biases) {
-    w.bi = Tensor<float>(Shape{E, H}, r.bi);
-    w.bo = Tensor<float>(Shape{E, M}, r.bo);
-    if (r.gated) w.bi_gate = Tensor<float>(Shape{E, H}, r.bg);
+    w.bi = shared_view(Tensor<float>(Shape{E, H}, r.bi));
+    w.bo = shared_view(Tensor<float>(Shape{E, M}, r.bo));
+    if (r.gated) w.bi_gate = shared_view(Tensor<float>(Shape{E, H}, r.bg));
   }
   return w;
 }
@@ -277,12 +277,12 @@ TEST_CASE("ffn_rows matches a naive reference on every backend, precision and ac
         o.backend = b;
         const PackedExperts<float> pe(w, o);
         CHECK(pe.gated() == gated);
-        FfnScratch<float> s;
+        detail::FfnScratch<float> s;
         for (index_t m : {index_t{1}, index_t{2}, index_t{3}, index_t{4}, index_t{7}, std::min<index_t>(pe.kernel().row_block(), 64)}) {
           const auto x = random_floats(m * M, -1.5, 1.5);
           const index_t e = m % E;
           std::vector<float> y(detail::uz(m * M), -7.f);
-          ffn_rows(pe.kernel(), e, x.data(), m, y.data(), s);
+          detail::ffn_rows(pe.kernel(), e, x.data(), m, y.data(), s);
           const auto ref = ref_ffn(rw, e, x, m, act, p);
           double ymax = 1e-6, err = 0;
           for (std::size_t i = 0; i < y.size(); ++i) ymax = std::max(ymax, std::fabs(ref[i])), err = std::max(err, std::fabs(y[i] - ref[i]));
@@ -311,10 +311,10 @@ TEST_CASE("decode kernels: many panels, every row count, rows independent of eac
       o.precision = p;
       o.activation = Activation::silu;
       const PackedExperts<float> pe(w, o);
-      FfnScratch<float> s;
+      detail::FfnScratch<float> s;
       const auto x = random_floats(4 * rw.M, -1, 1);
       std::vector<float> alone(detail::uz(4 * rw.M));
-      for (index_t r = 0; r < 4; ++r) ffn_rows(pe.kernel(), 1, x.data() + r * rw.M, 1, alone.data() + r * rw.M, s);
+      for (index_t r = 0; r < 4; ++r) detail::ffn_rows(pe.kernel(), 1, x.data() + r * rw.M, 1, alone.data() + r * rw.M, s);
       const auto ref = ref_ffn(rw, 1, x, 4, Activation::silu, p);
       double ymax = 0, err = 0;
       for (std::size_t i = 0; i < alone.size(); ++i)
@@ -325,7 +325,7 @@ TEST_CASE("decode kernels: many panels, every row count, rows independent of eac
       if (b != Backend::dnnl || !detail::decode_path(pe.kernel(), 4)) continue;
       for (index_t m = 2; m <= 4; ++m) {
         std::vector<float> y(detail::uz(m * rw.M));
-        ffn_rows(pe.kernel(), 1, x.data(), m, y.data(), s);
+        detail::ffn_rows(pe.kernel(), 1, x.data(), m, y.data(), s);
         INFO("rows " << m);
         CHECK(std::memcmp(y.data(), alone.data(), y.size() * sizeof(float)) == 0);
       }
@@ -349,12 +349,12 @@ TEST_CASE("decode kernels: projections cut by panels over threads give ffn_decod
       const std::vector<std::pair<index_t, index_t>> shape{{0, 1}, {2, 3}, {1, 4}, {0, 2}};
       const auto x = random_floats(10 * rw.M, -1, 1);
       std::vector<float> want(x.size());
-      FfnScratch<float> s;
+      detail::FfnScratch<float> s;
       std::vector<index_t> first_row;
       index_t row = 0;
       for (const auto& [e, m] : shape) {
         first_row.push_back(row);
-        ffn_rows(pe.kernel(), e, x.data() + row * rw.M, m, want.data() + row * rw.M, s);
+        detail::ffn_rows(pe.kernel(), e, x.data() + row * rw.M, m, want.data() + row * rw.M, s);
         row += m;
       }
       for (int threads : {1, 2, 3})
@@ -364,8 +364,8 @@ TEST_CASE("decode kernels: projections cut by panels over threads give ffn_decod
           std::vector<detail::DecodeCall> calls;
           for (std::size_t i = 0; i < shape.size(); ++i)
             calls.push_back({shape[i].first, shape[i].second, y.data() + first_row[i] * rw.M});
-          std::vector<FfnScratch<float>> scratch;
-          detail::ffn_decode_split(pe.kernel(), calls, parts, scratch, [&](index_t i, FfnScratch<float>&) {
+          std::vector<detail::FfnScratch<float>> scratch;
+          detail::ffn_decode_split(pe.kernel(), calls, parts, scratch, [&](index_t i, detail::FfnScratch<float>&) {
             return x.data() + first_row[detail::uz(i)] * rw.M;
           });
           INFO(to_string(p) << (gated ? " gated" : " plain") << ", " << threads << " threads, " << parts << " parts");
@@ -388,12 +388,12 @@ TEST_CASE("int8 experts: oneDNN and Eigen give bitwise the same outputs", "[kern
     const PackedExperts<float> a(w, o);
     o.backend = Backend::eigen;
     const PackedExperts<float> b(w, o);
-    FfnScratch<float> s;
+    detail::FfnScratch<float> s;
     const index_t m = 1 + 9 * trial;
     const auto x = random_floats(m * rw.M, -2, 2);
     std::vector<float> ya(detail::uz(m * rw.M)), yb(ya.size());
-    ffn_rows(a.kernel(), 1, x.data(), m, ya.data(), s);
-    ffn_rows(b.kernel(), 1, x.data(), m, yb.data(), s);
+    detail::ffn_rows(a.kernel(), 1, x.data(), m, ya.data(), s);
+    detail::ffn_rows(b.kernel(), 1, x.data(), m, yb.data(), s);
     CHECK(std::memcmp(ya.data(), yb.data(), ya.size() * sizeof(float)) == 0);
   }
 }
@@ -406,28 +406,30 @@ TEST_CASE("ffn_rows: every row count of a block works, repeated calls are bitwis
     o.backend = b;
     o.activation = Activation::silu;
     const PackedExperts<float> pe(w, o);
-    FfnScratch<float> s;
+    detail::FfnScratch<float> s;
     const index_t block = std::min<index_t>(pe.kernel().row_block(), 70);
     const auto x = random_floats(block * 33, -1, 1);
     for (index_t m = 1; m <= block; m += (m < 8 ? 1 : 7)) {
       std::vector<float> y1(detail::uz(m * 33)), y2(y1.size());
-      ffn_rows(pe.kernel(), 0, x.data(), m, y1.data(), s);
-      ffn_rows(pe.kernel(), 0, x.data(), m, y2.data(), s);
+      detail::ffn_rows(pe.kernel(), 0, x.data(), m, y1.data(), s);
+      detail::ffn_rows(pe.kernel(), 0, x.data(), m, y2.data(), s);
       REQUIRE(std::memcmp(y1.data(), y2.data(), y1.size() * sizeof(float)) == 0);
       const auto ref = ref_ffn(rw, 0, x, m, Activation::silu, Precision::fp32);
       for (std::size_t i = 0; i < y1.size(); ++i) REQUIRE(naive::close(static_cast<double>(y1[i]), ref[i], 1e-4, 1e-5));
     }
     std::vector<float> y(detail::uz((pe.kernel().row_block() + 1) * 33));
     std::vector<float> xx(y.size());
-    CHECK_THROWS_NAMING(ffn_rows(pe.kernel(), 0, xx.data(), pe.kernel().row_block() + 1, y.data(), s), value_error, "rows");
-    CHECK_THROWS_NAMING(ffn_rows(pe.kernel(), 2, xx.data(), 1, y.data(), s), value_error, "expert 2");
+    CHECK_THROWS_NAMING(detail::ffn_rows(pe.kernel(), 0, xx.data(), pe.kernel().row_block() + 1, y.data(), s), value_error, "rows");
+    CHECK_THROWS_NAMING(detail::ffn_rows(pe.kernel(), 2, xx.data(), 1, y.data(), s), value_error, "expert 2");
   }
   ExpertOptions o;
   o.precision = Precision::bf16;
   o.dropout = 0.1;
   CHECK_THROWS_NAMING(PackedExperts<float>(w, o), value_error, "fp32");
   ExpertWeights<float> nan = w;
-  nan.bo->at({1, 4}) = std::nanf("");
+  Tensor<float> bo = w.bo->copy();  // the weights are views: a bad copy of bo
+  bo.at({1, 4}) = std::nanf("");
+  nan.bo = bo;
   CHECK_THROWS_NAMING(PackedExperts<float>(nan, ExpertOptions{}), value_error, "bo");
 }
 
@@ -435,18 +437,18 @@ TEST_CASE("ffn_rows and linear_rows do not depend on where the caller's rows sit
   // Small sizes take Eigen's coefficient-based product, whose vector
   // reduction would peel by alignment: inputs are realigned first.
   ExpertWeights<double> w;
-  w.wi = naive::random_tensor<double>(Shape::parse("experts:1,model:6,hidden:8"));
-  w.wo = naive::random_tensor<double>(Shape::parse("experts:1,hidden:8,model:6"));
+  w.wi = shared_view(naive::random_tensor<double>(Shape::parse("experts:1,model:6,hidden:8")));
+  w.wo = shared_view(naive::random_tensor<double>(Shape::parse("experts:1,hidden:8,model:6")));
   const PackedExperts<double> pe(w, ExpertOptions{});
   const MatrixBank<double> router(w.wi, "experts", "model", "hidden", Precision::fp32, Backend::eigen, "wg");
-  FfnScratch<double> s;
+  detail::FfnScratch<double> s;
   std::vector<double> storage(64, 0.0), y0(18), y(18), l0(24), l(24);
   const auto rows = naive::random_tensor<double>(Shape::parse("r:3,model:6"));
   for (std::size_t shift = 0; shift < 8; ++shift) {
     double* x = storage.data() + shift;
     std::copy(rows.begin(), rows.end(), x);
-    ffn_rows(pe.kernel(), 0, x, 3, shift == 0 ? y0.data() : y.data(), s);
-    linear_rows(router, 0, x, 3, shift == 0 ? l0.data() : l.data(), s);
+    detail::ffn_rows(pe.kernel(), 0, x, 3, shift == 0 ? y0.data() : y.data(), s);
+    detail::linear_rows(router, 0, x, 3, shift == 0 ? l0.data() : l.data(), s);
     if (shift == 0) continue;
     CHECK(std::memcmp(y.data(), y0.data(), y.size() * sizeof(double)) == 0);
     CHECK(std::memcmp(l.data(), l0.data(), l.size() * sizeof(double)) == 0);
@@ -465,12 +467,12 @@ TEST_CASE("float kernels on every backend and precision ignore the alignment of 
       o.precision = p;
       o.activation = Activation::gelu;
       const PackedExperts<float> pe(w, o);
-      FfnScratch<float> s;
+      detail::FfnScratch<float> s;
       std::vector<float> in(256), out(256), ref(100);
       const index_t m = p == Precision::bf16 ? 3 : 5;  // the decode path too
       for (std::size_t shift = 0; shift < 16; ++shift) {
         std::copy(rows.begin(), rows.end(), in.begin() + static_cast<std::ptrdiff_t>(shift));
-        ffn_rows(pe.kernel(), 0, in.data() + shift, m, shift == 0 ? ref.data() : out.data() + (15 - shift), s);
+        detail::ffn_rows(pe.kernel(), 0, in.data() + shift, m, shift == 0 ? ref.data() : out.data() + (15 - shift), s);
         if (shift == 0) continue;
         INFO(to_string(b) << " " << to_string(p) << " shift " << shift);
         CHECK(std::memcmp(out.data() + (15 - shift), ref.data(), static_cast<std::size_t>(m * 20) * sizeof(float)) == 0);

@@ -31,10 +31,21 @@ TEST_CASE("rename and reshape relabel without moving data", "[manip]") {
   const auto r = rename(x, "length", "memory_length");
   CHECK(r.shape() == Shape::parse("memory_length:2,model:3"));
   CHECK(r.to_vector() == x.to_vector());
+  CHECK(r.data() == static_cast<const Tensor<int>&>(x).data());  // a view: O(1), no copy
+  static_assert(std::is_same<std::decay_t<decltype(r)>, TensorView<const int>>::value);
   CHECK_THROWS_NAMING(rename(x, "length", "model"), shape_error, "\"model\"");
   CHECK_THROWS_NAMING(rename(x, "batch", "b"), shape_error, "\"batch\"");
   const auto f = reshape(x, Shape::parse("flat:6"));
   CHECK(f.to_vector() == x.to_vector());
+  CHECK(f.data() == static_cast<const Tensor<int>&>(x).data());
+  // a mutable view stays mutable; an rvalue tensor is relabelled in place
+  TensorView<int> m = reshape(x.view(), Shape::parse("flat:6"));
+  m[5] = 50;
+  CHECK(x.at({1, 2}) == 50);
+  const int* p = x.data();
+  Tensor<int> moved = rename(std::move(x), "model", "hidden");
+  CHECK(moved.data() == p);
+  CHECK(moved.shape() == Shape::parse("length:2,hidden:3"));
   CHECK_THROWS_AS(reshape(x, Shape::parse("flat:5")), shape_error);
 }
 
@@ -78,9 +89,9 @@ TEST_CASE("slice, concat, shift, stack, unstack (hand-worked)", "[manip]") {
 TEST_CASE("in_order is zero-copy when the order already matches", "[manip]") {
   Tensor<int> x(Shape::parse("a:2,b:3"), {0, 1, 2, 3, 4, 5});
   Tensor<int> hold;
-  CHECK(&in_order(x, x.shape(), hold) == &x);
-  const auto& t = in_order(x, Shape::parse("b:3,a:2"), hold);
-  CHECK(&t == &hold);
+  CHECK(detail::in_order(x, x.shape(), hold).data() == static_cast<const Tensor<int>&>(x).data());
+  const auto t = detail::in_order(x, Shape::parse("b:3,a:2"), hold);
+  CHECK(t.data() == static_cast<const Tensor<int>&>(hold).data());
   CHECK(t.to_vector() == std::vector<int>{0, 3, 1, 4, 2, 5});
 }
 
@@ -140,7 +151,7 @@ TEST_CASE("transpose moves no data when only size-1 dims move", "[manip]") {
   // in_order gives a zero-copy view for a relabel
   Tensor<float> w(Shape::parse("a:1,b:4"), {1, 2, 3, 4});
   Tensor<float> hold;
-  const Tensor<float>& r = in_order(w, Shape::parse("b:4,a:1"), hold);
+  const TensorView<const float> r = detail::in_order(w, Shape::parse("b:4,a:1"), hold);
   CHECK(r.shape() == Shape::parse("b:4,a:1"));
   CHECK(r.data() == static_cast<const Tensor<float>&>(w).data());
   CHECK(detail::is_relabel(Shape::parse("a:0,b:3"), Shape::parse("b:3,a:0")));

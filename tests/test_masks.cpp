@@ -43,18 +43,18 @@ TEST_CASE("padding and same-segment masks", "[masks]") {
   CHECK(s.shape() == Shape::parse("batch:1,length:3,memory_length:3"));
   CHECK(s.to_vector() == std::vector<bool>{true, true, false, true, true, false, false, false, true});
   Tensor<std::int32_t> mem(Shape::parse("batch:1,memory_length:2"), {2, 1});
-  const auto sm = same_segment_mask(seg, &mem);
+  const auto sm = same_segment_mask(seg, mem);
   CHECK(sm.shape() == Shape::parse("batch:1,length:3,memory_length:2"));
   CHECK(sm.to_vector() == std::vector<bool>{false, true, false, true, true, false});
   // The source renames the memory ids' length dim: memory ids [batch, length]
   // work as the query's do (here: another length, 2).
   Tensor<std::int32_t> mem_l(Shape::parse("batch:1,length:2"), {2, 1});
-  CHECK(same_segment_mask(seg, &mem_l).to_vector() == sm.to_vector());
-  CHECK(same_segment_mask(seg, &seg).to_vector() == s.to_vector());
+  CHECK(same_segment_mask(seg, mem_l).to_vector() == sm.to_vector());
+  CHECK(same_segment_mask(seg, seg).to_vector() == s.to_vector());
   Tensor<std::int32_t> both(Shape::parse("batch:1,length:3,memory_length:2"));
-  CHECK_THROWS_NAMING(same_segment_mask(seg, &both), shape_error, "both");
+  CHECK_THROWS_NAMING(same_segment_mask(seg, both), shape_error, "both");
   Tensor<std::int32_t> neither(Shape::parse("batch:1,width:2"));
-  CHECK_THROWS_NAMING(same_segment_mask(seg, &neither), shape_error, "memory_length");
+  CHECK_THROWS_NAMING(same_segment_mask(seg, neither), shape_error, "memory_length");
 }
 
 TEST_CASE("sliding window, offset and bottom-right causal, prefix LM, block diagonal", "[masks]") {

@@ -12,9 +12,9 @@ namespace {
 template <class T>
 MoEWeights<T> random_layer(index_t M, index_t H, index_t E) {
   MoEWeights<T> w;
-  w.wg = naive::random_tensor<T>(Shape{{"model", M}, {"experts", E}});
-  w.experts.wi = naive::random_tensor<T>(Shape{{"experts", E}, {"model", M}, {"hidden", H}}, -0.5, 0.5);
-  w.experts.wo = naive::random_tensor<T>(Shape{{"experts", E}, {"hidden", H}, {"model", M}}, -0.5, 0.5);
+  w.wg = shared_view(naive::random_tensor<T>(Shape{{"model", M}, {"experts", E}}));
+  w.experts.wi = shared_view(naive::random_tensor<T>(Shape{{"experts", E}, {"model", M}, {"hidden", H}}, -0.5, 0.5));
+  w.experts.wo = shared_view(naive::random_tensor<T>(Shape{{"experts", E}, {"hidden", H}, {"model", M}}, -0.5, 0.5));
   return w;
 }
 }  // namespace
@@ -27,13 +27,13 @@ TEST_CASE("MoE layer matches the numpy reference (GShard einsums)", "[moe][fixtu
     auto run = [&](auto zero) {
       using T = decltype(zero);
       MoEWeights<T> w;
-      w.wg = c.load<T>("wg", {"model", "experts"});
-      w.experts.wi = c.load<T>("wi", {"experts", "model", "hidden"});
-      w.experts.wo = c.load<T>("wo", {"experts", "hidden", "model"});
-      if (c.has("bi")) w.experts.bi = c.load<T>("bi", {"experts", "hidden"});
-      if (c.has("bo")) w.experts.bo = c.load<T>("bo", {"experts", "model"});
+      w.wg = shared_view(c.load<T>("wg", {"model", "experts"}));
+      w.experts.wi = shared_view(c.load<T>("wi", {"experts", "model", "hidden"}));
+      w.experts.wo = shared_view(c.load<T>("wo", {"experts", "hidden", "model"}));
+      if (c.has("bi")) w.experts.bi = shared_view(c.load<T>("bi", {"experts", "hidden"}));
+      if (c.has("bo")) w.experts.bo = shared_view(c.load<T>("bo", {"experts", "model"}));
       MoEOptions o;
-      o.gating.capacity = Dim("expert_capacity", c.integer("capacity"));
+      std::get<Top2Options>(o.router).capacity = CapacitySpec::fixed(c.integer("capacity"));
       o.activation = parse_activation(c.config.at("activation"));
       const auto x = c.load<T>("inputs", {"batch", "group", "model"});
       const auto want = c.load<T>("expected_outputs", {"batch", "group", "model"});
@@ -55,7 +55,7 @@ TEST_CASE("MoE layer: ungrouped [batch, length, model] inputs are grouped and re
   const auto w = random_layer<double>(6, 8, 4);
   const auto x = naive::random_tensor<double>(Shape::parse("batch:3,length:10,model:6"));
   MoEOptions o;
-  o.gating.capacity = Dim("expert_capacity", 4);
+  std::get<Top2Options>(o.router).capacity = CapacitySpec::fixed(4);
   o.max_group_size = 8;  // 30 tokens -> 3 groups of 10 (Mesh TF starts from floor(30 / 8) groups)
   MoELayer<double> layer(w, o);
   const auto r = layer.forward(x);
@@ -82,10 +82,10 @@ TEMPLATE_TEST_CASE("MoE layer: sparse equals dense on random layers and options"
     const auto w = random_layer<TestType>(5, 7, E);
     const auto x = naive::random_tensor<TestType>(Shape{{"batch", G}, {"group", S}, {"model", 5}});
     MoEOptions o;
-    o.gating.capacity = Dim("expert_capacity", std::uniform_int_distribution<index_t>(1, S + 1)(g));
-    o.gating.policy = static_cast<SecondPolicy>(trial % 5);
-    o.gating.normalize = trial % 2 ? Normalize::after : Normalize::before;
-    o.gating.seed = static_cast<std::uint64_t>(trial);
+    std::get<Top2Options>(o.router).capacity = CapacitySpec::fixed(std::uniform_int_distribution<index_t>(1, S + 1)(g));
+    std::get<Top2Options>(o.router).policy = static_cast<SecondPolicy>(trial % 5);
+    std::get<Top2Options>(o.router).normalize = trial % 2 ? Normalize::after : Normalize::before;
+    std::get<Top2Options>(o.router).seed = static_cast<std::uint64_t>(trial);
     o.activation = static_cast<Activation>(trial % 4);
     const auto a = moe_forward(x, w, o);
     o.dense = true;
@@ -101,9 +101,9 @@ TEST_CASE("MoE layer: all-padding groups give zero outputs", "[moe][edge]") {
   const auto w = random_layer<double>(4, 6, 3);
   const auto x = naive::random_tensor<double>(Shape::parse("batch:2,group:5,model:4"));
   MoEOptions o;
-  o.gating.capacity = Dim("expert_capacity", 2);
+  std::get<Top2Options>(o.router).capacity = CapacitySpec::fixed(2);
   GatingInputs<double> in;
-  in.importance = Tensor<double>(Shape::parse("batch:2,group:5"), 0.0);
+  in.importance = shared_view(Tensor<double>(Shape::parse("batch:2,group:5"), 0.0));
   for (bool dense : {false, true}) {
     o.dense = dense;
     const auto r = moe_forward(x, w, o, in);
@@ -115,7 +115,7 @@ TEST_CASE("MoE layer: all-padding groups give zero outputs", "[moe][edge]") {
 TEST_CASE("MoE layer: bad inputs name the dim", "[moe][errors]") {
   const auto w = random_layer<double>(4, 6, 3);
   MoEOptions o;
-  o.gating.capacity = Dim("expert_capacity", 2);
+  std::get<Top2Options>(o.router).capacity = CapacitySpec::fixed(2);
   CHECK_THROWS_NAMING(moe_forward(naive::random_tensor<double>(Shape::parse("batch:2,group:5,hidden:4")), w, o), shape_error,
                       "\"model\"");
   CHECK_THROWS_NAMING(moe_forward(naive::random_tensor<double>(Shape::parse("batch:2,group:5,model:7")), w, o), shape_error,
@@ -128,7 +128,7 @@ TEST_CASE("MoE layer: forward_into reuses the output buffer and gives the same r
   const auto w = random_layer<float>(8, 16, 4);
   const auto x = naive::random_tensor<float>(Shape::parse("batch:2,group:12,model:8"));
   MoEOptions o;
-  o.gating.capacity = Dim("expert_capacity", 6);
+  std::get<Top2Options>(o.router).capacity = CapacitySpec::fixed(6);
   MoELayer<float> layer(w, o);
   MoEResult<float> out;
   layer.forward_into(out, x);
@@ -170,8 +170,8 @@ TEST_CASE("MoE layer: outputs, loss and routing are bitwise equal on any thread 
     for (Precision p : {Precision::fp32, Precision::bf16, Precision::int8}) {
       if (!backend_supports(b, p)) continue;
       MoEOptions o;
-      o.gating.capacity = Dim("expert_capacity", 60);
-      o.gating.policy = SecondPolicy::random;
+      std::get<Top2Options>(o.router).capacity = CapacitySpec::fixed(60);
+      std::get<Top2Options>(o.router).policy = SecondPolicy::random;
       o.precision = p;
       o.backend = b;
       o.activation = Activation::gelu;
@@ -197,17 +197,17 @@ TEST_CASE("MoE layer: decode steps (a few tokens) are bitwise equal on any threa
   const index_t M = 64 * 3 + 5, H = 64 * 4 + 9;
   auto w = random_layer<float>(M, H, 6);
   SharedExpertWeights<float> shared;  // a gated shared expert with a sigmoid gate, as Qwen2-MoE's
-  shared.wi = naive::random_tensor<float>(Shape{{"model", M}, {"hidden", 2 * H}}, -0.2, 0.2);
-  shared.wi_gate = naive::random_tensor<float>(Shape{{"model", M}, {"hidden", 2 * H}}, -0.2, 0.2);
-  shared.wo = naive::random_tensor<float>(Shape{{"hidden", 2 * H}, {"model", M}}, -0.2, 0.2);
-  shared.gate = naive::random_tensor<float>(Shape{{"model", M}});
+  shared.wi = shared_view(naive::random_tensor<float>(Shape{{"model", M}, {"hidden", 2 * H}}, -0.2, 0.2));
+  shared.wi_gate = shared_view(naive::random_tensor<float>(Shape{{"model", M}, {"hidden", 2 * H}}, -0.2, 0.2));
+  shared.wo = shared_view(naive::random_tensor<float>(Shape{{"hidden", 2 * H}, {"model", M}}, -0.2, 0.2));
+  shared.gate = shared_view(naive::random_tensor<float>(Shape{{"model", M}}));
   w.shared = shared;
   for (index_t tokens : {1, 3, 8})
     for (Precision p : {Precision::fp32, Precision::bf16, Precision::int8}) {
       if (!backend_supports(Backend::dnnl, p)) continue;
       const auto x = naive::random_tensor<float>(Shape{{"batch", 1}, {"group", tokens}, {"model", M}});
       MoEOptions o;
-      o.gating.capacity = Dim("expert_capacity", tokens);
+      std::get<Top2Options>(o.router).capacity = CapacitySpec::fixed(tokens);
       o.precision = p;
       o.backend = Backend::dnnl;
       o.activation = Activation::silu;
@@ -222,8 +222,8 @@ TEST_CASE("MoE layer: decode steps (a few tokens) are bitwise equal on any threa
         CHECK(bitwise_equal(r.outputs, ref.outputs));
       }
       // and at 2 threads the experts did take the split decode path
-      const auto plan = top2_gating(layer.router_logits(x), o.gating).plan;
-      ExpertWorkspace<float> ws;
+      const auto plan = top2_gating(layer.router_logits(x), std::get<Top2Options>(o.router)).plan;
+      detail::ExpertBuffers<float> ws;
       detail::expert_rows(plan, H, ws);
       set_num_threads(2);
       detail::run_expert_rows(layer.experts().kernel(), layer.experts().options(), ws,
@@ -241,8 +241,8 @@ TEST_CASE("MoE layer: decode steps (a few tokens) are bitwise equal on any threa
       set_num_threads(2);
       se.add_to(x.data(), tokens, two.data(), ws2);
       CHECK(std::memcmp(one.data(), two.data(), one.size() * sizeof(float)) == 0);
-      CHECK(ws1.calls.empty());
-      CHECK(ws2.calls.size() == (detail::decode_path(se.kernel(), tokens) ? 1u : 0u));
+      CHECK(detail::WorkspaceAccess::of(ws1).calls.empty());
+      CHECK(detail::WorkspaceAccess::of(ws2).calls.size() == (detail::decode_path(se.kernel(), tokens) ? 1u : 0u));
     }
 }
 
@@ -250,7 +250,7 @@ TEST_CASE("MoE layer: the router's logits of a group do not depend on the other 
   const auto w = random_layer<float>(40, 8, 5);
   const auto x = naive::random_tensor<float>(Shape::parse("batch:4,group:100,model:40"));
   MoEOptions o;
-  o.gating.capacity = Dim("expert_capacity", 30);
+  std::get<Top2Options>(o.router).capacity = CapacitySpec::fixed(30);
   const MoELayer<float> layer(w, o);
   const auto all = layer.router_logits(x);
   const auto part = layer.router_logits(slice(x, "batch", 2, 2));
@@ -267,12 +267,12 @@ TEST_CASE("MoE layer: bf16 and int8 experts stay close to fp32, routing is the s
     for (auto& v : t) v = static_cast<float>(v * scale);
     return t;
   };
-  w.wg = init(Shape{{"model", M}, {"experts", E}}, 1.0 / std::sqrt(double(M)));
-  w.experts.wi = init(Shape{{"experts", E}, {"model", M}, {"hidden", H}}, 1.0 / std::sqrt(double(M)));
-  w.experts.wo = init(Shape{{"experts", E}, {"hidden", H}, {"model", M}}, 1.0 / std::sqrt(double(H)));
+  w.wg = shared_view(init(Shape{{"model", M}, {"experts", E}}, 1.0 / std::sqrt(double(M))));
+  w.experts.wi = shared_view(init(Shape{{"experts", E}, {"model", M}, {"hidden", H}}, 1.0 / std::sqrt(double(M))));
+  w.experts.wo = shared_view(init(Shape{{"experts", E}, {"hidden", H}, {"model", M}}, 1.0 / std::sqrt(double(H))));
   const auto x = init(Shape{{"batch", 2}, {"group", 128}, {"model", M}}, 1.0);
   MoEOptions o;
-  o.gating.capacity = Dim("expert_capacity", 40);
+  std::get<Top2Options>(o.router).capacity = CapacitySpec::fixed(40);
   for (Backend b : layer_backends()) {
     o.backend = b;
     o.precision = Precision::fp32;
@@ -297,7 +297,7 @@ TEST_CASE("MoE layer: bf16 and int8 experts stay close to fp32, routing is the s
 TEST_CASE("MoE layer: weights are laid out once and shared by concurrent callers", "[moe][concurrency]") {
   const auto w = random_layer<float>(64, 128, 5);
   MoEOptions o;
-  o.gating.capacity = Dim("expert_capacity", 20);
+  std::get<Top2Options>(o.router).capacity = CapacitySpec::fixed(20);
   o.precision = Precision::bf16;
   // The caller's weights may go away: the layer keeps only its laid-out copy.
   std::optional<MoELayer<float>> layer;
@@ -326,30 +326,30 @@ TEST_CASE("MoE layer: weights are laid out once and shared by concurrent callers
 
 TEST_CASE("MoE layer: borrowed and bf16 weights are read in place, read-only views are enough", "[moe]") {
   const auto w = random_layer<float>(16, 24, 4);
-  // read-only views of the caller's weights
+  // read-only views of caller memory (no owner)
   MoEWeights<float> views;
-  views.wg = w.wg.view();
-  views.experts.wi = w.experts.wi.view();
-  views.experts.wo = w.experts.wo.view();
+  views.wg = borrow(w.wg.data(), w.wg.shape());
+  views.experts.wi = borrow(w.experts.wi.data(), w.experts.wi.shape());
+  views.experts.wo = borrow(w.experts.wo.data(), w.experts.wo.shape());
   MoEOptions o;
-  o.gating.capacity = Dim("expert_capacity", 8);
+  std::get<Top2Options>(o.router).capacity = CapacitySpec::fixed(8);
   const auto x = naive::random_tensor<float>(Shape::parse("batch:2,group:16,model:16"));
   CHECK(bitwise_equal(MoELayer<float>(views, o).forward(x).outputs, MoELayer<float>(w, o).forward(x).outputs));
   // Hugging Face layout ([out, in] per expert): same layer, no transposed copy needed by the caller
   MoEWeights<float> hf;
   hf.wg = w.wg;
-  hf.experts.wi = transpose(w.experts.wi, Names({"experts", "hidden", "model"}));
-  hf.experts.wo = transpose(w.experts.wo, Names({"experts", "model", "hidden"}));
+  hf.experts.wi = shared_view(transpose(w.experts.wi, Names({"experts", "hidden", "model"})));
+  hf.experts.wo = shared_view(transpose(w.experts.wo, Names({"experts", "model", "hidden"})));
   CHECK(bitwise_equal(MoELayer<float>(hf, o).forward(x).outputs, MoELayer<float>(w, o).forward(x).outputs));
   // bf16 weights (a checkpoint) in a float layer: the same as rounding to bf16 first
   MoEWeights<bfloat16> w16;
-  w16.wg = to_bfloat16(w.wg);
-  w16.experts.wi = to_bfloat16(w.experts.wi);
-  w16.experts.wo = to_bfloat16(w.experts.wo);
+  w16.wg = shared_view(to_bfloat16(w.wg));
+  w16.experts.wi = shared_view(to_bfloat16(w.experts.wi));
+  w16.experts.wo = shared_view(to_bfloat16(w.experts.wo));
   MoEWeights<float> rounded;
-  rounded.wg = from_bfloat16<float>(w16.wg);
-  rounded.experts.wi = from_bfloat16<float>(w16.experts.wi);
-  rounded.experts.wo = from_bfloat16<float>(w16.experts.wo);
+  rounded.wg = shared_view(from_bfloat16<float>(w16.wg));
+  rounded.experts.wi = shared_view(from_bfloat16<float>(w16.experts.wi));
+  rounded.experts.wo = shared_view(from_bfloat16<float>(w16.experts.wo));
   o.precision = Precision::bf16;
   CHECK(bitwise_equal(MoELayer<float>(w16, o).forward(x).outputs, MoELayer<float>(rounded, o).forward(x).outputs));
   // ungrouped inputs: no copy in, and the caller's output buffer is reused
@@ -368,20 +368,20 @@ TEST_CASE("MoE layer: gating extras follow ungrouped inputs", "[moe]") {
   const auto w = random_layer<double>(6, 8, 4);
   const auto x = naive::random_tensor<double>(Shape::parse("batch:2,length:10,model:6"));
   MoEOptions o;
-  o.gating.capacity = Dim("expert_capacity", 5);
-  o.gating.policy = SecondPolicy::random;
+  std::get<Top2Options>(o.router).capacity = CapacitySpec::fixed(5);
+  std::get<Top2Options>(o.router).policy = SecondPolicy::random;
   o.max_group_size = 10;
   GatingInputs<double> in;
-  in.importance = naive::random_ints<double>(Shape::parse("batch:2,length:10"), 0, 1);
-  in.uniform = naive::random_tensor<double>(Shape::parse("length:10,batch:2"), 0, 1);  // any dim order
+  in.importance = shared_view(naive::random_ints<double>(Shape::parse("batch:2,length:10"), 0, 1));
+  in.uniform = shared_view(naive::random_tensor<double>(Shape::parse("length:10,batch:2"), 0, 1));  // any dim order
   const auto r = moe_forward(x, w, o, in);
   // by hand: the same tokens grouped [moe_groups=2, group=10]
   GatingInputs<double> g;
   g.importance = reshape(*in.importance, Shape::parse("moe_groups:2,group:10"));
-  g.uniform = reshape(transpose(*in.uniform, Names({"batch", "length"})), Shape::parse("moe_groups:2,group:10"));
+  g.uniform = shared_view(reshape(transpose(*in.uniform, Names({"batch", "length"})), Shape::parse("moe_groups:2,group:10")));
   const auto h = moe_forward(reshape(x, Shape::parse("moe_groups:2,group:10,model:6")), w, o, g);
   CHECK(reshape(h.outputs, x.shape()).to_vector() == r.outputs.to_vector());
-  in.importance = naive::random_ints<double>(Shape::parse("batch:2,length:9"), 0, 1);
+  in.importance = shared_view(naive::random_ints<double>(Shape::parse("batch:2,length:9"), 0, 1));
   CHECK_THROWS_NAMING(moe_forward(x, w, o, in), shape_error, "importance");
 }
 
@@ -392,10 +392,10 @@ TEST_CASE("MoE layer: random draws are fresh on every call, reproducible from (s
     for (bool dense : {false, true}) {
       INFO(to_string(p) << (dense ? ", dense" : ", sparse"));
       MoEOptions o;
-      o.gating.capacity = Dim("expert_capacity", 6);
-      o.gating.policy = p;
-      o.gating.threshold = 0.5;
-      o.gating.seed = 11;
+      std::get<Top2Options>(o.router).capacity = CapacitySpec::fixed(6);
+      std::get<Top2Options>(o.router).policy = p;
+      std::get<Top2Options>(o.router).threshold = 0.5;
+      std::get<Top2Options>(o.router).seed = 11;
       o.dense = dense;
       MoELayer<double> layer(w, o);
       CHECK(layer.calls() == 0);
@@ -407,7 +407,7 @@ TEST_CASE("MoE layer: random draws are fresh on every call, reproducible from (s
       CHECK(c0.outputs.to_vector() != c1.outputs.to_vector());
       CHECK(c1.outputs.to_vector() != c2.outputs.to_vector());
       MoEOptions o2 = o;
-      o2.gating.seed = Rng::call_seed(11, 2);
+      std::get<Top2Options>(o2.router).seed = Rng::call_seed(11, 2);
       CHECK(c2.outputs.to_vector() == moe_forward(x, w, o2).outputs.to_vector());
       // Another layer with the same seed makes the same sequence; set_calls
       // replays a call.
@@ -418,14 +418,14 @@ TEST_CASE("MoE layer: random draws are fresh on every call, reproducible from (s
       CHECK(again.forward(x).outputs.to_vector() == c2.outputs.to_vector());
       // Explicit draws win over the call count.
       GatingInputs<double> in;
-      if (p == SecondPolicy::random) in.uniform = naive::random_tensor<double>(Shape::parse("batch:2,group:12"), 0, 1);
-      else in.gumbel = Rng(5).gumbel<double>(Shape::parse("batch:2,group:12,experts:4"));
+      if (p == SecondPolicy::random) in.uniform = shared_view(naive::random_tensor<double>(Shape::parse("batch:2,group:12"), 0, 1));
+      else in.gumbel = shared_view(Rng(5).gumbel<double>(Shape::parse("batch:2,group:12,experts:4")));
       CHECK(again.forward(x, in).outputs.to_vector() == layer.forward(x, in).outputs.to_vector());
     }
   }
   // Policies without draws give the same outputs on every call.
   MoEOptions o;
-  o.gating.capacity = Dim("expert_capacity", 6);
+  std::get<Top2Options>(o.router).capacity = CapacitySpec::fixed(6);
   const MoELayer<double> layer(w, o);
   CHECK(layer.forward(x).outputs.to_vector() == layer.forward(x).outputs.to_vector());
   // Dropout draws anew per call too.
@@ -447,21 +447,21 @@ TEST_CASE("MoE layer: the default capacity follows the actual group size, groupe
   o.max_group_size = 128;
   REQUIRE(split_into_groups(600, 128).group_size == 150);
   MoEOptions fixed = o;
-  fixed.gating.capacity = Dim("expert_capacity", mtf_capacity(150, 4, 1.25));  // 46
-  CHECK(fixed.gating.capacity.size == 46);
+  std::get<Top2Options>(fixed.router).capacity = CapacitySpec::fixed(mtf_capacity(150, 4, 1.25));  // 46
+  CHECK(std::get<Top2Options>(fixed.router).capacity.size == 46);
   const auto a = MoELayer<double>(w, o).forward(x), b = MoELayer<double>(w, fixed).forward(x);
   CHECK(a.outputs.to_vector() == b.outputs.to_vector());
   CHECK(a.stats.slots == b.stats.slots);
   // Grouped inputs of another size get their own capacity on the same layer.
   const MoELayer<double> layer(w, o);
   const auto y = naive::random_tensor<double>(Shape::parse("batch:2,group:40,model:6"));
-  fixed.gating.capacity = Dim("expert_capacity", mtf_capacity(40, 4, 1.25));  // 12
+  std::get<Top2Options>(fixed.router).capacity = CapacitySpec::fixed(mtf_capacity(40, 4, 1.25));  // 12
   CHECK(layer.forward(y).outputs.to_vector() == MoELayer<double>(w, fixed).forward(y).outputs.to_vector());
   // Expert choice: C = min(S, max(round(S cf / E), 1)) with cf = 2.
-  o.router = RouterKind::expert_choice;
+  o.router = ExpertChoiceOptions{};
   fixed = o;
-  fixed.expert_choice.capacity = Dim("expert_capacity", 20);  // round(40 * 2 / 4)
+  std::get<ExpertChoiceOptions>(fixed.router).capacity = CapacitySpec::fixed(20);  // round(40 * 2 / 4)
   CHECK(MoELayer<double>(w, o).forward(y).outputs.to_vector() == MoELayer<double>(w, fixed).forward(y).outputs.to_vector());
-  o.expert_choice.capacity_factor = 0;
+  std::get<ExpertChoiceOptions>(o.router).capacity = CapacitySpec::factor(0, CapacityRule::expert_choice);
   CHECK_THROWS_NAMING(MoELayer<double>(w, o).forward(y), value_error, "capacity_factor");
 }

@@ -19,17 +19,17 @@ struct ThreadGuard {
 template <class T>
 MoEWeights<T> random_layer(index_t M, index_t H, index_t E, bool gated, index_t Hs, bool shared_gated, bool shared_gate) {
   MoEWeights<T> w;
-  w.wg = naive::random_tensor<T>(Shape{{"model", M}, {"experts", E}});
-  w.experts.wi = naive::random_tensor<T>(Shape{{"experts", E}, {"model", M}, {"hidden", H}}, -0.5, 0.5);
-  w.experts.wo = naive::random_tensor<T>(Shape{{"experts", E}, {"hidden", H}, {"model", M}}, -0.5, 0.5);
-  if (gated) w.experts.wi_gate = naive::random_tensor<T>(Shape{{"experts", E}, {"model", M}, {"hidden", H}}, -0.5, 0.5);
+  w.wg = shared_view(naive::random_tensor<T>(Shape{{"model", M}, {"experts", E}}));
+  w.experts.wi = shared_view(naive::random_tensor<T>(Shape{{"experts", E}, {"model", M}, {"hidden", H}}, -0.5, 0.5));
+  w.experts.wo = shared_view(naive::random_tensor<T>(Shape{{"experts", E}, {"hidden", H}, {"model", M}}, -0.5, 0.5));
+  if (gated) w.experts.wi_gate = shared_view(naive::random_tensor<T>(Shape{{"experts", E}, {"model", M}, {"hidden", H}}, -0.5, 0.5));
   if (Hs > 0) {
     SharedExpertWeights<T> s;
     // (dims in a different order than the routed experts': found by name)
-    s.wi = naive::random_tensor<T>(Shape{{"hidden", Hs}, {"model", M}}, -0.5, 0.5);
-    s.wo = naive::random_tensor<T>(Shape{{"hidden", Hs}, {"model", M}}, -0.5, 0.5);
-    if (shared_gated) s.wi_gate = naive::random_tensor<T>(Shape{{"model", M}, {"hidden", Hs}}, -0.5, 0.5);
-    if (shared_gate) s.gate = naive::random_tensor<T>(Shape{{"model", M}}, -0.5, 0.5);
+    s.wi = shared_view(naive::random_tensor<T>(Shape{{"hidden", Hs}, {"model", M}}, -0.5, 0.5));
+    s.wo = shared_view(naive::random_tensor<T>(Shape{{"hidden", Hs}, {"model", M}}, -0.5, 0.5));
+    if (shared_gated) s.wi_gate = shared_view(naive::random_tensor<T>(Shape{{"model", M}, {"hidden", Hs}}, -0.5, 0.5));
+    if (shared_gate) s.gate = shared_view(naive::random_tensor<T>(Shape{{"model", M}}, -0.5, 0.5));
     w.shared = std::move(s);
   }
   return w;
@@ -68,14 +68,14 @@ TEST_CASE("MoE layer, topk router with a gated shared expert: hand-checked again
   auto w = random_layer<double>(M, H, E, true, Hs, true, true);
   const auto x = naive::random_tensor<double>(Shape{{"batch", 1}, {"group", T}, {"model", M}});
   MoEOptions o;
-  o.router = RouterKind::topk;
-  o.topk.k = 2;
-  o.topk.normalize = TopKNormalize::topk;
+  o.router = TopKOptions{};
+  std::get<TopKOptions>(o.router).k = 2;
+  std::get<TopKOptions>(o.router).normalize = TopKNormalize::topk;
   o.activation = Activation::silu;
   const auto r = MoELayer<double>(w, o).forward(x);
   // the shared expert's weights as [1, ...] expert weights, for naive_ffn
   ExpertWeights<double> sw;
-  sw.wi = transpose(w.shared->wi, Shape{{"model", M}, {"hidden", Hs}});
+  sw.wi = shared_view(transpose(w.shared->wi, Shape{{"model", M}, {"hidden", Hs}}));
   sw.wi.set_shape(Shape{{"experts", 1}, {"model", M}, {"hidden", Hs}});
   sw.wi_gate = *w.shared->wi_gate;
   sw.wi_gate->set_shape(Shape{{"experts", 1}, {"model", M}, {"hidden", Hs}});
@@ -120,26 +120,27 @@ TEMPLATE_TEST_CASE("MoE layer: topk and expert-choice routers, sparse equals den
     MoEOptions o;
     o.activation = static_cast<Activation>(trial % 4);
     if (trial % 4 == 3) {
-      o.router = RouterKind::expert_choice;
-      o.expert_choice.capacity = Dim("expert_capacity", std::uniform_int_distribution<index_t>(1, S)(g));
+      o.router = ExpertChoiceOptions{};
+      std::get<ExpertChoiceOptions>(o.router).capacity = CapacitySpec::fixed(std::uniform_int_distribution<index_t>(1, S)(g));
     } else {
-      o.router = RouterKind::topk;
-      o.topk.k = std::uniform_int_distribution<index_t>(1, E)(g);
-      o.topk.score = trial % 2 ? Score::sigmoid : Score::softmax;
-      o.topk.normalize = static_cast<TopKNormalize>(trial % 3);
-      o.topk.priority = static_cast<Priority>((trial / 3) % 3);
-      o.topk.scale = trial % 7 == 0 ? 2.5 : 1.0;
+      o.router = TopKOptions{};
+      std::get<TopKOptions>(o.router).k = std::uniform_int_distribution<index_t>(1, E)(g);
+      std::get<TopKOptions>(o.router).score = trial % 2 ? Score::sigmoid : Score::softmax;
+      std::get<TopKOptions>(o.router).normalize = static_cast<TopKNormalize>(trial % 3);
+      std::get<TopKOptions>(o.router).priority = static_cast<Priority>((trial / 3) % 3);
+      std::get<TopKOptions>(o.router).scale = trial % 7 == 0 ? 2.5 : 1.0;
       if (trial % 5 == 1) {
-        o.topk.bias.resize(static_cast<std::size_t>(E));
-        for (auto& b : o.topk.bias) b = std::uniform_real_distribution<double>(-0.3, 0.3)(g);
+        std::get<TopKOptions>(o.router).bias.resize(static_cast<std::size_t>(E));
+        for (auto& b : std::get<TopKOptions>(o.router).bias) b = std::uniform_real_distribution<double>(-0.3, 0.3)(g);
       }
-      if (trial % 6 == 2 && E >= 4) o.topk.groups = 2, o.topk.topk_groups = 1, o.topk.k = std::min<index_t>(o.topk.k, E / 2);
-      if (trial % 2 == 0) o.topk.capacity = Dim("expert_capacity", std::uniform_int_distribution<index_t>(1, S + 1)(g));
+      auto& t = std::get<TopKOptions>(o.router);
+      if (trial % 6 == 2 && E >= 4) t.expert_groups = 2, t.topk_expert_groups = 1, t.k = std::min<index_t>(t.k, E / 2);
+      if (trial % 2 == 0) std::get<TopKOptions>(o.router).capacity = CapacitySpec::fixed(std::uniform_int_distribution<index_t>(1, S + 1)(g));
     }
     const auto a = moe_forward(x, w, o);
     o.dense = true;
     const auto b = moe_forward(x, w, o);
-    INFO("trial " << trial << " router " << to_string(o.router));
+    INFO("trial " << trial << " router " << router_name(o.router));
     REQUIRE(naive::all_close(a.outputs, b.outputs, tol, tol));
     REQUIRE(naive::close(a.aux_loss, b.aux_loss, tol, tol));
     REQUIRE(naive::close(a.z_loss, b.z_loss, tol, tol));
@@ -193,9 +194,9 @@ TEST_CASE("MoE layer: shared expert in bf16 and int8 stays close to fp32, bitwis
   const auto w = random_layer<float>(40, 48, 4, true, 72, true, true);
   const auto x = naive::random_tensor<float>(Shape::parse("batch:2,group:300,model:40"));
   MoEOptions o;
-  o.router = RouterKind::topk;
-  o.topk.k = 2;
-  o.topk.normalize = TopKNormalize::topk;
+  o.router = TopKOptions{};
+  std::get<TopKOptions>(o.router).k = 2;
+  std::get<TopKOptions>(o.router).normalize = TopKNormalize::topk;
   o.activation = Activation::silu;
   const auto ref = MoELayer<float>(w, o).forward(x);
   float ymax = 0;
@@ -222,8 +223,8 @@ TEST_CASE("MoE layer: ungrouped inputs with the topk router and a shared expert"
   const auto w = random_layer<double>(6, 5, 4, false, 3, false, true);
   const auto x = naive::random_tensor<double>(Shape::parse("batch:2,length:7,model:6"));
   MoEOptions o;
-  o.router = RouterKind::topk;
-  o.topk.k = 1;
+  o.router = TopKOptions{};
+  std::get<TopKOptions>(o.router).k = 1;
   o.max_group_size = 4;  // 14 tokens -> groups of 4 or fewer
   const auto r = moe_forward(x, w, o);
   CHECK(r.outputs.shape() == x.shape());
@@ -235,35 +236,40 @@ TEST_CASE("MoE layer: router and shared-expert errors name the option or tensor"
   auto w = random_layer<float>(4, 3, 4, false, 5, false, true);
   const auto x = naive::random_tensor<float>(Shape::parse("batch:1,group:3,model:4"));
   MoEOptions o;
-  o.router = RouterKind::topk;
-  o.topk.experts_dim = "expert";
-  CHECK_THROWS_NAMING(MoELayer<float>(w, o), value_error, "topk.experts_dim");
-  o.topk.experts_dim = "experts";
-  o.topk.k = 5;
+  o.router = TopKOptions{};
+  o.dims.experts = "expert";  // one name for every router, checked against the weights
+  CHECK_THROWS_NAMING(MoELayer<float>(w, o), shape_error, "\"expert\"");
+  o.dims.experts = "experts";
+  std::get<TopKOptions>(o.router).k = 5;
   CHECK_THROWS_NAMING(MoELayer<float>(w, o), value_error, "k");
-  o.topk.k = 2;
+  std::get<TopKOptions>(o.router).k = 2;
   GatingInputs<float> extras;
-  extras.importance = Tensor<float>(Shape::parse("batch:1,group:3"), 1.f);
+  extras.importance = shared_view(Tensor<float>(Shape::parse("batch:1,group:3"), 1.f));
   CHECK_THROWS_NAMING(MoELayer<float>(w, o).forward(x, extras), value_error, "top2");
-  o.router = RouterKind::expert_choice;
-  o.expert_choice.capacity = Dim("expert_capacity", 4);  // > 3 tokens
+  o.router = ExpertChoiceOptions{};
+  std::get<ExpertChoiceOptions>(o.router).capacity = CapacitySpec::fixed(4);  // > 3 tokens
   CHECK_THROWS_NAMING(MoELayer<float>(w, o).forward(x), value_error, "capacity");
-  o.router = RouterKind::topk;
+  o.router = TopKOptions{};
   auto bad = w;
-  bad.shared->wo = naive::random_tensor<float>(Shape::parse("hidden:6,model:4"));
+  bad.shared->wo = shared_view(naive::random_tensor<float>(Shape::parse("hidden:6,model:4")));
   CHECK_THROWS_NAMING(MoELayer<float>(bad, o), shape_error, "shared.wo");
   bad = w;
-  bad.shared->gate = naive::random_tensor<float>(Shape::parse("model:3"));
+  bad.shared->gate = shared_view(naive::random_tensor<float>(Shape::parse("model:3")));
   CHECK_THROWS_NAMING(MoELayer<float>(bad, o), shape_error, "shared.gate");
   bad = w;
-  bad.shared->wi = naive::random_tensor<float>(Shape::parse("model:4,inner:5"));
+  bad.shared->wi = shared_view(naive::random_tensor<float>(Shape::parse("model:4,inner:5")));
   CHECK_THROWS_NAMING(MoELayer<float>(bad, o), shape_error, "shared.wi");
-  bad = w;
-  (*bad.shared->gate)[1] = std::nanf("");
+  bad = w;  // (the weights are views: bad copies of the tensors)
+  Tensor<float> gate = w.shared->gate->copy();
+  gate[1] = std::nanf("");
+  bad.shared->gate = gate;
   CHECK_THROWS_NAMING(MoELayer<float>(bad, o), value_error, "shared.gate");
   bad = w;
-  bad.shared->wi[3] = INFINITY;
+  Tensor<float> wi = w.shared->wi.copy();
+  wi[3] = INFINITY;
+  bad.shared->wi = wi;
   CHECK_THROWS_NAMING(MoELayer<float>(bad, o), value_error, "shared.wi");
-  CHECK(parse_router("expert-choice") == RouterKind::expert_choice);
+  CHECK(std::holds_alternative<ExpertChoiceOptions>(parse_router("expert-choice")));
+  CHECK(router_name(parse_router("expert-choice")) == std::string("expert-choice"));
   CHECK_THROWS_NAMING(parse_router("top3"), value_error, "top3");
 }

@@ -17,11 +17,11 @@ TEST_CASE("noisy top-k gating matches the numpy transcription of t2t", "[noisy][
     o.k = c.integer("k");
     o.train = c.integer("train") != 0;
     const auto normal = c.load<double>("normal", {"batch", "experts"});
-    const auto r = noisy_top_k_gating(x, wg, wn ? &*wn : nullptr, o, &normal);
+    const auto r = noisy_topk_gating(x, wg, wn, o, normal);
     CHECK(naive::all_close(r.gates, c.load<double>("expected_gates", {"batch", "experts"}), 1e-12));
     CHECK(naive::all_close(r.load, c.load<double>("expected_load", {"experts"}), 1e-12, 1e-12));
     CHECK(naive::all_close(r.importance, c.load<double>("expected_importance", {"experts"}), 1e-12));
-    CHECK(r.loss(0.01) == Approx(c.load<double>("expected_loss", {}).item()).epsilon(1e-10));
+    CHECK(r.aux_loss(0.01) == Approx(c.load<double>("expected_loss", {}).item()).epsilon(1e-10));
   }
 }
 
@@ -31,7 +31,7 @@ TEST_CASE("noisy top-k gating: properties and errors", "[noisy]") {
   const auto wn = naive::random_tensor<double>(Shape::parse("model:5,experts:6"));
   NoisyTopKOptions o;
   o.k = 3;
-  const auto r = noisy_top_k_gating(x, wg, &wn, o);
+  const auto r = noisy_topk_gating(x, wg, wn, o);
   CHECK(r.gates.shape() == Shape::parse("b1:3,b2:4,experts:6"));
   for (index_t row = 0; row < 12; ++row) {
     double s = 0;
@@ -42,16 +42,16 @@ TEST_CASE("noisy top-k gating: properties and errors", "[noisy]") {
   }
   for (auto v : r.load) CHECK(v >= 0.0);
   // seeded: same seed, same gates; explicit draws equal seeded draws
-  CHECK(noisy_top_k_gating(x, wg, &wn, o).gates.to_vector() == r.gates.to_vector());
+  CHECK(noisy_topk_gating(x, wg, wn, o).gates.to_vector() == r.gates.to_vector());
   const auto draws = Rng(o.seed).normal<double>(r.gates.shape());
-  CHECK(noisy_top_k_gating(x, wg, &wn, o, &draws).gates.to_vector() == r.gates.to_vector());
+  CHECK(noisy_topk_gating(x, wg, wn, o, draws).gates.to_vector() == r.gates.to_vector());
   // eval: no noise -> the clean top k
   o.train = false;
-  const auto ev = noisy_top_k_gating(x, wg, &wn, o);
-  const auto clean = noisy_top_k_gating(x, wg, nullptr, o);
+  const auto ev = noisy_topk_gating(x, wg, wn, o);
+  const auto clean = noisy_topk_gating(x, wg, std::nullopt, o);
   CHECK(naive::all_close(ev.gates, clean.gates, 1e-12));
   o.k = 7;
-  CHECK_THROWS_NAMING(noisy_top_k_gating(x, wg, &wn, o), value_error, "\"experts\"");
+  CHECK_THROWS_NAMING(noisy_topk_gating(x, wg, wn, o), value_error, "\"experts\"");
   o.k = 0;
-  CHECK_THROWS_AS(noisy_top_k_gating(x, wg, &wn, o), value_error);
+  CHECK_THROWS_AS(noisy_topk_gating(x, wg, wn, o), value_error);
 }

@@ -16,9 +16,9 @@ TopKOptions topk_options_of(const fixtures::Case& c, index_t E) {
   o.score = parse_score(c.config.at("score"));
   if (c.config.count("normalize")) o.normalize = parse_topk_normalize(c.config.at("normalize"));
   if (c.config.count("priority")) o.priority = parse_priority(c.config.at("priority"));
-  if (c.config.count("capacity")) o.capacity = Dim("expert_capacity", c.integer("capacity"));
+  if (c.config.count("capacity")) o.capacity = CapacitySpec::fixed(c.integer("capacity"));
   if (c.config.count("scale")) o.scale = std::stod(c.config.at("scale"));
-  if (c.config.count("groups")) o.groups = c.integer("groups"), o.topk_groups = c.integer("topk_groups");
+  if (c.config.count("groups")) o.expert_groups = c.integer("groups"), o.topk_expert_groups = c.integer("topk_groups");
   if (c.has("bias")) {
     const auto b = c.load<T>("bias", {"experts"});
     REQUIRE(b.size() == E);
@@ -67,7 +67,7 @@ void check_route_case(const fixtures::Case& c) {
   DenseRouterResult<T> d;
   if (c.config.at("router") == "expert-choice") {
     ExpertChoiceOptions o;
-    o.capacity = Dim("expert_capacity", c.integer("capacity"));
+    o.capacity = CapacitySpec::fixed(c.integer("capacity"));
     r = expert_choice_routing(logits, o);
     d = expert_choice_routing_dense(logits, o);
   } else {
@@ -118,25 +118,25 @@ void check_block_case(const fixtures::Case& c) {
   // name: no transposes needed.
   const auto x = c.load<T>("x", {"group", "model"});
   MoEWeights<T> w;
-  w.wg = c.load<T>("gate", {"experts", "model"});
-  w.experts.wi_gate = c.load<T>("w1", {"experts", "hidden", "model"});
-  w.experts.wi = c.load<T>("w3", {"experts", "hidden", "model"});
-  w.experts.wo = c.load<T>("w2", {"experts", "model", "hidden"});
+  w.wg = shared_view(c.load<T>("gate", {"experts", "model"}));
+  w.experts.wi_gate = shared_view(c.load<T>("w1", {"experts", "hidden", "model"}));
+  w.experts.wi = shared_view(c.load<T>("w3", {"experts", "hidden", "model"}));
+  w.experts.wo = shared_view(c.load<T>("w2", {"experts", "model", "hidden"}));
   if (c.has("shared_up_proj")) {
     SharedExpertWeights<T> s;
-    s.wi_gate = c.load<T>("shared_gate_proj", {"hidden", "model"});
-    s.wi = c.load<T>("shared_up_proj", {"hidden", "model"});
-    s.wo = c.load<T>("shared_down_proj", {"model", "hidden"});
+    s.wi_gate = shared_view(c.load<T>("shared_gate_proj", {"hidden", "model"}));
+    s.wi = shared_view(c.load<T>("shared_up_proj", {"hidden", "model"}));
+    s.wo = shared_view(c.load<T>("shared_down_proj", {"model", "hidden"}));
     if (c.has("shared_expert_gate")) {
       Tensor<T> g = c.load<T>("shared_expert_gate", {"one", "model"});
       g.set_shape(Shape{g.dim("model")});
-      s.gate = std::move(g);
+      s.gate = shared_view(std::move(g));
     }
     w.shared = std::move(s);
   }
   MoEOptions o;
-  o.router = RouterKind::topk;
-  o.topk = topk_options_of<T>(c, w.wg.size_of("experts"));
+  o.router = TopKOptions{};
+  o.router = topk_options_of<T>(c, w.wg.size_of("experts"));
   o.activation = parse_activation(c.config.at("act"));
   const MoELayer<T> layer(w, o);
   const auto want = c.load<T>("outputs", {"group", "model"});

@@ -49,8 +49,8 @@ TEST_CASE("RoutingPlan: slots past the group size are not allocated, sizes are c
 TEST_CASE("top-2 and truncated gating: a capacity far above the group size routes as capacity S", "[plan][edge][top2]") {
   const Tensor<float> logits = Rng(3).normal<float>(Shape::parse("batch:2,group:16,experts:4"));
   Top2Options small, huge;
-  small.capacity = Dim("expert_capacity", 16);
-  huge.capacity = Dim("expert_capacity", index_t{1} << 50);
+  small.capacity = CapacitySpec::fixed(16);
+  huge.capacity = CapacitySpec::fixed(index_t{1} << 50);
   const auto a = top2_gating(logits, small), b = top2_gating(logits, huge);
   CHECK(b.plan.stride == 32);  // S k
   CHECK(b.plan.slot_entry.size() == 2 * 4 * 32);
@@ -64,6 +64,6 @@ TEST_CASE("top-2 and truncated gating: a capacity far above the group size route
   CHECK(c.plan.expert == d.plan.expert);
   CHECK(c.plan.weight == d.plan.weight);
   // the statistics' slot count overflows: named, not wrapped
-  huge.capacity = Dim("expert_capacity", index_t{1} << 62);
+  huge.capacity = CapacitySpec::fixed(index_t{1} << 62);
   CHECK_THROWS_WITH(top2_gating(logits, huge), Catch::Contains("expert_capacity"));
 }

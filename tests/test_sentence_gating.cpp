@@ -38,9 +38,10 @@ TEST_CASE("sentence and task gating match the numpy transcription of lingvo", "[
   const auto wg = c.load<double>("wg", {"model", "experts"});
   CHECK(naive::all_close(sentence_embeddings(x, seg), c.load<double>("expected_embeddings", {"batch", "group", "model"}), 1e-12));
   Top2Options o;
-  o.capacity = Dim("expert_capacity", c.integer("capacity"));
+  o.capacity = CapacitySpec::fixed(c.integer("capacity"));
   GatingInputs<double> in;
-  in.importance = cast<double>(not_equal(seg, std::int64_t{0}));  // lingvo: 1 - paddings
+  const Tensor<double> importance = cast<double>(not_equal(seg, std::int64_t{0}));  // lingvo: 1 - paddings
+  in.importance = importance;
   const auto want = c.load<double>("expected_combine", {"batch", "group", "experts", "expert_capacity"});
   const auto r = sentence_top2_gating(wg, x, seg, o, true, in);
   CHECK(naive::all_close(r.plan.combine_tensor(), want, 1e-12));
@@ -57,7 +58,7 @@ TEST_CASE("sentence gating without local dispatch gates all tokens as one group"
   Tensor<std::int32_t> seg(Shape::parse("batch:2,group:5"), {1, 1, 2, 2, 0, 3, 3, 3, 4, 4});
   const auto wg = naive::random_tensor<double>(Shape::parse("model:3,experts:3"));
   Top2Options o;
-  o.capacity = Dim("expert_capacity", 4);
+  o.capacity = CapacitySpec::fixed(4);
   const auto r = sentence_top2_gating(wg, x, seg, o, false);
   CHECK(r.plan.groups() == 1);
   CHECK(r.plan.group.size == 10);

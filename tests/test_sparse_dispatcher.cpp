@@ -29,19 +29,19 @@ TEST_CASE("SparseDispatcher: dispatch, combine and expert_to_gates (hand-worked)
 }
 
 TEST_CASE("plan_from_gates routes like SparseDispatcher, for experts_sparse", "[dispatcher]") {
-  const auto gates = noisy_top_k_gating(naive::random_tensor<double>(Shape::parse("batch:20,model:4")),
-                                        naive::random_tensor<double>(Shape::parse("model:4,experts:5")), nullptr,
+  const auto gates = noisy_topk_gating(naive::random_tensor<double>(Shape::parse("batch:20,model:4")),
+                                        naive::random_tensor<double>(Shape::parse("model:4,experts:5")), std::nullopt,
                                         NoisyTopKOptions{})
                          .gates;
-  const auto plan = plan_from_gates(gates, "experts", 2);
+  const auto plan = plan_from_gates(gates, 2);
   SparseDispatcher<double> d(gates);
-  for (index_t e = 0; e < 5; ++e) CHECK(plan.fill[detail::uz(e)] == d.part_sizes()[detail::uz(e)]);
+  for (index_t e = 0; e < 5; ++e) CHECK(plan.taken[detail::uz(e)] == d.part_sizes()[detail::uz(e)]);
   // experts as FFNs: the plan path equals dispatch -> per-expert FFN -> combine
   ExpertWeights<double> w;
-  w.wi = naive::random_tensor<double>(Shape::parse("experts:5,model:4,hidden:6"));
-  w.wo = naive::random_tensor<double>(Shape::parse("experts:5,hidden:6,model:4"));
+  w.wi = shared_view(naive::random_tensor<double>(Shape::parse("experts:5,model:4,hidden:6")));
+  w.wo = shared_view(naive::random_tensor<double>(Shape::parse("experts:5,hidden:6,model:4")));
   const auto x = naive::random_tensor<double>(Shape::parse("batch:20,model:4"));
   const auto y = experts_sparse(reshape(x, Shape::parse("group:20,model:4")), plan, w, ExpertOptions{});
   CHECK(naive::all_close(reshape(y, x.shape()), naive::dispatcher_ffn(gates, x, w), 1e-12));
-  CHECK_THROWS_NAMING(plan_from_gates(gates, "experts", 1), value_error, "k = 1");
+  CHECK_THROWS_NAMING(plan_from_gates(gates, 1), value_error, "k = 1");
 }

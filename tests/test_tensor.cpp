@@ -46,17 +46,17 @@ TEST_CASE("Tensor has value semantics, borrow is zero-copy", "[tensor]") {
   CHECK(c[0] == 9);
 
   float buf[4] = {1, 2, 3, 4};
-  auto v = Tensor<float>::borrow(buf, Shape::parse("x:2,y:2"));
-  CHECK(v.borrowed());
+  TensorView<float> v = borrow(buf, Shape::parse("x:2,y:2"));
   CHECK(v.data() == buf);
   v.at({1, 1}) = 7;
   CHECK(buf[3] == 7);
-  Tensor<float> owned = v;  // copying a borrowed tensor owns
-  CHECK_FALSE(owned.borrowed());
+  Tensor<float> owned(v);  // copying a view owns (explicitly)
+  CHECK(owned.data() != buf);
   owned[0] = -1;
   CHECK(buf[0] == 1);
-  CHECK_THROWS_AS(Tensor<float>::borrow(nullptr, Shape::parse("x:2")), value_error);
-  CHECK_NOTHROW(Tensor<float>::borrow(nullptr, Shape::parse("x:0")));
+  CHECK(v.copy().to_vector() == std::vector<float>{1, 2, 3, 7});
+  CHECK_THROWS_AS(borrow(static_cast<float*>(nullptr), Shape::parse("x:2")), value_error);
+  CHECK_NOTHROW(borrow(static_cast<float*>(nullptr), Shape::parse("x:0")));
 }
 
 TEST_CASE("Tensor storage is 64-byte aligned and empty tensors allocate nothing", "[tensor]") {
@@ -69,48 +69,62 @@ TEST_CASE("Tensor storage is 64-byte aligned and empty tensors allocate nothing"
   CHECK(e2.size() == 0);
 }
 
-TEST_CASE("Read-only views: borrow of const memory and view() read without copying and refuse writes", "[tensor]") {
+TEST_CASE("Read-only views: borrow of const memory and view() read without copying, and write nothing", "[tensor]") {
   const float buf[6] = {1, 2, 3, 4, 5, 6};
-  Tensor<float> v = Tensor<float>::borrow(buf, Shape::parse("a:2,b:3"));
-  CHECK_FALSE(v.writable());
-  CHECK(v.borrowed());
-  const Tensor<float>& cv = v;
-  CHECK(cv.data() == buf);
-  CHECK(cv.at({1, 2}) == 6);
-  CHECK_THROWS_NAMING(v.data(), value_error, "read-only");
-  CHECK_THROWS_NAMING(v.at({0, 0}) = 1, value_error, "read-only");
-  CHECK_THROWS_NAMING(v[0] = 1, value_error, "read-only");
-  CHECK_THROWS_NAMING(v.fill(0.f), value_error, "read-only");
-  CHECK_THROWS_NAMING(v.begin(), value_error, "read-only");
-  // a copy owns and is writable; the view moved keeps being read-only
-  Tensor<float> copy = v;
-  CHECK(copy.writable());
+  TensorView<const float> v = borrow(buf, Shape::parse("a:2,b:3"));
+  static_assert(!TensorView<const float>::writable() && TensorView<float>::writable() && Tensor<float>::writable());
+  // writes through v do not compile (tests/compile_fail/); reads never throw
+  static_assert(std::is_same<decltype(v.data()), const float*>::value);
+  static_assert(std::is_same<decltype(v[0]), const float&>::value);
+  static_assert(std::is_same<decltype(*v.begin()), const float&>::value);
+  CHECK(v.data() == buf);
+  CHECK(v.at({1, 2}) == 6);
+  CHECK(v[0] == 1);
+  float total = 0;
+  for (float e : v) total += e;
+  CHECK(total == 21);
+  // a copy owns and is writable; copying the view copies no element
+  Tensor<float> copy = v.copy();
   copy[0] = 9;
   CHECK(buf[0] == 1);
-  Tensor<float> moved = std::move(v);
-  CHECK_FALSE(moved.writable());
+  TensorView<const float> moved = std::move(v);
   moved.set_shape(Shape::parse("c:6"));  // relabelling is not a write
-  CHECK(static_cast<const Tensor<float>&>(moved)[5] == 6);
+  CHECK(moved[5] == 6);
+  CHECK(moved.data() == buf);
 
   Tensor<int> owner(Shape::parse("a:3"), {7, 8, 9});
-  Tensor<int> alias = owner.view();
-  CHECK(static_cast<const Tensor<int>&>(alias).data() == static_cast<const Tensor<int>&>(owner).data());
-  CHECK_FALSE(alias.writable());
+  const Tensor<int>& cowner = owner;
+  TensorView<const int> alias = cowner.view();
+  CHECK(alias.data() == cowner.data());
   owner[1] = 80;  // the owner stays writable; the view sees the change
-  CHECK(static_cast<const Tensor<int>&>(alias)[1] == 80);
+  CHECK(alias[1] == 80);
+  TensorView<int> w = owner.view();  // a mutable view writes through
+  w[2] = 90;
+  CHECK(owner[2] == 90);
+  TensorView<const int> r = w;  // mutable -> read-only: O(1)
+  CHECK(r.data() == owner.data());
 }
 
-TEST_CASE("borrow wraps std::vector, const or not, and checks its size", "[tensor]") {
-  std::vector<double> v{1, 2, 3, 4};
-  auto t = borrow(v, Shape::parse("a:2,b:2"));
-  CHECK(t.writable());
-  t.at({1, 0}) = 30;
-  CHECK(v[2] == 30);
-  const std::vector<double>& cv = v;
-  auto r = borrow(cv, Shape::parse("n:4"));
-  CHECK_FALSE(r.writable());
-  CHECK(static_cast<const Tensor<double>&>(r).data() == v.data());
-  CHECK_THROWS_NAMING(borrow(cv, Shape::parse("n:5")), shape_error, "4 elements");
+TEST_CASE("Tensors and views convert in O(1) one way, and copy only explicitly", "[tensor]") {
+  static_assert(std::is_convertible<const Tensor<float>&, TensorView<const float>>::value);
+  static_assert(std::is_convertible<Tensor<float>&, TensorView<float>>::value);
+  static_assert(std::is_convertible<TensorView<float>, TensorView<const float>>::value);
+  static_assert(!std::is_convertible<const Tensor<float>&, TensorView<float>>::value);
+  static_assert(!std::is_convertible<TensorView<const float>, TensorView<float>>::value);
+  static_assert(!std::is_convertible<TensorView<const float>, Tensor<float>>::value);
+  static_assert(!std::is_convertible<TensorView<float>, Tensor<float>>::value);
+  static_assert(std::is_constructible<Tensor<float>, TensorView<const float>>::value);
+  // a view of a temporary would dangle
+  static_assert(!std::is_constructible<TensorView<const float>, Tensor<float>&&>::value);
+  static_assert(!std::is_constructible<TensorView<float>, Tensor<float>&&>::value);
+  Tensor<float> x(Shape::parse("a:2,b:3"), 1.f);
+  TensorView<const float> v = x;
+  CHECK(v.data() == x.data());
+  CHECK(v.shape() == x.shape());
+  // a default view is the rank-0 tensor 0
+  TensorView<const double> d;
+  CHECK(d.rank() == 0);
+  CHECK(d.item() == 0.0);
 }
 
 TEST_CASE("Sizes are overflow-checked, huge tensors are refused before allocating", "[tensor]") {

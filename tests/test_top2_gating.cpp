@@ -19,13 +19,13 @@ Tensor<double> logits_of(const Shape& s, const std::vector<double>& p) {
 
 Top2Options options(index_t capacity) {
   Top2Options o;
-  o.capacity = Dim("expert_capacity", capacity);
+  o.capacity = CapacitySpec::fixed(capacity);
   return o;
 }
 
 /// Fast and dense must agree exactly on the dense tensors (and loss).
 template <class T>
-void require_same(const Top2Result<T>& f, const Top2DenseResult<T>& d, double rtol) {
+void require_same(const RouterResult<T>& f, const DenseRouterResult<T>& d, double rtol) {
   REQUIRE(naive::all_close(f.plan.combine_tensor(), d.combine, rtol, rtol));
   REQUIRE(f.plan.dispatch_tensor().to_vector() == d.dispatch.to_vector());
   REQUIRE(naive::close(f.aux_loss, d.aux_loss, rtol, rtol));
@@ -79,7 +79,7 @@ TEST_CASE("top-2 gating, hand-worked: 2 groups, 6 tokens, 3 experts, capacity 2"
   CHECK(d.aux_loss == Approx(loss).epsilon(1e-12));
   for (index_t i = 0; i < expect.size(); ++i) CHECK(d.dispatch[i] == (expect[i] != 0 ? 1.0 : 0.0));
   // the plan itself
-  CHECK(f.plan.fill == std::vector<std::int32_t>{2, 2, 2, /**/ 2, 2, 2});
+  CHECK(f.plan.taken == std::vector<std::int32_t>{2, 2, 2, /**/ 2, 2, 2});
   CHECK(f.plan.expert[2 * 2] == -1);  // group 0, token 2: first choice dropped
   CHECK(f.stats.first_wanted == 12);
   CHECK(f.stats.first_kept == 10);
@@ -95,7 +95,7 @@ TEST_CASE("top-2 gating: policies, hand-worked on one token", "[top2]") {
   const auto logits = logits_of(Shape::parse("group:1,experts:3"), {.6, .3, .1});
   const double g2 = .3 / (.9 + 1e-9);
   auto second = [&](Top2Options o, GatingInputs<double> in = {}) {
-    o.capacity = Dim("expert_capacity", 4);
+    o.capacity = CapacitySpec::fixed(4);
     const auto r = top2_gating(logits, o, in);
     require_same(r, top2_gating_dense(logits, o, in), 1e-12);
     return r.plan.expert[1] >= 0;
@@ -112,15 +112,15 @@ TEST_CASE("top-2 gating: policies, hand-worked on one token", "[top2]") {
   o.policy = SecondPolicy::random;
   o.threshold = 0.5;  // keep if u < g2 / 0.5 = 0.667
   GatingInputs<double> in;
-  in.uniform = Tensor<double>(Shape::parse("group:1"), {0.6});
+  in.uniform = shared_view(Tensor<double>(Shape::parse("group:1"), {0.6}));
   CHECK(second(o, in));
-  in.uniform = Tensor<double>(Shape::parse("group:1"), {0.7});
+  in.uniform = shared_view(Tensor<double>(Shape::parse("group:1"), {0.7}));
   CHECK_FALSE(second(o, in));
   // sampling: the Gumbel draws decide; the first expert can never be chosen again
   o.policy = SecondPolicy::sampling;
   GatingInputs<double> gs;
-  gs.gumbel = Tensor<double>(Shape::parse("group:1,experts:3"), {100, 0, 5});
-  auto r = top2_gating(logits, [&] { auto p = o; p.capacity = Dim("expert_capacity", 4); return p; }(), gs);
+  gs.gumbel = shared_view(Tensor<double>(Shape::parse("group:1,experts:3"), {100, 0, 5}));
+  auto r = top2_gating(logits, [&] { auto p = o; p.capacity = CapacitySpec::fixed(4); return p; }(), gs);
   CHECK(r.plan.expert[1] == 2);
   CHECK(r.plan.weight[1] == Approx(.1 / (.6 + .1 + 1e-9)));
 }
@@ -138,7 +138,7 @@ TEST_CASE("top-2 gating: normalize after renormalizes the kept gates", "[top2]")
   CHECK(r.plan.expert[2] == -1);
   CHECK(r.plan.expert[3] == -1);
   // with normalize after, a lone kept gate becomes 1
-  o.capacity = Dim("expert_capacity", 3);
+  o.capacity = CapacitySpec::fixed(3);
   o.policy = SecondPolicy::none;
   const auto r2 = top2_gating(logits, o);
   CHECK(r2.plan.weight[2] == Approx(1.0));
@@ -147,7 +147,7 @@ TEST_CASE("top-2 gating: normalize after renormalizes the kept gates", "[top2]")
 TEST_CASE("top-2 gating: importance 1 / 0.5 / 0", "[top2]") {
   const auto logits = logits_of(Shape::parse("group:3,experts:3"), {.5, .3, .2, .5, .3, .2, .5, .3, .2});
   GatingInputs<double> in;
-  in.importance = Tensor<double>(Shape::parse("group:3"), {1.0, 0.5, 0.0});
+  in.importance = shared_view(Tensor<double>(Shape::parse("group:3"), {1.0, 0.5, 0.0}));
   const auto o = options(3);
   const auto r = top2_gating(logits, o, in);
   require_same(r, top2_gating_dense(logits, o, in), 1e-12);
@@ -161,7 +161,7 @@ TEST_CASE("top-2 gating: importance 1 / 0.5 / 0", "[top2]") {
   CHECK(r.plan.expert[4] == -1);
   CHECK(r.plan.expert[5] == -1);
   // all-zero importance: no routing at all, and no balancing loss
-  in.importance = Tensor<double>(Shape::parse("group:3"), 0.0);
+  in.importance = shared_view(Tensor<double>(Shape::parse("group:3"), 0.0));
   const auto z = top2_gating(logits, o, in);
   require_same(z, top2_gating_dense(logits, o, in), 1e-12);
   for (auto e : z.plan.expert) CHECK(e == -1);
@@ -175,7 +175,7 @@ TEST_CASE("top-2 gating: capacity edge cases", "[top2][edge]") {
     const auto o = options(1);
     const auto r = top2_gating(logits, o);
     require_same(r, top2_gating_dense(logits, o), 1e-12);
-    for (auto f : r.plan.fill) CHECK(f <= 1);
+    for (auto f : r.plan.taken) CHECK(f <= 1);
   }
   SECTION("capacity larger than the group keeps every choice") {
     const auto o = options(20);
@@ -192,9 +192,9 @@ TEST_CASE("top-2 gating: capacity edge cases", "[top2][edge]") {
     const auto r = top2_gating(l, o);
     require_same(r, top2_gating_dense(l, o), 1e-12);
     CHECK(r.stats.first_kept == 6);      // 3 per group
-    CHECK(r.plan.fill[0] == 3);
+    CHECK(r.plan.taken[0] == 3);
     CHECK(r.stats.second_kept == 6);     // ties -> expert 1 for all, 3 slots per group
-    CHECK(r.plan.fill[1] == 3);
+    CHECK(r.plan.taken[1] == 3);
   }
   SECTION("a group of one token") {
     const auto l = naive::random_tensor<double>(Shape::parse("batch:3,group:1,experts:4"));
@@ -233,10 +233,9 @@ TEST_CASE("top-2 gating: bad input names the dim or value", "[top2][errors]") {
   Top2Options o = options(2);
   CHECK_THROWS_NAMING(top2_gating(naive::random_tensor<double>(Shape::parse("group:3,e:4")), o), shape_error, "\"experts\"");
   CHECK_THROWS_NAMING(top2_gating(naive::random_tensor<double>(Shape::parse("g:3,experts:4")), o), shape_error, "\"group\"");
-  o.capacity = Dim("expert_capacity", 0);  // from the factor...
-  o.capacity_factor = 0.0;                 // ...which is no factor
+  o.capacity = CapacitySpec::factor(0.0);  // from a factor which is no factor
   CHECK_THROWS_NAMING(top2_gating(l, o), value_error, "capacity_factor");
-  o.capacity_factor = std::numeric_limits<double>::quiet_NaN();
+  o.capacity = CapacitySpec::factor(std::numeric_limits<double>::quiet_NaN());
   CHECK_THROWS_NAMING(top2_gating_dense(l, o), value_error, "capacity_factor");
   o = options(2);
   Tensor<double> bad = l;
@@ -245,18 +244,19 @@ TEST_CASE("top-2 gating: bad input names the dim or value", "[top2][errors]") {
   bad[5] = std::numeric_limits<double>::infinity();
   CHECK_THROWS_NAMING(top2_gating_dense(bad, o), value_error, "inf");
   GatingInputs<double> in;
-  in.importance = Tensor<double>(Shape::parse("batch:2,group:4"));
+  in.importance = shared_view(Tensor<double>(Shape::parse("batch:2,group:4")));
   CHECK_THROWS_NAMING(top2_gating(l, o, in), shape_error, "\"group\"");
-  in.importance = Tensor<double>(Shape::parse("batch:2"));
+  in.importance = shared_view(Tensor<double>(Shape::parse("batch:2")));
   CHECK_THROWS_NAMING(top2_gating(l, o, in), shape_error, "\"group\"");
   in = {};
-  in.gumbel = Tensor<double>(Shape::parse("batch:2,group:3"));
+  in.gumbel = shared_view(Tensor<double>(Shape::parse("batch:2,group:3")));
   CHECK_THROWS_NAMING(top2_gating(l, o, in), shape_error, "\"experts\"");
   CHECK_THROWS_NAMING(top2_gating(naive::random_tensor<double>(Shape::parse("group:3,experts:0")), o), value_error,
                       "\"experts\"");
   CHECK_THROWS_NAMING(parse_second_policy("best"), value_error, "best");
-  o.capacity = Dim("group", 2);
-  CHECK_THROWS_NAMING(top2_gating(l, o), shape_error, "\"group\"");
+  MoEDims clash;
+  clash.capacity = "group";
+  CHECK_THROWS_NAMING(top2_gating(l, o, {}, clash), shape_error, "\"group\"");
 }
 
 TEST_CASE("top-2 gating: seeded draws are reproducible and equal explicit draws", "[top2][random]") {
@@ -268,8 +268,8 @@ TEST_CASE("top-2 gating: seeded draws are reproducible and equal explicit draws"
     const auto a = top2_gating(l, o), b = top2_gating(l, o);
     CHECK(a.plan.combine_tensor().to_vector() == b.plan.combine_tensor().to_vector());
     GatingInputs<double> in;
-    if (policy == SecondPolicy::random) in.uniform = Rng(99).uniform<double>(Shape::parse("batch:2,group:9"));
-    else in.gumbel = Rng(99).gumbel<double>(l.shape());
+    if (policy == SecondPolicy::random) in.uniform = shared_view(Rng(99).uniform<double>(Shape::parse("batch:2,group:9")));
+    else in.gumbel = shared_view(Rng(99).gumbel<double>(l.shape()));
     CHECK(top2_gating(l, o, in).plan.combine_tensor().to_vector() == a.plan.combine_tensor().to_vector());
   }
 }
@@ -283,15 +283,15 @@ TEMPLATE_TEST_CASE("sparse gating equals the dense formulation on random shapes 
     const index_t E = std::uniform_int_distribution<index_t>(1, 6)(g);
     const auto l = naive::random_tensor<TestType>(Shape{{"batch", B}, {"group", S}, {"experts", E}}, -3, 3);
     Top2Options o;
-    o.capacity = Dim("expert_capacity", std::uniform_int_distribution<index_t>(1, S + 2)(g));
+    o.capacity = CapacitySpec::fixed(std::uniform_int_distribution<index_t>(1, S + 2)(g));
     o.policy = static_cast<SecondPolicy>(trial % 5);
     o.normalize = trial % 2 ? Normalize::after : Normalize::before;
     o.second_place_loss = trial % 3 == 0;
     o.threshold = 0.25;
     o.seed = static_cast<std::uint64_t>(trial);
     GatingInputs<TestType> in;
+    Tensor<TestType> imp(Shape{{"batch", B}, {"group", S}});  // (outlives the view in `in`)
     if (trial % 4 == 1) {
-      Tensor<TestType> imp(Shape{{"batch", B}, {"group", S}});
       for (auto& v : imp) v = static_cast<TestType>(std::uniform_int_distribution<int>(0, 2)(g)) / TestType(2);
       in.importance = imp;
     }
@@ -308,16 +308,16 @@ TEST_CASE("top-2 gating matches the numpy reference (tests/fixtures/moe)", "[top
     auto run = [&](auto zero) {
       using T = decltype(zero);
       Top2Options o;
-      o.capacity = Dim("expert_capacity", c.integer("capacity"));
+      o.capacity = CapacitySpec::fixed(c.integer("capacity"));
       o.policy = parse_second_policy(c.config.at("policy"));
       o.threshold = std::stod(c.config.at("threshold"));
       o.normalize = c.config.at("normalize") == "after" ? Normalize::after : Normalize::before;
       o.second_place_loss = c.integer("second_place_loss") != 0;
       const std::vector<std::string> gse{"batch", "group", "experts"}, gs{"batch", "group"};
       GatingInputs<T> in;
-      if (c.has("importance")) in.importance = c.load<T>("importance", gs);
-      if (c.has("uniform")) in.uniform = c.load<T>("uniform", gs);
-      if (c.has("gumbel")) in.gumbel = c.load<T>("gumbel", gse);
+      if (c.has("importance")) in.importance = shared_view(c.load<T>("importance", gs));
+      if (c.has("uniform")) in.uniform = shared_view(c.load<T>("uniform", gs));
+      if (c.has("gumbel")) in.gumbel = shared_view(c.load<T>("gumbel", gse));
       const auto logits = c.load<T>("logits", gse);
       const std::vector<std::string> gsec{"batch", "group", "experts", "expert_capacity"};
       const auto combine = c.load<T>("expected_combine", gsec);
@@ -342,7 +342,7 @@ TEST_CASE("top-2 gating ties: lowest or highest index, as the numpy transcriptio
   // Hand-worked: a zero-initialised router ties every expert. Lowest: first
   // choice 0, second 1; highest (Mesh TF's old top_1): first 3, second 2.
   Top2Options o;
-  o.capacity = Dim("expert_capacity", 4);
+  o.capacity = CapacitySpec::fixed(4);
   const Tensor<double> zeros(Shape{{"batch", 1}, {"group", 2}, {"experts", 4}}, 0.0);
   for (const Ties t : {Ties::lowest, Ties::highest}) {
     o.ties = t;
@@ -368,7 +368,7 @@ TEST_CASE("top-2 gating ties: lowest or highest index, as the numpy transcriptio
     auto run = [&](auto zero) {
       using T = decltype(zero);
       Top2Options opt;
-      opt.capacity = Dim("expert_capacity", c.integer("capacity"));
+      opt.capacity = CapacitySpec::fixed(c.integer("capacity"));
       opt.ties = parse_ties(c.config.at("ties"));
       const std::vector<std::string> gsec{"batch", "group", "experts", "expert_capacity"};
       const auto logits = c.load<T>("logits", {"batch", "group", "experts"});
@@ -390,36 +390,36 @@ TEST_CASE("top-2 gating without a capacity sizes it from the factor for the actu
   // The old silent default, C = 4, dropped most first choices on S = 1024,
   // E = 16. Now: Mesh TF's rule with cf = 1.25, C = max(min(S, int(S cf / E)), 4).
   const Top2Options d;
-  CHECK(d.capacity.size == 0);
-  CHECK(d.capacity_factor == 1.25);
+  CHECK(d.capacity.kind == CapacitySpec::Kind::factor);
+  CHECK(d.capacity.capacity_factor == 1.25);
+  CHECK(d.capacity.rule == CapacityRule::mtf);
   for (const index_t S : {1, 3, 64, 1024}) {
     const auto l = naive::random_tensor<float>(Shape{{"batch", 2}, {"group", S}, {"experts", 16}});
     const index_t want = mtf_capacity(S, 16, 1.25);
-    CHECK(resolved_capacity(d, S, 16).size == want);
+    CHECK(d.capacity.slots(S, 16, 2) == want);
     const auto f = top2_gating(l, d);
     const auto g = top2_gating_dense(l, d);
     CHECK(f.plan.capacity == Dim("expert_capacity", want));
     CHECK(g.combine.shape().size_of("expert_capacity") == want);
     Top2Options fixed;
-    fixed.capacity = Dim("expert_capacity", want);
+    fixed.capacity = CapacitySpec::fixed(want);
     CHECK(f.plan.combine_tensor().to_vector() == top2_gating(l, fixed).plan.combine_tensor().to_vector());
   }
-  CHECK(resolved_capacity(d, 1024, 16).size == 80);
+  CHECK(d.capacity.slots(1024, 16, 2) == 80);
   // Another rule and factor.
   Top2Options o;
-  o.capacity_factor = 2.0;
-  o.capacity_rule = CapacityRule::lingvo;
-  CHECK(resolved_capacity(o, 100, 16).size == lingvo_capacity(100, 16, 2.0));
-  // A fixed capacity wins over the factor.
-  o.capacity = Dim("expert_capacity", 7);
-  CHECK(resolved_capacity(o, 100, 16).size == 7);
+  o.capacity = CapacitySpec::factor(2.0, CapacityRule::lingvo);
+  CHECK(o.capacity.slots(100, 16, 2) == lingvo_capacity(100, 16, 2.0));
+  // A fixed capacity is that capacity.
+  o.capacity = CapacitySpec::fixed(7);
+  CHECK(o.capacity.slots(100, 16, 2) == 7);
 }
 
 TEST_CASE("the routing plan never holds a G*S*E*C tensor", "[top2][memory]") {
   const index_t G = 4, S = 1024, E = 16, C = 160;
   const auto l = naive::random_tensor<float>(Shape{{"batch", G}, {"group", S}, {"experts", E}});
   Top2Options o;
-  o.capacity = Dim("expert_capacity", C);
+  o.capacity = CapacitySpec::fixed(C);
   const auto r = top2_gating(l, o);
   // entries: 2 per token (expert, slot, weight); slots: G*E*C entry ids; fill: G*E
   const std::size_t bound = static_cast<std::size_t>(G * S * 2 * (4 + 4 + 4) + G * E * C * 8 + G * E * 4);
@@ -459,7 +459,7 @@ TEST_CASE("Mesh TF's max_experts top-2 gating matches the numpy transcription", 
     auto run = [&](auto zero) {
       using T = decltype(zero);
       Top2Options o;
-      o.capacity = Dim("expert_capacity", c.integer("capacity"));
+      o.capacity = CapacitySpec::fixed(c.integer("capacity"));
       o.policy = parse_second_policy(c.config.at("policy"));
       o.threshold = std::stod(c.config.at("threshold"));
       o.second_place_loss = c.integer("second_place_loss") != 0;
@@ -473,8 +473,8 @@ TEST_CASE("Mesh TF's max_experts top-2 gating matches the numpy transcription", 
       const auto combine = c.load<T>("expected_combine", gsec);
       const T loss = c.load<T>("expected_aux_loss", {}).item();
       const double tol = c.f64 ? 1e-12 : 1e-5;
-      const auto f = top2_gating_mtf_v1(logits, o, me ? &*me : nullptr, u ? &*u : nullptr);
-      const auto d = top2_gating_mtf_v1_dense(logits, o, me ? &*me : nullptr, u ? &*u : nullptr);
+      const auto f = top2_gating_mtf_v1(logits, o, me, u);
+      const auto d = top2_gating_mtf_v1_dense(logits, o, me, u);
       REQUIRE(naive::all_close(f.plan.combine_tensor(), combine, tol, tol));
       REQUIRE(naive::all_close(d.combine, combine, tol, tol));
       REQUIRE(f.plan.dispatch_tensor().to_vector() == c.load<T>("expected_dispatch", gsec).to_vector());
@@ -499,7 +499,7 @@ TEST_CASE("Mesh TF's max_experts top-2 gating: fast equals dense on edge cases",
     auto l = naive::random_ints<double>(gs.with(Dim("experts", E)), -1, 1);
     if (trial % 7 == 0) l.fill(0.0);
     Top2Options o;
-    o.capacity = Dim("expert_capacity", std::uniform_int_distribution<index_t>(1, S + 2)(g));  // C > S too
+    o.capacity = CapacitySpec::fixed(std::uniform_int_distribution<index_t>(1, S + 2)(g));  // C > S too
     o.policy = static_cast<SecondPolicy>(trial % 4);  // all, none, threshold, random
     o.second_place_loss = trial % 2 == 0;
     o.ties = trial % 3 == 0 ? Ties::highest : Ties::lowest;
@@ -507,8 +507,9 @@ TEST_CASE("Mesh TF's max_experts top-2 gating: fast equals dense on edge cases",
     Tensor<double> me = naive::random_ints<double>(gs, 0, 3);
     if (trial % 5 == 0) me.fill(0.0);  // every token padding
     INFO("trial " << trial);
-    const auto f = top2_gating_mtf_v1(l, o, trial % 2 ? &me : nullptr);
-    const auto d = top2_gating_mtf_v1_dense(l, o, trial % 2 ? &me : nullptr);
+    const OptionalView<double> max_experts = trial % 2 ? OptionalView<double>(me) : std::nullopt;
+    const auto f = top2_gating_mtf_v1(l, o, max_experts);
+    const auto d = top2_gating_mtf_v1_dense(l, o, max_experts);
     REQUIRE(naive::all_close(f.plan.combine_tensor(), d.combine, 1e-12, 1e-12));
     REQUIRE(naive::close(f.aux_loss, d.aux_loss, 1e-12, 1e-12));
     REQUIRE(f.stats.tokens_per_expert == d.stats.tokens_per_expert);
@@ -519,13 +520,13 @@ TEST_CASE("Mesh TF's max_experts top-2 gating: fast equals dense on edge cases",
   }
   const auto l = naive::random_tensor<double>(Shape::parse("batch:1,group:4,experts:3"));
   Top2Options o;
-  o.capacity = Dim("expert_capacity", 2);
+  o.capacity = CapacitySpec::fixed(2);
   o.policy = SecondPolicy::sampling;
   CHECK_THROWS_NAMING(top2_gating_mtf_v1(l, o), value_error, "sampling");
   o.policy = SecondPolicy::all;
   const Tensor<double> bad(Shape::parse("batch:1,group:5"));
-  CHECK_THROWS_NAMING(top2_gating_mtf_v1(l, o, &bad), shape_error, "max_experts");
+  CHECK_THROWS_NAMING(top2_gating_mtf_v1(l, o, bad), shape_error, "max_experts");
   Tensor<double> nan(Shape::parse("batch:1,group:4"));
   nan[1] = std::numeric_limits<double>::quiet_NaN();
-  CHECK_THROWS_NAMING(top2_gating_mtf_v1_dense(l, o, &nan), value_error, "max_experts");
+  CHECK_THROWS_NAMING(top2_gating_mtf_v1_dense(l, o, nan), value_error, "max_experts");
 }

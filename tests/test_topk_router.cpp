@@ -44,7 +44,7 @@ void check_plan_matches_dense(const RoutingPlan<double>& plan, const DenseRouter
     for (index_t e = 0; e < E; ++e)
       for (index_t c = 0; c < C; ++c) {
         const index_t entry = plan.slot_entry[static_cast<std::size_t>((g * E + e) * C + c)];
-        REQUIRE((entry >= 0) == (c < plan.fill[static_cast<std::size_t>(g * E + e)]));
+        REQUIRE((entry >= 0) == (c < plan.taken[static_cast<std::size_t>(g * E + e)]));
         if (entry >= 0) {
           REQUIRE(plan.expert[static_cast<std::size_t>(entry)] == e);
           REQUIRE(plan.slot[static_cast<std::size_t>(entry)] == c);
@@ -59,7 +59,7 @@ TEST_CASE("topk router: Switch top-1 with capacity, choice and batch-prioritized
   const auto L = logits_of(1, 3, 2, {2, 0, 3, 0, 0, 1});
   TopKOptions o;
   o.k = 1;
-  o.capacity = Dim("expert_capacity", 1);
+  o.capacity = CapacitySpec::fixed(1);
   auto r = topk_routing(L, o);
   CHECK(choices(r.plan, 0)[0].expert == 0);
   CHECK(choices(r.plan, 0)[0].slot == 0);
@@ -88,7 +88,7 @@ TEST_CASE("topk router: k = 2, choice vs token priority, normalizations", "[rout
   const auto L = logits_of(1, 2, 3, {2, 1, 0, 0, 2, 1});
   TopKOptions o;
   o.k = 2;
-  o.capacity = Dim("expert_capacity", 1);
+  o.capacity = CapacitySpec::fixed(1);
   auto r = topk_routing(L, o);  // choice: rank 0 of every token first
   auto c0 = choices(r.plan, 0), c1 = choices(r.plan, 1);
   CHECK(c0[0].expert == 0);
@@ -114,7 +114,7 @@ TEST_CASE("topk router: k = 2, choice vs token priority, normalizations", "[rout
   r = topk_routing(L, o);
   CHECK(choices(r.plan, 0)[0].weight == Approx(3.0).epsilon(1e-14));
   // dropless: everything kept, slots in choice order
-  o.capacity.reset();
+  o.capacity = CapacitySpec::dropless();
   o.normalize = TopKNormalize::none;
   o.scale = 1;
   r = topk_routing(L, o);
@@ -131,8 +131,8 @@ TEST_CASE("topk router: DeepSeek-V3 sigmoid scores, selection bias, group-limite
   TopKOptions o;
   o.k = 2;
   o.score = Score::sigmoid;
-  o.groups = 2;
-  o.topk_groups = 1;
+  o.expert_groups = 2;
+  o.topk_expert_groups = 1;
   o.normalize = TopKNormalize::topk;
   o.scale = 2;
   // without bias the two groups tie (1.0 each): the lower group, then the lower expert
@@ -153,7 +153,7 @@ TEST_CASE("topk router: DeepSeek-V3 sigmoid scores, selection bias, group-limite
   // masked groups score 0, not -inf: with negative biased scores a masked expert can win
   o.bias = {-1, -1, -1, -1};
   o.k = 2;
-  o.topk_groups = 1;
+  o.topk_expert_groups = 1;
   const auto L2 = logits_of(1, 1, 4, {5, 5, -5, -5});
   r = topk_routing(L2, o);  // group 0 wins; its c are ~-0.007, the masked group's are 0
   c = choices(r.plan, 0);
@@ -161,6 +161,41 @@ TEST_CASE("topk router: DeepSeek-V3 sigmoid scores, selection bias, group-limite
   CHECK(c[1].expert == 3);
   const auto d = topk_routing_dense(L2, o);
   check_plan_matches_dense(r.plan, d, 1e-15);
+}
+
+TEST_CASE("topk router: the experts of groups left out score 0 (Hugging Face) or -inf (DeepSeek)", "[routers][topk]") {
+  // Hand-worked. Sigmoid scores of zero logits are 0.5; with the bias the
+  // selection scores are c = [0.4, -0.4, 0.3, -0.3, -0.45, -0.45]. Groups of
+  // two score 0.0, 0.0 and -0.9: groups 0 and 1 stay eligible, group 2
+  // (experts 4, 5) is left out. The three best of c:
+  //   zero fill:    0.4 (e0), 0.3 (e2), 0 (e4, ahead of e5 and of -0.3)
+  //   -inf fill:    0.4 (e0), 0.3 (e2), -0.3 (e3)
+  const auto L = logits_of(1, 1, 6, {0, 0, 0, 0, 0, 0});
+  TopKOptions o;
+  o.k = 3;
+  o.score = Score::sigmoid;
+  o.bias = {-0.1, -0.9, -0.2, -0.8, -0.95, -0.95};
+  o.expert_groups = 3;
+  o.topk_expert_groups = 2;
+  auto experts = [&](GroupFill f) {
+    o.group_fill = f;
+    const auto r = topk_routing(L, o);
+    check_plan_matches_dense(r.plan, topk_routing_dense(L, o), 1e-15);
+    std::vector<std::int32_t> e;
+    for (const auto& c : choices(r.plan, 0)) e.push_back(c.expert);
+    return e;
+  };
+  CHECK(TopKOptions{}.group_fill == GroupFill::zero);  // Hugging Face's is the default
+  CHECK(experts(GroupFill::zero) == std::vector<std::int32_t>{0, 2, 4});
+  CHECK(experts(GroupFill::neg_inf) == std::vector<std::int32_t>{0, 2, 3});
+  // the weights are the unbiased scores of the chosen experts, either way
+  for (GroupFill f : {GroupFill::zero, GroupFill::neg_inf}) {
+    o.group_fill = f;
+    for (const auto& c : choices(topk_routing(L, o).plan, 0)) CHECK(c.weight == Approx(0.5).epsilon(1e-15));
+  }
+  CHECK(parse_group_fill("neg-inf") == GroupFill::neg_inf);
+  CHECK(std::string(to_string(GroupFill::zero)) == "zero");
+  CHECK_THROWS_NAMING(parse_group_fill("nan"), value_error, "nan");
 }
 
 TEST_CASE("topk router: the fast plan equals the dense oracle on random problems", "[routers][topk][property]") {
@@ -173,9 +208,10 @@ TEST_CASE("topk router: the fast plan equals the dense oracle on random problems
     TopKOptions o;
     o.k = std::uniform_int_distribution<index_t>(1, E)(g);
     o.score = trial % 2 ? Score::sigmoid : Score::softmax;
-    o.groups = groups;
+    o.expert_groups = groups;
     if (groups > 1) {
-      o.topk_groups = std::uniform_int_distribution<index_t>((o.k + E / groups - 1) / (E / groups), groups)(g);
+      o.topk_expert_groups = std::uniform_int_distribution<index_t>((o.k + E / groups - 1) / (E / groups), groups)(g);
+      o.group_fill = trial % 4 < 2 ? GroupFill::zero : GroupFill::neg_inf;
     }
     if (trial % 3 == 0) {
       const auto b = naive::random_tensor<double>(Shape{{"e", E}}, -0.5, 0.5);
@@ -184,7 +220,7 @@ TEST_CASE("topk router: the fast plan equals the dense oracle on random problems
     o.normalize = static_cast<TopKNormalize>(trial % 3);
     o.priority = static_cast<Priority>((trial / 3) % 3);
     o.scale = trial % 5 == 0 ? 2.5 : 1.0;
-    if (trial % 4 != 0) o.capacity = Dim("expert_capacity", std::uniform_int_distribution<index_t>(1, S + 2)(g));
+    if (trial % 4 != 0) o.capacity = CapacitySpec::fixed(std::uniform_int_distribution<index_t>(1, S + 2)(g));
     // coarse logits make ties common
     auto L = naive::random_tensor<double>(Shape{{"batch", G}, {"group", S}, {"experts", E}}, -2, 2);
     if (trial % 2 == 0)
@@ -219,18 +255,18 @@ TEST_CASE("topk router: bad options and logits are named", "[routers][topk][erro
   o.bias = {0, 0, 0, std::nan("")};
   CHECK_THROWS_NAMING(topk_routing(L, o), value_error, "bias");
   o.bias.clear();
-  o.groups = 3;
+  o.expert_groups = 3;
   CHECK_THROWS_NAMING(topk_routing(L, o), value_error, "groups");
-  o.groups = 4;  // one expert per group: no top-2 per group
+  o.expert_groups = 4;  // one expert per group: no top-2 per group
   CHECK_THROWS_NAMING(topk_routing(L, o), value_error, "groups");
-  o.groups = 2;
-  o.topk_groups = 3;
-  CHECK_THROWS_NAMING(topk_routing(L, o), value_error, "topk_groups");
-  o.topk_groups = 1;
+  o.expert_groups = 2;
+  o.topk_expert_groups = 3;
+  CHECK_THROWS_NAMING(topk_routing(L, o), value_error, "topk_expert_groups");
+  o.topk_expert_groups = 1;
   o.k = 3;  // one group of 2 cannot hold 3 choices
-  CHECK_THROWS_NAMING(topk_routing(L, o), value_error, "topk_groups");
+  CHECK_THROWS_NAMING(topk_routing(L, o), value_error, "topk_expert_groups");
   o = TopKOptions{};
-  o.capacity = Dim("expert_capacity", 0);
+  o.capacity = CapacitySpec::fixed(0);
   CHECK_THROWS_NAMING(topk_routing(L, o), value_error, "capacity");
   o = TopKOptions{};
   auto bad = L;
@@ -251,7 +287,7 @@ TEST_CASE("expert-choice router: hand-worked, ties to the lower token, fast equa
   // E = 2, S = 3, C = 2: scores for e0 = softmax rows
   const auto L = logits_of(1, 3, 2, {1, 0, 1, 0, -1, 0});
   ExpertChoiceOptions o;
-  o.capacity = Dim("expert_capacity", 2);
+  o.capacity = CapacitySpec::fixed(2);
   const auto r = expert_choice_routing(L, o);
   // e0's scores: .731, .731, .269 -> tokens 0, 1 (tie: lower first); e1: .269, .269, .731 -> tokens 2, 0
   const auto c0 = choices(r.plan, 0), c1 = choices(r.plan, 1), c2 = choices(r.plan, 2);
@@ -272,7 +308,7 @@ TEST_CASE("expert-choice router: hand-worked, ties to the lower token, fast equa
   for (int trial = 0; trial < 100; ++trial) {
     const index_t G = std::uniform_int_distribution<index_t>(1, 3)(g), S = std::uniform_int_distribution<index_t>(1, 10)(g);
     const index_t E = std::uniform_int_distribution<index_t>(1, 5)(g);
-    o.capacity = Dim("expert_capacity", std::uniform_int_distribution<index_t>(1, S)(g));
+    o.capacity = CapacitySpec::fixed(std::uniform_int_distribution<index_t>(1, S)(g));
     auto Lr = naive::random_tensor<double>(Shape{{"batch", G}, {"group", S}, {"experts", E}}, -2, 2);
     if (trial % 2 == 0)
       for (auto& v : Lr) v = std::round(v);
@@ -281,7 +317,7 @@ TEST_CASE("expert-choice router: hand-worked, ties to the lower token, fast equa
     check_plan_matches_dense(rr.plan, dd, 1e-14);
     CHECK(rr.z_loss == Approx(dd.z_loss).epsilon(1e-12));
   }
-  o.capacity = Dim("expert_capacity", 4);
+  o.capacity = CapacitySpec::fixed(4);
   CHECK_THROWS_NAMING(expert_choice_routing(L, o), value_error, "capacity 4");
 }
 

@@ -8,7 +8,7 @@ TEST_CASE("truncated gating: hand-worked exhaustion rule", "[truncated]") {
   // 4 tokens, 2 experts, capacity 2; every token prefers expert 0.
   Tensor<double> gates(Shape::parse("group:4,experts:2"), {.9, .1, .8, .2, .7, .3, .6, .4});
   Top2Options o;
-  o.capacity = Dim("expert_capacity", 2);
+  o.capacity = CapacitySpec::fixed(2);
   // First choices: e0 <- t0 (slot 0), t1 (slot 1); t2, t3 dropped. count_1 = [2, 0].
   // use_rate = [(2+1)/4, (0+1)/4] = [.75, .25]; exhaustion = [(2-2)/.75, (2-0)/.25] = [0, 8].
   // Token s > 0 sees e0 exhausted; e1 never. Second choices: t0 -> argmax(.9-1, .1) = e1,
@@ -34,7 +34,7 @@ TEMPLATE_TEST_CASE("truncated gating: fast equals dense on random inputs", "[tru
     const index_t E = std::uniform_int_distribution<index_t>(1, 6)(g);
     const auto gates = softmax(naive::random_tensor<TestType>(Shape{{"batch", 2}, {"group", S}, {"experts", E}}, -3, 3), "experts");
     Top2Options o;
-    o.capacity = Dim("expert_capacity", std::uniform_int_distribution<index_t>(1, S + 1)(g));
+    o.capacity = CapacitySpec::fixed(std::uniform_int_distribution<index_t>(1, S + 1)(g));
     INFO("trial " << trial);
     REQUIRE(naive::all_close(truncated_top2_gating(gates, o).plan.combine_tensor(), truncated_top2_gating_dense(gates, o),
                              1e-6, 1e-6));
@@ -49,7 +49,7 @@ TEST_CASE("truncated gating matches the numpy reference", "[truncated][fixtures]
     auto run = [&](auto zero) {
       using T = decltype(zero);
       Top2Options o;
-      o.capacity = Dim("expert_capacity", c.integer("capacity"));
+      o.capacity = CapacitySpec::fixed(c.integer("capacity"));
       const auto gates = c.load<T>("gates", {"batch", "group", "experts"});
       const auto want = c.load<T>("expected_combine", {"batch", "group", "experts", "expert_capacity"});
       const double tol = c.f64 ? 1e-12 : 1e-5;
@@ -70,7 +70,7 @@ TEST_CASE("truncated gating ties: lowest or highest index, as the numpy transcri
     auto run = [&](auto zero) {
       using T = decltype(zero);
       Top2Options o;
-      o.capacity = Dim("expert_capacity", c.integer("capacity"));
+      o.capacity = CapacitySpec::fixed(c.integer("capacity"));
       o.ties = parse_ties(c.config.at("ties"));
       const auto gates = c.load<T>("gates", {"batch", "group", "experts"});
       const auto want = c.load<T>("expected_combine", {"batch", "group", "experts", "expert_capacity"});

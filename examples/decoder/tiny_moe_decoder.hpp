@@ -13,13 +13,15 @@
 //   full_logits(ids [rows..., length])          the whole prefix at once, causal mask
 //   step_logits(step, ids [rows..., length], kv)  one position, with a KV cache
 // The KV cache is 2 * layers tensors [rows..., memory_length, heads, kv] -
-// beam-search state. Routing is per token (capacity = group size, so no
-// token is dropped): capacity-limited gating would make a token's experts
-// depend on which other tokens share its group, and cached decoding could not
-// match the full pass.
+// beam-search state. Routing is per token (dropless top-2: capacity = group
+// size, so no token is dropped): capacity-limited gating would make a
+// token's experts depend on which other tokens share its group, and cached
+// decoding could not match the full pass. Each layer keeps its MoELayer,
+// whose weights are laid out once, at construction.
 #pragma once
 
 #include <cmath>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -58,9 +60,18 @@ class MoEDecoder {
       L.wk = init(Shape{model(), heads(), kvd()}, sm);
       L.wv = init(Shape{model(), heads(), kvd()}, sm);
       L.wo = init(Shape{heads(), kvd(), model()}, 1.0 / std::sqrt(static_cast<double>(c.heads * c.kv)));
-      L.moe.wg = init(Shape{model(), experts()}, sm);
-      L.moe.experts.wi = init(Shape{experts(), model(), hidden()}, sm);
-      L.moe.experts.wo = init(Shape{experts(), hidden(), model()}, 1.0 / std::sqrt(static_cast<double>(c.hidden)));
+      L.wg = init(Shape{model(), experts()}, sm);
+      L.wi = init(Shape{experts(), model(), hidden()}, sm);
+      L.wo_experts = init(Shape{experts(), hidden(), model()}, 1.0 / std::sqrt(static_cast<double>(c.hidden)));
+      MoEWeights<T> w;
+      w.wg = L.wg;
+      w.experts.wi = L.wi;
+      w.experts.wo = L.wo_experts;
+      Top2Options gating;
+      gating.capacity = CapacitySpec::dropless();
+      MoEOptions o;
+      o.router = gating;
+      L.moe.emplace(w, o);  // lays the weights out, once
       layers_.push_back(std::move(L));
     }
   }
@@ -68,7 +79,7 @@ class MoEDecoder {
   const Config& config() const { return c_; }
 
   /// Logits for every position: ids [rows..., length] -> [rows..., length, vocab].
-  Tensor<T> full_logits(const Tensor<std::int64_t>& ids) {
+  Tensor<T> full_logits(const TensorView<const std::int64_t>& ids) {
     const Dim length = ids.shape()[ids.rank() - 1];
     const Shape rows = ids.shape().without({length.name});
     // inputs: token at p - 1 (zero at p = 0) + position p
@@ -98,7 +109,7 @@ class MoEDecoder {
 
   /// Logits at position `step` from the tokens before it and the cache:
   /// ids [rows..., length] -> [rows..., vocab]; writes position `step` into the cache.
-  Tensor<T> step_logits(index_t step, const Tensor<std::int64_t>& ids, std::vector<Tensor<T>>& cache) {
+  Tensor<T> step_logits(index_t step, const TensorView<const std::int64_t>& ids, std::vector<Tensor<T>>& cache) {
     const Dim length = ids.shape()[ids.rank() - 1];
     if (step >= c_.max_length) detail::raise<value_error>("tiny decoder: step ", step, " is past max_length ", c_.max_length);
     const Shape rows = ids.shape().without({length.name});
@@ -136,7 +147,8 @@ class MoEDecoder {
  private:
   struct Layer {
     Tensor<T> wq, wk, wv, wo;
-    MoEWeights<T> moe;
+    Tensor<T> wg, wi, wo_experts;   // the MoE block's weights
+    std::optional<MoELayer<T>> moe;  // laid out from them
   };
   Dim vocab() const { return Dim("vocab", c_.vocab); }
   Dim model() const { return Dim("model", c_.model); }
@@ -184,11 +196,7 @@ class MoEDecoder {
   /// The MoE feed-forward on x [tokens..., model] grouped as `grouped`
   /// ([groups..., group, model] without the model dim); capacity = group size.
   Tensor<T> moe(const Tensor<T>& x, const Shape& grouped, Layer& layer) {
-    const Dim group = grouped.get("group");
-    MoEOptions o;
-    o.gating.capacity = Dim("expert_capacity", group.size);
-    const Tensor<T> xg = reshape(x, grouped.with(model()));
-    auto out = moe_forward(xg, layer.moe, o);
+    auto out = layer.moe->forward(reshape(x, grouped.with(model())));
     auto& load = load_[static_cast<std::size_t>(&layer - layers_.data())];
     for (index_t e = 0; e < c_.experts; ++e) load[static_cast<std::size_t>(e)] += out.stats.tokens_per_expert[static_cast<std::size_t>(e)];
     return reshape(std::move(out.outputs), x.shape());

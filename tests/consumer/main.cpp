@@ -24,13 +24,18 @@ int main(int argc, char** argv) {
     return 1;
   }
   Rng rng(7);
-  MoEWeights<float> mw;
-  mw.wg = rng.normal<float>(Shape::parse("model:64,experts:4"));
-  mw.experts.wi = rng.normal<float>(Shape::parse("experts:4,model:64,hidden:96"));
-  mw.experts.wo = rng.normal<float>(Shape::parse("experts:4,hidden:96,model:64"));
+  const Tensor<float> wg = rng.normal<float>(Shape::parse("model:64,experts:4"));
+  const Tensor<float> wi = rng.normal<float>(Shape::parse("experts:4,model:64,hidden:96"));
+  const Tensor<float> wo = rng.normal<float>(Shape::parse("experts:4,hidden:96,model:64"));
+  MoEWeights<float> mw;  // read-only views of the tensors above
+  mw.wg = wg;
+  mw.experts.wi = wi;
+  mw.experts.wo = wo;
   const auto xs = rng.normal<float>(Shape::parse("batch:2,group:40,model:64"));
   MoEOptions o;
-  o.gating.capacity = Dim("expert_capacity", 40);
+  Top2Options gating;
+  gating.capacity = CapacitySpec::fixed(40);
+  o.router = gating;
   const Backend used = has_dnnl() ? Backend::dnnl : Backend::eigen;
   o.backend = used;
   const auto fast = MoELayer<float>(mw, o).forward(xs);

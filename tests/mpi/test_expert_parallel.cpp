@@ -40,15 +40,15 @@ MoEWeights<T> layer_weights(index_t M, index_t H, index_t E, bool gated, bool sh
     for (auto& v : t) v = static_cast<T>(static_cast<double>(v) * k);
     return t;
   };
-  w.wg = scaled(Shape{{"model", M}, {"experts", E}}, 1.0);
-  w.experts.wi = scaled(Shape{{"experts", E}, {"model", M}, {"hidden", H}}, 0.3);
-  w.experts.wo = scaled(Shape{{"experts", E}, {"hidden", H}, {"model", M}}, 0.3);
-  if (gated) w.experts.wi_gate = scaled(Shape{{"experts", E}, {"model", M}, {"hidden", H}}, 0.3);
+  w.wg = shared_view(scaled(Shape{{"model", M}, {"experts", E}}, 1.0));
+  w.experts.wi = shared_view(scaled(Shape{{"experts", E}, {"model", M}, {"hidden", H}}, 0.3));
+  w.experts.wo = shared_view(scaled(Shape{{"experts", E}, {"hidden", H}, {"model", M}}, 0.3));
+  if (gated) w.experts.wi_gate = shared_view(scaled(Shape{{"experts", E}, {"model", M}, {"hidden", H}}, 0.3));
   if (shared) {
     SharedExpertWeights<T> s;
-    s.wi = scaled(Shape{{"model", M}, {"hidden", 24}}, 0.3);
-    s.wo = scaled(Shape{{"hidden", 24}, {"model", M}}, 0.3);
-    s.gate = scaled(Shape{{"model", M}}, 0.3);
+    s.wi = shared_view(scaled(Shape{{"model", M}, {"hidden", 24}}, 0.3));
+    s.wo = shared_view(scaled(Shape{{"hidden", 24}, {"model", M}}, 0.3));
+    s.gate = shared_view(scaled(Shape{{"model", M}}, 0.3));
     w.shared = std::move(s);
   }
   return w;
@@ -120,7 +120,7 @@ void doc_examples() {
   const index_t M = 16, G = 2 * ranks;
   const MoEWeights<float> weights = layer_weights<float>(M, 24, 4, false, false, 21);
   MoEOptions opt;
-  opt.gating.capacity = Dim("expert_capacity", 8);
+  std::get<Top2Options>(opt.router).capacity = CapacitySpec::fixed(8);
   const Tensor<float> x = Rng(5).normal<float>(Shape{{"batch", G}, {"group", 12}, {"model", M}});
   const Tensor<float> my_groups = groups_of(x, 2 * rank, 2);
   const auto want = groups_of(MoELayer<float>(weights, opt).forward(x).outputs, 2 * rank, 2);
@@ -156,7 +156,7 @@ void two_level_case(const std::vector<int>& labels) {
   std::vector<int> sc(static_cast<std::size_t>(ranks)), sd(sc.size()), rc(sc.size()), rd(sc.size());
   index_t n = 0;
   for (int q = 0; q < ranks; ++q) sc[static_cast<std::size_t>(q)] = static_cast<int>((rank * 7 + q * 3) % 5), plan.to[static_cast<std::size_t>(q)] = sc[static_cast<std::size_t>(q)], sd[static_cast<std::size_t>(q)] = static_cast<int>(n), n += sc[static_cast<std::size_t>(q)];
-  AlignedVector<double> send(static_cast<std::size_t>(n * W));
+  detail::AlignedVector<double> send(static_cast<std::size_t>(n * W));
   for (std::size_t i = 0; i < send.size(); ++i) send[i] = rank * 1000.0 + static_cast<double>(i);
   MPI_Datatype row;
   MPI_Type_contiguous(static_cast<int>(W), MPI_DOUBLE, &row);
@@ -164,7 +164,7 @@ void two_level_case(const std::vector<int>& labels) {
   MPI_Alltoall(sc.data(), 1, MPI_INT, rc.data(), 1, MPI_INT, MPI_COMM_WORLD);
   index_t m = 0;
   for (int q = 0; q < ranks; ++q) rd[static_cast<std::size_t>(q)] = static_cast<int>(m), m += rc[static_cast<std::size_t>(q)];
-  AlignedVector<double> want(static_cast<std::size_t>(m * W)), got, s1, s2, back(send.size());
+  detail::AlignedVector<double> want(static_cast<std::size_t>(m * W)), got, s1, s2, back(send.size());
   MPI_Alltoallv(send.data(), sc.data(), sd.data(), row, want.data(), rc.data(), rd.data(), row, MPI_COMM_WORLD);
   t.forward(send.data(), W, row, plan, got, s1, s2);
   check(got == want, name + ": rows as MPI_Alltoallv delivers them");
@@ -204,31 +204,31 @@ int main(int argc, char** argv) {
     for (index_t E : {8, 6}) {  // P = 4 splits 6 experts unevenly
       const std::string e = " E=" + std::to_string(E);
       MoEOptions top2;
-      top2.gating.capacity = Dim("expert_capacity", 12);
-      top2.gating.policy = SecondPolicy::random;
-      top2.gating.second_place_loss = true;
+      std::get<Top2Options>(top2.router).capacity = CapacitySpec::fixed(12);
+      std::get<Top2Options>(top2.router).policy = SecondPolicy::random;
+      std::get<Top2Options>(top2.router).second_place_loss = true;
       equal_case("top2 random" + e, layer_weights<float>(M, H, E, false, false, 1), top2, G, S, M);
-      top2.gating.policy = SecondPolicy::sampling;
-      top2.gating.normalize = Normalize::after;
+      std::get<Top2Options>(top2.router).policy = SecondPolicy::sampling;
+      std::get<Top2Options>(top2.router).normalize = Normalize::after;
       equal_case("top2 sampling, normalize after" + e, layer_weights<float>(M, H, E, false, true, 11), top2, G, S, M);
       MoEOptions topk;
-      topk.router = RouterKind::topk;
-      topk.topk.k = 2;
-      topk.topk.normalize = TopKNormalize::topk;
+      topk.router = TopKOptions{};
+      std::get<TopKOptions>(topk.router).k = 2;
+      std::get<TopKOptions>(topk.router).normalize = TopKNormalize::topk;
       topk.activation = Activation::silu;
       equal_case("topk dropless, gated + shared" + e, layer_weights<float>(M, H, E, true, true, 2), topk, G, S, M);
       MoEOptions ds = topk;
-      ds.topk.score = Score::sigmoid;
-      ds.topk.groups = 2, ds.topk.topk_groups = 1;
-      ds.topk.bias.assign(static_cast<std::size_t>(E), 0.0);
-      ds.topk.bias[1] = 0.3;
-      ds.topk.scale = 2.5;
-      ds.topk.capacity = Dim("expert_capacity", 9);
-      ds.topk.priority = Priority::bpr;
+      std::get<TopKOptions>(ds.router).score = Score::sigmoid;
+      std::get<TopKOptions>(ds.router).expert_groups = 2, std::get<TopKOptions>(ds.router).topk_expert_groups = 1;
+      std::get<TopKOptions>(ds.router).bias.assign(static_cast<std::size_t>(E), 0.0);
+      std::get<TopKOptions>(ds.router).bias[1] = 0.3;
+      std::get<TopKOptions>(ds.router).scale = 2.5;
+      std::get<TopKOptions>(ds.router).capacity = CapacitySpec::fixed(9);
+      std::get<TopKOptions>(ds.router).priority = Priority::bpr;
       equal_case("topk sigmoid groups bias capacity bpr" + e, layer_weights<float>(M, H, E, true, false, 3), ds, G, S, M);
       MoEOptions ec;
-      ec.router = RouterKind::expert_choice;
-      ec.expert_choice.capacity = Dim("expert_capacity", 10);
+      ec.router = ExpertChoiceOptions{};
+      std::get<ExpertChoiceOptions>(ec.router).capacity = CapacitySpec::fixed(10);
       equal_case("expert choice + shared" + e, layer_weights<float>(M, H, E, false, true, 4), ec, G, S, M);
       for (Precision p : {Precision::bf16, Precision::int8}) {
         if (!backend_supports(Backend::automatic, p)) continue;
@@ -258,7 +258,7 @@ int main(int argc, char** argv) {
     // Fewer groups than ranks: some ranks bring none.
     {
       MoEOptions topk;
-      topk.router = RouterKind::topk;
+      topk.router = TopKOptions{};
       equal_case("topk, 2 groups", layer_weights<float>(16, 8, 4, false, true, 7), topk, 2, 30, 16);
     }
     // Another split (ranks take groups in reverse order): same routing,
@@ -267,8 +267,8 @@ int main(int argc, char** argv) {
       const index_t E = 8;
       const auto w = layer_weights<float>(M, H, E, true, true, 8);
       MoEOptions o;
-      o.router = RouterKind::topk;
-      o.topk.capacity = Dim("expert_capacity", 20);
+      o.router = TopKOptions{};
+      std::get<TopKOptions>(o.router).capacity = CapacitySpec::fixed(20);
       const Tensor<float> x = Rng(5).normal<float>(Shape{{"batch", G}, {"group", S}, {"model", M}});
       const auto ref = MoELayer<float>(w, o).forward(x);
       const ExpertParallelMoE<float> ep(MPI_COMM_WORLD, w, o);
@@ -287,7 +287,7 @@ int main(int argc, char** argv) {
     {
       const auto w = layer_weights<float>(M, H, 8, false, false, 9);
       MoEOptions o;
-      o.router = RouterKind::topk;
+      o.router = TopKOptions{};
       const ExpertParallelMoE<float> ep(MPI_COMM_WORLD, w, o);
       const index_t bad_m = rank == ranks - 1 ? M + 1 : M;
       const Tensor<float> x = Rng(1).normal<float>(Shape{{"batch", 1}, {"group", 8}, {"model", bad_m}});
@@ -301,7 +301,7 @@ int main(int argc, char** argv) {
       const auto wh = layer_weights<float>(M, rank == 0 ? H : H + 1, 8, false, false, 9);
       if (ranks > 1) expect_throw_everywhere("weights that differ across ranks", "hidden", [&] { ExpertParallelMoE<float>(MPI_COMM_WORLD, wh, o); });
       MoEOptions bad = o;
-      bad.topk.k = rank == 0 ? 9 : 2;
+      std::get<TopKOptions>(bad.router).k = rank == 0 ? 9 : 2;
       expect_throw_everywhere("k > E on rank 0", "rank 0", [&] { ExpertParallelMoE<float>(MPI_COMM_WORLD, w, bad); });
       ExpertParallelOptions h{Exchange::hierarchical, ranks + 1};
       if (ranks > 1) expect_throw_everywhere("ranks_per_node that does not divide", "does not divide", [&] { ExpertParallelMoE<float>(MPI_COMM_WORLD, w, o, h); });

@@ -44,7 +44,7 @@ inline constexpr double kMaskedBias = -1e9;
 /// Visibility -> additive bias: 0 where visible, `masked` elsewhere;
 /// [dims] bool -> [dims] T.
 template <class T>
-Tensor<T> to_bias(const Tensor<bool>& visible, T masked = static_cast<T>(kMaskedBias)) {
+Tensor<T> to_bias(const TensorView<const bool>& visible, T masked = static_cast<T>(kMaskedBias)) {
   return map(visible, [masked](bool v) { return v ? T(0) : masked; });
 }
 
@@ -52,7 +52,7 @@ Tensor<T> to_bias(const Tensor<bool>& visible, T masked = static_cast<T>(kMasked
 /// biases convert back; small additive biases count as visible);
 /// [dims] T -> [dims] bool.
 template <class T>
-Tensor<bool> to_visibility(const Tensor<T>& bias, T masked = static_cast<T>(kMaskedBias)) {
+Tensor<bool> to_visibility(const TensorView<const T>& bias, T masked = static_cast<T>(kMaskedBias)) {
   const T cut = masked / T(2);
   return map(bias, [cut](T v) { return v > cut; });
 }
@@ -60,14 +60,14 @@ Tensor<bool> to_visibility(const Tensor<T>& bias, T masked = static_cast<T>(kMas
 /// Renames the query dim to its memory twin (Mesh TF's
 /// rename_length_to_memory_length): [..., length] -> [..., memory_length].
 template <class T>
-Tensor<T> rename_length_to_memory_length(Tensor<T> x, const std::string& length = "length",
-                                         const std::string& memory_length = "memory_length") {
-  return rename(std::move(x), length, memory_length);
+TensorView<const T> rename_length_to_memory_length(const TensorView<const T>& x, const std::string& length = "length",
+                                                   const std::string& memory_length = "memory_length") {
+  return rename(x, length, memory_length);
 }
 
 /// AND / OR of masks, broadcast by name: [a] & [b] -> broadcast shape.
-inline Tensor<bool> mask_and(const Tensor<bool>& a, const Tensor<bool>& b) { return logical_and(a, b); }
-inline Tensor<bool> mask_or(const Tensor<bool>& a, const Tensor<bool>& b) { return logical_or(a, b); }
+inline Tensor<bool> mask_and(const TensorView<const bool>& a, const TensorView<const bool>& b) { return logical_and(a, b); }
+inline Tensor<bool> mask_or(const TensorView<const bool>& a, const TensorView<const bool>& b) { return logical_or(a, b); }
 
 namespace detail {
 /// [length, memory_length] bool from a predicate on (query i, memory j).
@@ -94,17 +94,17 @@ inline Tensor<bool> causal_mask(const Dim& length, const std::string& memory_len
 /// (integers) -> [..., length, memory_length], visible where
 /// query_pos >= memory_pos (memory_pos = query_pos renamed).
 template <class I>
-Tensor<bool> autoregressive_mask(const Tensor<I>& query_pos, const std::string& length = "length",
+Tensor<bool> autoregressive_mask(const TensorView<const I>& query_pos, const std::string& length = "length",
                                  const std::string& memory_length = "memory_length") {
   static_assert(std::is_integral<I>::value, "autoregressive_mask: positions must be integers");
-  const Tensor<I> memory_pos = rename_length_to_memory_length(query_pos, length, memory_length);
+  const TensorView<const I> memory_pos = rename_length_to_memory_length(query_pos, length, memory_length);
   return logical_not(less(query_pos, memory_pos));
 }
 
 /// Mesh TF attention_mask_ignore_padding: ids [..., length] -> visibility
 /// [..., memory_length], false where the id is 0 (padding).
 template <class I>
-Tensor<bool> padding_mask(const Tensor<I>& ids, const std::string& length = "length",
+Tensor<bool> padding_mask(const TensorView<const I>& ids, const std::string& length = "length",
                           const std::string& memory_length = "memory_length") {
   static_assert(std::is_integral<I>::value, "padding_mask: ids must be integers");
   return not_equal(rename_length_to_memory_length(ids, length, memory_length), I(0));
@@ -115,15 +115,15 @@ Tensor<bool> padding_mask(const Tensor<I>& ids, const std::string& length = "len
 /// memory_length, as it does) or [..., memory_length]; default: the query ids
 /// -> [..., length, memory_length], visible where the ids are equal.
 template <class I>
-Tensor<bool> same_segment_mask(const Tensor<I>& query_segment, const Tensor<I>* memory_segment = nullptr,
+Tensor<bool> same_segment_mask(const TensorView<const I>& query_segment, const OptionalView<I>& memory_segment = std::nullopt,
                                const std::string& length = "length", const std::string& memory_length = "memory_length") {
   static_assert(std::is_integral<I>::value, "same_segment_mask: segment ids must be integers");
   query_segment.shape().require(length, "same_segment_mask");
-  const Tensor<I>& m = memory_segment ? *memory_segment : query_segment;
+  const TensorView<const I> m = memory_segment ? *memory_segment : query_segment;
   if (m.shape().has(length) && m.shape().has(memory_length))
     detail::raise<shape_error>("same_segment_mask: memory segment ids ", m.shape(), " have both \"", length, "\" and \"",
                                memory_length, "\"");
-  const Tensor<I> mem = m.shape().has(length) ? rename_length_to_memory_length(m, length, memory_length) : m;
+  const TensorView<const I> mem = m.shape().has(length) ? rename_length_to_memory_length(m, length, memory_length) : m;
   mem.shape().require(memory_length, "same_segment_mask");
   // [..., length] vs [..., memory_length]: the result is [..., length, memory_length].
   const Shape out = broadcast_shape(query_segment.shape(), mem.shape(), "same_segment_mask");
@@ -206,7 +206,7 @@ inline Tensor<bool> block_diagonal_mask(const Dim& length, const std::vector<ind
 /// uniform row there, as Mesh TF does.)
 ///   logits [batch, heads, length, memory_length], mask [length, memory_length]
 template <class T>
-Tensor<T> masked_softmax(const Tensor<T>& logits, const Tensor<bool>& visible, const std::string& dim) {
+Tensor<T> masked_softmax(const TensorView<const T>& logits, const TensorView<const bool>& visible, const std::string& dim) {
   static_assert(std::is_floating_point<T>::value, "masked_softmax: needs a floating-point tensor");
   if (!visible.shape().is_subset_of(logits.shape()))
     detail::raise<shape_error>("masked_softmax: mask ", visible.shape(), " has dims not in the logits ", logits.shape());

@@ -16,13 +16,21 @@
 //                mlp.shared_expert_gate.weight [1, M]; normalized iff
 //                norm_topk_prob; MoE layers per decoder_sparse_step and
 //                mlp_only_layers
-//   qwen3_moe, olmoe  the same names without the shared expert
+//   qwen3_moe, olmoe  the same names without the shared expert (OLMoE's
+//                experts are sized by intermediate_size, Qwen's by
+//                moe_intermediate_size)
 //   deepseek_v3  mlp.gate.weight, mlp.gate.e_score_correction_bias,
 //                mlp.experts.{j}.*, mlp.shared_experts.*; sigmoid scores,
 //                selection bias, n_group / topk_group, norm_topk_prob,
 //                routed_scaling_factor; layers before first_k_dense_replace
 //                are dense (not MoE)
 // Routing is dropless (no capacity), as in these models' inference code.
+// Config keys are the transformers configuration classes' (MixtralConfig,
+// Qwen2MoeConfig, Qwen3MoeConfig, OlmoeConfig, DeepseekV3Config); a key
+// missing from config.json takes that class's default (e.g. n_group 8,
+// topk_group 4, routed_scaling_factor 2.5, first_k_dense_replace 3 for
+// deepseek_v3), except the sizes - hidden_size, num_hidden_layers, the
+// expert count and width, num_experts_per_tok - which must be given.
 //
 // Memory: tensors are views of the memory-mapped files. The experts of a
 // layer are separate tensors in the file; moe_weights() stacks them into one
@@ -33,9 +41,10 @@
 // values; fp32 layers compute from them exactly).
 //
 // Errors name the file, the tensor or the config key: io_error for files
-// that cannot be read or are malformed, value_error for a layer that is not
-// an MoE layer, a missing tensor or an unsupported model_type, shape_error
-// for a tensor whose shape disagrees with the config.
+// that cannot be read or are malformed, not_found_error for a missing file,
+// tensor or config key, value_error for a layer that is not an MoE layer or
+// an unsupported model_type, shape_error for a tensor whose shape disagrees
+// with the config.
 #pragma once
 
 #if !defined(EINMOE_HAS_JSON) && !__has_include(<nlohmann/json.hpp>)
@@ -67,7 +76,7 @@ struct HfMoEConfig {
   bool shared_gate = false;       ///< qwen2_moe's shared_expert_gate
   Score score = Score::softmax;
   TopKNormalize normalize = TopKNormalize::none;
-  index_t groups = 1, topk_groups = 1;
+  index_t expert_groups = 1, topk_expert_groups = 1;  ///< n_group, topk_group
   double scale = 1.0;             ///< routed_scaling_factor
   bool selection_bias = false;    ///< deepseek_v3's e_score_correction_bias
   Activation activation = Activation::silu;
@@ -107,7 +116,7 @@ class JsonKeys {
   JsonKeys(const nlohmann::json& j, std::string where) : j_(j), where_(std::move(where)) {}
   bool has(const char* k) const { return j_.contains(k) && !j_[k].is_null(); }
   index_t integer(const char* k, index_t lo) const {
-    if (!has(k)) raise<value_error>(where_, ": \"", k, "\" is missing");
+    if (!has(k)) raise<not_found_error>(where_, ": \"", k, "\" is missing");
     const auto& v = j_[k];
     if (!v.is_number_integer()) raise<value_error>(where_, ": \"", k, "\" is not an integer");
     const auto x = v.get<std::int64_t>();
@@ -172,19 +181,25 @@ inline HfMoEConfig parse_hf_moe_config(const nlohmann::json& j, const std::strin
     h.expert_hidden = c.integer("intermediate_size", 1);
     h.normalize = TopKNormalize::topk;
   } else if (t == "deepseek_v3") {
+    // (DeepseekV3Config's defaults: n_shared_experts 1, n_group 8, topk_group 4,
+    // routed_scaling_factor 2.5, first_k_dense_replace 3, norm_topk_prob true)
     h.experts = c.integer("n_routed_experts", 1);
     h.expert_hidden = c.integer("moe_intermediate_size", 1);
-    h.shared_hidden = h.expert_hidden * c.integer_or("n_shared_experts", 0, 1);
+    h.shared_hidden = detail::mul_size(h.expert_hidden, c.integer_or("n_shared_experts", 0, 1), where,
+                                       ": moe_intermediate_size x n_shared_experts");
     h.score = Score::sigmoid;
     h.selection_bias = true;
     h.normalize = c.boolean_or("norm_topk_prob", true) ? TopKNormalize::topk : TopKNormalize::none;
-    h.groups = c.integer_or("n_group", 1, 1);
-    h.topk_groups = c.integer_or("topk_group", 1, 1);
-    h.scale = c.real_or("routed_scaling_factor", 1.0);
-    h.first_k_dense_replace = c.integer_or("first_k_dense_replace", 0, 0);
+    h.expert_groups = c.integer_or("n_group", 1, 8);
+    h.topk_expert_groups = c.integer_or("topk_group", 1, 4);
+    h.scale = c.real_or("routed_scaling_factor", 2.5);
+    h.first_k_dense_replace = c.integer_or("first_k_dense_replace", 0, 3);
   } else {
+    // OlmoeConfig sizes its experts by intermediate_size (it has no
+    // moe_intermediate_size); Qwen2MoeConfig and Qwen3MoeConfig by
+    // moe_intermediate_size (their intermediate_size is the dense MLP's).
     h.experts = c.integer("num_experts", 1);
-    h.expert_hidden = c.integer("moe_intermediate_size", 1);
+    h.expert_hidden = c.integer(t == "olmoe" ? "intermediate_size" : "moe_intermediate_size", 1);
     h.normalize = c.boolean_or("norm_topk_prob", false) ? TopKNormalize::topk : TopKNormalize::none;
     if (t != "olmoe") {
       h.decoder_sparse_step = c.integer_or("decoder_sparse_step", 1, 1);
@@ -203,10 +218,11 @@ inline HfMoEConfig parse_hf_moe_config(const nlohmann::json& j, const std::strin
     }
   }
   if (h.k > h.experts) detail::raise<value_error>(where, ": num_experts_per_tok ", h.k, " exceeds the ", h.experts, " experts");
-  if (h.groups > 1) {
-    if (h.experts % h.groups != 0)
-      detail::raise<value_error>(where, ": n_group ", h.groups, " does not divide the ", h.experts, " experts");
-    if (h.topk_groups > h.groups) detail::raise<value_error>(where, ": topk_group ", h.topk_groups, " exceeds n_group ", h.groups);
+  if (h.expert_groups > 1) {
+    if (h.experts % h.expert_groups != 0)
+      detail::raise<value_error>(where, ": n_group ", h.expert_groups, " does not divide the ", h.experts, " experts");
+    if (h.topk_expert_groups > h.expert_groups)
+      detail::raise<value_error>(where, ": topk_group ", h.topk_expert_groups, " exceeds n_group ", h.expert_groups);
   }
   return h;
 }
@@ -247,19 +263,25 @@ class HfCheckpoint {
     if (weight_map_.empty()) return files_.at("")->has(name);
     return weight_map_.count(name) > 0 && file_of(name).has(name);
   }
-  /// The tensor `name` (a view of the mapped file where its dtype is T's),
-  /// one dim name per axis: [dims[0]=stored size 0, ...].
+  /// The tensor `name` as a read-only view that keeps what it reads alive
+  /// (the mapped file where its dtype is T's, else a converted copy), one dim
+  /// name per axis: [dims[0]=stored size 0, ...]. Throws not_found_error for
+  /// a missing tensor, shape_error for a rank other than dims.size().
   template <class T>
-  Tensor<T> tensor(const std::string& name, const std::vector<std::string>& dims) const {
+  TensorView<const T> tensor(const std::string& name, const std::vector<std::string>& dims) const {
     return file_of(name).tensor<T>(name, dims);
   }
+  /// Whether `p` points into the mapped file that holds tensor `name` (a
+  /// zero-copy tensor()). not_found_error for a missing tensor.
+  bool in_mapping(const std::string& name, const void* p) const { return file_of(name).in_mapping(p); }
   /// The stored dtype of `name` ("F32", "BF16", ...).
   std::string dtype(const std::string& name) const { return file_of(name).entry(name).dtype; }
 
   /// Layer `layer`'s MoE weights with the experts stacked (see the file
-  /// comment); S is float or bfloat16. value_error if the layer is not an MoE
-  /// layer or a tensor is missing; shape_error naming a tensor whose shape
-  /// disagrees with the config.
+  /// comment), as views that keep their memory alive; S is float or
+  /// bfloat16. value_error if the layer is not an MoE layer, not_found_error
+  /// for a missing tensor, shape_error naming a tensor whose shape disagrees
+  /// with the config.
   template <class S>
   MoEWeights<S> moe_weights(index_t layer) const {
     check_layer(layer);
@@ -283,9 +305,7 @@ class HfCheckpoint {
       s.wi = checked<S>(sp + "up_proj.weight", {"hidden", "model"}, {Hs, M});
       s.wo = checked<S>(sp + "down_proj.weight", {"model", "hidden"}, {M, Hs});
       if (c.shared_gate) {
-        Tensor<S> sg = checked<S>(p + "shared_expert_gate.weight", {"one", "model"}, {1, M});
-        sg.set_shape(Shape{{"model", M}});
-        s.gate = std::move(sg);
+        s.gate = reshape(checked<S>(p + "shared_expert_gate.weight", {"one", "model"}, {1, M}), Shape{{"model", M}});
       }
       w.shared = std::move(s);
     }
@@ -297,21 +317,22 @@ class HfCheckpoint {
   MoEOptions moe_options(index_t layer, Precision precision = Precision::fp32, Backend backend = Backend::automatic) const {
     check_layer(layer);
     const HfMoEConfig& c = config_;
-    MoEOptions o;
-    o.router = RouterKind::topk;
-    o.topk.k = c.k;
-    o.topk.score = c.score;
-    o.topk.normalize = c.normalize;
-    o.topk.groups = c.groups;
-    o.topk.topk_groups = c.topk_groups;
-    o.topk.scale = c.scale;
+    TopKOptions t;
+    t.k = c.k;
+    t.score = c.score;
+    t.normalize = c.normalize;
+    t.expert_groups = c.expert_groups;
+    t.topk_expert_groups = c.topk_expert_groups;
+    t.scale = c.scale;
     if (c.selection_bias) {
       const std::string b = c.prefix(layer) + "gate.e_score_correction_bias";
-      const Tensor<double> t = checked<double>(b, {"experts"}, {c.experts});
-      o.topk.bias.assign(t.begin(), t.end());
-      for (double v : o.topk.bias)
-        if (!std::isfinite(v)) detail::raise<value_error>(b, ": holds a non-finite value");
+      const TensorView<const double> v = checked<double>(b, {"experts"}, {c.experts});
+      t.bias.assign(v.begin(), v.end());
+      for (double x : t.bias)
+        if (!std::isfinite(x)) detail::raise<value_error>(b, ": holds a non-finite value");
     }
+    MoEOptions o;
+    o.router = t;
     o.activation = c.activation;
     o.precision = precision;
     o.backend = backend;
@@ -331,10 +352,10 @@ class HfCheckpoint {
     if (weight_map_.empty()) return *files_.at("");
     const auto it = weight_map_.find(name);
     if (it == weight_map_.end())
-      detail::raise<value_error>(dir_, "/model.safetensors.index.json: no tensor \"", name, "\"");
+      detail::raise<not_found_error>(dir_, "/model.safetensors.index.json: no tensor \"", name, "\"");
     auto& f = files_[it->second];
     if (!f) f = std::make_shared<SafetensorsFile>(dir_ + "/" + it->second);
-    if (!f->has(name)) detail::raise<value_error>(f->path(), ": no tensor \"", name, "\" (the index puts it there)");
+    if (!f->has(name)) detail::raise<not_found_error>(f->path(), ": no tensor \"", name, "\" (the index puts it there)");
     return *f;
   }
 
@@ -352,8 +373,9 @@ class HfCheckpoint {
   }
 
   template <class S>
-  Tensor<S> checked(const std::string& name, const std::vector<std::string>& dims, const std::vector<index_t>& sizes) const {
-    Tensor<S> t = tensor<S>(name, dims);
+  TensorView<const S> checked(const std::string& name, const std::vector<std::string>& dims,
+                              const std::vector<index_t>& sizes) const {
+    TensorView<const S> t = tensor<S>(name, dims);
     for (std::size_t i = 0; i < dims.size(); ++i)
       if (t.size_of(dims[i]) != sizes[i]) {
         std::vector<Dim> want;
@@ -363,18 +385,19 @@ class HfCheckpoint {
     return t;
   }
 
-  /// experts.{j}.<proj>.weight for every j, as one [experts, dims...] tensor.
+  /// experts.{j}.<proj>.weight for every j, as one [experts, dims...] tensor
+  /// (a view that keeps its stacked copy alive).
   template <class S>
-  Tensor<S> stack(const std::string& prefix, const char* proj, const std::vector<std::string>& dims,
+  TensorView<const S> stack(const std::string& prefix, const char* proj, const std::vector<std::string>& dims,
                   const std::vector<index_t>& sizes) const {
     const index_t E = config_.experts;
     const index_t per = detail::mul_size(sizes[0], sizes[1], "expert weights");
     Tensor<S> out(Shape{{"experts", E}, {dims[0], sizes[0]}, {dims[1], sizes[1]}}, uninitialized);
     for (index_t e = 0; e < E; ++e) {
-      const Tensor<S> t = checked<S>(prefix + "experts." + std::to_string(e) + "." + proj + ".weight", dims, sizes);
+      const TensorView<const S> t = checked<S>(prefix + "experts." + std::to_string(e) + "." + proj + ".weight", dims, sizes);
       std::copy(t.begin(), t.end(), out.data() + e * per);
     }
-    return out;
+    return shared_view(std::move(out));
   }
 
   std::string dir_;

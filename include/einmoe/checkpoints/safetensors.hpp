@@ -3,8 +3,8 @@
 //
 // Example:
 //   SafetensorsFile f(path);                     // e.g. "model.safetensors", stored in BF16
-//   Tensor<bfloat16> w = f.tensor<bfloat16>("model.layers.0.mlp.gate.weight", {"experts", "model"});  // a view
-//   Tensor<float> w32 = f.tensor<float>("model.layers.0.mlp.gate.weight", {"experts", "model"});      // a copy
+//   TensorView<const bfloat16> w = f.tensor<bfloat16>("model.layers.0.mlp.gate.weight", {"experts", "model"});  // the mapping
+//   TensorView<const float> w32 = f.tensor<float>("model.layers.0.mlp.gate.weight", {"experts", "model"});     // a converted copy
 //
 // The format (https://github.com/huggingface/safetensors): an 8-byte
 // little-endian header length N, N bytes of JSON {name: {"dtype", "shape",
@@ -203,10 +203,10 @@ class SafetensorsFile {
 
   const std::string& path() const { return map_->path(); }
   bool has(const std::string& name) const { return entries_.count(name) > 0; }
-  /// The entry of `name`; value_error naming the file and tensor if absent.
+  /// The entry of `name`; not_found_error naming the file and tensor if absent.
   const SafetensorsEntry& entry(const std::string& name) const {
     const auto it = entries_.find(name);
-    if (it == entries_.end()) detail::raise<value_error>(path(), ": no tensor \"", name, "\"");
+    if (it == entries_.end()) detail::raise<not_found_error>(path(), ": no tensor \"", name, "\"");
     return it->second;
   }
   /// Tensor names, sorted.
@@ -216,11 +216,14 @@ class SafetensorsFile {
     return out;
   }
 
-  /// The tensor `name` with one dim name per axis (see the file comment for
-  /// when this is a view and when a copy). T is float, double or bfloat16.
-  /// Shape: [dims[0]=stored size 0, ...].
+  /// The tensor `name` with one dim name per axis, as a read-only view that
+  /// keeps what it reads alive: the file's mapping itself when the stored
+  /// dtype is T and aligned, else a converted copy (see the file comment).
+  /// T is float, double or bfloat16. Shape: [dims[0]=stored size 0, ...].
+  /// Throws not_found_error for a missing tensor, shape_error for a rank
+  /// other than dims.size(), value_error for a dtype T cannot hold.
   template <class T>
-  Tensor<T> tensor(const std::string& name, const std::vector<std::string>& dims) const {
+  TensorView<const T> tensor(const std::string& name, const std::vector<std::string>& dims) const {
     static_assert(std::is_same<T, float>::value || std::is_same<T, double>::value || std::is_same<T, bfloat16>::value,
                   "SafetensorsFile::tensor<float, double or bfloat16>");
     const SafetensorsEntry& e = entry(name);
@@ -238,7 +241,7 @@ class SafetensorsFile {
     const bool same = (std::is_same<T, float>::value && f32) || (std::is_same<T, bfloat16>::value && bf16) ||
                       (std::is_same<T, double>::value && f64);
     if (same && count > 0 && reinterpret_cast<std::uintptr_t>(p) % alignof(T) == 0)
-      return Tensor<T>::borrow_shared(reinterpret_cast<const T*>(p), shape, map_);
+      return TensorView<const T>(reinterpret_cast<const T*>(p), shape, map_);
     Tensor<T> out(shape, uninitialized);
     for (std::size_t i = 0; i < count; ++i) {
       const unsigned char* q = p + i * detail::safetensors_dtype_bytes(e.dtype);
@@ -263,7 +266,13 @@ class SafetensorsFile {
         out.data()[i] = static_cast<T>(v);
       }
     }
-    return out;
+    return shared_view(std::move(out));
+  }
+
+  /// Whether `p` points into the file's mapping (a zero-copy tensor()).
+  bool in_mapping(const void* p) const {
+    const auto* q = static_cast<const unsigned char*>(p);
+    return map_->data() && q >= map_->data() && q < map_->data() + map_->size();
   }
 
  private:

@@ -101,7 +101,7 @@ struct is_tensor_element<bfloat16> : std::true_type {};
 
 /// x rounded to bfloat16 (nearest, ties to even): [dims] -> [dims].
 template <class T>
-Tensor<bfloat16> to_bfloat16(const Tensor<T>& x) {
+Tensor<bfloat16> to_bfloat16(const TensorView<const T>& x) {
   static_assert(std::is_floating_point<T>::value, "to_bfloat16: float or double tensors");
   Tensor<bfloat16> out(x.shape(), uninitialized);
   const T* in = x.data();
@@ -112,7 +112,7 @@ Tensor<bfloat16> to_bfloat16(const Tensor<T>& x) {
 
 /// x widened exactly to float or double: [dims] -> [dims].
 template <class T>
-Tensor<T> from_bfloat16(const Tensor<bfloat16>& x) {
+Tensor<T> from_bfloat16(const TensorView<const bfloat16>& x) {
   static_assert(std::is_floating_point<T>::value, "from_bfloat16: to float or double");
   Tensor<T> out(x.shape(), uninitialized);
   const bfloat16* in = x.data();

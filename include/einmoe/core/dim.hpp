@@ -9,6 +9,8 @@
 //   Shape s = Shape::parse("batch:8,length:512");   // [batch=8, length=512]
 #pragma once
 
+#include <algorithm>
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
@@ -46,32 +48,29 @@ struct Dim {
 };
 
 /// An ordered list of Dims with unique names: [batch=8, length=512].
+///
+/// Shapes of up to 6 dims keep their dims inline, so copying or building one
+/// allocates nothing (names of up to 15 characters live inside std::string);
+/// a view's shape is copied with the view, so this keeps views O(1) and the
+/// layers' steady-state forward passes free of allocations.
 class Shape {
  public:
+  /// Dims kept inline; larger ranks go to the heap.
+  static constexpr index_t inline_rank = 6;
+
   Shape() = default;
-  Shape(std::initializer_list<Dim> dims) : Shape(std::vector<Dim>(dims)) {}
-  explicit Shape(std::vector<Dim> dims) : dims_(std::move(dims)) {
-    for (std::size_t i = 0; i < dims_.size(); ++i)
-      for (std::size_t j = 0; j < i; ++j)
-        if (dims_[i].name == dims_[j].name)
-          detail::raise<shape_error>("Shape: dim \"", dims_[i].name, "\" appears twice");
-    // Every stride and offset is a product of sizes; with zero sizes counted
-    // as 1, the largest such product is this one, so checking it once here
-    // makes every later size computation on the shape safe.
-    index_t span = 1;
-    count_ = 1;
-    for (const auto& d : dims_) {
-      if (d.size < 0) detail::raise<value_error>("Shape: dim \"", d.name, "\" has negative size ", d.size);
-      if (d.size > 0 && __builtin_mul_overflow(span, d.size, &span))
-        detail::raise<shape_error>("Shape: ", *this, " has more elements than fit in 64 bits");
-      count_ *= d.size;
-    }
+  Shape(std::initializer_list<Dim> dims) {
+    for (const auto& d : dims) push(d);
+  }
+  explicit Shape(const std::vector<Dim>& dims) {
+    for (const auto& d : dims) push(d);
   }
 
   /// Parses "batch:8,length:512" (whitespace around tokens is ignored; "" is
-  /// the rank-0 shape).
+  /// the rank-0 shape). Throws value_error for a token that is not name:size
+  /// and shape_error for a repeated name.
   static Shape parse(const std::string& text) {
-    std::vector<Dim> dims;
+    Shape out;
     std::size_t pos = 0;
     auto trim = [](std::string s) {
       const auto b = s.find_first_not_of(" \t\n");
@@ -79,7 +78,7 @@ class Shape {
       const auto e = s.find_last_not_of(" \t\n");
       return s.substr(b, e - b + 1);
     };
-    if (trim(text).empty()) return Shape();
+    if (trim(text).empty()) return out;
     while (pos <= text.size()) {
       auto comma = text.find(',', pos);
       if (comma == std::string::npos) comma = text.size();
@@ -92,25 +91,30 @@ class Shape {
       if (num.empty() || num.find_first_not_of("0123456789") != std::string::npos || num.size() > 18)
         detail::raise<value_error>("Shape::parse: size \"", num, "\" of dim \"", name,
                                    "\" is not a non-negative integer");
-      dims.emplace_back(name, static_cast<index_t>(std::stoll(num)));
+      out.push(Dim(name, static_cast<index_t>(std::stoll(num))));
       pos = comma + 1;
     }
-    return Shape(std::move(dims));
+    return out;
   }
 
-  index_t rank() const { return static_cast<index_t>(dims_.size()); }
+  index_t rank() const { return rank_; }
   /// Number of elements (1 for rank 0); never overflows (checked when the
   /// shape was made).
   index_t num_elements() const { return count_; }
-  const std::vector<Dim>& dims() const { return dims_; }
-  const Dim& operator[](index_t i) const { return dims_.at(static_cast<std::size_t>(i)); }
-  auto begin() const { return dims_.begin(); }
-  auto end() const { return dims_.end(); }
+  /// The dims as a vector (a copy; iterate the shape itself to avoid one).
+  std::vector<Dim> dims() const { return std::vector<Dim>(begin(), end()); }
+  /// The i-th dim; shape_error when i is not in [0, rank).
+  const Dim& operator[](index_t i) const {
+    if (i < 0 || i >= rank_) detail::raise<shape_error>("Shape: index ", i, " is out of range for ", *this);
+    return begin()[i];
+  }
+  const Dim* begin() const { return rank_ <= inline_rank ? small_.data() : big_.data(); }
+  const Dim* end() const { return begin() + rank_; }
 
   /// Position of the named dim, or -1.
   index_t index_of(const std::string& name) const {
-    for (std::size_t i = 0; i < dims_.size(); ++i)
-      if (dims_[i].name == name) return static_cast<index_t>(i);
+    for (index_t i = 0; i < rank_; ++i)
+      if (begin()[i].name == name) return i;
     return -1;
   }
   bool has(const std::string& name) const { return index_of(name) >= 0; }
@@ -118,7 +122,7 @@ class Shape {
   const Dim& get(const std::string& name, const char* op = "Shape::get") const {
     const index_t i = index_of(name);
     if (i < 0) detail::raise<shape_error>(op, ": no dim \"", name, "\" in ", *this);
-    return dims_[static_cast<std::size_t>(i)];
+    return begin()[i];
   }
   index_t size_of(const std::string& name, const char* op = "Shape::size_of") const {
     return get(name, op).size;
@@ -131,25 +135,25 @@ class Shape {
 
   std::vector<std::string> names() const {
     std::vector<std::string> out;
-    out.reserve(dims_.size());
-    for (const auto& d : dims_) out.push_back(d.name);
+    out.reserve(static_cast<std::size_t>(rank_));
+    for (const auto& d : *this) out.push_back(d.name);
     return out;
   }
 
   /// Row-major strides in elements.
   std::vector<index_t> strides() const {
-    std::vector<index_t> s(dims_.size(), 1);
-    for (std::size_t i = dims_.size(); i-- > 1;) s[i - 1] = s[i] * dims_[i].size;
+    std::vector<index_t> s(static_cast<std::size_t>(rank_), 1);
+    for (std::size_t i = static_cast<std::size_t>(rank_); i-- > 1;) s[i - 1] = s[i] * begin()[i].size;
     return s;
   }
 
   /// True when every dim of *this is in `other` with the same size, in the
   /// same relative order (Mesh TF's "subsequence" broadcast test).
   bool is_subsequence_of(const Shape& other) const {
-    std::size_t j = 0;
-    for (const auto& d : dims_) {
-      while (j < other.dims_.size() && other.dims_[j].name != d.name) ++j;
-      if (j == other.dims_.size() || other.dims_[j].size != d.size) return false;
+    index_t j = 0;
+    for (const auto& d : *this) {
+      while (j < other.rank_ && other.begin()[j].name != d.name) ++j;
+      if (j == other.rank_ || other.begin()[j].size != d.size) return false;
       ++j;
     }
     return true;
@@ -157,49 +161,89 @@ class Shape {
 
   /// True when every dim of *this is in `other` (any order, same size).
   bool is_subset_of(const Shape& other) const {
-    for (const auto& d : dims_) {
+    for (const auto& d : *this) {
       const index_t i = other.index_of(d.name);
-      if (i < 0 || other[i].size != d.size) return false;
+      if (i < 0 || other.begin()[i].size != d.size) return false;
     }
     return true;
   }
 
   /// This shape without the named dims (names not present are ignored).
   Shape without(const std::vector<std::string>& names) const {
-    std::vector<Dim> out;
-    for (const auto& d : dims_) {
-      bool drop = false;
-      for (const auto& n : names) drop = drop || (n == d.name);
-      if (!drop) out.push_back(d);
-    }
-    return Shape(std::move(out));
+    Shape out;
+    for (const auto& d : *this)
+      if (std::find(names.begin(), names.end(), d.name) == names.end()) out.push(d);
+    return out;
+  }
+  /// This shape without one named dim (absent: unchanged); allocates nothing
+  /// for inline shapes.
+  Shape without_dim(const std::string& name) const {
+    Shape out;
+    for (const auto& d : *this)
+      if (d.name != name) out.push(d);
+    return out;
   }
 
-  /// This shape with `d` appended.
+  /// This shape with `d` appended; shape_error if its name is taken.
   Shape with(const Dim& d) const {
-    auto v = dims_;
-    v.push_back(d);
-    return Shape(std::move(v));
+    Shape out = *this;
+    out.push(d);
+    return out;
   }
 
   std::string to_string() const {
     std::string s;
-    for (std::size_t i = 0; i < dims_.size(); ++i) {
+    for (index_t i = 0; i < rank_; ++i) {
       if (i) s += ',';
-      s += dims_[i].name + ':' + std::to_string(dims_[i].size);
+      s += begin()[i].name + ':' + std::to_string(begin()[i].size);
     }
     return s;
   }
 
-  friend bool operator==(const Shape& a, const Shape& b) { return a.dims_ == b.dims_; }
+  friend bool operator==(const Shape& a, const Shape& b) {
+    if (a.rank_ != b.rank_) return false;
+    for (index_t i = 0; i < a.rank_; ++i)
+      if (a.begin()[i] != b.begin()[i]) return false;
+    return true;
+  }
   friend bool operator!=(const Shape& a, const Shape& b) { return !(a == b); }
   friend std::ostream& operator<<(std::ostream& os, const Shape& s) {
     return os << '[' << s.to_string() << ']';
   }
 
  private:
-  std::vector<Dim> dims_;
+  /// Appends d: its name must be new, and every stride and offset stays in
+  /// 64 bits (with zero sizes counted as 1, the largest such product is
+  /// span_, so checking it here makes every later size computation on the
+  /// shape safe).
+  void push(const Dim& d) {
+    if (has(d.name)) detail::raise<shape_error>("Shape: dim \"", d.name, "\" appears twice");
+    if (d.size < 0) detail::raise<value_error>("Shape: dim \"", d.name, "\" has negative size ", d.size);
+    index_t span = span_;
+    if (d.size > 0 && __builtin_mul_overflow(span, d.size, &span)) {
+      Shape whole = *this;
+      whole.append_unchecked(d);
+      detail::raise<shape_error>("Shape: ", whole, " has more elements than fit in 64 bits");
+    }
+    span_ = span;
+    count_ *= d.size;
+    append_unchecked(d);
+  }
+  void append_unchecked(const Dim& d) {
+    if (rank_ < inline_rank) {
+      small_[static_cast<std::size_t>(rank_)] = d;
+    } else {
+      if (rank_ == inline_rank) big_.assign(small_.begin(), small_.end());
+      big_.push_back(d);
+    }
+    ++rank_;
+  }
+
+  std::array<Dim, inline_rank> small_;
+  std::vector<Dim> big_;  // all the dims, when more than inline_rank
+  index_t rank_ = 0;
   index_t count_ = 1;
+  index_t span_ = 1;
 };
 
 /// One or more dim names as an argument: "group", std::string, or {"a", "b"}.

@@ -99,8 +99,13 @@ MatrixMap<T> as_matrix(Tensor<T>& x, const Names& rows, const Names& cols) {
   const auto rc = detail::matrix_dims(x.shape(), rows, cols);
   return MatrixMap<T>(x.data(), rc.first, rc.second);
 }
+template <class T, std::enable_if_t<!std::is_const<T>::value, int> = 0>
+MatrixMap<T> as_matrix(const TensorView<T>& x, const Names& rows, const Names& cols) {
+  const auto rc = detail::matrix_dims(x.shape(), rows, cols);
+  return MatrixMap<T>(x.data(), rc.first, rc.second);
+}
 template <class T>
-ConstMatrixMap<T> as_matrix(const Tensor<T>& x, const Names& rows, const Names& cols) {
+ConstMatrixMap<T> as_matrix(const TensorView<const T>& x, const Names& rows, const Names& cols) {
   const auto rc = detail::matrix_dims(x.shape(), rows, cols);
   return ConstMatrixMap<T>(x.data(), rc.first, rc.second);
 }
@@ -109,31 +114,31 @@ ConstMatrixMap<T> as_matrix(const Tensor<T>& x, const Names& rows, const Names& 
 /// row-major -> [rows, cols], column-major -> [cols, rows]. Writable when m
 /// has write access.
 template <class Derived, std::enable_if_t<detail::eigen_direct<Derived>::value, int> = 0>
-Tensor<typename Derived::Scalar> borrow(Eigen::DenseBase<Derived>& m, const std::string& rows, const std::string& cols) {
+auto borrow(Eigen::DenseBase<Derived>& m, const std::string& rows, const std::string& cols) {
   Shape s = detail::eigen_shape(m, rows, cols);
-  return Tensor<typename Derived::Scalar>::borrow(m.derived().data(), std::move(s));
+  return borrow(m.derived().data(), std::move(s));
 }
 /// A read-only tensor over a const contiguous Eigen matrix (no copy), dims
 /// in storage order as above: [rows, cols] or [cols, rows].
 template <class Derived, std::enable_if_t<detail::eigen_direct<Derived>::value, int> = 0>
-Tensor<typename Derived::Scalar> borrow(const Eigen::DenseBase<Derived>& m, const std::string& rows,
-                                        const std::string& cols) {
+TensorView<const typename Derived::Scalar> borrow(const Eigen::DenseBase<Derived>& m, const std::string& rows,
+                                                  const std::string& cols) {
   Shape s = detail::eigen_shape(m, rows, cols);
   const typename Derived::Scalar* p = m.derived().data();
-  return Tensor<typename Derived::Scalar>::borrow(p, std::move(s));
+  return borrow(p, std::move(s));
 }
 /// A rank-1 tensor [name] over an Eigen vector (no copy).
 template <class Derived, std::enable_if_t<detail::eigen_direct<Derived>::value, int> = 0>
-Tensor<typename Derived::Scalar> borrow(Eigen::DenseBase<Derived>& v, const std::string& name) {
+auto borrow(Eigen::DenseBase<Derived>& v, const std::string& name) {
   Shape s = detail::eigen_vector_shape(v, name);
-  return Tensor<typename Derived::Scalar>::borrow(v.derived().data(), std::move(s));
+  return borrow(v.derived().data(), std::move(s));
 }
 /// A read-only rank-1 tensor [name] over a const Eigen vector (no copy).
 template <class Derived, std::enable_if_t<detail::eigen_direct<Derived>::value, int> = 0>
-Tensor<typename Derived::Scalar> borrow(const Eigen::DenseBase<Derived>& v, const std::string& name) {
+TensorView<const typename Derived::Scalar> borrow(const Eigen::DenseBase<Derived>& v, const std::string& name) {
   Shape s = detail::eigen_vector_shape(v, name);
   const typename Derived::Scalar* p = v.derived().data();
-  return Tensor<typename Derived::Scalar>::borrow(p, std::move(s));
+  return borrow(p, std::move(s));
 }
 
 }  // namespace einmoe

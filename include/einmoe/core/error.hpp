@@ -3,6 +3,17 @@
 // Every misuse of the library throws one of these; the checks behind them stay
 // on under NDEBUG. Messages name the operation first, then the dims and sizes
 // involved, e.g.  einsum: dim "experts" has size 16 in input 0 but 8 in input 1
+//
+// Which type means what (CONTRIBUTING.md has the rule with examples):
+//   shape_error      a dim is missing, repeated, or of the wrong size; an
+//                    index out of range; a size that overflows 64 bits
+//   value_error      an argument's value is outside its domain (k = 0, a NaN
+//                    logit, an unknown option name)
+//   resource_error   a request needs more memory than the machine has
+//   io_error         a file cannot be read or written, or is malformed
+//   not_found_error  (an io_error) a named file, tensor or config key is missing
+//   mpi_error        an MPI call failed, or ranks disagree
+// All derive from einmoe::error (a std::runtime_error).
 #pragma once
 
 #include <cstddef>
@@ -40,6 +51,19 @@ class resource_error : public error {
 
 /// A file could not be read or written, or is not what it claims to be.
 class io_error : public error {
+ public:
+  using error::error;
+};
+
+/// Something asked for by name does not exist: a file, a tensor in a
+/// checkpoint, a key of a model's config.json.
+class not_found_error : public io_error {
+ public:
+  using io_error::io_error;
+};
+
+/// An MPI call failed, or the ranks of a collective call disagree.
+class mpi_error : public error {
  public:
   using error::error;
 };

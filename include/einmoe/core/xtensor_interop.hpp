@@ -33,45 +33,45 @@ Shape named_shape_of(const C& c, const std::vector<std::string>& names, const ch
 }
 }  // namespace detail
 
-/// A Tensor over the memory of a row-major xarray (no copy); `a` must outlive it.
+/// A mutable view over the memory of a row-major xarray (no copy); `a` must outlive it.
 /// Axis i gets names[i]: [names[0]=a.shape(0), ...].
 template <class T>
-Tensor<T> borrow(xt::xarray<T>& a, const std::vector<std::string>& names) {
+TensorView<T> borrow(xt::xarray<T>& a, const std::vector<std::string>& names) {
   if (a.layout() != xt::layout_type::row_major)
     detail::raise<shape_error>("borrow: the xarray is not row-major; einmoe tensors are row-major");
-  return Tensor<T>::borrow(a.data(), detail::named_shape_of(a, names, "borrow"));
+  return borrow(a.data(), detail::named_shape_of(a, names, "borrow"));
 }
 
-/// A Tensor over the memory of a row-major xtensor (no copy): [names...].
+/// A mutable view over the memory of a row-major xtensor (no copy): [names...].
 template <class T, std::size_t N>
-Tensor<T> borrow(xt::xtensor<T, N>& a, const std::vector<std::string>& names) {
+TensorView<T> borrow(xt::xtensor<T, N>& a, const std::vector<std::string>& names) {
   if (a.layout() != xt::layout_type::row_major)
     detail::raise<shape_error>("borrow: the xtensor is not row-major; einmoe tensors are row-major");
-  return Tensor<T>::borrow(a.data(), detail::named_shape_of(a, names, "borrow"));
+  return borrow(a.data(), detail::named_shape_of(a, names, "borrow"));
 }
 
-/// A read-only Tensor over a const row-major xarray (no copy): [names...].
+/// A read-only view over a const row-major xarray (no copy): [names...].
 template <class T>
-Tensor<T> borrow(const xt::xarray<T>& a, const std::vector<std::string>& names) {
+TensorView<const T> borrow(const xt::xarray<T>& a, const std::vector<std::string>& names) {
   if (a.layout() != xt::layout_type::row_major)
     detail::raise<shape_error>("borrow: the xarray is not row-major; einmoe tensors are row-major");
   const T* p = a.data();
-  return Tensor<T>::borrow(p, detail::named_shape_of(a, names, "borrow"));
+  return borrow(p, detail::named_shape_of(a, names, "borrow"));
 }
 
-/// A read-only Tensor over a const row-major xtensor (no copy): [names...].
+/// A read-only view over a const row-major xtensor (no copy): [names...].
 template <class T, std::size_t N>
-Tensor<T> borrow(const xt::xtensor<T, N>& a, const std::vector<std::string>& names) {
+TensorView<const T> borrow(const xt::xtensor<T, N>& a, const std::vector<std::string>& names) {
   if (a.layout() != xt::layout_type::row_major)
     detail::raise<shape_error>("borrow: the xtensor is not row-major; einmoe tensors are row-major");
   const T* p = a.data();
-  return Tensor<T>::borrow(p, detail::named_shape_of(a, names, "borrow"));
+  return borrow(p, detail::named_shape_of(a, names, "borrow"));
 }
 
 /// An xtensor adaptor over t's memory (no copy; positional axes in t's dim
 /// order). Valid while t is alive and not moved from.
 template <class T>
-auto as_xtensor(const Tensor<T>& t) {
+auto as_xtensor(const TensorView<const T>& t) {
   std::vector<std::size_t> shape;
   for (const auto& d : t.shape()) shape.push_back(static_cast<std::size_t>(d.size));
   return xt::adapt(t.data(), static_cast<std::size_t>(t.size()), xt::no_ownership(), shape);
@@ -85,7 +85,7 @@ auto as_xtensor(Tensor<T>& t) {
 
 /// A copy of t as an xarray (positional axes in t's dim order).
 template <class T>
-xt::xarray<T> to_xarray(const Tensor<T>& t) {
+xt::xarray<T> to_xarray(const TensorView<const T>& t) {
   std::vector<std::size_t> shape;
   for (const auto& d : t.shape()) shape.push_back(static_cast<std::size_t>(d.size));
   xt::xarray<T> out(shape);

@@ -2,7 +2,7 @@
 // penalties and its exact termination rule.
 //
 // Example:
-//   auto logits_fn = [&](index_t step, const Tensor<std::int64_t>& ids,   // [batch, beam, length]
+//   auto logits_fn = [&](index_t step, const TensorView<const std::int64_t>& ids,   // [batch, beam, length]
 //                        std::vector<Tensor<float>>& states) {            // each [batch, beam, ...]
 //     return model(step, ids, states);                                   // [batch, beam, vocab]
 //   };
@@ -40,7 +40,7 @@ namespace einmoe {
 inline constexpr double kBeamInf = 1e7;
 
 template <class T>
-using BeamLogitsFn = std::function<Tensor<T>(index_t step, const Tensor<std::int64_t>& ids, std::vector<Tensor<T>>& states)>;
+using BeamLogitsFn = std::function<Tensor<T>(index_t step, const TensorView<const std::int64_t>& ids, std::vector<Tensor<T>>& states)>;
 
 struct BeamSearchOptions {
   std::int64_t eos_id = 1;
@@ -61,8 +61,8 @@ struct BeamSearchResult {
 /// has (lowest finished score) > (alive log-prob of beam 0) / ((5 +
 /// decode_length) / 6)^alpha; a row with nothing finished counts as -1e7.
 template <class T>
-bool is_finished(index_t i, index_t decode_length, const Tensor<T>& alive_log_probs, const Tensor<T>& finished_scores,
-                 const Tensor<bool>& finished_flags, T alpha, bool stop_early = true) {
+bool is_finished(index_t i, index_t decode_length, const TensorView<const T>& alive_log_probs, const TensorView<const T>& finished_scores,
+                 const TensorView<const bool>& finished_flags, T alpha, bool stop_early = true) {
   if (alive_log_probs.rank() != 2 || finished_scores.shape() != alive_log_probs.shape() ||
       finished_flags.shape() != alive_log_probs.shape())
     detail::raise<shape_error>("is_finished: alive log-probs ", alive_log_probs.shape(), ", finished scores ",
@@ -104,7 +104,7 @@ void top_indices(const T* v, index_t n, index_t k, std::vector<index_t>& out, st
 
 /// new[b, k, ...] = old[b, src[b * K + k], ...] for a [batch, beam, ...] tensor.
 template <class T>
-Tensor<T> reorder_beams(const Tensor<T>& x, const std::vector<index_t>& src, index_t B, index_t K, const char* what) {
+Tensor<T> reorder_beams(const TensorView<const T>& x, const std::vector<index_t>& src, index_t B, index_t K, const char* what) {
   if (x.rank() < 2 || x.shape()[0].size != B || x.shape()[1].size != K)
     raise<shape_error>("beam_search: ", what, " ", x.shape(), " does not start with [batch=", B, ", beam=", K, "]");
   Tensor<T> out(x.shape(), uninitialized);
@@ -120,7 +120,7 @@ Tensor<T> reorder_beams(const Tensor<T>& x, const std::vector<index_t>& src, ind
 /// states: tensors [batch, beam, ...] the logits function may update; they
 /// are reordered with the surviving beams after every step.
 template <class T>
-BeamSearchResult<T> beam_search(const BeamLogitsFn<T>& logits_fn, const Tensor<std::int64_t>& initial_ids, T alpha,
+BeamSearchResult<T> beam_search(const BeamLogitsFn<T>& logits_fn, const TensorView<const std::int64_t>& initial_ids, T alpha,
                                 const BeamSearchOptions& opt = {}, std::vector<Tensor<T>> states = {}) {
   static_assert(std::is_floating_point<T>::value, "beam_search: T must be float or double");
   const char* op = "beam_search";
@@ -141,7 +141,7 @@ BeamSearchResult<T> beam_search(const BeamLogitsFn<T>& logits_fn, const Tensor<s
   }
   const T inf = static_cast<T>(kBeamInf);
 
-  Tensor<std::int64_t> alive_seq = initial_ids, finished_seq = initial_ids;
+  Tensor<std::int64_t> alive_seq(initial_ids), finished_seq(initial_ids);
   Tensor<T> alive_log_probs(Shape{batch, beam}, -inf);
   for (index_t b = 0; b < B; ++b) alive_log_probs[b * K] = T(0);
   Tensor<T> finished_scores(Shape{batch, beam}, -inf);

@@ -2,7 +2,7 @@
 // sampling with a temperature), with forced ids.
 //
 // Example:
-//   auto logits_fn = [&](index_t step, const Tensor<std::int64_t>& ids,  // [..., length]
+//   auto logits_fn = [&](index_t step, const TensorView<const std::int64_t>& ids,  // [..., length]
 //                        std::vector<Tensor<float>>& states) {
 //     return model(step, ids, states);                                    // [..., vocab]
 //   };
@@ -25,7 +25,7 @@
 namespace einmoe {
 
 template <class T>
-using GreedyLogitsFn = std::function<Tensor<T>(index_t step, const Tensor<std::int64_t>& ids, std::vector<Tensor<T>>& states)>;
+using GreedyLogitsFn = std::function<Tensor<T>(index_t step, const TensorView<const std::int64_t>& ids, std::vector<Tensor<T>>& states)>;
 
 struct GreedyOptions {
   double temperature = 0.0;  ///< 0: argmax; > 0: sample from softmax(logits / temperature)
@@ -40,8 +40,8 @@ struct GreedyResult {
 
 /// Greedy decoding; see the file comment. forced_ids: optional [..., length].
 template <class T>
-GreedyResult greedy_decode(const GreedyLogitsFn<T>& logits_fn, const Tensor<std::int64_t>& initial_ids,
-                           const GreedyOptions& opt = {}, const Tensor<std::int64_t>* forced_ids = nullptr,
+GreedyResult greedy_decode(const GreedyLogitsFn<T>& logits_fn, const TensorView<const std::int64_t>& initial_ids,
+                           const GreedyOptions& opt = {}, const OptionalView<std::int64_t>& forced_ids = std::nullopt,
                            std::vector<Tensor<T>> states = {}) {
   const char* op = "greedy_decode";
   if (initial_ids.rank() < 1) detail::raise<shape_error>(op, ": initial ids must be [..., length]");
@@ -51,7 +51,7 @@ GreedyResult greedy_decode(const GreedyLogitsFn<T>& logits_fn, const Tensor<std:
   const Dim length = initial_ids.shape()[initial_ids.rank() - 1];
   const index_t L = length.size, R = L ? initial_ids.size() / L : 0;
   GreedyResult r;
-  r.ids = initial_ids;
+  r.ids = initial_ids.copy();
   Rng rng(opt.seed);
   auto all_have_eos = [&] {
     for (index_t row = 0; row < R; ++row) {

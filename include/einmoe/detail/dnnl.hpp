@@ -286,21 +286,33 @@ inline std::pair<index_t, index_t> panel_layout(const dnnl::memory::desc& d, ind
   return {kpad, npad};
 }
 
-/// Runs `mm` on the caller's buffers: dst = epilogue(src . wei).
+/// Runs `mm` on the caller's buffers: dst = epilogue(src . wei). Through
+/// oneDNN's C API with the arguments on the stack, so that einmoe's side of
+/// a call allocates nothing (the C++ API's argument map and memory handles
+/// would, on every call).
 inline void execute(const Matmul& mm, const void* src, const void* wei, void* dst, const float* bias, const float* mul,
-                    void* scratch) try {
-  auto& eng = engine();
-  std::unordered_map<int, dnnl::memory> args;
-  args.emplace(DNNL_ARG_SRC, dnnl::memory(mm.src, eng, const_cast<void*>(src)));
-  args.emplace(DNNL_ARG_WEIGHTS, dnnl::memory(mm.wei, eng, const_cast<void*>(wei)));
-  args.emplace(DNNL_ARG_DST, dnnl::memory(mm.dst, eng, dst));
-  if (bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(mm.bias, eng, const_cast<float*>(bias)));
-  if (mul) args.emplace(mm.mul_arg, dnnl::memory(mm.mul, eng, const_cast<float*>(mul)));
-  if (mm.scratch) args.emplace(DNNL_ARG_SCRATCHPAD, dnnl::memory(mm.scratchpad, eng, scratch));
-  SingleThread one;
-  mm.prim.execute(stream(), args);
-} catch (const dnnl::error& e) {
-  raise<value_error>("oneDNN: matmul (", mm.impl, ") failed: ", e.what());
+                    void* scratch) {
+  dnnl_exec_arg_t args[6];
+  dnnl_memory_t mems[6];
+  int n = 0;
+  dnnl_status_t st = dnnl_success;
+  auto add = [&](int arg, const dnnl::memory::desc& d, const void* p) {
+    if (st != dnnl_success) return;
+    st = dnnl_memory_create(&mems[n], &d.data, engine().get(), const_cast<void*>(p));
+    if (st == dnnl_success) args[n] = {arg, mems[n]}, ++n;
+  };
+  add(DNNL_ARG_SRC, mm.src, src);
+  add(DNNL_ARG_WEIGHTS, mm.wei, wei);
+  add(DNNL_ARG_DST, mm.dst, dst);
+  if (bias) add(DNNL_ARG_BIAS, mm.bias, bias);
+  if (mul) add(mm.mul_arg, mm.mul, mul);
+  if (mm.scratch) add(DNNL_ARG_SCRATCHPAD, mm.scratchpad, scratch);
+  if (st == dnnl_success) {
+    SingleThread one;
+    st = dnnl_primitive_execute(mm.prim.get(), stream().get(), n, args);
+  }
+  for (int i = 0; i < n; ++i) dnnl_memory_destroy(mems[i]);
+  if (st != dnnl_success) raise<value_error>("oneDNN: matmul (", mm.impl, ") failed with status ", static_cast<int>(st));
 }
 
 /// Copies a plain row-major [k, n] matrix of type t into `desc`'s layout at `out`.

@@ -33,12 +33,13 @@
 #include "einmoe/core/bfloat16.hpp"
 #include "einmoe/core/random.hpp"
 #include "einmoe/core/threads.hpp"
+#include "einmoe/detail/ffn_rows.hpp"
 #include "einmoe/kernels/activation.hpp"
 #include "einmoe/kernels/ffn.hpp"
 #include "einmoe/kernels/precision.hpp"
 #include "einmoe/ops/einsum.hpp"
 #include "einmoe/ops/elementwise.hpp"
-#include "einmoe/routers/routing_plan.hpp"
+#include "einmoe/routers/router.hpp"
 
 namespace einmoe {
 
@@ -47,19 +48,17 @@ namespace einmoe {
 /// fp32 first).
 template <class T>
 struct ExpertWeights {
-  Tensor<T> wi;                      ///< [experts, model, hidden]
-  Tensor<T> wo;                      ///< [experts, hidden, model]
-  std::optional<Tensor<T>> wi_gate;  ///< [experts, model, hidden]: makes the experts gated (GLU)
-  std::optional<Tensor<T>> bi;       ///< [experts, hidden]
-  std::optional<Tensor<T>> bi_gate;  ///< [experts, hidden] (gated experts)
-  std::optional<Tensor<T>> bo;       ///< [experts, model]
+  TensorView<const T> wi;                      ///< [experts, model, hidden]
+  TensorView<const T> wo;                      ///< [experts, hidden, model]
+  std::optional<TensorView<const T>> wi_gate;  ///< [experts, model, hidden]: makes the experts gated (GLU)
+  std::optional<TensorView<const T>> bi;       ///< [experts, hidden]
+  std::optional<TensorView<const T>> bi_gate;  ///< [experts, hidden] (gated experts)
+  std::optional<TensorView<const T>> bo;       ///< [experts, model]
 };
 
 /// How the experts run.
 struct ExpertOptions {
-  std::string experts_dim = "experts";
-  std::string model_dim = "model";
-  std::string hidden_dim = "hidden";
+  MoEDims dims;  ///< the experts, model and hidden dims' names
   Activation activation = Activation::relu;  ///< gated experts: the gate's activation
   double dropout = 0.0;            ///< rate on the hidden layer (training-mode parity), in [0, 1); fp32 only
   std::uint64_t dropout_seed = 0;  ///< element [e, g, c, h] is kept iff Rng::uniform_at(seed, its row-major index) >= rate
@@ -97,7 +96,8 @@ ExpertDims check_expert_weights(const ExpertWeights<S>& w, const ExpertOptions& 
   if (w.bi) reg.add(w.bi->shape(), "bi");
   if (w.bi_gate) reg.add(w.bi_gate->shape(), "bi_gate");
   if (w.bo) reg.add(w.bo->shape(), "bo");
-  ExpertDims d{w.wi.shape().get(o.experts_dim, op), w.wi.shape().get(o.model_dim, op), w.wi.shape().get(o.hidden_dim, op)};
+  ExpertDims d{w.wi.shape().get(o.dims.experts, op), w.wi.shape().get(o.dims.model, op),
+               w.wi.shape().get(o.dims.hidden, op)};
   auto want = [&](const Shape& got, const Shape& s, const char* name) {
     if (got.rank() != s.rank() || !got.is_subset_of(s))
       raise<shape_error>(op, ": ", name, " has shape ", got, ", expected the dims ", s);
@@ -113,10 +113,10 @@ ExpertDims check_expert_weights(const ExpertWeights<S>& w, const ExpertOptions& 
 
 /// A bias as a flat T vector in [experts, n] order (validated finite).
 template <class T, class S>
-std::vector<T> flat_bias(const std::optional<Tensor<S>>& b, const Dim& experts, const Dim& n, const char* name) {
+std::vector<T> flat_bias(const std::optional<TensorView<const S>>& b, const Dim& experts, const Dim& n, const char* name) {
   if (!b) return {};
   Tensor<S> hold;
-  const Tensor<S>& t = in_order(*b, Shape{experts, n}, hold);
+  const TensorView<const S> t = in_order(*b, Shape{experts, n}, hold);
   std::vector<T> out(detail::uz(t.size()));
   for (index_t i = 0; i < t.size(); ++i) {
     const auto v = static_cast<float>(t.data()[i]);
@@ -134,7 +134,7 @@ std::vector<T> flat_bias(const std::optional<Tensor<S>>& b, const Dim& experts, 
 /// * (EGCM . EMH + EH)); EGCM = EGCH . EHM + EM; GSM = einsum(GSEC, EGCM).
 /// Full precision (the oracle): opt.precision must be fp32.
 template <class T>
-Tensor<T> experts_dense(const Tensor<T>& x, const Tensor<T>& dispatch, const Tensor<T>& combine,
+Tensor<T> experts_dense(const TensorView<const T>& x, const TensorView<const T>& dispatch, const TensorView<const T>& combine,
                         const ExpertWeights<T>& w, const ExpertOptions& cfg) {
   const char* op = "experts_dense";
   const detail::ExpertDims d = detail::check_expert_weights(w, cfg, op);
@@ -142,10 +142,10 @@ Tensor<T> experts_dense(const Tensor<T>& x, const Tensor<T>& dispatch, const Ten
     detail::raise<value_error>(op, ": the dense oracle computes in full precision (precision fp32)");
   const Shape& ds = dispatch.shape();
   // [<batch>, group, experts, capacity]: the last two dims are experts and capacity.
-  if (ds.rank() < 3 || ds[ds.rank() - 2].name != cfg.experts_dim)
-    detail::raise<shape_error>(op, ": dispatch ", ds, " is not [<batch>, group, ", cfg.experts_dim, ", capacity]");
+  if (ds.rank() < 3 || ds[ds.rank() - 2].name != cfg.dims.experts)
+    detail::raise<shape_error>(op, ": dispatch ", ds, " is not [<batch>, group, ", cfg.dims.experts, ", capacity]");
   const Dim cap = ds[ds.rank() - 1];
-  const Shape tokens = ds.without({cfg.experts_dim, cap.name});
+  const Shape tokens = ds.without({cfg.dims.experts, cap.name});
   Shape ei_shape = Shape{d.experts};
   for (index_t i = 0; i + 1 < tokens.rank(); ++i) ei_shape = ei_shape.with(tokens[i]);
   const Shape egcm = ei_shape.with(cap).with(d.model);
@@ -180,10 +180,10 @@ class PackedExperts {
     const char* op = "expert weights";
     const detail::ExpertDims d = detail::check_expert_weights(w, opt, op);
     experts_ = d.experts, model_ = d.model, hidden_ = d.hidden;
-    const auto& e = opt.experts_dim;
-    k_.up = MatrixBank<T>(w.wi, e, opt.model_dim, opt.hidden_dim, opt.precision, opt.backend, "wi");
-    if (w.wi_gate) k_.gate = MatrixBank<T>(*w.wi_gate, e, opt.model_dim, opt.hidden_dim, opt.precision, opt.backend, "wi_gate");
-    k_.down = MatrixBank<T>(w.wo, e, opt.hidden_dim, opt.model_dim, opt.precision, opt.backend, "wo");
+    const MoEDims& n = opt.dims;
+    k_.up = MatrixBank<T>(w.wi, n.experts, n.model, n.hidden, opt.precision, opt.backend, "wi");
+    if (w.wi_gate) k_.gate = MatrixBank<T>(*w.wi_gate, n.experts, n.model, n.hidden, opt.precision, opt.backend, "wi_gate");
+    k_.down = MatrixBank<T>(w.wo, n.experts, n.hidden, n.model, opt.precision, opt.backend, "wo");
     k_.b_up = detail::flat_bias<T>(w.bi, d.experts, d.hidden, "bi");
     k_.b_gate = detail::flat_bias<T>(w.bi_gate, d.experts, d.hidden, "bi_gate");
     k_.b_down = detail::flat_bias<T>(w.bo, d.experts, d.model, "bo");
@@ -205,11 +205,10 @@ class PackedExperts {
   Dim experts_, model_, hidden_;
 };
 
-/// Scratch memory of experts_sparse, reused across calls (buffers only
-/// grow), so that a steady-state forward pass allocates nothing large. Not
-/// for concurrent use: one workspace per calling thread.
+namespace detail {
+/// The buffers behind an ExpertWorkspace.
 template <class T>
-struct ExpertWorkspace {
+struct ExpertBuffers {
   struct Item {
     index_t expert, row, rows;  // rows [row, row + rows) of the expert-sorted row list
   };
@@ -221,8 +220,25 @@ struct ExpertWorkspace {
   std::vector<index_t> offset, row_token, row_first_hidden, entry_row;
   std::vector<Item> items;
   std::vector<PerThread> threads;
-  std::vector<detail::DecodeCall> decode_calls;  // the split decode path (float, oneDNN)
+  std::vector<DecodeCall> decode_calls;  // the split decode path (float, oneDNN)
   std::vector<FfnScratch<T>> decode_scratch;     // one per call
+};
+/// Reaches the buffers of the workspaces (whose members are private).
+struct WorkspaceAccess {
+  template <class W>
+  static auto& of(W& w) {
+    return w.buf_;
+  }
+};
+}  // namespace detail
+
+/// Scratch memory of experts_sparse_into, reused across calls (buffers only
+/// grow), so that a steady-state forward pass allocates nothing. Not for
+/// concurrent use: one workspace per calling thread.
+template <class T>
+class ExpertWorkspace {
+  friend struct detail::WorkspaceAccess;
+  detail::ExpertBuffers<T> buf_;
 };
 
 namespace detail {
@@ -231,14 +247,14 @@ namespace detail {
 /// (group, slot) order: offset [E + 1], row_token, row_first_hidden (dropout
 /// index), entry_row (row of each plan entry, -1 if none).
 template <class T>
-void expert_rows(const RoutingPlan<T>& plan, index_t H, ExpertWorkspace<T>& ws) {
+void expert_rows(const RoutingPlan<T>& plan, index_t H, ExpertBuffers<T>& ws) {
   const index_t G = plan.groups(), E = plan.experts.size, C = plan.capacity.size, K = plan.k;
   auto& offset = ws.offset;
   offset.assign(uz(E + 1), 0);
   for (index_t e = 0; e < E; ++e) {
     index_t n = 0;
     for (index_t g = 0; g < G; ++g)
-      for (index_t c = 0; c < plan.fill[uz(g * E + e)]; ++c) {
+      for (index_t c = 0; c < plan.taken[uz(g * E + e)]; ++c) {
         const index_t entry = plan.slot_entry[uz(plan.slot_index(g, e, c))];
         n += plan.weight[uz(entry)] != T(0) ? 1 : 0;
       }
@@ -251,7 +267,7 @@ void expert_rows(const RoutingPlan<T>& plan, index_t H, ExpertWorkspace<T>& ws) 
   for (index_t e = 0; e < E; ++e) {
     index_t r = offset[uz(e)];
     for (index_t g = 0; g < G; ++g)
-      for (index_t c = 0; c < plan.fill[uz(g * E + e)]; ++c) {
+      for (index_t c = 0; c < plan.taken[uz(g * E + e)]; ++c) {
         const index_t entry = plan.slot_entry[uz(plan.slot_index(g, e, c))];
         if (plan.weight[uz(entry)] == T(0)) continue;
         ws.row_token[uz(r)] = entry / K;
@@ -266,8 +282,7 @@ void expert_rows(const RoutingPlan<T>& plan, index_t H, ExpertWorkspace<T>& ws) 
 
 /// Whether run_expert_rows takes the split decode path: oneDNN's layout,
 /// no dropout, every item a few rows for the decode kernels.
-inline bool decode_split_applies(const FfnKernel<float>& k, const ExpertOptions& o,
-                                 const ExpertWorkspace<float>& ws) {
+inline bool decode_split_applies(const FfnKernel<float>& k, const ExpertOptions& o, const ExpertBuffers<float>& ws) {
   if (k.backend() != Backend::dnnl || o.dropout > 0.0 || ws.items.empty()) return false;
   for (const auto& it : ws.items)
     if (!decode_path(k, it.rows)) return false;
@@ -280,7 +295,7 @@ inline bool decode_split_applies(const FfnKernel<float>& k, const ExpertOptions&
 /// by panels over the threads instead). ws.y [R, model] receives the
 /// outputs.
 template <class T, class RowOf>
-void run_expert_rows(const FfnKernel<T>& k, const ExpertOptions& o, ExpertWorkspace<T>& ws, RowOf&& x_row,
+void run_expert_rows(const FfnKernel<T>& k, const ExpertOptions& o, ExpertBuffers<T>& ws, RowOf&& x_row,
                      std::optional<std::uint64_t> seed = std::nullopt) {
   const std::uint64_t dropout_seed = seed.value_or(o.dropout_seed);
   const index_t E = k.experts(), M = k.model(), block = k.row_block();
@@ -292,7 +307,7 @@ void run_expert_rows(const FfnKernel<T>& k, const ExpertOptions& o, ExpertWorksp
       ws.items.push_back({e, r, std::min(block, ws.offset[uz(e + 1)] - r)});
   const int nt = std::max(1, num_threads());
   // an item's rows, gathered into xb [rows, model]
-  auto gather = [&](const typename ExpertWorkspace<T>::Item& it, T* xb) {
+  auto gather = [&](const typename ExpertBuffers<T>::Item& it, T* xb) {
     for (index_t j = 0; j < it.rows; ++j) {
       const T* src = x_row(ws.row_token[uz(it.row + j)]);
       std::copy(src, src + M, xb + j * M);
@@ -326,7 +341,7 @@ void run_expert_rows(const FfnKernel<T>& k, const ExpertOptions& o, ExpertWorksp
 
 /// out[t] = sum over t's kept choices j (in choice order) of weight * y[row].
 template <class T>
-void combine_rows(const RoutingPlan<T>& plan, const ExpertWorkspace<T>& ws, index_t M, T* out) {
+void combine_rows(const RoutingPlan<T>& plan, const ExpertBuffers<T>& ws, index_t M, T* out) {
   const index_t tokens = plan.tokens(), K = plan.k;
   const index_t* entry_row = ws.entry_row.data();
   const T* Y = ws.y.data();
@@ -359,11 +374,14 @@ void combine_rows(const RoutingPlan<T>& plan, const ExpertWorkspace<T>& ws, inde
 /// out [<batch>, group, model]. `out` is reused when it holds that many
 /// elements (it is relabelled to the shape, not reallocated). Only filled
 /// rows are computed. `dropout_seed` replaces the options' dropout seed
-/// for this call (a layer passes its per-call seed).
+/// for this call (a layer passes its per-call seed). Throws shape_error when
+/// x, the plan and the weights disagree on a dim.
 template <class T>
-void experts_sparse_into(Tensor<T>& out, const Tensor<T>& x_in, const RoutingPlan<T>& plan, const PackedExperts<T>& pe,
-                         ExpertWorkspace<T>& ws, std::optional<std::uint64_t> dropout_seed = std::nullopt) {
+void experts_sparse_into(Tensor<T>& out, const TensorView<const T>& x_in, const RoutingPlan<T>& plan,
+                         const PackedExperts<T>& pe, ExpertWorkspace<T>& workspace,
+                         std::optional<std::uint64_t> dropout_seed = std::nullopt) {
   const char* op = "experts_sparse";
+  auto& ws = detail::WorkspaceAccess::of(workspace);
   if (pe.experts().size != plan.experts.size)
     detail::raise<shape_error>(op, ": dim \"", pe.experts().name, "\" has size ", pe.experts().size,
                                " in the weights but ", plan.experts.size, " in the routing plan");
@@ -371,20 +389,19 @@ void experts_sparse_into(Tensor<T>& out, const Tensor<T>& x_in, const RoutingPla
   if (x_in.rank() != xs.rank() || !x_in.shape().is_subset_of(xs))
     detail::raise<shape_error>(op, ": inputs ", x_in.shape(), " do not match ", xs);
   Tensor<T> x_hold;
-  const Tensor<T>& x = in_order(x_in, xs, x_hold);
+  const TensorView<const T> x = detail::in_order(x_in, xs, x_hold);
   const index_t M = pe.model().size;
   detail::expert_rows(plan, pe.hidden().size, ws);
   const T* px = x.data();
   detail::run_expert_rows(pe.kernel(), pe.options(), ws, [&](index_t t) { return px + t * M; }, dropout_seed);
-  if (out.size() != xs.num_elements() || !out.writable()) out = Tensor<T>(xs, uninitialized);
-  out.set_shape(xs);
+  out.resize(xs);
   detail::combine_rows(plan, ws, M, out.data());
 }
 
 /// Fast experts: x [<batch>, group, model] routed by `plan` ->
-/// [<batch>, group, model].
+/// [<batch>, group, model]. Throws as experts_sparse_into.
 template <class T>
-Tensor<T> experts_sparse(const Tensor<T>& x, const RoutingPlan<T>& plan, const PackedExperts<T>& pe) {
+Tensor<T> experts_sparse(const TensorView<const T>& x, const RoutingPlan<T>& plan, const PackedExperts<T>& pe) {
   ExpertWorkspace<T> ws;
   Tensor<T> out(Shape(), uninitialized);
   experts_sparse_into(out, x, plan, pe, ws);
@@ -393,9 +410,10 @@ Tensor<T> experts_sparse(const Tensor<T>& x, const RoutingPlan<T>& plan, const P
 
 /// The same from unpacked weights (lays them out for this one call; keep a
 /// PackedExperts, or an MoELayer, for repeated calls): x [<batch>, group,
-/// model] routed by `plan` -> [<batch>, group, model].
+/// model] routed by `plan` -> [<batch>, group, model]. Throws as
+/// PackedExperts' constructor and experts_sparse_into.
 template <class T>
-Tensor<T> experts_sparse(const Tensor<T>& x, const RoutingPlan<T>& plan, const ExpertWeights<T>& w,
+Tensor<T> experts_sparse(const TensorView<const T>& x, const RoutingPlan<T>& plan, const ExpertWeights<T>& w,
                          const ExpertOptions& opt) {
   return experts_sparse(x, plan, PackedExperts<T>(w, opt));
 }

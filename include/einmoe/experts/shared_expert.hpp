@@ -33,19 +33,29 @@ namespace einmoe {
 /// size its own. T is float, double or bfloat16.
 template <class T>
 struct SharedExpertWeights {
-  Tensor<T> wi;                      ///< [model, hidden]
-  Tensor<T> wo;                      ///< [hidden, model]
-  std::optional<Tensor<T>> wi_gate;  ///< [model, hidden]: makes it gated (GLU)
-  std::optional<Tensor<T>> gate;     ///< [model]: output scaled per token by sigmoid(x . gate)
+  TensorView<const T> wi;                      ///< [model, hidden]
+  TensorView<const T> wo;                      ///< [hidden, model]
+  std::optional<TensorView<const T>> wi_gate;  ///< [model, hidden]: makes it gated (GLU)
+  std::optional<TensorView<const T>> gate;     ///< [model]: output scaled per token by sigmoid(x . gate)
 };
 
-/// Scratch memory of SharedExpert::add_to, reused across calls.
+namespace detail {
+/// The buffers behind a SharedExpertWorkspace.
 template <class T>
-struct SharedExpertWorkspace {
+struct SharedBuffers {
   std::vector<FfnScratch<T>> threads;
   std::vector<AlignedVector<T>> y;  // per thread: one block's outputs
-  std::vector<detail::DecodeCall> calls;  // a decode step's block, split over the threads
+  std::vector<DecodeCall> calls;    // a decode step's block, split over the threads
   std::vector<FfnScratch<T>> decode;
+};
+}  // namespace detail
+
+/// Scratch memory of SharedExpert::add_to, reused across calls (buffers
+/// only grow). One per calling thread.
+template <class T>
+class SharedExpertWorkspace {
+  friend struct detail::WorkspaceAccess;
+  detail::SharedBuffers<T> buf_;
 };
 
 namespace detail {
@@ -54,14 +64,15 @@ namespace detail {
 /// its hidden dim. shape_error naming "shared.<tensor>".
 template <class S>
 Dim check_shared_weights(const SharedExpertWeights<S>& w, const Dim& model, const ExpertOptions& o, const char* op) {
-  auto dims2 = [&](const Tensor<S>& t, const std::string& a, const std::string& b, const char* name) {
+  auto dims2 = [&](const TensorView<const S>& t, const std::string& a, const std::string& b, const char* name) {
     if (t.rank() != 2 || !t.shape().has(a) || !t.shape().has(b))
       raise<shape_error>(op, ": shared.", name, " has shape ", t.shape(), ", expected the dims [", a, ", ", b, "]");
   };
-  dims2(w.wi, o.model_dim, o.hidden_dim, "wi");
-  dims2(w.wo, o.hidden_dim, o.model_dim, "wo");
-  const Dim hidden = w.wi.dim(o.hidden_dim);
-  auto same = [&](const Tensor<S>& t, const Dim& d, const char* name) {
+  const std::string &md = o.dims.model, &hd = o.dims.hidden;
+  dims2(w.wi, md, hd, "wi");
+  dims2(w.wo, hd, md, "wo");
+  const Dim hidden = w.wi.dim(hd);
+  auto same = [&](const TensorView<const S>& t, const Dim& d, const char* name) {
     if (t.dim(d.name) != d)
       raise<shape_error>(op, ": dim \"", d.name, "\" has size ", t.size_of(d.name), " in shared.", name, " but ", d.size,
                          d.name == model.name ? " in the layer" : " in shared.wi");
@@ -70,13 +81,13 @@ Dim check_shared_weights(const SharedExpertWeights<S>& w, const Dim& model, cons
   same(w.wo, model, "wo");
   same(w.wo, hidden, "wo");
   if (w.wi_gate) {
-    dims2(*w.wi_gate, o.model_dim, o.hidden_dim, "wi_gate");
+    dims2(*w.wi_gate, md, hd, "wi_gate");
     same(*w.wi_gate, model, "wi_gate");
     same(*w.wi_gate, hidden, "wi_gate");
   }
   if (w.gate) {
-    if (w.gate->rank() != 1 || !w.gate->shape().has(o.model_dim))
-      raise<shape_error>(op, ": shared.gate has shape ", w.gate->shape(), ", expected [", o.model_dim, "]");
+    if (w.gate->rank() != 1 || !w.gate->shape().has(md))
+      raise<shape_error>(op, ": shared.gate has shape ", w.gate->shape(), ", expected [", md, "]");
     same(*w.gate, model, "gate");
   }
   return hidden;
@@ -104,10 +115,10 @@ class SharedExpert {
     if (opt.dropout != 0.0) detail::raise<value_error>(op, ": no dropout on the shared expert");
     hidden_ = detail::check_shared_weights(w, model, opt, op);
     model_ = model;
-    k_.up = MatrixBank<T>(w.wi, "", opt.model_dim, opt.hidden_dim, opt.precision, opt.backend, "shared.wi");
-    if (w.wi_gate)
-      k_.gate = MatrixBank<T>(*w.wi_gate, "", opt.model_dim, opt.hidden_dim, opt.precision, opt.backend, "shared.wi_gate");
-    k_.down = MatrixBank<T>(w.wo, "", opt.hidden_dim, opt.model_dim, opt.precision, opt.backend, "shared.wo");
+    const MoEDims& n = opt.dims;
+    k_.up = MatrixBank<T>(w.wi, "", n.model, n.hidden, opt.precision, opt.backend, "shared.wi");
+    if (w.wi_gate) k_.gate = MatrixBank<T>(*w.wi_gate, "", n.model, n.hidden, opt.precision, opt.backend, "shared.wi_gate");
+    k_.down = MatrixBank<T>(w.wo, "", n.hidden, n.model, opt.precision, opt.backend, "shared.wo");
     k_.activation = opt.activation;
     if (w.gate) {
       gate_.resize(detail::uz(model.size));
@@ -129,8 +140,9 @@ class SharedExpert {
 
   /// out [tokens, model] += sigmoid(x . gate) * FFN(x) (the factor is 1
   /// without a gate), x [tokens, model]; both row-major, contiguous.
-  void add_to(const T* x, index_t tokens, T* out, SharedExpertWorkspace<T>& ws) const {
+  void add_to(const T* x, index_t tokens, T* out, SharedExpertWorkspace<T>& workspace) const {
     if (empty() || tokens <= 0) return;
+    auto& ws = detail::WorkspaceAccess::of(workspace);
     const index_t M = model_.size, block = k_.row_block();
     const index_t items = (tokens + block - 1) / block;
     const int nt = std::max(1, num_threads());
@@ -139,9 +151,9 @@ class SharedExpert {
       // A decode step's few tokens are one block: its projections are cut by
       // panels over the threads instead (the same bits as one thread).
       if (nt > 1 && k_.backend() == Backend::dnnl && detail::decode_path(k_, tokens)) {
-        T* y = FfnScratch<T>::get(ws.y[0], tokens * M);
+        T* y = detail::FfnScratch<T>::get(ws.y[0], tokens * M);
         ws.calls.assign(1, detail::DecodeCall{0, tokens, y});
-        detail::ffn_decode_split(k_, ws.calls, nt, ws.decode, [&](index_t, FfnScratch<T>&) { return x; });
+        detail::ffn_decode_split(k_, ws.calls, nt, ws.decode, [&](index_t, detail::FfnScratch<T>&) { return x; });
         add_rows(x, 0, tokens, y, out);
         return;
       }
@@ -149,8 +161,8 @@ class SharedExpert {
     detail::parallel_items(items, [&](index_t i) {
       const index_t r0 = i * block, m = std::min(block, tokens - r0);
       const auto t = detail::uz(detail::thread_index());
-      T* y = FfnScratch<T>::get(ws.y[t], m * M);
-      ffn_rows(k_, 0, x + r0 * M, m, y, ws.threads[t]);
+      T* y = detail::FfnScratch<T>::get(ws.y[t], m * M);
+      detail::ffn_rows(k_, 0, x + r0 * M, m, y, ws.threads[t]);
       add_rows(x, r0, m, y, out);
     });
   }
@@ -182,12 +194,12 @@ class SharedExpert {
 /// The dense oracle: x [<tokens>, model] -> sigmoid(x . gate) * FFN(x)
 /// [<tokens>, model] with einsums, in full precision (opt.precision fp32).
 template <class T>
-Tensor<T> shared_expert_dense(const Tensor<T>& x, const SharedExpertWeights<T>& w, const ExpertOptions& opt) {
+Tensor<T> shared_expert_dense(const TensorView<const T>& x, const SharedExpertWeights<T>& w, const ExpertOptions& opt) {
   const char* op = "shared_expert_dense";
   if (opt.precision != Precision::fp32) detail::raise<value_error>(op, ": the dense oracle computes in full precision (precision fp32)");
-  const Dim model = x.shape().get(opt.model_dim, op);
+  const Dim model = x.shape().get(opt.dims.model, op);
   const Dim hidden = detail::check_shared_weights(w, model, opt, op);
-  const Shape tokens = x.shape().without({opt.model_dim});
+  const Shape tokens = x.shape().without({opt.dims.model});
   Tensor<T> h = einsum({x, w.wi}, tokens.with(hidden));
   if (w.wi_gate) {
     Tensor<T> g = einsum({x, *w.wi_gate}, tokens.with(hidden));

@@ -408,7 +408,7 @@ namespace detail {
 
 /// The magic, length and header dict of t as .npy format 1.0 (C order).
 template <class T>
-std::string npy_preamble(const Tensor<T>& t) {
+std::string npy_preamble(const TensorView<const T>& t) {
   std::string descr;
   switch (dtype_of<T>()) {
     case DType::float32: descr = "<f4"; break;
@@ -433,7 +433,7 @@ std::string npy_preamble(const Tensor<T>& t) {
 /// to stop): the preamble, then the data straight from t's buffer (bools in
 /// 64 KiB chunks of 0/1 bytes).
 template <class T, class Sink>
-bool emit_npy(const Tensor<T>& t, Sink&& sink) {
+bool emit_npy(const TensorView<const T>& t, Sink&& sink) {
   const std::string pre = npy_preamble(t);
   if (!sink(pre.data(), pre.size())) return false;
   if (std::is_same<T, bool>::value) {
@@ -454,7 +454,7 @@ bool emit_npy(const Tensor<T>& t, Sink&& sink) {
 /// Writes t as .npy (format 1.0, C order) to a stream: any [dims] (the names
 /// are not stored).
 template <class T>
-void write_npy(std::ostream& out, const Tensor<T>& t) {
+void write_npy(std::ostream& out, const TensorView<const T>& t) {
   detail::emit_npy(t, [&](const char* p, std::size_t n) {
     out.write(p, static_cast<std::streamsize>(n));
     return static_cast<bool>(out);
@@ -467,7 +467,7 @@ void write_npy(std::ostream& out, const Tensor<T>& t) {
 /// onto `path`. `path` must be a regular file or not exist: a symlink,
 /// directory, device or FIFO there is an io_error and is left untouched.
 template <class T>
-void save_npy(const std::string& path, const Tensor<T>& t) {
+void save_npy(const std::string& path, const TensorView<const T>& t) {
   detail::replace_file(path, "save_npy", [&](auto&& sink) { return detail::emit_npy(t, sink); });
 }
 

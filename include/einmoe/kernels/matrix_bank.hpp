@@ -72,6 +72,34 @@ inline bool backend_supports(Backend b, Precision p) {
 #endif
 }
 
+namespace detail {
+
+template <class S>
+float source_float(S v) {
+  return static_cast<float>(v);
+}
+
+/// bfloat16 bits of a weight, rounded once from its own type.
+inline std::uint16_t to_bf16_bits(float v) { return bfloat16(v).bits; }
+inline std::uint16_t to_bf16_bits(double v) { return bfloat16(v).bits; }
+inline std::uint16_t to_bf16_bits(bfloat16 v) { return v.bits; }
+
+[[noreturn]] inline void bank_shape_error(const Shape& s, const std::string& count_dim, const std::string& in_dim,
+                                          const std::string& out_dim, const std::string& op) {
+  raise<shape_error>(op, ": shape ", s, " is not the dims {", count_dim.empty() ? "" : count_dim + ", ", in_dim, ", ",
+                     out_dim, "} in some order");
+}
+
+/// One source matrix, read through strides.
+template <class S>
+struct MatrixSource {
+  const S* base;
+  index_t sk, sn;  // strides of in and out
+  S at(index_t k, index_t n) const { return base[k * sk + n * sn]; }
+};
+
+}  // namespace detail
+
 template <class T>
 class MatrixBank {
   static_assert(std::is_same<T, float>::value || std::is_same<T, double>::value, "MatrixBank<float or double>");
@@ -82,7 +110,7 @@ class MatrixBank {
   /// Lays out w's matrices: w has dims {count_dim (omit with ""), in_dim,
   /// out_dim} in any order. `name` appears in error messages.
   template <class S>
-  MatrixBank(const Tensor<S>& w, const std::string& count_dim, const std::string& in_dim, const std::string& out_dim,
+  MatrixBank(const TensorView<const S>& w, const std::string& count_dim, const std::string& in_dim, const std::string& out_dim,
              Precision precision, Backend backend, const std::string& name);
 
   index_t count() const { return count_; }
@@ -122,6 +150,22 @@ class MatrixBank {
     return precision_ == Precision::fp32 ? sizeof(T) : precision_ == Precision::bf16 ? 2 : 1;
   }
 
+  /// Where the matrices go (oneDNN's packed layout, or plain [in, out]) and
+  /// how many bytes of each matrix are used.
+  struct Layout {
+#if defined(EINMOE_HAS_DNNL)
+    dnnl::memory::desc packed;
+    detail::dnnl_impl::Type type = detail::dnnl_impl::Type::f32;
+#endif
+    index_t plain_elems = 0;
+    std::size_t used_bytes = 0;
+  };
+  void choose_backend(Backend requested, const std::string& op);
+  Layout choose_layout(Backend requested, const std::string& op);
+  template <class S>
+  void lay_out(index_t e, const detail::MatrixSource<S>& m, const Layout& l, const std::string& op,
+               const std::string& count_dim, const std::string& in_dim, const std::string& out_dim);
+
   index_t count_ = 0, in_ = 0, out_ = 0, panel_in_ = 0, panel_out_ = 0;
   Precision precision_ = Precision::fp32;
   Backend backend_ = Backend::eigen;
@@ -132,37 +176,10 @@ class MatrixBank {
   std::vector<std::int32_t> comp_;
 };
 
-namespace detail {
-
-template <class S>
-float source_float(S v) {
-  return static_cast<float>(v);
-}
-
-/// bfloat16 bits of a weight, rounded once from its own type.
-inline std::uint16_t to_bf16_bits(float v) { return bfloat16(v).bits; }
-inline std::uint16_t to_bf16_bits(double v) { return bfloat16(v).bits; }
-inline std::uint16_t to_bf16_bits(bfloat16 v) { return v.bits; }
-
-[[noreturn]] inline void bank_shape_error(const Shape& s, const std::string& count_dim, const std::string& in_dim,
-                                          const std::string& out_dim, const std::string& op) {
-  raise<shape_error>(op, ": shape ", s, " is not the dims {", count_dim.empty() ? "" : count_dim + ", ", in_dim, ", ",
-                     out_dim, "} in some order");
-}
-
-/// One source matrix, read through strides.
-template <class S>
-struct MatrixSource {
-  const S* base;
-  index_t sk, sn;  // strides of in and out
-  S at(index_t k, index_t n) const { return base[k * sk + n * sn]; }
-};
-
-}  // namespace detail
 
 template <class T>
 template <class S>
-MatrixBank<T>::MatrixBank(const Tensor<S>& w, const std::string& count_dim, const std::string& in_dim,
+MatrixBank<T>::MatrixBank(const TensorView<const S>& w, const std::string& count_dim, const std::string& in_dim,
                           const std::string& out_dim, Precision precision, Backend backend, const std::string& name)
     : precision_(precision), backend_(resolve_backend(backend)) {
   static_assert(std::is_floating_point<S>::value || std::is_same<S, bfloat16>::value,
@@ -175,98 +192,123 @@ MatrixBank<T>::MatrixBank(const Tensor<S>& w, const std::string& count_dim, cons
   count_ = count_dim.empty() ? 1 : s.size_of(count_dim);
   in_ = s.size_of(in_dim);
   out_ = s.size_of(out_dim);
+  const auto strides = s.strides();
+  const index_t se = count_dim.empty() ? 0 : strides[detail::uz(s.index_of(count_dim))];
+  const index_t sk = strides[detail::uz(s.index_of(in_dim))], sn = strides[detail::uz(s.index_of(out_dim))];
+  choose_backend(backend, op);
+  const Layout l = choose_layout(backend, op);
+  weights_ = detail::allocate_weights(detail::bytes_for(count_, matrix_bytes_, op));
+  if (precision_ == Precision::int8) {
+    scales_.assign(detail::uz(detail::mul_size(count_, out_, op)), 0.f);
+    if (backend_ == Backend::dnnl) comp_.assign(scales_.size(), 0);
+  }
+  const S* src = w.data();
+  detail::parallel_items(count_, [&](index_t e) {
+    lay_out(e, detail::MatrixSource<S>{src + e * se, sk, sn}, l, op, count_dim, in_dim, out_dim);
+  });
+}
+
+/// The backend that runs this precision here: double runs on Eigen (oneDNN
+/// has no double matmul); int8 on a CPU whose oneDNN int8 products
+/// saturate runs on Eigen when `requested` is automatic, else is an error.
+template <class T>
+void MatrixBank<T>::choose_backend(Backend requested, const std::string& op) {
   if (std::is_same<T, double>::value && (precision_ != Precision::fp32 || backend_ == Backend::dnnl)) {
     if (precision_ != Precision::fp32)
       detail::raise<value_error>(op, ": double layers compute in double (precision fp32); ", to_string(precision_),
                                  " is for float layers");
     backend_ = Backend::eigen;  // oneDNN has no double matmul
   }
-  const auto strides = s.strides();
-  const index_t se = count_dim.empty() ? 0 : strides[detail::uz(s.index_of(count_dim))];
-  const index_t sk = strides[detail::uz(s.index_of(in_dim))], sn = strides[detail::uz(s.index_of(out_dim))];
-
-  // The layout and its size.
 #if defined(EINMOE_HAS_DNNL)
-  dnnl::memory::desc packed_desc;
-  using detail::dnnl_impl::Type;
-  const Type wt = precision_ == Precision::fp32 ? Type::f32 : precision_ == Precision::bf16 ? Type::bf16 : Type::s8;
-  const Type st = precision_ == Precision::fp32 ? Type::f32 : precision_ == Precision::bf16 ? Type::bf16 : Type::u8;
-  const Type dt = precision_ == Precision::int8 ? Type::s32 : Type::f32;
   if (backend_ == Backend::dnnl && precision_ == Precision::int8 && !detail::dnnl_impl::int8_exact()) {
-    if (backend != Backend::automatic)
+    if (requested != Backend::automatic)
       detail::raise<value_error>(op, ": oneDNN's int8 products saturate on a CPU without VNNI; use backend eigen "
                                  "(or automatic) for int8 here");
     backend_ = Backend::eigen;
   }
+#else
+  (void)requested;
+#endif
+}
+
+/// oneDNN's packed layout for its kernels (and the decode kernels' panels
+/// where they read it), or plain [in, out]; sets matrix_bytes_, each
+/// matrix 64-byte aligned.
+template <class T>
+typename MatrixBank<T>::Layout MatrixBank<T>::choose_layout(Backend requested, const std::string& op) {
+  Layout l;
+#if defined(EINMOE_HAS_DNNL)
+  using detail::dnnl_impl::Type;
+  l.type = precision_ == Precision::fp32 ? Type::f32 : precision_ == Precision::bf16 ? Type::bf16 : Type::s8;
+  const Type st = precision_ == Precision::fp32 ? Type::f32 : precision_ == Precision::bf16 ? Type::bf16 : Type::u8;
+  const Type dt = precision_ == Precision::int8 ? Type::s32 : Type::f32;
   if (backend_ == Backend::dnnl && in_ > 0 && out_ > 0) {
     try {
-      packed_desc = detail::dnnl_impl::weights_desc(in_, out_, st, wt, dt, &packed_);
-      matrix_bytes_ = packed_desc.get_size();
+      l.packed = detail::dnnl_impl::weights_desc(in_, out_, st, l.type, dt, &packed_);
+      matrix_bytes_ = l.packed.get_size();
       const auto kind = precision_ == Precision::fp32 ? detail::gemv::Kind::f32
                         : precision_ == Precision::bf16 ? detail::gemv::Kind::bf16 : detail::gemv::Kind::u8;
       if (packed_ && detail::gemv::supported(kind)) {
-        const auto pl = detail::dnnl_impl::panel_layout(packed_desc, detail::gemv::group(kind), element_bytes());
+        const auto pl = detail::dnnl_impl::panel_layout(l.packed, detail::gemv::group(kind), element_bytes());
         panel_in_ = pl.first, panel_out_ = pl.second;
       }
     } catch (const value_error& e) {
       // oneDNN has no kernel for this precision on this CPU (bf16 before
       // AVX-512): automatic falls back to Eigen, an explicit dnnl is an error.
-      if (backend != Backend::automatic) detail::raise<value_error>(op, ": ", e.what(), "; use backend eigen (or automatic)");
+      if (requested != Backend::automatic) detail::raise<value_error>(op, ": ", e.what(), "; use backend eigen (or automatic)");
       backend_ = Backend::eigen;
     }
   }
+#else
+  (void)requested;
 #endif
-  const index_t plain_elems = detail::mul_size(in_, out_, op);
-  if (backend_ == Backend::eigen || matrix_bytes_ == 0)
-    matrix_bytes_ = detail::bytes_for(plain_elems, element_bytes(), op);
-  const std::size_t used_bytes = matrix_bytes_;
+  l.plain_elems = detail::mul_size(in_, out_, op);
+  if (backend_ == Backend::eigen || matrix_bytes_ == 0) matrix_bytes_ = detail::bytes_for(l.plain_elems, element_bytes(), op);
+  l.used_bytes = matrix_bytes_;
   matrix_bytes_ = (matrix_bytes_ + 63) / 64 * 64;  // every matrix 64-byte aligned
-  const std::size_t total = detail::bytes_for(count_, matrix_bytes_, op);
-  weights_ = detail::allocate_weights(total);
-  if (precision_ == Precision::int8) {
-    scales_.assign(detail::uz(detail::mul_size(count_, out_, op)), 0.f);
-    if (backend_ == Backend::dnnl) comp_.assign(scales_.size(), 0);
-  }
+  return l;
+}
 
-  // Each matrix: to a plain [in, out] of the target type, then into place.
-  const S* src = w.data();
-  detail::parallel_items(count_, [&](index_t e) {
-    const detail::MatrixSource<S> m{src + e * se, sk, sn};
-    std::vector<unsigned char> plain(static_cast<std::size_t>(plain_elems) * element_bytes());
+/// Matrix e: checked finite, to a plain [in, out] of the target type
+/// (rounded to bf16 or quantized to int8), then into place.
+template <class T>
+template <class S>
+void MatrixBank<T>::lay_out(index_t e, const detail::MatrixSource<S>& m, const Layout& l, const std::string& op,
+                            const std::string& count_dim, const std::string& in_dim, const std::string& out_dim) {
+  std::vector<unsigned char> plain(static_cast<std::size_t>(l.plain_elems) * element_bytes());
+  for (index_t k = 0; k < in_; ++k)
+    for (index_t n = 0; n < out_; ++n)
+      if (!std::isfinite(detail::source_float(m.at(k, n))))
+        detail::raise<value_error>(op, ": element [", count_dim.empty() ? "" : std::to_string(e) + ", ", k, ", ", n,
+                                   "] (", in_dim, ", ", out_dim, ") is ", detail::source_float(m.at(k, n)));
+  if (precision_ == Precision::fp32) {
+    T* p = reinterpret_cast<T*>(plain.data());
     for (index_t k = 0; k < in_; ++k)
-      for (index_t n = 0; n < out_; ++n)
-        if (!std::isfinite(detail::source_float(m.at(k, n))))
-          detail::raise<value_error>(op, ": element [", count_dim.empty() ? "" : std::to_string(e) + ", ", k, ", ", n,
-                                     "] (", in_dim, ", ", out_dim, ") is ", detail::source_float(m.at(k, n)));
-    if (precision_ == Precision::fp32) {
-      T* p = reinterpret_cast<T*>(plain.data());
+      for (index_t n = 0; n < out_; ++n) p[k * out_ + n] = static_cast<T>(m.at(k, n));
+  } else if (precision_ == Precision::bf16) {
+    std::uint16_t* p = reinterpret_cast<std::uint16_t*>(plain.data());
+    for (index_t k = 0; k < in_; ++k)
+      for (index_t n = 0; n < out_; ++n) p[k * out_ + n] = detail::to_bf16_bits(m.at(k, n));
+  } else {
+    std::int8_t* p = reinterpret_cast<std::int8_t*>(plain.data());
+    detail::quantize_columns(m.base, in_, m.sk, out_, m.sn, p, out_, 1, scales_.data() + e * out_);
+    if (!comp_.empty()) {
+      std::int32_t* comp = comp_.data() + e * out_;
+      std::fill(comp, comp + out_, 0);
       for (index_t k = 0; k < in_; ++k)
-        for (index_t n = 0; n < out_; ++n) p[k * out_ + n] = static_cast<T>(m.at(k, n));
-    } else if (precision_ == Precision::bf16) {
-      std::uint16_t* p = reinterpret_cast<std::uint16_t*>(plain.data());
-      for (index_t k = 0; k < in_; ++k)
-        for (index_t n = 0; n < out_; ++n) p[k * out_ + n] = detail::to_bf16_bits(m.at(k, n));
-    } else {
-      std::int8_t* p = reinterpret_cast<std::int8_t*>(plain.data());
-      detail::quantize_columns(m.base, in_, m.sk, out_, m.sn, p, out_, 1, scales_.data() + e * out_);
-      if (!comp_.empty()) {
-        std::int32_t* comp = comp_.data() + e * out_;
-        std::fill(comp, comp + out_, 0);
-        for (index_t k = 0; k < in_; ++k)
-          for (index_t n = 0; n < out_; ++n) comp[n] += p[k * out_ + n];
-        for (index_t n = 0; n < out_; ++n) comp[n] *= 128;
-      }
+        for (index_t n = 0; n < out_; ++n) comp[n] += p[k * out_ + n];
+      for (index_t n = 0; n < out_; ++n) comp[n] *= 128;
     }
-    void* dst = static_cast<char*>(weights_.get()) + e * static_cast<index_t>(matrix_bytes_);
-    std::memset(static_cast<char*>(dst) + used_bytes, 0, matrix_bytes_ - used_bytes);  // the alignment tail
+  }
+  void* dst = static_cast<char*>(weights_.get()) + e * static_cast<index_t>(matrix_bytes_);
+  std::memset(static_cast<char*>(dst) + l.used_bytes, 0, matrix_bytes_ - l.used_bytes);  // the alignment tail
 #if defined(EINMOE_HAS_DNNL)
-    if (backend_ == Backend::dnnl && plain_elems > 0) {
-      detail::dnnl_impl::reorder_into(plain.data(), wt, in_, out_, packed_desc, dst);
-      return;
-    }
+  if (backend_ == Backend::dnnl && l.plain_elems > 0) {
+    detail::dnnl_impl::reorder_into(plain.data(), l.type, in_, out_, l.packed, dst);
+    return;
+  }
 #endif
-    if (!plain.empty()) std::memcpy(dst, plain.data(), plain.size());
-  });
+  if (!plain.empty()) std::memcpy(dst, plain.data(), plain.size());
 }
 
 }  // namespace einmoe

@@ -81,7 +81,7 @@ float quantize_strided(const S* x, index_t n, index_t stride, std::int8_t* q, in
 }
 
 template <class S>
-Int8Tensor quantize_along(const Tensor<S>& x, const std::string& dim, const char* op) {
+Int8Tensor quantize_along(const TensorView<const S>& x, const std::string& dim, const char* op) {
   static_assert(std::is_floating_point<S>::value || std::is_same<S, bfloat16>::value,
                 "int8 quantization of float, double or bfloat16 tensors");
   const AxisSplit ax(x.shape(), dim, op);
@@ -101,7 +101,7 @@ Int8Tensor quantize_along(const Tensor<S>& x, const std::string& dim, const char
 /// Weights -> int8, one scale per output channel: w [dims] -> values [dims],
 /// scales [dims without in_dim]. value_error on a non-finite weight.
 template <class S>
-Int8Tensor quantize_int8(const Tensor<S>& w, const std::string& in_dim) {
+Int8Tensor quantize_int8(const TensorView<const S>& w, const std::string& in_dim) {
   return detail::quantize_along(w, in_dim, "quantize_int8");
 }
 
@@ -109,7 +109,7 @@ Int8Tensor quantize_int8(const Tensor<S>& w, const std::string& in_dim) {
 /// values [same], scales [rows...]. (The same arithmetic as quantize_int8,
 /// reducing over the feature dim.)
 template <class S>
-Int8Tensor quantize_rows_int8(const Tensor<S>& x, const std::string& feature_dim) {
+Int8Tensor quantize_rows_int8(const TensorView<const S>& x, const std::string& feature_dim) {
   return detail::quantize_along(x, feature_dim, "quantize_rows_int8");
 }
 

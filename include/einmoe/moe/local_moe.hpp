@@ -5,8 +5,8 @@
 //
 // Example:
 //   // w_gate, w_noise [model, experts]; experts: ExpertWeights (wi, wo, ...)
-//   LocalMoEResult<float> r = local_moe_forward(x, w_gate, &w_noise, experts, gating_opt, cfg);
-//   float loss = r.loss(1e-2f);   // (cv^2(importance) + cv^2(load)) * coef
+//   LocalMoEResult<float> r = local_moe_forward(x, w_gate, w_noise, experts, gating_opt, cfg);
+//   float aux = r.aux_loss(1e-2f);   // (cv^2(importance) + cv^2(load)) * coef
 //
 // per_example_multiplier [<batch>] (optional) scales every row's gates, as
 // t2t does for the secondary mixtures of a hierarchical MoE; importance then
@@ -25,33 +25,33 @@ struct LocalMoEResult {
   Tensor<T> gates;       ///< [<batch>, experts], after the multiplier
   Tensor<T> importance;  ///< [experts]
   Tensor<T> load;        ///< [experts]
-  T loss(T loss_coef) const { return (cv_squared(importance) + cv_squared(load)) * loss_coef; }
+  /// t2t's balancing loss: (cv^2(importance) + cv^2(load)) * loss_coef.
+  T aux_loss(T loss_coef) const { return (cv_squared(importance) + cv_squared(load)) * loss_coef; }
 };
 
 /// t2t LocalMixtureOfExperts.Eval; see the file comment. x [<batch>, model],
 /// w_gate and w_noise [model, experts], per_example_multiplier [<batch>],
 /// normal draws [<batch>, experts] -> outputs [<batch>, model], gates
-/// [<batch>, experts], importance and load [experts].
+/// [<batch>, experts], importance and load [experts]. No w_noise: no noise.
+/// The dims are cfg.dims'. Throws as noisy_topk_gating and experts_sparse.
 template <class T>
-LocalMoEResult<T> local_moe_forward(const Tensor<T>& x, const Tensor<T>& w_gate, const detail::same_t<Tensor<T>>* w_noise,
-                                    const ExpertWeights<T>& experts, const NoisyTopKOptions& gating,
-                                    const ExpertOptions& cfg, const detail::same_t<Tensor<T>>* per_example_multiplier = nullptr,
-                                    const detail::same_t<Tensor<T>>* normal = nullptr) {
-  auto g = noisy_top_k_gating(x, w_gate, w_noise, gating, normal);
+LocalMoEResult<T> local_moe_forward(const TensorView<const T>& x, const TensorView<const T>& w_gate,
+                                    const OptionalView<T>& w_noise, const ExpertWeights<T>& experts,
+                                    const NoisyTopKOptions& gating, const ExpertOptions& cfg,
+                                    const OptionalView<T>& per_example_multiplier = std::nullopt,
+                                    const OptionalView<T>& normal = std::nullopt) {
+  const MoEDims& dims = cfg.dims;
+  auto g = noisy_topk_gating(x, w_gate, w_noise, gating, normal, dims);
   LocalMoEResult<T> out;
   out.gates = per_example_multiplier ? multiply(g.gates, *per_example_multiplier, g.gates.shape()) : std::move(g.gates);
   out.load = std::move(g.load);
-  out.importance = sum_to(out.gates, Shape{out.gates.dim(gating.experts_dim)});
-  const auto plan = plan_from_gates(out.gates, gating.experts_dim, gating.k);
-  const Dim model = x.dim(gating.model_dim);
-  const Shape rows = x.shape().without({gating.model_dim});
+  out.importance = sum_to(out.gates, Shape{out.gates.dim(dims.experts)});
+  const auto plan = plan_from_gates(out.gates, gating.k, dims);
+  const Dim model = x.dim(dims.model);
+  const Shape rows = x.shape().without({dims.model});
   Tensor<T> hold;
-  const Tensor<T>& xr = in_order(x, rows.with(model), hold);
-  const Tensor<T> flat = Tensor<T>::borrow(xr.data(), Shape{plan.group, model});
-  ExpertOptions c = cfg;
-  c.experts_dim = gating.experts_dim;
-  c.model_dim = gating.model_dim;
-  out.outputs = transpose(reshape(experts_sparse(flat, plan, experts, c), rows.with(model)), x.shape());
+  const TensorView<const T> flat = reshape(detail::in_order(x, rows.with(model), hold), Shape{plan.group, model});
+  out.outputs = transpose(reshape(experts_sparse(flat, plan, experts, cfg), rows.with(model)), x.shape());
   return out;
 }
 

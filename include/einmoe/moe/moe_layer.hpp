@@ -2,8 +2,10 @@
 // gating, dispatch, experts, combine.
 //
 // Example:
+//   Top2Options gating;
+//   gating.capacity = CapacitySpec::fixed(160);
 //   MoEOptions opt;
-//   opt.gating.capacity = Dim{"expert_capacity", 160};
+//   opt.router = gating;                         // or TopKOptions, ExpertChoiceOptions
 //   opt.precision = Precision::bf16;             // expert weights (default fp32)
 //   MoELayer<float> layer(weights, opt);         // wg [model, experts], wi, wo (+ wi_gate, bi, bo)
 //   MoEResult<float> out = layer.forward(x);     // x [batch, group, model]
@@ -19,8 +21,8 @@
 //
 // Building the layer lays the weights out once (kernels/matrix_bank.hpp): in
 // the expert precision, in the backend's packed layout, validated finite.
-// The caller's weight tensors are read, never kept, so they may be borrowed
-// views and may be freed afterwards. The router stays in the layer's float
+// The weights are read-only views; the layer keeps none of them, so they may
+// be freed afterwards (the dense oracle keeps its own copy). The router stays in the layer's float
 // type, so routing does not depend on the expert precision.
 //
 // Outputs, losses and routing are bitwise the same on any number of threads:
@@ -28,18 +30,17 @@
 // the experts in fixed blocks of rows per expert, each block by a
 // single-threaded kernel, and every sum runs in a fixed order.
 //
-// Capacity: opt.gating.capacity fixes C; left at size 0 (the default), C
-// comes from opt.gating.capacity_factor (1.25) by Mesh TF's rule for the
-// group size of each call (routers/gating_options.hpp).
+// Capacity: each router's options hold a CapacitySpec (routers/capacity.hpp):
+// top-2 sizes C from a factor of 1.25 by Mesh TF's rule for the group size
+// of each call, top-k is dropless, expert choice uses a factor of 2.
 //
 // Random draws (top-2 policies random and sampling, dropout) are fresh on
 // every call and reproducible: call n draws from Rng::call_seed(seed, n);
 // call 0 equals the stateless moe_forward. set_calls(n) replays call n.
 //
-// Routers (opt.router): top2 (default; Mesh TF / GShard top-2 gating with
-// opt.gating), topk (routers/topk.hpp with opt.topk: Switch, Mixtral, Qwen,
-// DeepSeek-V3, DeepSpeed) or expert_choice (opt.expert_choice). Every router
-// names its dims with opt.gating.group_dim and opt.gating.experts_dim.
+// Routers (opt.router, a RouterOptions): Top2Options (the default; Mesh TF /
+// GShard top-2 gating), TopKOptions (Switch, Mixtral, Qwen, DeepSeek-V3,
+// DeepSpeed) or ExpertChoiceOptions. Every dim name comes from opt.dims.
 //
 // Shared experts (weights.shared): one more FFN with its own hidden size,
 // applied to every token and added to the routed output, optionally scaled
@@ -53,48 +54,34 @@
 #pragma once
 
 #include <atomic>
+#include <memory>
 #include <mutex>
 #include <optional>
 
+#include "einmoe/detail/ffn_rows.hpp"
 #include "einmoe/experts/experts.hpp"
 #include "einmoe/experts/shared_expert.hpp"
 #include "einmoe/kernels/ffn.hpp"
 #include "einmoe/kernels/matrix_bank.hpp"
 #include "einmoe/routers/capacity.hpp"
-#include "einmoe/routers/expert_choice.hpp"
-#include "einmoe/routers/top2_gating.hpp"
-#include "einmoe/routers/top2_gating_dense.hpp"
-#include "einmoe/routers/topk.hpp"
-#include "einmoe/routers/topk_dense.hpp"
+#include "einmoe/routers/route.hpp"
 
 namespace einmoe {
 
-/// An MoE layer's weights. T is float, double or bfloat16 (checkpoints).
+/// An MoE layer's weights, as read-only views (the layer lays them out once
+/// and keeps nothing of them, so they may be freed after it is built). T is
+/// float, double or bfloat16 (checkpoints).
 template <class T>
 struct MoEWeights {
-  Tensor<T> wg;  ///< router weights [model, experts]
+  TensorView<const T> wg;  ///< router weights [model, experts]
   ExpertWeights<T> experts;
   std::optional<SharedExpertWeights<T>> shared;  ///< added to every token's output
 };
 
-/// Which router a layer uses.
-enum class RouterKind { top2, topk, expert_choice };
-inline const char* to_string(RouterKind r) {
-  return r == RouterKind::top2 ? "top2" : r == RouterKind::topk ? "topk" : "expert-choice";
-}
-inline RouterKind parse_router(const std::string& s) {
-  for (RouterKind r : {RouterKind::top2, RouterKind::topk, RouterKind::expert_choice})
-    if (s == to_string(r)) return r;
-  detail::raise<value_error>("unknown router \"", s, "\" (top2, topk, expert-choice)");
-}
-
+/// What an MoE layer computes (see the file comment).
 struct MoEOptions {
-  RouterKind router = RouterKind::top2;
-  Top2Options gating;                   ///< router top2: capacity, policy, normalize; every router: group/experts dim names
-  TopKOptions topk;                     ///< router topk (its dim names must equal gating's)
-  ExpertChoiceOptions expert_choice;    ///< router expert_choice (its dim names must equal gating's)
-  std::string model_dim = "model";
-  std::string hidden_dim = "hidden";
+  RouterOptions router = Top2Options{};  ///< the router and its options (routers/route.hpp)
+  MoEDims dims;                          ///< every dim name the layer and its router use
   Activation activation = Activation::relu;
   Precision precision = Precision::fp32;  ///< of the expert weights (kernels/precision.hpp)
   Backend backend = Backend::automatic;   ///< oneDNN or Eigen (kernels/precision.hpp)
@@ -116,9 +103,7 @@ namespace detail {
 
 inline ExpertOptions expert_options(const MoEOptions& o) {
   ExpertOptions e;
-  e.experts_dim = o.gating.experts_dim;
-  e.model_dim = o.model_dim;
-  e.hidden_dim = o.hidden_dim;
+  e.dims = o.dims;
   e.activation = o.activation;
   e.dropout = o.dropout;
   e.dropout_seed = o.dropout_seed;
@@ -127,55 +112,73 @@ inline ExpertOptions expert_options(const MoEOptions& o) {
   return e;
 }
 
-/// The inputs as [<batch>, group, model]: the caller's tensor, a relabelled
-/// view of it, or (only when the model dim is not last in ungrouped inputs)
-/// a transposed copy.
+/// The inputs as x [<batch>, group, model], the order the logits and the
+/// experts work in: a view of the caller's tensor (relabelled when the
+/// inputs have no group dim and are split into groups), or a transposed
+/// copy in `hold` only when the model dim is not last or, in grouped inputs,
+/// the group dim is not next to last.
 template <class T>
 struct GroupedInputs {
-  Tensor<T> hold;    // the view or copy, when not the caller's tensor
-  Shape flat;        // ungrouped inputs: their token dims, then the model dim
-  Shape grouped;     // [moe_groups, group, model] for ungrouped inputs
+  TensorView<const T> x;  // [<batch>, group, model]
+  Tensor<T> hold;         // the transposed copy, when one was needed
+  Shape flat;             // ungrouped inputs: their token dims, then the model dim
   bool regrouped = false;
-  const Tensor<T>* x = nullptr;
 };
 
-template <class T>
-void group_inputs(GroupedInputs<T>& g, const Tensor<T>& inputs, const MoEOptions& opt) {
-  const std::string& gd = opt.gating.group_dim;
-  inputs.shape().require(opt.model_dim, "moe_forward");
-  if (inputs.shape().has(gd)) {
-    g.regrouped = false;
-    g.x = &inputs;
-    return;
-  }
-  const Shape rest = inputs.shape().without({opt.model_dim});
-  const index_t n = rest.num_elements();
-  if (n == 0) raise<shape_error>("moe_forward: inputs ", inputs.shape(), " hold no tokens");
-  const GroupSplit split = split_into_groups(n, opt.max_group_size);
-  const Dim model = inputs.dim(opt.model_dim);
-  g.flat = rest.with(model);
-  g.grouped = Shape{{"moe_groups", split.num_groups}, {gd, split.group_size}, model};
-  Tensor<T> order_hold;
-  const Tensor<T>& ordered = in_order(inputs, g.flat, order_hold);
-  g.hold = &ordered == &inputs ? inputs.view() : std::move(order_hold);
-  g.hold.set_shape(g.grouped);
-  g.regrouped = true;
-  g.x = &g.hold;
+/// [<batch>, group, model] of grouped inputs `s` (shape_error naming op).
+inline Shape canonical_shape(const Shape& s, const MoEDims& d, const char* op) {
+  return s.without_dim(d.group).without_dim(d.model).with(s.get(d.group, op)).with(s.get(d.model, op));
 }
 
-/// An optional per-token gating input given in the caller's token dims, in
-/// the grouped layout.
 template <class T>
-std::optional<Tensor<T>> regroup_extra(const std::optional<Tensor<T>>& t, const GroupedInputs<T>& g,
-                                       const Dim* experts, const char* what) {
-  if (!t || !g.regrouped) return t;
-  Shape want = g.flat.without({g.flat[g.flat.rank() - 1].name});
-  Shape grouped{g.grouped[0], g.grouped[1]};
-  if (experts) want = want.with(*experts), grouped = grouped.with(*experts);
-  if (t->rank() != want.rank() || !t->shape().is_subset_of(want))
-    raise<shape_error>("moe_forward: ", what, " ", t->shape(), " does not match the inputs' tokens ", want);
-  Tensor<T> out = transpose(*t, want);
-  out.set_shape(grouped);
+void group_inputs(GroupedInputs<T>& g, const TensorView<const T>& inputs, const MoEOptions& opt) {
+  const char* op = "moe_forward";
+  const MoEDims& d = opt.dims;
+  inputs.shape().require(d.model, op);
+  if (inputs.shape().has(d.group)) {
+    g.regrouped = false;
+    g.x = in_order(inputs, canonical_shape(inputs.shape(), d, op), g.hold);
+    return;
+  }
+  const Shape rest = inputs.shape().without_dim(d.model);
+  const index_t n = rest.num_elements();
+  if (n == 0) raise<shape_error>(op, ": inputs ", inputs.shape(), " hold no tokens");
+  const GroupSplit split = split_into_groups(n, opt.max_group_size);
+  const Dim model = inputs.dim(d.model);
+  g.flat = rest.with(model);
+  g.x = reshape(in_order(inputs, g.flat, g.hold), Shape{{"moe_groups", split.num_groups}, {d.group, split.group_size}, model});
+  g.regrouped = true;
+}
+
+/// The layer's outputs [<batch>, group, model] back in the inputs' layout
+/// (a relabel, unless the inputs were transposed on the way in).
+template <class T>
+void ungroup_outputs(Tensor<T>& out, const GroupedInputs<T>& g, const Shape& inputs) {
+  if (g.regrouped) out.set_shape(g.flat);
+  if (out.shape() != inputs) out = transpose(std::move(out), inputs);
+}
+
+/// Top-2's optional per-token inputs, given in the caller's token dims, in
+/// the layout of the grouped inputs (views; copies only when regrouping
+/// needs a transpose).
+template <class T>
+const GatingInputs<T>& regroup_extras(const GatingInputs<T>& in, const GroupedInputs<T>& g, const Dim& experts,
+                                      GatingInputs<T>& out, Tensor<T> (&hold)[3]) {
+  if (!g.regrouped || in.empty()) return in;
+  auto one = [&](const std::optional<TensorView<const T>>& t, bool per_expert, Tensor<T>& h, const char* what) {
+    std::optional<TensorView<const T>> r;
+    if (!t) return r;
+    Shape want = g.flat.without_dim(g.flat[g.flat.rank() - 1].name);
+    Shape grouped{g.x.shape()[0], g.x.shape()[1]};
+    if (per_expert) want = want.with(experts), grouped = grouped.with(experts);
+    if (t->rank() != want.rank() || !t->shape().is_subset_of(want))
+      raise<shape_error>("moe_forward: ", what, " ", t->shape(), " does not match the inputs' tokens ", want);
+    r = reshape(in_order(*t, want, h), grouped);
+    return r;
+  };
+  out.importance = one(in.importance, false, hold[0], "importance");
+  out.uniform = one(in.uniform, false, hold[1], "uniform draws");
+  out.gumbel = one(in.gumbel, true, hold[2], "gumbel draws");
   return out;
 }
 
@@ -183,16 +186,14 @@ std::optional<Tensor<T>> regroup_extra(const std::optional<Tensor<T>>& t, const 
 /// in fixed blocks of rows that never straddle groups (so a group's logits
 /// do not depend on the other groups, or on the thread count).
 template <class T>
-void router_logits_into(const MatrixBank<T>& router, const Tensor<T>& x, const MoEOptions& opt, const Dim& model,
-                        const Dim& experts, Tensor<T>& logits, std::vector<FfnScratch<T>>& scratch) {
-  if (x.dim(opt.model_dim) != model)
-    raise<shape_error>("moe_forward: dim \"", opt.model_dim, "\" has size ", x.size_of(opt.model_dim),
-                       " in the inputs but ", model.size, " in the weights");
-  const Shape ls = x.shape().without({opt.model_dim}).with(experts);
-  if (logits.size() != ls.num_elements() || !logits.writable()) logits = Tensor<T>(ls, uninitialized);
-  logits.set_shape(ls);
-  const index_t S = x.size_of(opt.gating.group_dim);
-  const index_t groups = S > 0 && experts.size > 0 ? ls.num_elements() / experts.size / S : 0;
+void router_logits_into(const MatrixBank<T>& router, const TensorView<const T>& x, const MoEDims& dims,
+                        const Dim& model, const Dim& experts, Tensor<T>& logits, std::vector<FfnScratch<T>>& scratch) {
+  if (x.dim(dims.model) != model)
+    raise<shape_error>("moe_forward: dim \"", dims.model, "\" has size ", x.size_of(dims.model), " in the inputs but ",
+                       model.size, " in the weights");
+  logits.resize(x.shape().without_dim(dims.model).with(experts));
+  const index_t S = x.size_of(dims.group);
+  const index_t groups = S > 0 && experts.size > 0 ? logits.size() / experts.size / S : 0;
   const index_t block = FfnKernel<T>::row_block_of(router.backend());
   const index_t per_group = S > 0 ? (S + block - 1) / block : 0;
   const index_t M = model.size, E = experts.size;
@@ -206,66 +207,108 @@ void router_logits_into(const MatrixBank<T>& router, const Tensor<T>& x, const M
   });
 }
 
-/// Top-2 options for a layer's call n: the seed of policies random and
-/// sampling advanced to Rng::call_seed(seed, n) (draws given as inputs win).
-inline const Top2Options& gating_for_call(const Top2Options& g, std::uint64_t call, Top2Options& hold) {
-  if (call == 0 || (g.policy != SecondPolicy::random && g.policy != SecondPolicy::sampling)) return g;
-  hold = g;
-  hold.seed = Rng::call_seed(g.seed, call);
-  return hold;
-}
-
-/// Routes logits [<batch>, group, experts] with the layer's router; `call`
-/// is the layer's call count (what top-2's random draws start from).
+/// What a layer's router stage works in: the grouped inputs, the logits,
+/// the routing and their scratch (reused across calls).
 template <class T>
-RouterResult<T> route_tokens(const Tensor<T>& logits, const MoEOptions& opt, const GatingInputs<T>& extras,
-                             std::uint64_t call = 0) {
-  if (opt.router == RouterKind::topk) return topk_routing(logits, opt.topk);
-  if (opt.router == RouterKind::expert_choice) return expert_choice_routing(logits, opt.expert_choice);
-  Top2Options hold;
-  auto t = top2_gating(logits, gating_for_call(opt.gating, call, hold), extras);
-  RouterResult<T> r;
-  r.plan = std::move(t.plan), r.aux_loss = t.aux_loss, r.stats = std::move(t.stats), r.parts = std::move(t.parts);
-  return r;
-}
+struct RouteStage {
+  GroupedInputs<T> in;
+  Tensor<T> logits;
+  std::vector<FfnScratch<T>> scratch;
+  RouterResult<T> routed;
+  RouterWorkspace<T> router;
+  GatingInputs<T> extras;
+  Tensor<T> extra_hold[3];
+};
 
-/// The routers' losses finished from per-group pieces of `groups` groups of
-/// S tokens and E experts (as route_tokens finishes them).
+/// The router's weights and the dims they fix: what the layers share.
 template <class T>
-void finish_losses(const MoEOptions& opt, const LossParts<T>& parts, index_t groups, index_t S, index_t E, T& aux, T& z) {
-  aux = opt.router == RouterKind::top2   ? (groups * S > 0 ? top2_aux_loss(parts, groups, E) : T(0))
-        : opt.router == RouterKind::topk ? topk_aux_loss(parts, groups, E)
-                                         : T(0);
-  z = opt.router == RouterKind::top2 ? T(0) : z_loss_from_parts(parts, groups * S);
-}
+struct RouterBank {
+  MatrixBank<T> bank;
+  Dim experts, model;
+
+  /// Lays out wg [model, experts]; shape_error naming wg.
+  template <class S>
+  RouterBank(const TensorView<const S>& wg, const MoEOptions& opt, const char* op) {
+    const MoEDims& d = opt.dims;
+    wg.shape().require(d.model, op);
+    experts = wg.shape().get(d.experts, op);
+    model = wg.shape().get(d.model, op);
+    if (wg.rank() != 2) raise<shape_error>(op, ": wg ", wg.shape(), " is not [", d.model, ", ", d.experts, "]");
+    bank = MatrixBank<T>(wg, "", d.model, d.experts, Precision::fp32, opt.backend, "wg");
+  }
+  RouterBank() = default;
+
+  /// Groups the inputs and computes the logits (stage.in, stage.logits).
+  void logits_of(RouteStage<T>& st, const TensorView<const T>& inputs, const MoEOptions& opt) const {
+    group_inputs(st.in, inputs, opt);
+    router_logits_into(bank, st.in.x, opt.dims, model, experts, st.logits, st.scratch);
+  }
+  /// The whole router stage: logits, then the routing into stage.routed
+  /// (`call` says which draws; `extras` are top-2's per-token inputs).
+  void route(RouteStage<T>& st, const TensorView<const T>& inputs, const GatingInputs<T>& extras,
+             const MoEOptions& opt, const RouteCall& call) const {
+    logits_of(st, inputs, opt);
+    const GatingInputs<T>& ex = regroup_extras(extras, st.in, experts, st.extras, st.extra_hold);
+    route_into(st.routed, st.logits, opt.router, ex, opt.dims, call, st.router);
+  }
+};
+
+/// The dense oracle's own copy of the weights (the layer keeps it; the
+/// caller's views may go away).
+template <class T>
+struct OwnedWeights {
+  std::vector<Tensor<T>> tensors;
+  MoEWeights<T> views;
+  explicit OwnedWeights(const MoEWeights<T>& w) {
+    tensors.reserve(12);
+    auto own = [&](const TensorView<const T>& v) {
+      tensors.push_back(v.copy());
+      return TensorView<const T>(tensors.back());
+    };
+    auto own_opt = [&](const std::optional<TensorView<const T>>& v) {
+      return v ? std::optional<TensorView<const T>>(own(*v)) : std::nullopt;
+    };
+    views.wg = own(w.wg);
+    views.experts = {own(w.experts.wi), own(w.experts.wo), own_opt(w.experts.wi_gate), own_opt(w.experts.bi),
+                     own_opt(w.experts.bi_gate), own_opt(w.experts.bo)};
+    if (w.shared)
+      views.shared = SharedExpertWeights<T>{own(w.shared->wi), own(w.shared->wo), own_opt(w.shared->wi_gate),
+                                            own_opt(w.shared->gate)};
+  }
+};
 
 }  // namespace detail
+
+template <class T>
+class MoELayer;
 
 /// One MoE layer forward pass: inputs [<batch>, group, model] (or
 /// ungrouped [<tokens...>, model]) -> outputs of the same shape, losses and
 /// statistics. Defined below.
 template <class T>
-MoEResult<T> moe_forward(const Tensor<T>& inputs, const MoEWeights<T>& w, const MoEOptions& opt,
+MoEResult<T> moe_forward(const TensorView<const T>& inputs, const MoEWeights<T>& w, const MoEOptions& opt,
                          const GatingInputs<T>& extras = {});
 
 /// A layer object holding its laid-out weights, options and scratch memory.
 ///
 /// forward_into reuses the output's buffers and the layer's workspace, so a
-/// steady-state forward pass allocates nothing of the size of the
-/// activations. Concurrent calls on one layer are safe: a call that finds
-/// the workspace busy uses a fresh one.
+/// steady-state forward pass allocates nothing. Concurrent calls on one
+/// layer are safe: a call that finds the workspace busy uses a fresh one.
+/// Movable, not copyable (the workspace sits behind a pointer).
 template <class T>
 class MoELayer {
   static_assert(std::is_same<T, float>::value || std::is_same<T, double>::value, "MoELayer<float or double>");
 
  public:
-  /// Lays out the weights (float, double or bfloat16 tensors; see the file
-  /// comment). Throws shape_error / value_error naming the weight.
+  /// Lays out the weights (float, double or bfloat16 views; see the file
+  /// comment). Throws shape_error naming the weight and dim that disagree,
+  /// value_error for bad options or non-finite weights.
   template <class S>
   MoELayer(const MoEWeights<S>& w, MoEOptions options) : MoELayer(w, std::move(options), true) {}
 
-  /// inputs [<batch>, group, model] (or ungrouped) -> outputs of the same shape.
-  MoEResult<T> forward(const Tensor<T>& inputs, const GatingInputs<T>& extras = {}) const {
+  /// inputs [<batch>, group, model] (or ungrouped) -> outputs of the same
+  /// shape. Throws as forward_into.
+  MoEResult<T> forward(const TensorView<const T>& inputs, const GatingInputs<T>& extras = {}) const {
     MoEResult<T> out;
     forward_into(out, inputs, extras);
     return out;
@@ -279,200 +322,141 @@ class MoELayer {
   /// every call and reproducible: call n (counting from 0) draws from
   /// Rng::call_seed(seed, n), so the first call equals the stateless
   /// functions with the options' seeds. Draws passed in `extras` win.
-  void forward_into(MoEResult<T>& out, const Tensor<T>& inputs, const GatingInputs<T>& extras = {}) const {
-    const std::uint64_t call = calls_.fetch_add(1);
-    std::unique_lock<std::mutex> lock(mutex_, std::try_to_lock);
+  /// Throws shape_error for inputs whose dims disagree with the weights,
+  /// value_error for bad logits or extras the router does not take.
+  void forward_into(MoEResult<T>& out, const TensorView<const T>& inputs, const GatingInputs<T>& extras = {}) const {
+    const std::uint64_t call = state_->calls.fetch_add(1);
+    std::unique_lock<std::mutex> lock(state_->mutex, std::try_to_lock);
     if (lock.owns_lock()) {
-      run_with(out, inputs, extras, ws_, dense_ ? &*dense_ : nullptr, call);
+      run_with(out, inputs, extras, state_->ws, dense_ ? &dense_->views : nullptr, call);
     } else {
       Workspace ws;
-      run_with(out, inputs, extras, ws, dense_ ? &*dense_ : nullptr, call);
+      run_with(out, inputs, extras, ws, dense_ ? &dense_->views : nullptr, call);
     }
   }
 
   /// Forward calls made so far: the next call draws from
   /// Rng::call_seed(seed, calls()).
-  std::uint64_t calls() const { return calls_.load(); }
+  std::uint64_t calls() const { return state_->calls.load(); }
   /// Makes the next forward call number n (to replay call n, or restart at 0).
-  void set_calls(std::uint64_t n) { calls_.store(n); }
+  void set_calls(std::uint64_t n) { state_->calls.store(n); }
 
   /// logits [<batch>, group, experts] = x [<batch>, group, model] . wg, in
-  /// fixed row blocks per group (the routing input).
-  Tensor<T> router_logits(const Tensor<T>& x) const {
-    Tensor<T> logits;
-    std::vector<FfnScratch<T>> scratch;
-    compute_logits(x, logits, scratch);
-    return logits;
+  /// fixed row blocks per group (the routing input). Throws shape_error for
+  /// inputs that lack the group or model dim or disagree on the model size.
+  Tensor<T> router_logits(const TensorView<const T>& x) const {
+    detail::RouteStage<T> st;
+    x.shape().require(opt_.dims.group, "router_logits");
+    router_.logits_of(st, x, opt_);
+    return std::move(st.logits);
   }
 
   const MoEOptions& options() const { return opt_; }
   /// The laid-out experts (empty for a dense layer).
   const PackedExperts<T>& experts() const { return experts_; }
-  const Dim& experts_dim() const { return experts_dim_; }
-  const Dim& model_dim() const { return model_; }
+  const Dim& experts_dim() const { return router_.experts; }
+  const Dim& model_dim() const { return router_.model; }
   /// The laid-out shared expert (empty when the layer has none, or is dense).
   const SharedExpert<T>& shared_expert() const { return shared_; }
   /// Bytes of laid-out weights (router, experts, shared expert).
-  std::size_t weight_bytes() const { return router_.bytes() + experts_.bytes() + shared_.bytes(); }
+  std::size_t weight_bytes() const { return router_.bank.bytes() + experts_.bytes() + shared_.bytes(); }
 
  private:
   template <class S>
-  friend MoEResult<S> moe_forward(const Tensor<S>&, const MoEWeights<S>&, const MoEOptions&, const GatingInputs<S>&);
+  friend MoEResult<S> moe_forward(const TensorView<const S>&, const MoEWeights<S>&, const MoEOptions&,
+                                  const GatingInputs<S>&);
+
+  struct Workspace {
+    detail::RouteStage<T> route;
+    ExpertWorkspace<T> experts;
+    SharedExpertWorkspace<T> shared;
+  };
+  struct State {
+    Workspace ws;
+    std::mutex mutex;
+    std::atomic<std::uint64_t> calls{0};
+  };
 
   template <class S>
-  MoELayer(const MoEWeights<S>& w, MoEOptions options, bool keep_dense) : opt_(std::move(options)) {
+  MoELayer(const MoEWeights<S>& w, MoEOptions options, bool keep_dense)
+      : opt_(std::move(options)), router_(w.wg, opt_, "MoELayer"), state_(std::make_unique<State>()) {
     const char* op = "MoELayer";
-    const auto& g = opt_.gating;
-    w.wg.shape().require(opt_.model_dim, op);
-    experts_dim_ = w.wg.shape().get(g.experts_dim, op);
-    model_ = w.wg.shape().get(opt_.model_dim, op);
-    if (w.wg.rank() != 2) detail::raise<shape_error>(op, ": wg ", w.wg.shape(), " is not [", opt_.model_dim, ", ", g.experts_dim, "]");
-    router_ = MatrixBank<T>(w.wg, "", opt_.model_dim, g.experts_dim, Precision::fp32, opt_.backend, "wg");
     const ExpertOptions eo = detail::expert_options(opt_);
     if (opt_.dense) {
+      if (opt_.precision != Precision::fp32)
+        detail::raise<value_error>(op, ": the dense oracle computes in full precision (precision fp32)");
       if constexpr (std::is_same<S, T>::value) {
-        if (opt_.precision != Precision::fp32)
-          detail::raise<value_error>(op, ": the dense oracle computes in full precision (precision fp32)");
         detail::check_expert_weights(w.experts, eo, op);
-        if (keep_dense) dense_ = w;
+        if (w.shared) detail::check_shared_weights(*w.shared, router_.model, eo, op);
+        if (keep_dense) dense_ = std::make_shared<const detail::OwnedWeights<T>>(w);
       } else {
         detail::raise<value_error>(op, ": the dense oracle needs weights of the layer's own type");
       }
     } else {
       experts_ = PackedExperts<T>(w.experts, eo);
-    }
-    if (w.shared) {
-      ExpertOptions so = eo;
-      so.dropout = 0.0;
-      if (opt_.dense) {
-        if (opt_.precision != Precision::fp32)
-          detail::raise<value_error>(op, ": the dense oracle computes in full precision (precision fp32)");
-        detail::check_shared_weights(*w.shared, model_, so, op);
-      } else {
-        shared_ = SharedExpert<T>(*w.shared, model_, so);
+      if (w.shared) {
+        ExpertOptions so = eo;
+        so.dropout = 0.0;
+        shared_ = SharedExpert<T>(*w.shared, router_.model, so);
       }
     }
-    check_router_options(op);
-    const Dim& we = opt_.dense ? w.experts.wi.dim(g.experts_dim) : experts_.experts();
-    const Dim& wm = opt_.dense ? w.experts.wi.dim(opt_.model_dim) : experts_.model();
-    if (we != experts_dim_)
-      detail::raise<shape_error>(op, ": dim \"", g.experts_dim, "\" has size ", experts_dim_.size, " in wg but ",
+    check_router_options(opt_.router, router_.experts.size, op);
+    check_dims_agree(w.experts.wi.dim(opt_.dims.experts), w.experts.wi.dim(opt_.dims.model), op);
+  }
+
+  void check_dims_agree(const Dim& we, const Dim& wm, const char* op) const {
+    const MoEDims& d = opt_.dims;
+    if (we != router_.experts)
+      detail::raise<shape_error>(op, ": dim \"", d.experts, "\" has size ", router_.experts.size, " in wg but ",
                                  we.size, " in wi");
-    if (wm != model_)
-      detail::raise<shape_error>(op, ": dim \"", opt_.model_dim, "\" has size ", model_.size, " in wg but ", wm.size,
+    if (wm != router_.model)
+      detail::raise<shape_error>(op, ": dim \"", d.model, "\" has size ", router_.model.size, " in wg but ", wm.size,
                                  " in wi");
   }
 
-
-  void check_router_options(const char* op) const {
-    const auto& g = opt_.gating;
-    auto same = [&](const std::string& a, const std::string& b, const char* what) {
-      if (a != b)
-        detail::raise<value_error>(op, ": ", what, " \"", a, "\" differs from gating.", what + std::string(what).find('.') + 1,
-                                   " \"", b, "\" (every router uses the gating dims)");
-    };
-    if (opt_.router == RouterKind::topk) {
-      same(opt_.topk.group_dim, g.group_dim, "topk.group_dim");
-      same(opt_.topk.experts_dim, g.experts_dim, "topk.experts_dim");
-      detail::check_topk_options(opt_.topk, experts_dim_.size, op);
-    } else if (opt_.router == RouterKind::expert_choice) {
-      same(opt_.expert_choice.group_dim, g.group_dim, "expert_choice.group_dim");
-      same(opt_.expert_choice.experts_dim, g.experts_dim, "expert_choice.experts_dim");
-    }
-  }
-
-  struct Workspace {
-    ExpertWorkspace<T> experts;
-    SharedExpertWorkspace<T> shared;
-    Tensor<T> logits, canonical;
-    std::vector<FfnScratch<T>> router;
-    detail::GroupedInputs<T> in;
-  };
-
-  /// [<batch>, group, model]: the order the logits and experts work in.
-  Shape canonical_shape(const Shape& x) const {
-    const std::string& gd = opt_.gating.group_dim;
-    return x.without({gd, opt_.model_dim}).with(x.get(gd, "moe_forward")).with(x.get(opt_.model_dim, "moe_forward"));
-  }
-
-  void compute_logits(const Tensor<T>& x_any, Tensor<T>& logits, std::vector<FfnScratch<T>>& scratch) const {
-    Tensor<T> hold;
-    const Tensor<T>& x = in_order(x_any, canonical_shape(x_any.shape()), hold);
-    detail::router_logits_into(router_, x, opt_, model_, experts_dim_, logits, scratch);
-  }
-
-  void run_with(MoEResult<T>& out, const Tensor<T>& inputs, const GatingInputs<T>& extras_in, Workspace& ws,
+  void run_with(MoEResult<T>& out, const TensorView<const T>& inputs, const GatingInputs<T>& extras, Workspace& ws,
                 const MoEWeights<T>* dense, std::uint64_t call) const {
-    Top2Options hold;
-    const Top2Options& g = detail::gating_for_call(opt_.gating, call, hold);
-    const std::uint64_t dropout_seed = Rng::call_seed(opt_.dropout_seed, call);
-    detail::group_inputs(ws.in, inputs, opt_);
-    const Tensor<T>& x = in_order(*ws.in.x, canonical_shape(ws.in.x->shape()), ws.canonical);
-    GatingInputs<T> regrouped;
-    const GatingInputs<T>* extras = &extras_in;
-    if (ws.in.regrouped && (extras_in.importance || extras_in.uniform || extras_in.gumbel)) {
-      regrouped.importance = detail::regroup_extra(extras_in.importance, ws.in, nullptr, "importance");
-      regrouped.uniform = detail::regroup_extra(extras_in.uniform, ws.in, nullptr, "uniform draws");
-      regrouped.gumbel = detail::regroup_extra(extras_in.gumbel, ws.in, &experts_dim_, "gumbel draws");
-      extras = &regrouped;
-    }
-    if (opt_.router != RouterKind::top2 && (extras_in.importance || extras_in.uniform || extras_in.gumbel))
-      detail::raise<value_error>("moe_forward: importance, uniform and gumbel inputs belong to router top2, not ",
-                                 to_string(opt_.router));
-    compute_logits(x, ws.logits, ws.router);
-    if (opt_.dense) {
-      ExpertOptions eo = detail::expert_options(opt_);
-      eo.dropout_seed = dropout_seed;
-      struct : DenseRouterResult<T> {
-        RoutingStats stats;
-      } d;
-      if (opt_.router == RouterKind::top2) {
-        auto t = top2_gating_dense(ws.logits, g, *extras);
-        d.combine = std::move(t.combine), d.dispatch = std::move(t.dispatch), d.aux_loss = t.aux_loss;
-        d.stats = std::move(t.stats);
-      } else if (opt_.router == RouterKind::topk) {
-        static_cast<DenseRouterResult<T>&>(d) = topk_routing_dense(ws.logits, opt_.topk);
-        d.stats = topk_routing(ws.logits, opt_.topk).stats;  // (load statistics: the plan's)
-      } else {
-        static_cast<DenseRouterResult<T>&>(d) = expert_choice_routing_dense(ws.logits, opt_.expert_choice);
-        d.stats = expert_choice_routing(ws.logits, opt_.expert_choice).stats;
-      }
-      out.outputs = experts_dense(x, d.dispatch, d.combine, dense->experts, eo);
-      if (dense->shared) {
-        ExpertOptions so = eo;
-        so.dropout = 0.0;
-        out.outputs = out.outputs + shared_expert_dense(x, *dense->shared, so);
-      }
-      out.aux_loss = d.aux_loss;
-      out.z_loss = d.z_loss;
-      out.stats = std::move(d.stats);
+    if (dense) {
+      run_dense(out, inputs, extras, ws.route, *dense, call);
     } else {
-      RouterResult<T> r = detail::route_tokens(ws.logits, opt_, *extras, call);
-      experts_sparse_into(out.outputs, x, r.plan, experts_, ws.experts, dropout_seed);
+      router_.route(ws.route, inputs, extras, opt_, RouteCall{call, 0});
+      const RouterResult<T>& r = ws.route.routed;
+      const TensorView<const T>& x = ws.route.in.x;
+      experts_sparse_into(out.outputs, x, r.plan, experts_, ws.experts, Rng::call_seed(opt_.dropout_seed, call));
       // (x and the outputs are [<batch>, group, model], contiguous)
-      shared_.add_to(x.data(), x.size() / model_.size, out.outputs.data(), ws.shared);
+      shared_.add_to(x.data(), x.size() / std::max<index_t>(router_.model.size, 1), out.outputs.data(), ws.shared);
       out.aux_loss = r.aux_loss;
       out.z_loss = r.z_loss;
-      out.stats = std::move(r.stats);
+      out.stats = r.stats;
     }
-    // Back to the inputs' layout (a relabel when the model dim was last).
-    if (ws.in.regrouped) {
-      out.outputs.set_shape(ws.in.flat);
-      if (out.outputs.shape() != inputs.shape()) out.outputs = transpose(std::move(out.outputs), inputs.shape());
-    } else if (out.outputs.shape() != inputs.shape()) {
-      out.outputs = transpose(std::move(out.outputs), inputs.shape());
+    detail::ungroup_outputs(out.outputs, ws.route.in, inputs.shape());
+  }
+
+  /// The dense oracle: the router's one-hot tensors and the sources' einsums.
+  void run_dense(MoEResult<T>& out, const TensorView<const T>& inputs, const GatingInputs<T>& extras,
+                 detail::RouteStage<T>& st, const MoEWeights<T>& dense, std::uint64_t call) const {
+    router_.logits_of(st, inputs, opt_);
+    const GatingInputs<T>& ex = detail::regroup_extras(extras, st.in, router_.experts, st.extras, st.extra_hold);
+    DenseRouterResult<T> d = route_dense(TensorView<const T>(st.logits), opt_.router, ex, opt_.dims, RouteCall{call, 0});
+    ExpertOptions eo = detail::expert_options(opt_);
+    eo.dropout_seed = Rng::call_seed(opt_.dropout_seed, call);
+    out.outputs = experts_dense(st.in.x, d.dispatch, d.combine, dense.experts, eo);
+    if (dense.shared) {
+      ExpertOptions so = eo;
+      so.dropout = 0.0;
+      out.outputs = out.outputs + shared_expert_dense(st.in.x, *dense.shared, so);
     }
+    out.aux_loss = d.aux_loss;
+    out.z_loss = d.z_loss;
+    out.stats = std::move(d.stats);
   }
 
   MoEOptions opt_;
-  MatrixBank<T> router_;
+  detail::RouterBank<T> router_;
   PackedExperts<T> experts_;
   SharedExpert<T> shared_;
-  std::optional<MoEWeights<T>> dense_;
-  Dim experts_dim_, model_;
-  mutable Workspace ws_;
-  mutable std::mutex mutex_;
-  mutable std::atomic<std::uint64_t> calls_{0};
+  std::shared_ptr<const detail::OwnedWeights<T>> dense_;
+  std::unique_ptr<State> state_;
 };
 
 /// One MoE feed-forward layer forward pass (lays the weights out for this
@@ -480,9 +464,10 @@ class MoELayer {
 /// model] (or ungrouped) -> outputs of the same shape; extras (importance,
 /// uniform [<batch>, group], gumbel [<batch>, group, experts]) for router
 /// top2. With opt.dense it runs the oracle on the caller's weights without
-/// copying them. See the file comment.
+/// copying them. See the file comment. Throws as MoELayer's constructor and
+/// forward_into.
 template <class T>
-MoEResult<T> moe_forward(const Tensor<T>& inputs, const MoEWeights<T>& w, const MoEOptions& opt,
+MoEResult<T> moe_forward(const TensorView<const T>& inputs, const MoEWeights<T>& w, const MoEOptions& opt,
                          const GatingInputs<T>& extras) {
   const MoELayer<T> layer(w, opt, false);
   MoEResult<T> out;

@@ -25,16 +25,13 @@ namespace einmoe {
 
 template <class T>
 struct MoEV0Weights {
-  Tensor<T> wg;                 ///< [model, experts]
-  std::optional<Tensor<T>> bg;  ///< [experts] (Mesh TF's dense layers have biases)
-  ExpertWeights<T> experts;     ///< wi, wo (+ bi, bo)
+  TensorView<const T> wg;                 ///< [model, experts]
+  std::optional<TensorView<const T>> bg;  ///< [experts] (Mesh TF's dense layers have biases)
+  ExpertWeights<T> experts;               ///< wi, wo (+ bi, bo)
 };
 
 struct MoEV0Options {
-  std::string length_dim = "length";  ///< the group dim: one sequence per group
-  std::string model_dim = "model";
-  std::string hidden_dim = "hidden";
-  std::string experts_dim = "experts";
+  MoEDims dims{"length"};  ///< the group dim is the length: one sequence per group
   double loss_coef = 1e-3;
   double overhead = 1.0;
   bool dense = false;  ///< the one-hot formulation (oracle) instead of the sparse plan
@@ -43,47 +40,46 @@ struct MoEV0Options {
 template <class T>
 struct MoEV0Result {
   Tensor<T> outputs;  ///< [batch, length, model]
-  T loss = T(0);
+  T aux_loss = T(0);  ///< cv^2(importance) * loss_coef
   RoutingStats stats;  ///< filled on the sparse path
 };
 
 /// Mesh TF's moe_v0 forward pass; see the file comment: inputs [batch,
 /// length, model] -> outputs [batch, length, model] and the loss (the cv^2
 /// of importance [batch, experts], times loss_coef).
+/// Throws shape_error for dims that disagree, value_error when the capacity
+/// comes out 0.
 template <class T>
-MoEV0Result<T> moe_v0_forward(const Tensor<T>& inputs, const MoEV0Weights<T>& w, const MoEV0Options& o) {
+MoEV0Result<T> moe_v0_forward(const TensorView<const T>& inputs, const MoEV0Weights<T>& w, const MoEV0Options& o) {
   const char* op = "moe_v0_forward";
-  const Dim length = inputs.shape().get(o.length_dim, op);
-  inputs.shape().require(o.model_dim, op);
-  const Dim experts = w.wg.shape().get(o.experts_dim, op);
-  const Shape logits_shape = inputs.shape().without({o.model_dim}).with(experts);
+  const MoEDims& d = o.dims;
+  const Dim length = inputs.shape().get(d.group, op);
+  inputs.shape().require(d.model, op);
+  const Dim experts = w.wg.shape().get(d.experts, op);
+  const Shape logits_shape = inputs.shape().without({d.model}).with(experts);
   Tensor<T> logits = einsum({inputs, w.wg}, logits_shape);
   if (w.bg) logits = logits + *w.bg;
-  const Tensor<T> gates = softmax(logits, o.experts_dim);
+  const Tensor<T> gates = softmax(logits, d.experts);
   const index_t C = moe_v0_capacity(length.size, experts.size, o.overhead);
   if (C < 1)
     detail::raise<value_error>(op, ": capacity int(", length.size, " * 2 * ", o.overhead, " / ", experts.size,
                                ") is 0; use longer sequences, fewer experts or more overhead");
   Top2Options g;
-  g.capacity = Dim("expert_capacity", C);
-  g.group_dim = o.length_dim;
-  g.experts_dim = o.experts_dim;
+  g.capacity = CapacitySpec::fixed(C);
   ExpertOptions cfg;
-  cfg.experts_dim = o.experts_dim;
-  cfg.model_dim = o.model_dim;
-  cfg.hidden_dim = o.hidden_dim;
+  cfg.dims = d;
   cfg.activation = Activation::relu;
 
   MoEV0Result<T> out;
-  const Shape importance_shape = gates.shape().without({o.length_dim});  // [batch..., experts]
+  const Shape importance_shape = gates.shape().without({d.group});  // [batch..., experts]
   Tensor<T> importance;
   if (o.dense) {
-    const Tensor<T> combine = truncated_top2_gating_dense(gates, g);
+    const Tensor<T> combine = truncated_top2_gating_dense(gates, g, d);
     const Tensor<T> dispatch = cast<T>(not_equal(combine, T(0)));
     out.outputs = experts_dense(inputs, dispatch, combine, w.experts, cfg);
     importance = sum_to(combine, importance_shape);
   } else {
-    auto r = truncated_top2_gating(gates, g);
+    auto r = truncated_top2_gating(gates, g, d);
     out.outputs = experts_sparse(inputs, r.plan, w.experts, cfg);
     // importance[b, e] = sum of the combine weights of row b routed to e
     importance = Tensor<T>(r.plan.batch.with(experts));
@@ -93,11 +89,11 @@ MoEV0Result<T> moe_v0_forward(const Tensor<T>& inputs, const MoEV0Weights<T>& w,
         const auto i = detail::uz(t * r.plan.k + j);
         if (r.plan.expert[i] >= 0) importance[(t / S) * E + r.plan.expert[i]] += r.plan.weight[i];
       }
-    importance = transpose(importance, importance_shape);
+    importance = transpose(std::move(importance), importance_shape);
     out.stats = std::move(r.stats);
   }
-  out.outputs = transpose(out.outputs, inputs.shape());
-  out.loss = cv_squared(importance) * static_cast<T>(o.loss_coef);
+  out.outputs = transpose(std::move(out.outputs), inputs.shape());
+  out.aux_loss = cv_squared(importance) * static_cast<T>(o.loss_coef);
   return out;
 }
 

@@ -18,7 +18,7 @@ namespace einmoe {
 
 /// [x.shape] -> [x.shape], running sums along `dim`.
 template <class T>
-Tensor<T> cumsum(const Tensor<T>& x, const std::string& dim, bool exclusive = false) {
+Tensor<T> cumsum(const TensorView<const T>& x, const std::string& dim, bool exclusive = false) {
   const detail::AxisSplit ax(x.shape(), dim, "cumsum");
   Tensor<T> out(x.shape(), uninitialized);
   std::vector<T> run(detail::uz(ax.inner));

@@ -35,18 +35,6 @@
 
 namespace einmoe {
 
-/// A reference to a tensor in an einsum argument list (binds to temporaries
-/// too; they live until the end of the full expression).
-template <class T>
-class TensorRef {
- public:
-  TensorRef(const Tensor<T>& t) : p_(&t) {}  // NOLINT: implicit by design
-  const Tensor<T>& get() const { return *p_; }
-
- private:
-  const Tensor<T>* p_;
-};
-
 namespace detail {
 
 using NameList = std::vector<std::string>;
@@ -83,7 +71,7 @@ inline Shape shape_of(const Shape& a, const Shape& b, const NameList& names) {
 /// Contracts a pair. `keep`: the names needed later (final output or other
 /// operands). `final_out`: when not null, the result must have this shape.
 template <class T>
-Tensor<T> contract_pair(const Tensor<T>& a_in, const Tensor<T>& b_in, const NameList& keep, const Shape* final_out) {
+Tensor<T> contract_pair(const TensorView<const T>& a_in, const TensorView<const T>& b_in, const NameList& keep, const Shape* final_out) {
   // Sum out dims that only one operand has and nobody needs.
   auto lonely = [&](const Shape& s, const Shape& other) {
     return names_where(s, [&](const std::string& n) { return !other.has(n) && !contains(keep, n); });
@@ -93,8 +81,8 @@ Tensor<T> contract_pair(const Tensor<T>& a_in, const Tensor<T>& b_in, const Name
   Tensor<T> a_red, b_red;
   if (!drop_a.empty()) a_red = sum(a_in, Names(drop_a));
   if (!drop_b.empty()) b_red = sum(b_in, Names(drop_b));
-  const Tensor<T>& a = drop_a.empty() ? a_in : a_red;
-  const Tensor<T>& b = drop_b.empty() ? b_in : b_red;
+  const TensorView<const T>& a = drop_a.empty() ? a_in : a_red;
+  const TensorView<const T>& b = drop_b.empty() ? b_in : b_red;
   const Shape& sa = a.shape();
   const Shape& sb = b.shape();
 
@@ -167,7 +155,7 @@ Tensor<T> contract_pair(const Tensor<T>& a_in, const Tensor<T>& b_in, const Name
 }
 
 template <class T>
-Tensor<T> einsum_impl(const std::vector<const Tensor<T>*>& xs, const Shape* output_shape, const Names* reduced) {
+Tensor<T> einsum_impl(const std::vector<const TensorView<const T>*>& xs, const Shape* output_shape, const Names* reduced) {
   if (xs.empty()) raise<value_error>("einsum: no inputs");
   DimRegistry reg("einsum");
   for (std::size_t i = 0; i < xs.size(); ++i) reg.add(xs[i]->shape(), "input " + std::to_string(i));
@@ -196,7 +184,7 @@ Tensor<T> einsum_impl(const std::vector<const Tensor<T>*>& xs, const Shape* outp
   if (xs.size() == 1) return sum_to(*xs[0], out);
 
   std::list<Tensor<T>> temps;  // intermediate results (stable addresses)
-  std::vector<const Tensor<T>*> ops = xs;
+  std::vector<const TensorView<const T>*> ops = xs;
   const NameList out_names = out.names();
   auto needed = [&](std::size_t i, std::size_t j) {  // names needed outside pair (i, j)
     NameList keep = out_names;
@@ -226,8 +214,8 @@ Tensor<T> einsum_impl(const std::vector<const Tensor<T>*>& xs, const Shape* outp
 }
 
 template <class T>
-std::vector<const Tensor<T>*> pointers(const std::vector<TensorRef<T>>& xs) {
-  std::vector<const Tensor<T>*> p;
+std::vector<const TensorView<const T>*> pointers(const std::vector<TensorRef<T>>& xs) {
+  std::vector<const TensorView<const T>*> p;
   for (const auto& r : xs) p.push_back(&r.get());
   return p;
 }

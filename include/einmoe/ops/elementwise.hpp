@@ -37,14 +37,6 @@ inline Shape broadcast_shape(const Shape& a, const Shape& b, const char* op = "b
 
 namespace detail {
 
-/// Blocks template deduction, so `x * 2` converts 2 to x's element type.
-template <class T>
-struct same {
-  using type = T;
-};
-template <class T>
-using same_t = typename same<T>::type;
-
 inline void check_into(const Shape& in, const Shape& out, const char* op, const char* which) {
   for (const auto& d : in) {
     const index_t j = out.index_of(d.name);
@@ -59,7 +51,7 @@ inline void check_into(const Shape& in, const Shape& out, const char* op, const 
 
 /// Applies f elementwise: [a.shape] -> [a.shape].
 template <class T, class F>
-auto map(const Tensor<T>& a, F&& f) -> Tensor<decltype(f(T{}))> {
+auto map(const TensorView<const T>& a, F&& f) -> Tensor<decltype(f(T{}))> {
   using R = decltype(f(T{}));
   Tensor<R> out(a.shape(), uninitialized);
   const T* pa = a.data();
@@ -72,7 +64,7 @@ auto map(const Tensor<T>& a, F&& f) -> Tensor<decltype(f(T{}))> {
 /// Applies f(a, b) with broadcasting by name; `out_shape` empty (rank 0 and
 /// `explicit_shape` false) means "infer with Mesh TF's rule".
 template <class A, class B, class F>
-auto zip_with(const Tensor<A>& a, const Tensor<B>& b, F&& f, const Shape* out_shape = nullptr,
+auto zip_with(const TensorView<const A>& a, const TensorView<const B>& b, F&& f, const Shape* out_shape = nullptr,
               const char* op = "zip_with") -> Tensor<decltype(f(A{}, B{}))> {
   using R = decltype(f(A{}, B{}));
   Shape os;
@@ -111,7 +103,7 @@ auto zip_with(const Tensor<A>& a, const Tensor<B>& b, F&& f, const Shape* out_sh
 /// where(cond, a, b): a where cond is true, else b; broadcast over all three
 /// (the output is the broadcast of cond's, a's and b's shapes in that order).
 template <class T>
-Tensor<T> where(const Tensor<bool>& cond, const Tensor<T>& a, const Tensor<T>& b) {
+Tensor<T> where(const TensorView<const bool>& cond, const TensorView<const T>& a, const TensorView<const T>& b) {
   const Shape ab = broadcast_shape(a.shape(), b.shape(), "where");
   const Shape os = broadcast_shape(cond.shape(), ab, "where");
   Tensor<T> out(os, uninitialized);
@@ -127,17 +119,17 @@ Tensor<T> where(const Tensor<bool>& cond, const Tensor<T>& a, const Tensor<T>& b
 }
 /// where with a scalar branch: [cond] , [a] -> broadcast of the two.
 template <class T>
-Tensor<T> where(const Tensor<bool>& cond, const Tensor<T>& a, detail::same_t<T> b) {
+Tensor<T> where(const TensorView<const bool>& cond, const TensorView<const T>& a, type_identity_t<T> b) {
   return where(cond, a, Tensor<T>::scalar(b));
 }
 template <class T>
-Tensor<T> where(const Tensor<bool>& cond, detail::same_t<T> a, const Tensor<T>& b) {
+Tensor<T> where(const TensorView<const bool>& cond, type_identity_t<T> a, const TensorView<const T>& b) {
   return where(cond, Tensor<T>::scalar(a), b);
 }
 
 /// Converts every element: [x.shape] -> [x.shape].
 template <class U, class T>
-Tensor<U> cast(const Tensor<T>& x) {
+Tensor<U> cast(const TensorView<const T>& x) {
   return map(x, [](T v) { return static_cast<U>(v); });
 }
 
@@ -145,19 +137,19 @@ Tensor<U> cast(const Tensor<T>& x) {
 
 #define EINMOE_BINARY_OP(NAME, EXPR, RESULT)                                                \
   template <class T>                                                                        \
-  Tensor<RESULT> NAME(const Tensor<T>& a, const Tensor<T>& b, const Shape& out_shape) {     \
+  Tensor<RESULT> NAME(const TensorView<const T>& a, const TensorView<const T>& b, const Shape& out_shape) {     \
     return zip_with(a, b, [](T x, T y) -> RESULT { return EXPR; }, &out_shape, #NAME);      \
   }                                                                                         \
   template <class T>                                                                        \
-  Tensor<RESULT> NAME(const Tensor<T>& a, const Tensor<T>& b) {                             \
+  Tensor<RESULT> NAME(const TensorView<const T>& a, const TensorView<const T>& b) {                             \
     return zip_with(a, b, [](T x, T y) -> RESULT { return EXPR; }, nullptr, #NAME);         \
   }                                                                                         \
   template <class T>                                                                        \
-  Tensor<RESULT> NAME(const Tensor<T>& a, detail::same_t<T> y) {                            \
+  Tensor<RESULT> NAME(const TensorView<const T>& a, type_identity_t<T> y) {                            \
     return map(a, [y](T x) -> RESULT { return EXPR; });                                     \
   }                                                                                         \
   template <class T>                                                                        \
-  Tensor<RESULT> NAME(detail::same_t<T> x, const Tensor<T>& b) {                            \
+  Tensor<RESULT> NAME(type_identity_t<T> x, const TensorView<const T>& b) {                            \
     return map(b, [x](T y) -> RESULT { return EXPR; });                                     \
   }
 
@@ -182,11 +174,11 @@ EINMOE_BINARY_OP(logical_or, x || y, bool)
 
 #define EINMOE_OPERATOR(NAME, SYM)                                                           \
   template <class T>                                                                        \
-  Tensor<T> operator SYM(const Tensor<T>& a, const Tensor<T>& b) { return NAME(a, b); }     \
+  Tensor<T> operator SYM(const TensorView<const T>& a, const TensorView<const T>& b) { return NAME(a, b); }     \
   template <class T>                                                                        \
-  Tensor<T> operator SYM(const Tensor<T>& a, detail::same_t<T> b) { return NAME(a, b); }    \
+  Tensor<T> operator SYM(const TensorView<const T>& a, type_identity_t<T> b) { return NAME(a, b); }    \
   template <class T>                                                                        \
-  Tensor<T> operator SYM(detail::same_t<T> a, const Tensor<T>& b) { return NAME(a, b); }
+  Tensor<T> operator SYM(type_identity_t<T> a, const TensorView<const T>& b) { return NAME(a, b); }
 EINMOE_OPERATOR(add, +)
 EINMOE_OPERATOR(subtract, -)
 EINMOE_OPERATOR(multiply, *)
@@ -194,11 +186,11 @@ EINMOE_OPERATOR(divide, /)
 #undef EINMOE_OPERATOR
 
 /// Elementwise not and negation: [x.shape] -> [x.shape].
-inline Tensor<bool> logical_not(const Tensor<bool>& x) {
+inline Tensor<bool> logical_not(const TensorView<const bool>& x) {
   return map(x, [](bool v) { return !v; });
 }
 template <class T>
-Tensor<T> operator-(const Tensor<T>& x) {
+Tensor<T> operator-(const TensorView<const T>& x) {
   return map(x, [](T v) { return static_cast<T>(-v); });
 }
 
@@ -206,7 +198,7 @@ Tensor<T> operator-(const Tensor<T>& x) {
 
 /// x ** p elementwise: [x.shape] -> [x.shape].
 template <class T>
-Tensor<T> pow(const Tensor<T>& x, T p) {
+Tensor<T> pow(const TensorView<const T>& x, T p) {
   return map(x, [p](T v) { return static_cast<T>(std::pow(v, p)); });
 }
 
@@ -233,7 +225,7 @@ template <class T> T silu(T v) { return v * sigmoid(v); }
 
 #define EINMOE_UNARY(NAME, EXPR)                   \
   template <class T>                               \
-  Tensor<T> NAME(const Tensor<T>& x) {             \
+  Tensor<T> NAME(const TensorView<const T>& x) {             \
     return map(x, [](T v) -> T { return EXPR; });  \
   }
 

@@ -1,11 +1,11 @@
-// einmoe/ops/index.hpp - ops on integer indices: one_hot, top_1, top_k,
+// einmoe/ops/index.hpp - ops on integer indices: one_hot, top1, topk,
 // gather, range.
 //
 // Example:
 //   // x: [group=3, experts=4]
-//   auto [v, i] = top_1(x, "experts");            // v, i: [group=3]
+//   auto [v, i] = top1(x, "experts");            // v, i: [group=3]
 //   auto oh = one_hot<float>(i, Dim{"experts", 4}); // [group=3, experts=4]
-//   auto t = top_k(x, "experts", Dim{"k", 2});      // values, indices: [group=3, k=2]
+//   auto t = topk(x, "experts", Dim{"k", 2});      // values, indices: [group=3, k=2]
 //
 // Ordering: larger first; ties go to the lower index; NaN counts as larger
 // than any number (so argmax of a row with a NaN is its first NaN, as numpy).
@@ -45,7 +45,7 @@ inline bool ranks_before(T a, T b) {
 /// equals the index, `off` elsewhere; an index outside [0, dim.size) gives an
 /// all-`off` row.
 template <class T = float, class I>
-Tensor<T> one_hot(const Tensor<I>& indices, const Dim& dim, T on = T(1), T off = T(0)) {
+Tensor<T> one_hot(const TensorView<const I>& indices, const Dim& dim, T on = T(1), T off = T(0)) {
   static_assert(std::is_integral<I>::value, "one_hot: indices must be integers");
   if (indices.shape().has(dim.name))
     detail::raise<shape_error>("one_hot: dim \"", dim.name, "\" is already in the indices' shape ", indices.shape());
@@ -61,14 +61,14 @@ Tensor<T> one_hot(const Tensor<I>& indices, const Dim& dim, T on = T(1), T off =
 /// The k largest entries along `dim`: [.., dim, ..] -> values and indices of
 /// shape [.. without dim, k_dim] (k_dim last), best first.
 template <class T>
-TopKResult<T> top_k(const Tensor<T>& x, const std::string& dim, const Dim& k_dim) {
-  const detail::AxisSplit ax(x.shape(), dim, "top_k");
+TopKResult<T> topk(const TensorView<const T>& x, const std::string& dim, const Dim& k_dim) {
+  const detail::AxisSplit ax(x.shape(), dim, "topk");
   if (k_dim.size > ax.n)
-    detail::raise<shape_error>("top_k: k dim \"", k_dim.name, "\" has size ", k_dim.size, " but dim \"", dim,
+    detail::raise<shape_error>("topk: k dim \"", k_dim.name, "\" has size ", k_dim.size, " but dim \"", dim,
                                "\" has only ", ax.n);
   const Shape rest = x.shape().without({dim});
   if (rest.has(k_dim.name))
-    detail::raise<shape_error>("top_k: k dim \"", k_dim.name, "\" is already in ", x.shape());
+    detail::raise<shape_error>("topk: k dim \"", k_dim.name, "\" is already in ", x.shape());
   const Shape os = rest.with(k_dim);
   TopKResult<T> r{Tensor<T>(os, uninitialized), Tensor<std::int64_t>(os, uninitialized)};
   std::vector<index_t> order(detail::uz(ax.n));
@@ -119,9 +119,9 @@ inline bool replaces_best(T x, T best, Ties ties) {
 /// or the highest with Ties::highest; NaN ranks above everything):
 /// [.., dim, ..] -> values, indices [.. without dim].
 template <class T>
-TopKResult<T> top_1(const Tensor<T>& x, const std::string& dim, Ties ties = Ties::lowest) {
-  const detail::AxisSplit ax(x.shape(), dim, "top_1");
-  if (ax.n == 0) detail::raise<shape_error>("top_1: dim \"", dim, "\" is empty");
+TopKResult<T> top1(const TensorView<const T>& x, const std::string& dim, Ties ties = Ties::lowest) {
+  const detail::AxisSplit ax(x.shape(), dim, "top1");
+  if (ax.n == 0) detail::raise<shape_error>("top1: dim \"", dim, "\" is empty");
   const Shape os = x.shape().without({dim});
   TopKResult<T> r{Tensor<T>(os, uninitialized), Tensor<std::int64_t>(os, uninitialized)};
   for (index_t o = 0; o < ax.outer; ++o)
@@ -150,7 +150,7 @@ Tensor<T> range(const Dim& dim) {
 /// [0, size of dim) gives 0, as Mesh TF's one-hot formulation does.
 ///   x: [batch, beam, length], i: [batch] (over "beam") -> [batch, length]
 template <class T, class I>
-Tensor<T> gather(const Tensor<T>& x, const Tensor<I>& indices, const std::string& dim) {
+Tensor<T> gather(const TensorView<const T>& x, const TensorView<const I>& indices, const std::string& dim) {
   static_assert(std::is_integral<I>::value, "gather: indices must be integers");
   const index_t axis = x.shape().require(dim, "gather");
   if (indices.shape().has(dim))
@@ -193,7 +193,7 @@ struct GatherKResult {
 /// place holds the row's value at time 0; mask it with padding. k may not
 /// exceed the time dim (tf.math.top_k's rule).
 template <class T, class I>
-GatherKResult<T> gather_k(const Tensor<I>& selected, const Tensor<T>& values, const Dim& k,
+GatherKResult<T> gather_k(const TensorView<const I>& selected, const TensorView<const T>& values, const Dim& k,
                           const std::string& time_dim = "time") {
   static_assert(std::is_integral<I>::value || std::is_same<I, bool>::value, "gather_k: selected must be 0/1 integers");
   const char* op = "gather_k";
@@ -210,7 +210,7 @@ GatherKResult<T> gather_k(const Tensor<I>& selected, const Tensor<T>& values, co
     if (!values.shape().has(d.name) || values.shape().size_of(d.name) != d.size)
       detail::raise<shape_error>(op, ": values ", values.shape(), " lack selected's dim ", d);
   Tensor<I> hold;
-  const Tensor<I>& sel = in_order(selected, batch.with(time), hold);
+  const TensorView<const I>& sel = detail::in_order(selected, batch.with(time), hold);
   const index_t B = batch.num_elements(), Tn = time.size, K = k.size;
   Tensor<std::int64_t> positions(batch.with(k), uninitialized);
   GatherKResult<T> r;

@@ -19,31 +19,74 @@ namespace einmoe {
 namespace detail {
 
 /// Copies x into `out`, whose dims are a permutation of x's (same sizes).
+/// Up to 16 dims without allocating (the loop state lives on the stack):
+/// the output is walked in order, size-1 dims dropped and dims contiguous in
+/// both merged, so the inner loop is as long as possible.
 template <class T>
-void permute_into(const Tensor<T>& x, Tensor<T>& out) {
-  StridedLoop<2> loop{sizes_of(out.shape()), {out.shape().strides(), strides_in(x.shape(), out.shape())}};
+void permute_into(const TensorView<const T>& x, Tensor<T>& out) {
+  const Shape& os = out.shape();
+  constexpr index_t kMax = 16;
+  if (os.rank() > kMax) {
+    StridedLoop<2> loop{sizes_of(os), {os.strides(), strides_in(x.shape(), os)}};
+    const T* px = x.data();
+    T* po = out.data();
+    loop.for_each_row([&](index_t n, const std::array<index_t, 2>& base, const std::array<index_t, 2>& step) {
+      for (index_t i = 0; i < n; ++i) po[base[0] + i * step[0]] = px[base[1] + i * step[1]];
+    });
+    return;
+  }
+  if (out.size() == 0) return;
+  // x's row-major strides, then the (output-ordered) dims with both strides
+  index_t xstride[kMax], size[kMax], so[kMax], sx[kMax];
+  const index_t xr = x.rank();
+  for (index_t i = xr, acc = 1; i-- > 0;) xstride[i] = acc, acc *= x.shape()[i].size;
+  index_t r = 0, acc = 1;
+  for (index_t i = os.rank(); i-- > 0;) {  // innermost first
+    const Dim& d = os[i];
+    const index_t o_stride = acc, x_stride = xstride[x.shape().index_of(d.name)];
+    acc *= d.size;
+    if (d.size == 1) continue;
+    if (r > 0 && so[r - 1] * size[r - 1] == o_stride && sx[r - 1] * size[r - 1] == x_stride) {
+      size[r - 1] *= d.size;  // contiguous in both: one longer dim
+      continue;
+    }
+    size[r] = d.size, so[r] = o_stride, sx[r] = x_stride, ++r;
+  }
   const T* px = x.data();
   T* po = out.data();
-  loop.for_each_row([&](index_t n, const std::array<index_t, 2>& base, const std::array<index_t, 2>& step) {
-    T* o = po + base[0];
-    const T* xi = px + base[1];
-    if (step[0] == 1 && step[1] == 1) {
-      std::copy(xi, xi + n, o);
+  if (r == 0) {
+    *po = *px;
+    return;
+  }
+  index_t ctr[kMax] = {};
+  index_t bo = 0, bx = 0;
+  const index_t n = size[0], step_o = so[0], step_x = sx[0];
+  for (;;) {
+    if (step_o == 1 && step_x == 1) {
+      std::copy(px + bx, px + bx + n, po + bo);
     } else {
-      for (index_t i = 0; i < n; ++i) o[i * step[0]] = xi[i * step[1]];
+      for (index_t i = 0; i < n; ++i) po[bo + i * step_o] = px[bx + i * step_x];
     }
-  });
+    index_t d = 1;
+    for (; d < r; ++d) {  // advance the outer dims (1 = next to innermost), with carry
+      bo += so[d], bx += sx[d];
+      if (++ctr[d] < size[d]) break;
+      bo -= so[d] * size[d], bx -= sx[d] * size[d];
+      ctr[d] = 0;
+    }
+    if (d == r) return;
+  }
 }
 
 /// True when reordering `from` into `to` (same dims) moves no element: the
 /// dims longer than 1 keep their relative order, or there are no elements.
 inline bool is_relabel(const Shape& from, const Shape& to) {
   if (from.num_elements() == 0) return true;
-  std::size_t j = 0;
+  index_t j = 0;
   for (const auto& d : from) {
     if (d.size == 1) continue;
-    while (j < to.dims().size() && to.dims()[j].size == 1) ++j;
-    if (j == to.dims().size() || to.dims()[j].name != d.name) return false;
+    while (j < to.rank() && to[j].size == 1) ++j;
+    if (j == to.rank() || to[j].name != d.name) return false;
     ++j;
   }
   return true;
@@ -58,91 +101,112 @@ inline Shape permuted_shape(const Shape& x, const std::vector<std::string>& name
   return Shape(std::move(dims));  // throws on a repeated name
 }
 
+/// shape_error unless `shape` is a reordering of x's dims and sizes.
+inline void check_permutation(const Shape& x, const Shape& shape) {
+  if (!(shape.rank() == x.rank() && shape.is_subset_of(x)))
+    raise<shape_error>("transpose: shape ", shape, " is not a reordering of ", x);
+}
+
 }  // namespace detail
 
-/// x itself when its dims are already in `shape`'s order, else a transposed
-/// copy kept in `holder`: a zero-copy "make sure of this layout". When the
-/// reorder moves no element (only size-1 dims move), `holder` is a relabelled
-/// read-only view of x, again without a copy.
+/// Reorders x's dims: [x.shape] -> [names...] (same dims, new memory
+/// order), into a new tensor. shape_error unless `names` is a permutation of
+/// x's dims.
 template <class T>
-const Tensor<T>& in_order(const Tensor<T>& x, const Shape& shape, Tensor<T>& holder);
-
-/// Reorders x's dims: [x.shape] -> [names...] (same dims, new memory order).
-/// Moves no data when nothing moves (x's dims longer than 1 already in that
-/// order): then an rvalue x is relabelled in place, for free.
-template <class T>
-Tensor<T> transpose(const Tensor<T>& x, const Names& names) {
+Tensor<T> transpose(const TensorView<const T>& x, const Names& names) {
   const Shape os = detail::permuted_shape(x.shape(), names.list, "transpose");
-  if (detail::is_relabel(x.shape(), os)) {
-    Tensor<T> out = x;
-    out.set_shape(os);
-    return out;
-  }
   Tensor<T> out(os, uninitialized);
-  detail::permute_into(x, out);
+  if (detail::is_relabel(x.shape(), os)) {
+    std::copy(x.begin(), x.end(), out.begin());
+  } else {
+    detail::permute_into(x, out);
+  }
   return out;
 }
+/// The same for a tensor given up by the caller: free (a relabel) when no
+/// element moves, i.e. x's dims longer than 1 are already in that order.
 template <class T>
 Tensor<T> transpose(Tensor<T>&& x, const Names& names) {
   const Shape os = detail::permuted_shape(x.shape(), names.list, "transpose");
-  if (!detail::is_relabel(x.shape(), os)) return transpose(static_cast<const Tensor<T>&>(x), names);
+  if (!detail::is_relabel(x.shape(), os)) return transpose(static_cast<const TensorView<const T>&>(x), names);
   Tensor<T> out = std::move(x);
   out.set_shape(os);
   return out;
 }
-/// Reorders x's dims to `shape`'s order; `shape` must have x's dims and sizes.
+/// Reorders x's dims to `shape`'s order; shape_error unless `shape` has
+/// x's dims and sizes.
 template <class T>
-Tensor<T> transpose(const Tensor<T>& x, const Shape& shape) {
-  if (!(shape.rank() == x.rank() && shape.is_subset_of(x.shape())))
-    detail::raise<shape_error>("transpose: shape ", shape, " is not a reordering of ", x.shape());
+Tensor<T> transpose(const TensorView<const T>& x, const Shape& shape) {
+  detail::check_permutation(x.shape(), shape);
   return transpose(x, Names(shape.names()));
 }
 template <class T>
 Tensor<T> transpose(Tensor<T>&& x, const Shape& shape) {
-  if (!(shape.rank() == x.rank() && shape.is_subset_of(x.shape())))
-    detail::raise<shape_error>("transpose: shape ", shape, " is not a reordering of ", x.shape());
+  detail::check_permutation(x.shape(), shape);
   return transpose(std::move(x), Names(shape.names()));
 }
 
-/// Relabels x's row-major elements with a new shape of the same total size:
-/// [a=2, b=3] -> [c=6]. Free when x is an rvalue.
+/// Relabels x's row-major elements with a new shape of the same total size,
+/// [a=2, b=3] -> [c=6]: O(1), a view of the same elements (mutable for a
+/// mutable view, read-only for a tensor or a read-only view; x.view() gives
+/// a tensor's mutable view). shape_error if the sizes differ.
 template <class T>
-Tensor<T> reshape(Tensor<T> x, const Shape& shape) {
+TensorView<T> reshape(const TensorView<T>& x, const Shape& shape) {
+  TensorView<T> v = x;
+  v.set_shape(shape);
+  return v;
+}
+/// The same for a tensor given up by the caller: the tensor itself, relabelled.
+template <class T>
+Tensor<T> reshape(Tensor<T>&& x, const Shape& shape) {
   x.set_shape(shape);
-  return x;
+  return std::move(x);
 }
 
+namespace detail {
+/// x as [shape] (a permutation of x's dims): x relabelled when no element
+/// moves (O(1)), else a view of a transposed copy kept in `holder`.
 template <class T>
-const Tensor<T>& in_order(const Tensor<T>& x, const Shape& shape, Tensor<T>& holder) {
+TensorView<const T> in_order(const TensorView<const T>& x, const Shape& shape, Tensor<T>& holder) {
   if (x.shape() == shape) return x;
-  if (shape.rank() == x.rank() && shape.is_subset_of(x.shape()) && detail::is_relabel(x.shape(), shape)) {
-    holder = x.view();
-    holder.set_shape(shape);
-    return holder;
-  }
-  holder = transpose(x, shape);
+  check_permutation(x.shape(), shape);
+  if (is_relabel(x.shape(), shape)) return reshape(x, shape);
+  holder.resize(shape);  // (reuses the holder's buffer when it has the size)
+  permute_into(x, holder);
   return holder;
 }
-
-/// Renames one dim: [.., old, ..] -> [.., new_name, ..]. Data is unchanged.
 template <class T>
-Tensor<T> rename(Tensor<T> x, const std::string& old_name, const std::string& new_name) {
-  const index_t i = x.shape().require(old_name, "rename");
-  auto dims = x.shape().dims();
-  dims[detail::uz(i)] = Dim(new_name, dims[detail::uz(i)].size);
-  Shape s;
-  try {
-    s = Shape(std::move(dims));
-  } catch (const shape_error&) {
-    detail::raise<shape_error>("rename: dim \"", new_name, "\" already exists in ", x.shape());
-  }
+TensorView<const T> in_order(Tensor<T>&&, const Shape&, Tensor<T>&) = delete;  // would dangle
+
+inline Shape renamed_shape(const Shape& s, const std::string& old_name, const std::string& new_name) {
+  const index_t i = s.require(old_name, "rename");
+  if (new_name != old_name && s.has(new_name))
+    raise<shape_error>("rename: dim \"", new_name, "\" already exists in ", s);
+  Shape out;
+  for (const auto& d : s) out = out.with(d.name == old_name ? Dim(new_name, d.size) : d);
+  (void)i;
+  return out;
+}
+}  // namespace detail
+
+/// Renames one dim: [.., old, ..] -> [.., new_name, ..], O(1): a view of the
+/// same elements, as reshape. shape_error if old_name is absent or new_name
+/// is taken.
+template <class T>
+TensorView<T> rename(const TensorView<T>& x, const std::string& old_name, const std::string& new_name) {
+  return reshape(x, detail::renamed_shape(x.shape(), old_name, new_name));
+}
+/// The same for a tensor given up by the caller: the tensor itself, relabelled.
+template <class T>
+Tensor<T> rename(Tensor<T>&& x, const std::string& old_name, const std::string& new_name) {
+  const Shape s = detail::renamed_shape(x.shape(), old_name, new_name);
   return reshape(std::move(x), s);
 }
 
 /// A slice of `size` entries of `dim` starting at `begin`:
 /// [.., dim, ..] -> [.., dim=size, ..].
 template <class T>
-Tensor<T> slice(const Tensor<T>& x, const std::string& dim, index_t begin, index_t size) {
+Tensor<T> slice(const TensorView<const T>& x, const std::string& dim, index_t begin, index_t size) {
   const index_t i = x.shape().require(dim, "slice");
   const index_t n = x.shape()[i].size;
   if (begin < 0 || size < 0 || begin + size > n)
@@ -164,7 +228,9 @@ Tensor<T> slice(const Tensor<T>& x, const std::string& dim, index_t begin, index
 /// Joins tensors along `dim`. Every input has the same other dims and sizes
 /// (in any order; the result takes the first input's order).
 template <class T>
-Tensor<T> concat(const std::vector<Tensor<T>>& xs, const std::string& dim) {
+Tensor<T> concat(const std::vector<TensorRef<T>>& refs, const std::string& dim) {
+  std::vector<TensorView<const T>> xs;
+  for (const auto& r : refs) xs.push_back(r.get());
   if (xs.empty()) detail::raise<value_error>("concat: no inputs");
   const Shape& first = xs[0].shape();
   const index_t axis = first.require(dim, "concat");
@@ -208,7 +274,7 @@ Tensor<T> concat(const std::vector<Tensor<T>>& xs, const std::string& dim) {
 /// Shifts x by `offset` along `dim`: out[i] = x[i - offset]. With wrap the
 /// shift is circular; without, vacated entries are zero.
 template <class T>
-Tensor<T> shift(const Tensor<T>& x, index_t offset, const std::string& dim, bool wrap) {
+Tensor<T> shift(const TensorView<const T>& x, index_t offset, const std::string& dim, bool wrap) {
   const index_t axis = x.shape().require(dim, "shift");
   const index_t n = x.shape()[axis].size;
   const index_t stride = x.shape().strides()[detail::uz(axis)];
@@ -233,7 +299,9 @@ Tensor<T> shift(const Tensor<T>& x, index_t offset, const std::string& dim, bool
 /// Stacks same-shaped tensors along a new dim `dim` (of size xs.size()) put at
 /// position `axis` (0 = first, rank = last).
 template <class T>
-Tensor<T> stack(const std::vector<Tensor<T>>& xs, const std::string& dim, index_t axis) {
+Tensor<T> stack(const std::vector<TensorRef<T>>& refs, const std::string& dim, index_t axis) {
+  std::vector<TensorView<const T>> xs;
+  for (const auto& r : refs) xs.push_back(r.get());
   if (xs.empty()) detail::raise<value_error>("stack: no inputs");
   const Shape& s = xs[0].shape();
   if (axis < 0 || axis > s.rank())
@@ -257,10 +325,29 @@ Tensor<T> stack(const std::vector<Tensor<T>>& xs, const std::string& dim, index_
   return out;
 }
 
+/// concat and stack of a vector of tensors or views (no copy before the
+/// result's).
+template <class T, class A>
+Tensor<T> concat(const std::vector<Tensor<T>, A>& xs, const std::string& dim) {
+  return concat(std::vector<TensorRef<T>>(xs.begin(), xs.end()), dim);
+}
+template <class T, class A>
+Tensor<T> concat(const std::vector<TensorView<const T>, A>& xs, const std::string& dim) {
+  return concat(std::vector<TensorRef<T>>(xs.begin(), xs.end()), dim);
+}
+template <class T, class A>
+Tensor<T> stack(const std::vector<Tensor<T>, A>& xs, const std::string& dim, index_t axis) {
+  return stack(std::vector<TensorRef<T>>(xs.begin(), xs.end()), dim, axis);
+}
+template <class T, class A>
+Tensor<T> stack(const std::vector<TensorView<const T>, A>& xs, const std::string& dim, index_t axis) {
+  return stack(std::vector<TensorRef<T>>(xs.begin(), xs.end()), dim, axis);
+}
+
 /// Splits x along `dim` into x.size_of(dim) tensors without that dim:
 /// [..., dim=n, ...] -> n x [..., ...].
 template <class T>
-std::vector<Tensor<T>> unstack(const Tensor<T>& x, const std::string& dim) {
+std::vector<Tensor<T>> unstack(const TensorView<const T>& x, const std::string& dim) {
   const index_t n = x.shape().size_of(dim, "unstack");
   std::vector<Tensor<T>> out;
   out.reserve(detail::uz(n));

@@ -44,7 +44,7 @@ inline void check_reduce_target(const Shape& x, const Shape& out, const char* op
 
 /// Folds x into `out` (already filled with the identity): out[o] = f(out[o], x[i]).
 template <class T, class R, class F>
-void fold_into(const Tensor<T>& x, Tensor<R>& out, F&& f) {
+void fold_into(const TensorView<const T>& x, Tensor<R>& out, F&& f) {
   StridedLoop<2> loop{sizes_of(x.shape()), {x.shape().strides(), strides_in(out.shape(), x.shape())}};
   const T* px = x.data();
   R* po = out.data();
@@ -102,7 +102,7 @@ struct AllOp {
 };
 
 template <class Op, class T>
-Tensor<typename Op::result> reduce_to(const Tensor<T>& x, const Shape& out_shape) {
+Tensor<typename Op::result> reduce_to(const TensorView<const T>& x, const Shape& out_shape) {
   Tensor<typename Op::result> out(out_shape, Op::init());
   fold_into(x, out, Op());
   return out;
@@ -113,12 +113,12 @@ Tensor<typename Op::result> reduce_to(const Tensor<T>& x, const Shape& out_shape
 #define EINMOE_REDUCTION(NAME, OP, T_ARG, RESULT)                                          \
   /** Reduces `dims` away: [x.shape] -> [x.shape without dims]. */                        \
   template <class T>                                                                      \
-  Tensor<RESULT> NAME(const Tensor<T_ARG>& x, const Names& dims) {                         \
+  Tensor<RESULT> NAME(const TensorView<const T_ARG>& x, const Names& dims) {                         \
     return detail::reduce_to<OP>(x, detail::reduced_shape(x.shape(), dims, #NAME));       \
   }                                                                                       \
   /** Reduces to `out_shape` (a subset of x's dims, in any order). */                     \
   template <class T>                                                                      \
-  Tensor<RESULT> NAME##_to(const Tensor<T_ARG>& x, const Shape& out_shape) {              \
+  Tensor<RESULT> NAME##_to(const TensorView<const T_ARG>& x, const Shape& out_shape) {              \
     detail::check_reduce_target(x.shape(), out_shape, #NAME "_to");                       \
     return detail::reduce_to<OP>(x, out_shape);                                           \
   }
@@ -129,20 +129,20 @@ EINMOE_REDUCTION(min, detail::MinOp<T>, T, T)
 #undef EINMOE_REDUCTION
 
 /// Any over `dims`: [x.shape] -> [x.shape without dims].
-inline Tensor<bool> any(const Tensor<bool>& x, const Names& dims) {
+inline Tensor<bool> any(const TensorView<const bool>& x, const Names& dims) {
   return detail::reduce_to<detail::AnyOp>(x, detail::reduced_shape(x.shape(), dims, "any"));
 }
 /// Any down to out_shape (a subset of x's dims, in its own order): [x.shape] -> [out_shape].
-inline Tensor<bool> any_to(const Tensor<bool>& x, const Shape& out_shape) {
+inline Tensor<bool> any_to(const TensorView<const bool>& x, const Shape& out_shape) {
   detail::check_reduce_target(x.shape(), out_shape, "any_to");
   return detail::reduce_to<detail::AnyOp>(x, out_shape);
 }
 /// All over `dims`: [x.shape] -> [x.shape without dims].
-inline Tensor<bool> all(const Tensor<bool>& x, const Names& dims) {
+inline Tensor<bool> all(const TensorView<const bool>& x, const Names& dims) {
   return detail::reduce_to<detail::AllOp>(x, detail::reduced_shape(x.shape(), dims, "all"));
 }
 /// All down to out_shape (a subset of x's dims, in its own order): [x.shape] -> [out_shape].
-inline Tensor<bool> all_to(const Tensor<bool>& x, const Shape& out_shape) {
+inline Tensor<bool> all_to(const TensorView<const bool>& x, const Shape& out_shape) {
   detail::check_reduce_target(x.shape(), out_shape, "all_to");
   return detail::reduce_to<detail::AllOp>(x, out_shape);
 }
@@ -160,13 +160,13 @@ Tensor<T> divide_by_count(Tensor<T> s, index_t in_size) {
 
 /// Mean over `dims` (floating-point): [x.shape] -> [x.shape without dims].
 template <class T>
-Tensor<T> mean(const Tensor<T>& x, const Names& dims) {
+Tensor<T> mean(const TensorView<const T>& x, const Names& dims) {
   auto s = detail::reduce_to<detail::SumOp<T>>(x, detail::reduced_shape(x.shape(), dims, "mean"));
   return detail::divide_by_count(std::move(s), x.size());
 }
 /// Mean to `out_shape`.
 template <class T>
-Tensor<T> mean_to(const Tensor<T>& x, const Shape& out_shape) {
+Tensor<T> mean_to(const TensorView<const T>& x, const Shape& out_shape) {
   detail::check_reduce_target(x.shape(), out_shape, "mean_to");
   return detail::divide_by_count(detail::reduce_to<detail::SumOp<T>>(x, out_shape), x.size());
 }

@@ -57,7 +57,7 @@ void softmax_row(const T* x, T* y, index_t n, index_t stride, SoftmaxKind kind =
 }
 
 template <class T>
-Tensor<T> softmax_impl(const Tensor<T>& x, const std::string& dim, SoftmaxKind kind, const char* op) {
+Tensor<T> softmax_impl(const TensorView<const T>& x, const std::string& dim, SoftmaxKind kind, const char* op) {
   static_assert(std::is_floating_point<T>::value, "softmax: needs a floating-point tensor");
   const AxisSplit ax(x.shape(), dim, op);
   Tensor<T> out(x.shape(), uninitialized);
@@ -71,19 +71,19 @@ Tensor<T> softmax_impl(const Tensor<T>& x, const std::string& dim, SoftmaxKind k
 
 /// exp(x) / sum(exp(x)) along `dim`: [x.shape] -> [x.shape].
 template <class T>
-Tensor<T> softmax(const Tensor<T>& x, const std::string& dim) {
+Tensor<T> softmax(const TensorView<const T>& x, const std::string& dim) {
   return detail::softmax_impl(x, dim, detail::SoftmaxKind::prob, "softmax");
 }
 
 /// x - logsumexp(x) along `dim`: [x.shape] -> [x.shape].
 template <class T>
-Tensor<T> log_softmax(const Tensor<T>& x, const std::string& dim) {
+Tensor<T> log_softmax(const TensorView<const T>& x, const std::string& dim) {
   return detail::softmax_impl(x, dim, detail::SoftmaxKind::log_prob, "log_softmax");
 }
 
 /// log(sum(exp(x))) along `dim`: [x.shape] -> [x.shape without dim].
 template <class T>
-Tensor<T> logsumexp(const Tensor<T>& x, const std::string& dim) {
+Tensor<T> logsumexp(const TensorView<const T>& x, const std::string& dim) {
   static_assert(std::is_floating_point<T>::value, "logsumexp: needs a floating-point tensor");
   const detail::AxisSplit ax(x.shape(), dim, "logsumexp");
   Tensor<T> out(x.shape().without({dim}), uninitialized);

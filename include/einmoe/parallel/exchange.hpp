@@ -39,7 +39,7 @@
 #include <vector>
 
 #include "einmoe/detail/mpi.hpp"
-#include "einmoe/kernels/ffn.hpp"
+#include "einmoe/detail/ffn_scratch.hpp"
 
 namespace einmoe {
 

@@ -14,7 +14,7 @@ namespace einmoe {
 /// var = sum((x - mean)^2) / n, result var / (mean^2 + 1e-10). 0 for an
 /// empty tensor. Encourages a positive distribution to be uniform.
 template <class T>
-T cv_squared(const Tensor<T>& x) {
+T cv_squared(const TensorView<const T>& x) {
   const T eps = static_cast<T>(1e-10);
   const T n = static_cast<T>(x.size()) + eps;
   T s = T(0);

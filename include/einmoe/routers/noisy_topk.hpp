@@ -11,12 +11,12 @@
 //             = Phi((clean - threshold) / stddev), threshold = the (k+1)-th
 //               largest noisy logit if e is in the top k, else the k-th;
 //             without noise (or k = experts): the count of gates > 0.
-//   loss = (cv_squared(importance) + cv_squared(load)) * loss_coef
+//   aux_loss = (cv_squared(importance) + cv_squared(load)) * loss_coef
 //
 // Example:
 //   NoisyTopKOptions o;
 //   o.k = 2;
-//   auto r = noisy_top_k_gating(x, w_gate, &w_noise, o);     // normal draws from o.seed; r.gates [batch, experts]
+//   auto r = noisy_topk_gating(x, w_gate, w_noise, o);       // normal draws from o.seed; r.gates [batch, experts]
 //   SparseDispatcher<float> d(r.gates, "batch", "experts");  // dropless dispatch
 //
 // The top-k order is t2t's: larger first, ties to the lower index.
@@ -27,6 +27,7 @@
 
 #include "einmoe/core/random.hpp"
 #include "einmoe/routers/losses.hpp"
+#include "einmoe/routers/router.hpp"
 #include "einmoe/ops/einsum.hpp"
 #include "einmoe/ops/elementwise.hpp"
 #include "einmoe/ops/index.hpp"
@@ -34,12 +35,11 @@
 
 namespace einmoe {
 
+/// Options of noisy top-k gating (dims: MoEDims' model and experts).
 struct NoisyTopKOptions {
   index_t k = 2;                    ///< experts per row
   bool train = true;                ///< false turns the noise off (stddev 0)
   double noise_epsilon = 1e-2;      ///< added to the softplus of the noise logits
-  std::string model_dim = "model";
-  std::string experts_dim = "experts";
   std::uint64_t seed = 0;           ///< normal draws when none are given
 };
 
@@ -49,32 +49,35 @@ struct NoisyTopKResult {
   Tensor<T> importance;  ///< [experts], sum of gates
   Tensor<T> load;        ///< [experts], smooth load estimate (or true load without noise)
   /// t2t's balancing loss: (cv^2(importance) + cv^2(load)) * loss_coef.
-  T loss(T loss_coef) const { return (cv_squared(importance) + cv_squared(load)) * loss_coef; }
+  T aux_loss(T loss_coef) const { return (cv_squared(importance) + cv_squared(load)) * loss_coef; }
 };
 
-/// Noisy top-k gating. w_noise null means no noise (t2t's noisy_gating =
-/// false); `normal` (optional) holds standard-normal draws [<batch>,
-/// experts], else they come from o.seed.
+/// Noisy top-k gating: x [<batch>, model], w_gate and w_noise [model,
+/// experts] -> gates [<batch>, experts], importance and load [experts].
+/// No w_noise means no noise (t2t's noisy_gating = false); `normal`
+/// (optional) holds standard-normal draws [<batch>, experts], else they
+/// come from o.seed. Throws shape_error for dims that disagree, value_error
+/// for k outside [1, E] or a negative noise_epsilon.
 template <class T>
-NoisyTopKResult<T> noisy_top_k_gating(const Tensor<T>& x, const Tensor<T>& w_gate,
-                                      const detail::same_t<Tensor<T>>* w_noise, const NoisyTopKOptions& o,
-                                      const detail::same_t<Tensor<T>>* normal = nullptr) {
-  static_assert(std::is_floating_point<T>::value, "noisy_top_k_gating needs float or double");
-  const char* op = "noisy_top_k_gating";
-  x.shape().require(o.model_dim, op);
-  const Dim experts = w_gate.shape().get(o.experts_dim, op);
+NoisyTopKResult<T> noisy_topk_gating(const TensorView<const T>& x, const TensorView<const T>& w_gate,
+                                     const OptionalView<T>& w_noise, const NoisyTopKOptions& o,
+                                     const OptionalView<T>& normal = std::nullopt, const MoEDims& dims = {}) {
+  static_assert(std::is_floating_point<T>::value, "noisy_topk_gating needs float or double");
+  const char* op = "noisy_topk_gating";
+  x.shape().require(dims.model, op);
+  const Dim experts = w_gate.shape().get(dims.experts, op);
   const index_t E = experts.size;
   if (o.k < 1 || o.k > E) detail::raise<value_error>(op, ": k = ", o.k, " must be in [1, ", E, "] (dim \"", experts.name, "\")");
   if (!(o.noise_epsilon >= 0)) detail::raise<value_error>(op, ": noise_epsilon ", o.noise_epsilon, " must be >= 0");
-  const Shape rows = x.shape().without({o.model_dim});
+  const Shape rows = x.shape().without({dims.model});
   const Shape out_shape = rows.with(experts);
   const Tensor<T> clean = einsum({x, w_gate}, out_shape);
   const index_t R = rows.num_elements();
-  const bool noisy = w_noise != nullptr;
+  const bool noisy = w_noise.has_value();
   Tensor<T> stddev, noisy_logits;
   if (noisy) {
-    if (w_noise->shape().size_of(o.experts_dim, op) != E)
-      detail::raise<shape_error>(op, ": dim \"", o.experts_dim, "\" differs between w_gate and w_noise");
+    if (w_noise->shape().size_of(dims.experts, op) != E)
+      detail::raise<shape_error>(op, ": dim \"", dims.experts, "\" differs between w_gate and w_noise");
     const Tensor<T> raw = einsum({x, *w_noise}, out_shape);
     Tensor<T> draws;
     if (normal) {
@@ -90,9 +93,9 @@ NoisyTopKResult<T> noisy_top_k_gating(const Tensor<T>& x, const Tensor<T>& w_gat
     stddev = map(raw, [&](T v) { return (scalar::softplus(v) + eps) * on; });
     noisy_logits = clean + draws * stddev;
   }
-  const Tensor<T>& logits = noisy ? noisy_logits : clean;
+  const TensorView<const T>& logits = noisy ? noisy_logits : clean;
   const index_t m = std::min(o.k + 1, E);
-  const auto top = top_k(logits, o.experts_dim, Dim("noisy_top_k", m));  // [rows, m]
+  const auto top = topk(logits, dims.experts, Dim("noisy_topk", m));  // [rows, m]
 
   NoisyTopKResult<T> r;
   r.gates = Tensor<T>(out_shape);

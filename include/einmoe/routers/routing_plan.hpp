@@ -6,7 +6,7 @@
 // the choices:
 //
 //   per token t = g * S + s and choice j < k:  expert, slot, weight
-//   per (g, e): fill (slots 0..fill-1 are taken) and, per slot, its entry
+//   per (g, e): taken (slots 0..taken-1 are used) and, per slot, its entry
 //
 // Its size is O(G*S*k + G*E*C): it never holds an S x E x C tensor. The dense
 // tensors can always be rebuilt from it (combine_tensor, dispatch_tensor).
@@ -50,56 +50,6 @@ struct LossParts {
 };
 
 template <class T>
-struct RoutingPlan;
-
-namespace detail {
-/// Router logits [tokens, E] (contiguous): -inf is a valid logit (an
-/// expert that cannot be chosen; its gate is 0); NaN and +inf are not, nor a
-/// token whose every logit is -inf. value_error naming token and expert.
-template <class T>
-void check_router_logits(const Tensor<T>& logits, index_t E, const char* op) {
-  for (index_t t = 0; E > 0 && t < logits.size() / E; ++t) {
-    bool any = false;
-    for (index_t e = 0; e < E; ++e) {
-      const T v = logits[t * E + e];
-      if (std::isnan(v) || v == std::numeric_limits<T>::infinity())
-        raise<value_error>(op, ": logits contain ", v, " (token ", t, ", expert ", e, ")");
-      any = any || std::isfinite(v);
-    }
-    if (!any) raise<value_error>(op, ": every logit of token ", t, " is -inf");
-  }
-}
-
-/// density_1 from first_choices over `tokens` tokens (one division per
-/// expert, so the sum of counts may come from anywhere).
-inline void finish_density(RoutingStats& st, index_t tokens) {
-  st.density_1.assign(st.first_choices.size(), 0.0);
-  for (std::size_t e = 0; e < st.first_choices.size(); ++e)
-    st.density_1[e] = tokens > 0 ? static_cast<double>(st.first_choices[e]) / static_cast<double>(tokens) : 0.0;
-}
-}  // namespace detail
-
-namespace detail {
-/// Sums per-group choice counts into `st` and takes tokens per expert from
-/// the plan's fill (shared by the fast gating functions).
-template <class T>
-void sum_stats(RoutingStats& st, const RoutingPlan<T>& plan, const std::vector<index_t>& wanted1,
-               const std::vector<index_t>& wanted2, const std::vector<index_t>& kept1, const std::vector<index_t>& kept2) {
-  const index_t G = plan.groups(), E = plan.experts.size;
-  st.tokens_per_expert.assign(static_cast<std::size_t>(E), 0);
-  for (index_t g = 0; g < G; ++g) {
-    const auto ug = static_cast<std::size_t>(g);
-    for (index_t e = 0; e < E; ++e) st.tokens_per_expert[static_cast<std::size_t>(e)] += plan.fill[static_cast<std::size_t>(g * E + e)];
-    st.first_wanted += wanted1[ug];
-    st.second_wanted += wanted2[ug];
-    st.first_kept += kept1[ug];
-    st.second_kept += kept2[ug];
-  }
-  st.slots = mul_size(mul_size(G, E, "slots"), plan.capacity.size, "slots: ", plan.batch, ", ", plan.experts, ", ", plan.capacity);
-}
-}  // namespace detail
-
-template <class T>
 struct RoutingPlan {
   Shape batch;      ///< the dims before the group dim, flattened into G groups
   Dim group;        ///< S tokens per group
@@ -110,7 +60,7 @@ struct RoutingPlan {
   std::vector<std::int32_t> expert;  ///< [G*S*k] chosen expert, -1 = none
   std::vector<std::int32_t> slot;    ///< [G*S*k] slot in that expert, -1 = none
   std::vector<T> weight;             ///< [G*S*k] combine weight (0 where none)
-  std::vector<std::int32_t> fill;    ///< [G*E] slots taken
+  std::vector<std::int32_t> taken;   ///< [G*E] slots taken (0..taken-1)
   std::vector<index_t> slot_entry;   ///< [G*E*stride] entry (t*k + j) in each slot, -1 if empty
   /// Slots held per (group, expert): min(C, S k). A group's S k choices can
   /// fill no more, so slots past them are not allocated (a capacity far above
@@ -123,7 +73,7 @@ struct RoutingPlan {
   /// Index in slot_entry of slot c of expert e in group g (c < stride).
   index_t slot_index(index_t g, index_t e, index_t c) const { return (g * experts.size + e) * stride + c; }
 
-  /// Sets up an empty plan for the given dims.
+  /// Sets up an empty plan for the given dims (reusing the buffers' memory).
   void reset(Shape batch_shape, Dim group_dim, Dim experts_dim, Dim capacity_dim, index_t choices) {
     batch = std::move(batch_shape);
     group = std::move(group_dim);
@@ -144,7 +94,7 @@ struct RoutingPlan {
     expert.assign(detail::uz(entries), -1);
     slot.assign(detail::uz(entries), -1);
     weight.assign(detail::uz(entries), T(0));
-    fill.assign(detail::uz(ge), 0);
+    taken.assign(detail::uz(ge), 0);
     slot_entry.assign(detail::uz(slots), -1);
   }
 
@@ -184,7 +134,7 @@ struct RoutingPlan {
     std::copy(expert.begin() + e0, expert.begin() + e1, p.expert.begin());
     std::copy(slot.begin() + e0, slot.begin() + e1, p.slot.begin());
     std::copy(weight.begin() + e0, weight.begin() + e1, p.weight.begin());
-    std::copy(fill.begin() + first * E, fill.begin() + (first + count) * E, p.fill.begin());
+    std::copy(taken.begin() + first * E, taken.begin() + (first + count) * E, p.taken.begin());
     for (index_t i = 0; i < count * E * C; ++i) {
       const index_t v = slot_entry[detail::uz(first * E * C + i)];
       p.slot_entry[detail::uz(i)] = v < 0 ? -1 : v - e0;
@@ -195,7 +145,7 @@ struct RoutingPlan {
   /// Bytes held by the plan (for memory bounds and reports).
   std::size_t bytes() const {
     return expert.size() * sizeof(std::int32_t) + slot.size() * sizeof(std::int32_t) + weight.size() * sizeof(T) +
-           fill.size() * sizeof(std::int32_t) + slot_entry.size() * sizeof(index_t);
+           taken.size() * sizeof(std::int32_t) + slot_entry.size() * sizeof(index_t);
   }
 };
 

@@ -32,18 +32,22 @@ namespace einmoe {
 /// Mean embedding of each token's segment: inputs [<batch>, group, model],
 /// segment_ids (integers in [0, N] for N tokens) [<batch>, group] ->
 /// [<batch>, group, model]; rows of segments 0 and N (padding) are zero.
+/// Throws shape_error when the ids' dims are not the inputs' token dims,
+/// value_error for an id outside [0, N].
 template <class T, class I>
-Tensor<T> sentence_embeddings(const Tensor<T>& inputs, const Tensor<I>& segment_ids, const std::string& model_dim = "model") {
+Tensor<T> sentence_embeddings(const TensorView<const T>& inputs, const TensorView<const I>& segment_ids,
+                              const MoEDims& dims = {}) {
   static_assert(std::is_integral<I>::value, "sentence_embeddings: segment ids must be integers");
   const char* op = "sentence_embeddings";
+  const std::string& model_dim = dims.model;
   const Dim model = inputs.shape().get(model_dim, op);
   const Shape tokens = inputs.shape().without({model_dim});
   if (segment_ids.rank() != tokens.rank() || !segment_ids.shape().is_subset_of(tokens))
     detail::raise<shape_error>(op, ": segment ids ", segment_ids.shape(), " do not match the tokens ", tokens);
   Tensor<T> x_hold;
   Tensor<I> id_hold;
-  const Tensor<T>& x = in_order(inputs, tokens.with(model), x_hold);
-  const Tensor<I>& ids = in_order(segment_ids, tokens, id_hold);
+  const TensorView<const T> x = detail::in_order(inputs, tokens.with(model), x_hold);
+  const TensorView<const I> ids = detail::in_order(segment_ids, tokens, id_hold);
   const index_t N = tokens.num_elements(), M = model.size;
   std::vector<T> sums(detail::uz(N * M), T(0));
   std::vector<index_t> counts(detail::uz(N), 0);
@@ -62,53 +66,59 @@ Tensor<T> sentence_embeddings(const Tensor<T>& inputs, const Tensor<I>& segment_
     const T n = static_cast<T>(counts[detail::uz(id)]);
     for (index_t m = 0; m < M; ++m) out[t * M + m] = sums[detail::uz(id * M + m)] / n;
   }
-  return transpose(out, inputs.shape());
+  return transpose(std::move(out), inputs.shape());
 }
 
 namespace detail {
 /// Gating on embeddings e [<batch>, group, model] with w [model, experts].
 template <class T>
-Top2Result<T> gate_embeddings(const Tensor<T>& w, const Tensor<T>& emb, const Top2Options& o, bool local_dispatch,
-                              const GatingInputs<T>& extras, const std::string& model_dim) {
-  const Dim experts = w.shape().get(o.experts_dim, "top2 gating on embeddings");
-  const Shape logits_shape = emb.shape().without({model_dim}).with(experts);
+RouterResult<T> gate_embeddings(const TensorView<const T>& w, const TensorView<const T>& emb, const Top2Options& o,
+                                bool local_dispatch, const GatingInputs<T>& extras, const MoEDims& dims) {
+  const Dim experts = w.shape().get(dims.experts, "top2 gating on embeddings");
+  const Shape logits_shape = emb.shape().without({dims.model}).with(experts);
   Tensor<T> logits = einsum({emb, w}, logits_shape);
-  if (local_dispatch) return top2_gating(logits, o, extras);
+  if (local_dispatch) return top2_gating(logits, o, extras, dims);
   // One group of all tokens.
-  const Shape tokens = logits_shape.without({o.experts_dim});
+  const Shape tokens = logits_shape.without({dims.experts});
   Tensor<T> hold;
-  const Tensor<T> flat = reshape(in_order(logits, tokens.with(experts), hold),
-                                 Shape{Dim(o.group_dim, tokens.num_elements()), experts});
+  const TensorView<const T> flat =
+      reshape(in_order(logits, tokens.with(experts), hold), Shape{Dim(dims.group, tokens.num_elements()), experts});
   GatingInputs<T> fx;
-  auto flatten = [&](const std::optional<Tensor<T>>& t, const Shape& want, const Shape& to) -> std::optional<Tensor<T>> {
+  Tensor<T> holds[3];
+  auto flatten = [&](const std::optional<TensorView<const T>>& t, const Shape& want, const Shape& to,
+                     Tensor<T>& h) -> std::optional<TensorView<const T>> {
     if (!t) return std::nullopt;
-    return reshape(transpose(*t, want), to);
+    h = transpose(*t, want);
+    return reshape(TensorView<const T>(h), to);
   };
-  const Shape ftok{Dim(o.group_dim, tokens.num_elements())};
-  fx.importance = flatten(extras.importance, tokens, ftok);
-  fx.uniform = flatten(extras.uniform, tokens, ftok);
-  fx.gumbel = flatten(extras.gumbel, tokens.with(experts), ftok.with(experts));
-  return top2_gating(flat, o, fx);
+  const Shape ftok{Dim(dims.group, tokens.num_elements())};
+  fx.importance = flatten(extras.importance, tokens, ftok, holds[0]);
+  fx.uniform = flatten(extras.uniform, tokens, ftok, holds[1]);
+  fx.gumbel = flatten(extras.gumbel, tokens.with(experts), ftok.with(experts), holds[2]);
+  return top2_gating(flat, o, fx, dims);
 }
 }  // namespace detail
 
 /// lingvo SentenceTop2Gating: w [model, experts], inputs [<batch>, group,
 /// model], segment_ids [<batch>, group] -> top-2 routing of every token by
-/// its segment's mean embedding.
+/// its segment's mean embedding. Throws as sentence_embeddings and
+/// top2_gating.
 template <class T, class I>
-Top2Result<T> sentence_top2_gating(const Tensor<T>& w, const Tensor<T>& inputs, const Tensor<I>& segment_ids,
-                                   const Top2Options& o, bool local_dispatch = true, const GatingInputs<T>& extras = {},
-                                   const std::string& model_dim = "model") {
-  return detail::gate_embeddings(w, sentence_embeddings(inputs, segment_ids, model_dim), o, local_dispatch, extras, model_dim);
+RouterResult<T> sentence_top2_gating(const TensorView<const T>& w, const TensorView<const T>& inputs,
+                                     const TensorView<const I>& segment_ids, const Top2Options& o,
+                                     bool local_dispatch = true, const GatingInputs<T>& extras = {},
+                                     const MoEDims& dims = {}) {
+  return detail::gate_embeddings(w, sentence_embeddings(inputs, segment_ids, dims), o, local_dispatch, extras, dims);
 }
 
 /// lingvo TaskTop2Gating: w [model, experts], task_embeddings [<batch>,
 /// group, model] -> top-2 routing of every token by its task embedding.
+/// Throws as top2_gating.
 template <class T>
-Top2Result<T> task_top2_gating(const Tensor<T>& w, const Tensor<T>& task_embeddings, const Top2Options& o,
-                               bool local_dispatch = true, const GatingInputs<T>& extras = {},
-                               const std::string& model_dim = "model") {
-  return detail::gate_embeddings(w, task_embeddings, o, local_dispatch, extras, model_dim);
+RouterResult<T> task_top2_gating(const TensorView<const T>& w, const TensorView<const T>& task_embeddings,
+                                 const Top2Options& o, bool local_dispatch = true, const GatingInputs<T>& extras = {},
+                                 const MoEDims& dims = {}) {
+  return detail::gate_embeddings(w, task_embeddings, o, local_dispatch, extras, dims);
 }
 
 }  // namespace einmoe

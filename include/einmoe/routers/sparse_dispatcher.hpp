@@ -20,8 +20,9 @@
 #include <string>
 #include <vector>
 
-#include "einmoe/routers/routing_plan.hpp"
 #include "einmoe/ops/manip.hpp"
+#include "einmoe/routers/router.hpp"
+#include "einmoe/routers/routing_plan.hpp"
 
 namespace einmoe {
 
@@ -29,7 +30,7 @@ template <class T>
 class SparseDispatcher {
  public:
   /// gates: [batch, experts] (named; any order; exactly these two dims).
-  SparseDispatcher(const Tensor<T>& gates, std::string batch_dim = "batch", std::string experts_dim = "experts")
+  SparseDispatcher(const TensorView<const T>& gates, std::string batch_dim = "batch", std::string experts_dim = "experts")
       : batch_dim_(std::move(batch_dim)) {
     const Shape& s = gates.shape();
     if (s.rank() != 2)
@@ -52,7 +53,7 @@ class SparseDispatcher {
 
   /// One tensor per expert: the rows of `inp` ([batch, ...]) routed to it,
   /// in batch order, as [batch=n_e, ...].
-  std::vector<Tensor<T>> dispatch(const Tensor<T>& inp) const {
+  std::vector<Tensor<T>> dispatch(const TensorView<const T>& inp) const {
     const index_t axis = inp.shape().require(batch_dim_, "SparseDispatcher::dispatch");
     if (axis != 0) detail::raise<shape_error>("SparseDispatcher::dispatch: dim \"", batch_dim_, "\" must come first in ", inp.shape());
     if (inp.shape()[0].size != batch_.size)
@@ -84,7 +85,8 @@ class SparseDispatcher {
       if (s.rank() < 1 || s[0].size != part_sizes_[e])
         detail::raise<shape_error>("SparseDispatcher::combine: output of expert ", e, " has shape ", s, "; expected ",
                                    part_sizes_[e], " rows first");
-      const Shape rest(std::vector<Dim>(s.dims().begin() + 1, s.dims().end()));
+      Shape rest;
+      for (index_t i = 1; i < s.rank(); ++i) rest = rest.with(s[i]);
       if (e == 0) row_shape = rest;
       else if (rest != row_shape)
         detail::raise<shape_error>("SparseDispatcher::combine: expert ", e, " gives rows ", rest, " but expert 0 gives ", row_shape);
@@ -127,15 +129,18 @@ class SparseDispatcher {
 };
 
 /// Dropless routing as a plan: gates [<batch>, experts] -> one group of all
-/// tokens ("group" dim of size prod(batch)), capacity = the largest expert
-/// load, up to k nonzero gates per token (in expert order). Slots follow
-/// token order, as SparseDispatcher's rows.
+/// tokens (dims.group of size prod(batch)), capacity (dims.capacity) = the
+/// largest expert load, up to k nonzero gates per token (in expert order).
+/// Slots follow token order, as SparseDispatcher's rows. Throws shape_error
+/// without the experts dim, value_error for a token with more than k
+/// nonzero gates.
 template <class T>
-RoutingPlan<T> plan_from_gates(const Tensor<T>& gates, const std::string& experts_dim, index_t k) {
+RoutingPlan<T> plan_from_gates(const TensorView<const T>& gates, index_t k, const MoEDims& dims = {}) {
+  const std::string& experts_dim = dims.experts;
   const Dim experts = gates.shape().get(experts_dim, "plan_from_gates");
   const Shape tokens = gates.shape().without({experts_dim});
   Tensor<T> hold;
-  const Tensor<T>& g = in_order(gates, tokens.with(experts), hold);
+  const TensorView<const T> g = detail::in_order(gates, tokens.with(experts), hold);
   const index_t S = tokens.num_elements(), E = experts.size;
   std::vector<index_t> load(detail::uz(E), 0);
   for (index_t t = 0; t < S; ++t) {
@@ -146,14 +151,14 @@ RoutingPlan<T> plan_from_gates(const Tensor<T>& gates, const std::string& expert
   }
   const index_t C = E ? std::max<index_t>(1, *std::max_element(load.begin(), load.end())) : 1;
   RoutingPlan<T> plan;
-  plan.reset(Shape(), Dim("group", S), experts, Dim("expert_capacity", C), k);
+  plan.reset(Shape(), Dim(dims.group, S), experts, Dim(dims.capacity, C), k);
   for (index_t t = 0; t < S; ++t) {
     index_t j = 0;
     for (index_t e = 0; e < E; ++e) {
       const T w = g[t * E + e];
       if (!(w > T(0))) continue;
       const auto entry = detail::uz(t * k + j++);
-      const index_t slot = plan.fill[detail::uz(e)]++;
+      const index_t slot = plan.taken[detail::uz(e)]++;
       plan.expert[entry] = static_cast<std::int32_t>(e);
       plan.slot[entry] = static_cast<std::int32_t>(slot);
       plan.weight[entry] = w;

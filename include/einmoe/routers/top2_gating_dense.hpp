@@ -7,7 +7,7 @@
 // the fast top2_gating can be tested against it. Use top2_gating in models.
 //
 // Example:
-//   auto d = top2_gating_dense(logits, opt);   // logits [<batch>, group, experts]
+//   DenseRouterResult<float> d = top2_gating_dense(logits, opt);   // logits [<batch>, group, experts]
 //   Tensor<float> combine = d.combine;         // [<batch>, group, experts, expert_capacity], as d.dispatch
 //   double aux = d.aux_loss;
 #pragma once
@@ -15,8 +15,8 @@
 #include <algorithm>
 #include <limits>
 
-#include "einmoe/routers/gating_options.hpp"
-#include "einmoe/routers/routing_plan.hpp"
+#include "einmoe/routers/router.hpp"
+#include "einmoe/routers/top2_options.hpp"
 #include "einmoe/ops/cumsum.hpp"
 #include "einmoe/ops/elementwise.hpp"
 #include "einmoe/ops/index.hpp"
@@ -25,23 +25,15 @@
 
 namespace einmoe {
 
-template <class T>
-struct Top2DenseResult {
-  Tensor<T> dispatch;  ///< [<batch>, group, experts, expert_capacity], 0 / 1
-  Tensor<T> combine;   ///< [<batch>, group, experts, expert_capacity]
-  T aux_loss = T(0);
-  RoutingStats stats;  ///< the same statistics as the fast path, from the masks
-};
-
 namespace detail {
 /// The sources' combine tensor from the two choices:
 ///   gate_1 * flat_1 * one_hot(index_1, experts) * one_hot(position_1, capacity)
 /// + gate_2 * flat_2 * one_hot(index_2, experts) * one_hot(position_2, capacity)
 /// -> [<tokens>, experts, capacity].
 template <class T>
-Tensor<T> dense_combine(const Tensor<T>& gate_1, const Tensor<T>& flat_1, const Tensor<std::int64_t>& index_1,
-                        const Tensor<T>& position_1, const Tensor<T>& gate_2, const Tensor<T>& flat_2,
-                        const Tensor<std::int64_t>& index_2, const Tensor<T>& position_2, const Dim& experts,
+Tensor<T> dense_combine(const TensorView<const T>& gate_1, const TensorView<const T>& flat_1, const TensorView<const std::int64_t>& index_1,
+                        const TensorView<const T>& position_1, const TensorView<const T>& gate_2, const TensorView<const T>& flat_2,
+                        const TensorView<const std::int64_t>& index_2, const TensorView<const T>& position_2, const Dim& experts,
                         const Dim& capacity) {
   return gate_1 * flat_1 * one_hot<T>(index_1, experts) * one_hot<T>(cast<std::int64_t>(position_1), capacity) +
          gate_2 * flat_2 * one_hot<T>(index_2, experts) * one_hot<T>(cast<std::int64_t>(position_2), capacity);
@@ -57,8 +49,8 @@ struct DenseSlots {
   Tensor<T> flat, position;
 };
 template <class T>
-DenseSlots<T> dense_capacity(Tensor<T>& mask, Tensor<T>& gate, const same_t<Tensor<T>>* taken, const std::string& group,
-                             const std::string& experts, T C) {
+DenseSlots<T> dense_capacity(Tensor<T>& mask, Tensor<T>& gate, const OptionalView<T>& taken,
+                             const std::string& group, const std::string& experts, T C) {
   Tensor<T> position = taken ? (cumsum(mask, group, true) + *taken) * mask : cumsum(mask, group, true) * mask;
   mask = mask * cast<T>(less(position, C));
   DenseSlots<T> out{sum(mask, experts), sum(position, experts)};
@@ -71,7 +63,7 @@ DenseSlots<T> dense_capacity(Tensor<T>& mask, Tensor<T>& gate, const same_t<Tens
 /// without the top choice over their sum + eps; mask_2 [<batch>, group,
 /// experts] before capacity.
 template <class T>
-T dense_second_place_loss(const Tensor<T>& mask_2, const Tensor<T>& gates_without_top_1, const std::string& group,
+T dense_second_place_loss(const TensorView<const T>& mask_2, const TensorView<const T>& gates_without_top_1, const std::string& group,
                           const std::string& experts, T eps, T E2) {
   const Tensor<T> density_2 = mean(mask_2, group);
   const Tensor<T> normalized = gates_without_top_1 / (sum(gates_without_top_1, experts) + eps);
@@ -85,8 +77,8 @@ T dense_second_place_loss(const Tensor<T>& mask_2, const Tensor<T>& gates_withou
 /// (finish(gate_1, gate_2)), and the combine and dispatch tensors.
 template <class T, class Finish>
 void dense_policy_and_slots(const GatingProblem<T>& p, const Top2Options& opt, Tensor<T> mask_1, Tensor<T> mask_2,
-                            Tensor<T> gate_1, Tensor<T> gate_2, const Tensor<std::int64_t>& index_1,
-                            const Tensor<std::int64_t>& index_2, Top2DenseResult<T>& out, Finish&& finish) {
+                            Tensor<T> gate_1, Tensor<T> gate_2, const TensorView<const std::int64_t>& index_1,
+                            const TensorView<const std::int64_t>& index_2, DenseRouterResult<T>& out, Finish&& finish) {
   const std::string& group = p.group.name;
   const std::string& experts = p.experts.name;
   const T C = static_cast<T>(p.C);
@@ -101,7 +93,7 @@ void dense_policy_and_slots(const GatingProblem<T>& p, const Top2Options& opt, T
   }
 
   // statistics before capacity
-  auto total = [](const Tensor<T>& t) { return static_cast<index_t>(sum_to(t, Shape()).item()); };
+  auto total = [](const TensorView<const T>& t) { return static_cast<index_t>(sum_to(t, Shape()).item()); };
   out.stats.first_wanted = total(mask_1);
   out.stats.second_wanted = total(mask_2);
   {
@@ -114,9 +106,9 @@ void dense_policy_and_slots(const GatingProblem<T>& p, const Top2Options& opt, T
   }
 
   // COMPUTE ASSIGNMENT TO EXPERTS
-  const DenseSlots<T> slots_1 = dense_capacity(mask_1, gate_1, nullptr, group, experts, C);
+  const DenseSlots<T> slots_1 = dense_capacity(mask_1, gate_1, std::nullopt, group, experts, C);
   const Tensor<T> mask_1_count = sum(mask_1, group);
-  const DenseSlots<T> slots_2 = dense_capacity(mask_2, gate_2, &mask_1_count, group, experts, C);
+  const DenseSlots<T> slots_2 = dense_capacity(mask_2, gate_2, TensorView<const T>(mask_1_count), group, experts, C);
 
   finish(gate_1, gate_2);
 
@@ -132,21 +124,27 @@ void dense_policy_and_slots(const GatingProblem<T>& p, const Top2Options& opt, T
 }
 }  // namespace detail
 
-/// Top-2 gating, dense formulation: logits [<batch>, group, experts] ->
-/// dispatch and combine [<batch>, group, experts, expert_capacity].
+/// Top-2 gating, dense formulation (the oracle): logits [<batch>, group,
+/// experts] (+ GatingInputs) -> dispatch and combine [<batch>, group,
+/// experts, expert_capacity], the balancing loss and statistics; `call`
+/// picks the draws as route_into does. Throws as route_into.
 template <class T>
-Top2DenseResult<T> top2_gating_dense(const Tensor<T>& logits_in, const Top2Options& opt, const GatingInputs<T>& in = {}) {
-  const auto p = detail::make_problem(logits_in, opt, in, "top2_gating_dense");
+DenseRouterResult<T> route_dense(const TensorView<const T>& logits_in, const Top2Options& opt,
+                                 const GatingInputs<T>& in, const MoEDims& dims, const RouteCall& call) {
+  detail::GatingProblem<T> p;
+  Tensor<T> logits_hold;
+  detail::make_problem(p, logits_in, opt, in, dims, "top2_gating_dense", logits_hold);
+  detail::draw_dense_inputs(p, opt, call);
   const std::string& group = p.group.name;
   const std::string& experts = p.experts.name;
-  const Tensor<T>& logits = p.logits;
+  const TensorView<const T>& logits = p.logits;
   const T one(1), eps = static_cast<T>(1e-9);
 
   // FIND TOP 2 EXPERTS PER POSITION
   const Tensor<T> raw_gates = softmax(logits, experts);
-  auto top1 = top_1(raw_gates, experts, opt.ties);
-  Tensor<T> gate_1 = std::move(top1.values);
-  const Tensor<std::int64_t> index_1 = std::move(top1.indices);
+  auto first = top1(raw_gates, experts, opt.ties);
+  Tensor<T> gate_1 = std::move(first.values);
+  const Tensor<std::int64_t> index_1 = std::move(first.indices);
   Tensor<T> mask_1 = one_hot<T>(index_1, p.experts);
   Tensor<T> density_1_proxy = raw_gates;
   if (p.importance) {
@@ -160,9 +158,9 @@ Top2DenseResult<T> top2_gating_dense(const Tensor<T>& logits_in, const Top2Optio
   if (opt.policy == SecondPolicy::sampling) {
     const T very_negative = T(-0.7) * std::numeric_limits<T>::max();
     const Tensor<T> updated = where(greater(mask_1, T(0)), very_negative, logits);
-    index_2 = top_1(updated + *p.gumbel, experts, opt.ties).indices;
+    index_2 = top1(updated + *p.gumbel, experts, opt.ties).indices;
   } else {
-    index_2 = top_1(gates_without_top_1, experts, opt.ties).indices;
+    index_2 = top1(gates_without_top_1, experts, opt.ties).indices;
   }
   Tensor<T> mask_2 = one_hot<T>(index_2, p.experts);
   Tensor<T> gate_2 = sum(gates_without_top_1 * mask_2, experts);
@@ -175,14 +173,14 @@ Top2DenseResult<T> top2_gating_dense(const Tensor<T>& logits_in, const Top2Optio
   }
 
   // BALANCING LOSSES
-  Top2DenseResult<T> out;
+  DenseRouterResult<T> out;
   const T E2 = static_cast<T>(p.E * p.E);
   if (p.G * p.S > 0) {
     Tensor<T> density_1 = mean(mask_1, group);
     Tensor<T> density_1_proxy_mean = mean(density_1_proxy, group);
     if (opt.normalize == Normalize::after) {
-      const Tensor<T> importance = p.importance ? *p.importance : Tensor<T>(p.batch.with(p.group), one);
-      const Tensor<T> denom = mean(importance, group) + T(1e-6);
+      const Tensor<T> ones(p.batch.with(p.group), one);
+      const Tensor<T> denom = mean(p.importance ? *p.importance : TensorView<const T>(ones), group) + T(1e-6);
       density_1 = density_1 / denom;
       density_1_proxy_mean = density_1_proxy_mean / denom;
     }
@@ -201,6 +199,15 @@ Top2DenseResult<T> top2_gating_dense(const Tensor<T>& logits_in, const Top2Optio
                                    }
                                  });
   return out;
+}
+
+/// Top-2 gating, dense formulation: logits [<batch>, group, experts] ->
+/// dispatch and combine [<batch>, group, experts, expert_capacity], the
+/// balancing loss and statistics (see route_dense).
+template <class T>
+DenseRouterResult<T> top2_gating_dense(const TensorView<const T>& logits, const Top2Options& opt,
+                                       const GatingInputs<T>& in = {}, const MoEDims& dims = {}) {
+  return route_dense(logits, opt, in, dims, RouteCall{});
 }
 
 }  // namespace einmoe

@@ -3,10 +3,10 @@
 //
 // Example:
 //   Top2Options o;
-//   o.capacity = Dim{"expert_capacity", 8};
+//   o.capacity = CapacitySpec::fixed(8);
 //   o.ties = Ties::highest;                       // mtf.top_1 of that era
-//   auto r = top2_gating_mtf_v1(logits, o, &max_experts);   // fast: a RoutingPlan
-//   auto d = top2_gating_mtf_v1_dense(logits, o, &max_experts);  // the oracle
+//   auto r = top2_gating_mtf_v1(logits, o, max_experts);        // fast: a RoutingPlan
+//   auto d = top2_gating_mtf_v1_dense(logits, o, max_experts);  // the oracle
 //
 // It differs from top2_gating (Mesh TF's later version, lingvo) in four ways,
 // each transcribed from the source:
@@ -21,9 +21,8 @@
 //    mean(mean_group(raw * geq1) * mean_group(mask_1)) * E^2 (+ the
 //    second-place loss, 0.5 * E^2 * mean(mean_group(normalized) *
 //    mean_group(mask_2)) with mask_2 before the policy).
-// Of Top2Options it uses capacity (or capacity_factor), the dim names,
-// policy (all, none, threshold, random), threshold, second_place_loss, seed
-// and ties; normalize is not used.
+// Of Top2Options it uses capacity, policy (all, none, threshold, random),
+// threshold, second_place_loss, seed and ties; normalize is not used.
 //
 // Shapes: logits [<batch>, group, experts]; max_experts and uniform draws
 // [<batch>, group]; the plan / dense tensors as top2_gating's.
@@ -32,8 +31,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "einmoe/routers/gating_options.hpp"
-#include "einmoe/routers/routing_plan.hpp"
+#include "einmoe/routers/top2_options.hpp"
 #include "einmoe/routers/top2_gating.hpp"
 #include "einmoe/routers/top2_gating_dense.hpp"
 
@@ -41,83 +39,90 @@ namespace einmoe {
 
 namespace detail {
 template <class T>
-GatingProblem<T> mtf_v1_problem(const Tensor<T>& logits, const Top2Options& o, const Tensor<T>* max_experts,
-                                const Tensor<T>* uniform, const char* op) {
+void mtf_v1_problem(GatingProblem<T>& p, const TensorView<const T>& logits, const Top2Options& o,
+                    const std::optional<TensorView<const T>>& max_experts,
+                    const std::optional<TensorView<const T>>& uniform, const MoEDims& dims, const char* op,
+                    Tensor<T>& hold) {
   if (o.policy == SecondPolicy::sampling)
     raise<value_error>(op, ": policy sampling is not part of this gating (all, none, threshold, random)");
   GatingInputs<T> in;  // max_experts travels in the importance slot (same shape and checks)
-  if (max_experts) in.importance = *max_experts;
-  if (uniform) in.uniform = *uniform;
-  return make_problem(logits, o, in, op, "max_experts");
+  in.importance = max_experts;
+  in.uniform = uniform;
+  make_problem(p, logits, o, in, dims, op, hold, "max_experts");
+}
+
+/// One token of the max_experts gating: its choices into ch[s], its loss
+/// terms into the group's sums.
+template <class T>
+void mtf_v1_token(const T* lg, T me, const Top2Options& opt, const Draws<T>& draws, index_t t, index_t E, T* raw,
+                  T* without, const Top2Choices<T>& ch, index_t s, const Top2Sums<T>& L, index_t ge) {
+  const T eps = T(1e-9);
+  softmax_row(lg, raw, E, 1);
+  const index_t i1 = argmax_row(raw, E, opt.ties);
+  for (index_t e = 0; e < E; ++e) without[e] = e == i1 ? T(0) : raw[e];
+  const index_t i2 = argmax_row(without, E, opt.ties);
+  const bool geq1 = me >= T(1), geq2 = me >= T(2);
+  // balancing-loss sums (before the policy and capacity)
+  for (index_t e = 0; e < E; ++e) L.proxy_1[ge + e] += geq1 ? raw[e] : T(0);
+  if (geq1) L.mask_1[ge + i1] += T(1);
+  if (opt.second_place_loss) {
+    T sum_w = T(0);
+    for (index_t e = 0; e < E; ++e) sum_w += geq2 ? without[e] : T(0);
+    const T denom = sum_w + eps;
+    for (index_t e = 0; e < E; ++e) L.proxy_2[ge + e] += (geq2 ? without[e] : T(0)) / denom;
+    if (geq2) L.mask_2[ge + i2] += T(1);
+  }
+  const T g2 = without[i2];
+  bool use2 = geq2;
+  switch (opt.policy) {
+    case SecondPolicy::none: use2 = false; break;
+    case SecondPolicy::threshold: use2 = use2 && g2 > static_cast<T>(opt.threshold); break;
+    case SecondPolicy::random: use2 = use2 && draws.uniform(t) < g2 / static_cast<T>(std::max(opt.threshold, 1e-9)); break;
+    default: break;
+  }
+  ch.index1[s] = i1, ch.index2[s] = i2;
+  ch.gate1[s] = raw[i1], ch.gate2[s] = g2;
+  ch.m1[s] = geq1, ch.m2[s] = use2;
 }
 }  // namespace detail
 
 /// Mesh TF's _top_2_gating with max_experts, fast: logits [<batch>, group,
 /// experts] (+ max_experts [<batch>, group], uniform draws [<batch>, group]
-/// for policy random, else drawn from o.seed) -> plan, loss, statistics.
+/// for policy random, else drawn from o.seed) -> plan (k = 2), aux_loss,
+/// statistics. Throws shape_error / value_error as top2_gating (and for
+/// policy sampling).
 template <class T>
-Top2Result<T> top2_gating_mtf_v1(const Tensor<T>& logits, const Top2Options& opt, const Tensor<T>* max_experts = nullptr,
-                                 const Tensor<T>* uniform = nullptr) {
-  const auto p = detail::mtf_v1_problem(logits, opt, max_experts, uniform, "top2_gating_mtf_v1");
+RouterResult<T> top2_gating_mtf_v1(const TensorView<const T>& logits, const Top2Options& opt,
+                                   const OptionalView<T>& max_experts = std::nullopt,
+                                   const OptionalView<T>& uniform = std::nullopt,
+                                   const MoEDims& dims = {}) {
+  RouterWorkspace<T> ws;
+  detail::GatingProblem<T> p;
+  detail::mtf_v1_problem(p, logits, opt, max_experts, uniform, dims, "top2_gating_mtf_v1", ws.logits_hold());
   const index_t G = p.G, S = p.S, E = p.E, C = p.C;
-  Top2Result<T> r;
+  RouterResult<T> r;
   r.plan.reset(p.batch, p.group, p.experts, p.capacity, 2);
-  auto& plan = r.plan;
-  std::vector<detail::GroupLoss<T>> losses(detail::uz(G));
-  std::vector<index_t> wanted1(detail::uz(G)), wanted2(detail::uz(G)), kept1(detail::uz(G)), kept2(detail::uz(G));
-  const T eps = T(1e-9);
-  const T thr = static_cast<T>(std::max(opt.threshold, 1e-9));
-
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(dynamic, 1) if (G > 1)
-#endif
-  for (index_t g = 0; g < G; ++g) {
-    std::vector<T> raw(detail::uz(E)), without(detail::uz(E));
-    std::vector<index_t> index1(detail::uz(S)), index2(detail::uz(S));
-    std::vector<T> gate1(detail::uz(S)), gate2(detail::uz(S));
-    std::vector<char> m1(detail::uz(S)), m2(detail::uz(S));
-    auto& L = losses[detail::uz(g)];
-    L.reset(E);
+  const detail::Top2Sums<T> sums = detail::top2_sums(ws, G, E);
+  const detail::GroupCounts gc = detail::group_counts(ws, G);
+  const detail::Draws<T> draws = detail::top2_draws(p, opt, RouteCall{});
+  ws.prepare();
+  detail::parallel_items(G, [&](index_t g) {
+    auto& th = ws.thread();
+    const detail::Top2Choices<T> ch = detail::top2_choices<T>(th, S);
+    T* raw = th.values(2, E);
+    T* without = th.values(3, E);
     for (index_t s = 0; s < S; ++s) {
       const index_t t = g * S + s;
-      detail::softmax_row(p.logits.data() + t * E, raw.data(), E, 1);
-      const index_t i1 = detail::argmax_row(raw.data(), E, opt.ties);
-      for (index_t e = 0; e < E; ++e) without[detail::uz(e)] = e == i1 ? T(0) : raw[detail::uz(e)];
-      const index_t i2 = detail::argmax_row(without.data(), E, opt.ties);
       const T me = p.importance ? (*p.importance)[t] : T(2);
-      const bool geq1 = me >= T(1), geq2 = me >= T(2);
-      // balancing-loss sums (before the policy and capacity)
-      for (index_t e = 0; e < E; ++e) L.proxy_1[detail::uz(e)] += geq1 ? raw[detail::uz(e)] : T(0);
-      if (geq1) L.mask_1[detail::uz(i1)] += T(1);
-      if (opt.second_place_loss) {
-        T sum_w = T(0);
-        for (index_t e = 0; e < E; ++e) sum_w += geq2 ? without[detail::uz(e)] : T(0);
-        const T denom = sum_w + eps;
-        for (index_t e = 0; e < E; ++e) L.proxy_2[detail::uz(e)] += (geq2 ? without[detail::uz(e)] : T(0)) / denom;
-        if (geq2) L.mask_2[detail::uz(i2)] += T(1);
-      }
-      const T g2 = without[detail::uz(i2)];
-      bool use2 = geq2;
-      switch (opt.policy) {
-        case SecondPolicy::none: use2 = false; break;
-        case SecondPolicy::threshold: use2 = use2 && g2 > static_cast<T>(opt.threshold); break;
-        case SecondPolicy::random: use2 = use2 && (*p.uniform)[t] < g2 / thr; break;
-        default: break;
-      }
-      index1[detail::uz(s)] = i1, index2[detail::uz(s)] = i2;
-      gate1[detail::uz(s)] = raw[detail::uz(i1)], gate2[detail::uz(s)] = g2;
-      m1[detail::uz(s)] = geq1, m2[detail::uz(s)] = use2;
+      detail::mtf_v1_token(p.logits.data() + t * E, me, opt, draws, t, E, raw, without, ch, s, sums, g * E);
     }
-    index_t w1 = 0, w2 = 0, k1 = 0, k2 = 0;
-    detail::assign_top2_slots(plan, g, S, E, C, index1, index2, m1, m2, gate1, gate2, w1, w2, k1, k2, [&](T& a, T& b) {
-      const T d = a + b + eps;  // after capacity, always (the source)
+    detail::assign_top2_slots(r.plan, g, S, E, C, ch, th, gc, [&](T& a, T& b) {
+      const T d = a + b + T(1e-9);  // after capacity, always (the source)
       a /= d, b /= d;
     });
-    wanted1[detail::uz(g)] = w1, wanted2[detail::uz(g)] = w2, kept1[detail::uz(g)] = k1, kept2[detail::uz(g)] = k2;
-  }
-
+  });
   // The loss has no density denominators (normalize-before's form).
-  detail::finish_top2(r, losses, G, S, E, opt.second_place_loss, false, wanted1, wanted2, kept1, kept2);
+  detail::finish_top2(r, sums, G, S, E, opt.second_place_loss, false, gc);
   return r;
 }
 
@@ -125,22 +130,27 @@ Top2Result<T> top2_gating_mtf_v1(const Tensor<T>& logits, const Top2Options& opt
 /// [<batch>, group, experts] -> dispatch and combine [<batch>, group,
 /// experts, expert_capacity], the loss, statistics.
 template <class T>
-Top2DenseResult<T> top2_gating_mtf_v1_dense(const Tensor<T>& logits_in, const Top2Options& opt,
-                                            const Tensor<T>* max_experts = nullptr, const Tensor<T>* uniform = nullptr) {
-  const auto p = detail::mtf_v1_problem(logits_in, opt, max_experts, uniform, "top2_gating_mtf_v1_dense");
+DenseRouterResult<T> top2_gating_mtf_v1_dense(const TensorView<const T>& logits_in, const Top2Options& opt,
+                                              const OptionalView<T>& max_experts = std::nullopt,
+                                              const OptionalView<T>& uniform = std::nullopt,
+                                              const MoEDims& dims = {}) {
+  detail::GatingProblem<T> p;
+  Tensor<T> hold;
+  detail::mtf_v1_problem(p, logits_in, opt, max_experts, uniform, dims, "top2_gating_mtf_v1_dense", hold);
+  detail::draw_dense_inputs(p, opt, RouteCall{});
   const std::string& group = p.group.name;
   const std::string& experts = p.experts.name;
   const T one(1), eps = static_cast<T>(1e-9);
 
   Tensor<T> raw_gates = softmax(p.logits, experts);
-  auto top1 = top_1(raw_gates, experts, opt.ties);
-  Tensor<T> gate_1 = std::move(top1.values);
-  const Tensor<std::int64_t> index_1 = std::move(top1.indices);
+  auto first = top1(raw_gates, experts, opt.ties);
+  Tensor<T> gate_1 = std::move(first.values);
+  const Tensor<std::int64_t> index_1 = std::move(first.indices);
   Tensor<T> mask_1 = one_hot<T>(index_1, p.experts);
   Tensor<T> gates_without_top_1 = raw_gates * (one - mask_1);
-  auto top2 = top_1(gates_without_top_1, experts, opt.ties);
-  Tensor<T> gate_2 = std::move(top2.values);
-  const Tensor<std::int64_t> index_2 = std::move(top2.indices);
+  auto second = top1(gates_without_top_1, experts, opt.ties);
+  Tensor<T> gate_2 = std::move(second.values);
+  const Tensor<std::int64_t> index_2 = std::move(second.indices);
   Tensor<T> mask_2 = one_hot<T>(index_2, p.experts);
 
   if (p.importance) {  // max_experts
@@ -153,7 +163,7 @@ Top2DenseResult<T> top2_gating_mtf_v1_dense(const Tensor<T>& logits_in, const To
   }
 
   // BALANCING LOSSES
-  Top2DenseResult<T> out;
+  DenseRouterResult<T> out;
   const T E2 = static_cast<T>(p.E * p.E);
   if (p.G * p.S > 0) {
     const Tensor<T> density_1 = mean(mask_1, group);

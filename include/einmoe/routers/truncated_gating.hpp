@@ -16,13 +16,12 @@
 //   RoutingPlan<float> plan = truncated_top2_gating(gates, opt).plan;   // fast
 //   auto combine = truncated_top2_gating_dense(gates, opt);      // [<batch>, group, experts, expert_capacity]
 //
-// Of Top2Options only capacity, group_dim, experts_dim and ties are used.
+// Of Top2Options only capacity and ties are used.
 #pragma once
 
 #include <vector>
 
-#include "einmoe/routers/gating_options.hpp"
-#include "einmoe/routers/routing_plan.hpp"
+#include "einmoe/routers/top2_options.hpp"
 #include "einmoe/routers/top2_gating.hpp"
 #include "einmoe/routers/top2_gating_dense.hpp"
 #include "einmoe/ops/cumsum.hpp"
@@ -32,15 +31,19 @@
 
 namespace einmoe {
 
-/// Truncated top-2 gating, fast: gates [<batch>, group, experts] -> plan.
+/// Truncated top-2 gating, fast: gates [<batch>, group, experts] -> plan
+/// (k = 2) and statistics (no loss). Throws shape_error / value_error as
+/// top2_gating.
 template <class T>
-Top2Result<T> truncated_top2_gating(const Tensor<T>& gates, const Top2Options& opt) {
-  const auto p = detail::make_problem(gates, opt, GatingInputs<T>{}, "truncated_top2_gating");
+RouterResult<T> truncated_top2_gating(const TensorView<const T>& gates, const Top2Options& opt, const MoEDims& dims = {}) {
+  RouterWorkspace<T> ws;
+  detail::GatingProblem<T> p;
+  detail::make_problem(p, gates, opt, GatingInputs<T>{}, dims, "truncated_top2_gating", ws.logits_hold());
   const index_t G = p.G, S = p.S, E = p.E, C = p.C;
-  Top2Result<T> r;
+  RouterResult<T> r;
   r.plan.reset(p.batch, p.group, p.experts, p.capacity, 2);
   auto& plan = r.plan;
-  std::vector<index_t> w1(detail::uz(G)), k1(detail::uz(G)), w2(detail::uz(G)), k2(detail::uz(G));
+  const detail::GroupCounts gc = detail::group_counts(ws, G);
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(dynamic, 1) if (G > 1)
 #endif
@@ -60,8 +63,8 @@ Top2Result<T> truncated_top2_gating(const Tensor<T>& gates, const Top2Options& o
       exhaustion[detail::uz(e)] = (static_cast<T>(C) - kept1[detail::uz(e)]) / use_rate;
     }
     std::vector<index_t> count2(detail::uz(E), 0);
-    std::int32_t* fill = plan.fill.data() + g * E;
-    for (index_t e = 0; e < E; ++e) fill[e] = static_cast<std::int32_t>(kept1[detail::uz(e)]);
+    std::int32_t* taken = plan.taken.data() + g * E;
+    for (index_t e = 0; e < E; ++e) taken[e] = static_cast<std::int32_t>(kept1[detail::uz(e)]);
     index_t kk1 = 0, kk2 = 0;
     for (index_t s = 0; s < S; ++s) {
       const T* row = gt + s * E;
@@ -91,13 +94,13 @@ Top2Result<T> truncated_top2_gating(const Tensor<T>& gates, const Top2Options& o
         plan.slot[detail::uz(2 * t + 1)] = static_cast<std::int32_t>(p2);
         plan.weight[detail::uz(2 * t + 1)] = g2;
         plan.slot_entry[detail::uz(plan.slot_index(g, b, p2))] = 2 * t + 1;
-        ++fill[b];
+        ++taken[b];
         ++kk2;
       }
     }
-    w1[detail::uz(g)] = S, w2[detail::uz(g)] = S, k1[detail::uz(g)] = kk1, k2[detail::uz(g)] = kk2;
+    gc.wanted1[g] = S, gc.wanted2[g] = S, gc.kept1[g] = kk1, gc.kept2[g] = kk2;
   }
-  detail::sum_stats(r.stats, plan, w1, w2, k1, k2);
+  detail::sum_stats(r.stats, plan, gc);
   r.stats.first_choices.assign(detail::uz(E), 0);
   r.stats.density_1.assign(detail::uz(E), 0.0);
   return r;
@@ -106,17 +109,19 @@ Top2Result<T> truncated_top2_gating(const Tensor<T>& gates, const Top2Options& o
 /// Truncated top-2 gating, written as Mesh TF writes it: gates [<batch>,
 /// group, experts] -> combine [<batch>, group, experts, capacity].
 template <class T>
-Tensor<T> truncated_top2_gating_dense(const Tensor<T>& gates_in, const Top2Options& opt) {
-  const auto p = detail::make_problem(gates_in, opt, GatingInputs<T>{}, "truncated_top2_gating_dense");
+Tensor<T> truncated_top2_gating_dense(const TensorView<const T>& gates_in, const Top2Options& opt, const MoEDims& dims = {}) {
+  detail::GatingProblem<T> p;
+  Tensor<T> hold;
+  detail::make_problem(p, gates_in, opt, GatingInputs<T>{}, dims, "truncated_top2_gating_dense", hold);
   const std::string& group = p.group.name;
   const std::string& experts = p.experts.name;
-  const Tensor<T>& gates = p.logits;
+  const TensorView<const T>& gates = p.logits;
   const T C = static_cast<T>(p.C);
-  auto top1 = top_1(gates, experts, opt.ties);
-  Tensor<T> gate_1 = std::move(top1.values);
-  const auto index_1 = std::move(top1.indices);
+  auto first = top1(gates, experts, opt.ties);
+  Tensor<T> gate_1 = std::move(first.values);
+  const auto index_1 = std::move(first.indices);
   Tensor<T> mask_1 = one_hot<T>(index_1, p.experts);
-  const detail::DenseSlots<T> slots_1 = detail::dense_capacity(mask_1, gate_1, nullptr, group, experts, C);
+  const detail::DenseSlots<T> slots_1 = detail::dense_capacity(mask_1, gate_1, std::nullopt, group, experts, C);
   const Tensor<T> mask_1_count = sum(mask_1, group);
 
   const Tensor<T> space_remaining = C - mask_1_count;
@@ -124,11 +129,12 @@ Tensor<T> truncated_top2_gating_dense(const Tensor<T>& gates_in, const Top2Optio
   const Tensor<T> expected_exhaustion_pos = space_remaining / use_rate;
   const Tensor<T> expected_exhausted = cast<T>(greater(range<T>(p.group), expected_exhaustion_pos));
   const Tensor<T> masked_gates = gates - mask_1 - expected_exhausted;
-  auto top2 = top_1(masked_gates, experts, opt.ties);
-  Tensor<T> gate_2 = std::move(top2.values);
-  const auto index_2 = std::move(top2.indices);
+  auto second = top1(masked_gates, experts, opt.ties);
+  Tensor<T> gate_2 = std::move(second.values);
+  const auto index_2 = std::move(second.indices);
   Tensor<T> mask_2 = one_hot<T>(index_2, p.experts);
-  const detail::DenseSlots<T> slots_2 = detail::dense_capacity(mask_2, gate_2, &mask_1_count, group, experts, C);
+  const detail::DenseSlots<T> slots_2 =
+      detail::dense_capacity(mask_2, gate_2, TensorView<const T>(mask_1_count), group, experts, C);
 
   const Tensor<T> denom = gate_1 + gate_2 + static_cast<T>(1e-9);
   gate_1 = gate_1 / denom;

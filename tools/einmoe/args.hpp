@@ -1,4 +1,4 @@
-// examples/cli/args.hpp - the einmoe command's flag parsing, file loading and
+// tools/einmoe/args.hpp - the einmoe command's flag parsing, file loading and
 // all-or-nothing output writing. Every problem is a CliError: one line,
 // naming the flag or file, exit status 2.
 #pragma once
@@ -130,13 +130,13 @@ einmoe::Tensor<T> load_float(const std::string& flag, const std::string& path, c
 
 /// Checks that `t` (loaded from flag/path) has exactly the sizes of `want`.
 template <class T>
-void expect_shape(const einmoe::Tensor<T>& t, const einmoe::Shape& want, const std::string& flag, const std::string& path) {
+void expect_shape(const einmoe::TensorView<const T>& t, const einmoe::Shape& want, const std::string& flag, const std::string& path) {
   if (t.shape() != want) fail(flag, " ", path, ": shape ", t.shape(), " does not match ", want);
 }
 
 /// Checks that every element is finite.
 template <class T>
-void expect_finite(const einmoe::Tensor<T>& t, const std::string& flag, const std::string& path) {
+void expect_finite(const einmoe::TensorView<const T>& t, const std::string& flag, const std::string& path) {
   for (einmoe::index_t i = 0; i < t.size(); ++i)
     if (!std::isfinite(t[i])) fail(flag, " ", path, ": element ", i, " is ", t[i]);
 }

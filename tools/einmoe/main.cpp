@@ -20,7 +20,7 @@
 #include <einmoe/parallel/expert_parallel.hpp>
 #endif
 
-#include "cli/args.hpp"
+#include "einmoe/args.hpp"
 
 namespace {
 
@@ -80,13 +80,15 @@ const char* kRouterFlags =
     "  --score S                topk: softmax (default) | sigmoid\n"
     "  --bias B.npy             topk: [E] selection bias (selection only, not the weights)\n"
     "  --groups N --topk-groups M  topk: N expert groups, the best M eligible (DeepSeek-V3)\n"
+    "  --group-fill F           topk with --groups: what experts of the groups left out score: zero\n"
+    "                           (default, Hugging Face) | neg-inf (DeepSeek's inference code)\n"
     "  --normalize N            topk: none (default) | topk | kept\n"
     "  --scale F                topk: multiplies every weight (default 1)\n"
     "  --capacity C             slots per expert per group (topk: optional, none = dropless;\n"
     "                           expert-choice: required, tokens per expert per group)\n"
     "  --priority P             topk: slot order choice (default) | bpr | token\n";
 
-const std::vector<std::string> kTopkOnly{"--k", "--score", "--bias", "--groups", "--topk-groups", "--scale", "--priority"};
+const std::vector<std::string> kTopkOnly{"--k", "--score", "--bias", "--groups", "--topk-groups", "--group-fill", "--scale", "--priority"};
 const std::vector<std::string> kTop2Only{"--capacity-factor", "--policy", "--threshold", "--second-place-loss", "--importance",
                                          "--uniform", "--gumbel", "--seed", "--ties"};
 
@@ -96,29 +98,30 @@ std::vector<Flag> router_flags() {
   return f;
 }
 
-RouterKind router_kind(const Args& a) {
+/// The default options of --router (topk or expert-choice).
+RouterOptions router_kind(const Args& a) {
   const std::string r = a.get("--router");
-  if (r == "topk") return RouterKind::topk;
-  if (r == "expert-choice") return RouterKind::expert_choice;
+  if (r == "topk") return TopKOptions{};
+  if (r == "expert-choice") return ExpertChoiceOptions{};
   fail("--router: unknown router \"", r, "\" (topk, expert-choice)");
 }
 
 /// The options of --router topk / expert-choice for E experts; flags of the
 /// other router (or of top-2 gating) are an error naming the flag.
 template <class T>
-void router_options(const Args& a, RouterKind kind, index_t E, MoEOptions& o) {
+void router_options(const Args& a, RouterOptions kind, index_t E, MoEOptions& o) {
   for (const auto& f : kTop2Only)
     if (a.has(f)) fail(f, ": belongs to top-2 gating (without --router), not --router ", a.get("--router"));
   o.router = kind;
-  if (kind == RouterKind::expert_choice) {
+  if (auto* ec = std::get_if<ExpertChoiceOptions>(&o.router)) {
     for (const auto& f : kTopkOnly)
       if (a.has(f)) fail(f, ": belongs to --router topk, not expert-choice");
     if (a.has("--normalize")) fail("--normalize: belongs to --router topk, not expert-choice");
     if (!a.has("--capacity")) fail("--capacity: required by --router expert-choice");
-    o.expert_choice.capacity = Dim("expert_capacity", a.required_integer("--capacity", 1));
+    ec->capacity = CapacitySpec::fixed(a.required_integer("--capacity", 1));
     return;
   }
-  TopKOptions& t = o.topk;
+  TopKOptions& t = std::get<TopKOptions>(o.router);
   t.k = a.integer("--k", 1, 2);
   if (t.k > E) fail("--k: ", t.k, " exceeds the ", E, " experts");
   const std::string sc = a.get_or("--score", "softmax");
@@ -138,13 +141,20 @@ void router_options(const Args& a, RouterKind kind, index_t E, MoEOptions& o) {
   t.scale = a.real("--scale", 1.0);
   if (!std::isfinite(t.scale)) fail("--scale: ", t.scale, " is not finite");
   if (a.has("--groups") != a.has("--topk-groups")) fail(a.has("--groups") ? "--groups" : "--topk-groups", ": give --groups and --topk-groups together");
+  if (a.has("--group-fill") && !a.has("--groups")) fail("--group-fill: needs --groups and --topk-groups");
   if (a.has("--groups")) {
-    t.groups = a.integer("--groups", 1, 1);
-    t.topk_groups = a.integer("--topk-groups", 1, 1);
-    if (E % t.groups != 0) fail("--groups: ", t.groups, " does not divide the ", E, " experts");
-    if (t.topk_groups > t.groups) fail("--topk-groups: ", t.topk_groups, " exceeds --groups ", t.groups);
-    if (t.topk_groups * (E / t.groups) < t.k)
-      fail("--topk-groups: ", t.topk_groups, " groups of ", E / t.groups, " experts hold fewer than --k ", t.k);
+    t.expert_groups = a.integer("--groups", 1, 1);
+    t.topk_expert_groups = a.integer("--topk-groups", 1, 1);
+    if (E % t.expert_groups != 0) fail("--groups: ", t.expert_groups, " does not divide the ", E, " experts");
+    if (t.topk_expert_groups > t.expert_groups)
+      fail("--topk-groups: ", t.topk_expert_groups, " exceeds --groups ", t.expert_groups);
+    if (t.topk_expert_groups * (E / t.expert_groups) < t.k)
+      fail("--topk-groups: ", t.topk_expert_groups, " groups of ", E / t.expert_groups, " experts hold fewer than --k ", t.k);
+    try {
+      t.group_fill = parse_group_fill(a.get_or("--group-fill", "zero"));
+    } catch (const einmoe::error&) {
+      fail("--group-fill: unknown group fill \"", a.get("--group-fill"), "\" (zero, neg-inf)");
+    }
   }
   if (a.has("--bias")) {
     const auto b = cli::load_float<T>("--bias", a.get("--bias"), {"experts"});
@@ -152,7 +162,13 @@ void router_options(const Args& a, RouterKind kind, index_t E, MoEOptions& o) {
     cli::expect_finite(b, "--bias", a.get("--bias"));
     for (T v : b) t.bias.push_back(static_cast<double>(v));
   }
-  if (a.has("--capacity")) t.capacity = Dim("expert_capacity", a.required_integer("--capacity", 1));
+  if (a.has("--capacity")) t.capacity = CapacitySpec::fixed(a.required_integer("--capacity", 1));
+}
+
+/// The expert-choice capacity given by --capacity, when it is the router.
+index_t expert_choice_capacity_of(const MoEOptions& o) {
+  const auto* ec = std::get_if<ExpertChoiceOptions>(&o.router);
+  return ec ? ec->capacity.size : 0;
 }
 
 /// Router logits may hold -inf (an expert masked out); NaN and +inf are errors.
@@ -181,15 +197,14 @@ void run_route(const Args& a) {
   if (!a.has("--router")) fail("--router: required (topk, expert-choice)");
   MoEOptions o;
   router_options<T>(a, router_kind(a), E, o);
-  if (o.router == RouterKind::expert_choice && o.expert_choice.capacity.size > logits.size_of("group"))
-    fail("--capacity: ", o.expert_choice.capacity.size, " exceeds the group's ", logits.size_of("group"), " tokens");
+  if (expert_choice_capacity_of(o) > logits.size_of("group"))
+    fail("--capacity: ", expert_choice_capacity_of(o), " exceeds the group's ", logits.size_of("group"), " tokens");
   const index_t G = logits.size_of("batch"), S = logits.size_of("group");
   Tensor<T> combine(logits.shape());
   Tensor<std::int64_t> slot(logits.shape(), std::int64_t{-1});
   double aux = 0, z = 0;
   if (a.has("--dense")) {
-    const auto d = o.router == RouterKind::topk ? topk_routing_dense(logits, o.topk)
-                                                 : expert_choice_routing_dense(logits, o.expert_choice);
+    const auto d = route_dense(logits, o.router, GatingInputs<T>{}, o.dims, RouteCall{});
     const index_t C = d.combine.shape()[3].size;
     for (index_t t = 0; t < G * S; ++t)
       for (index_t e = 0; e < E; ++e)
@@ -201,7 +216,9 @@ void run_route(const Args& a) {
         }
     aux = static_cast<double>(d.aux_loss), z = static_cast<double>(d.z_loss);
   } else {
-    const auto r = o.router == RouterKind::topk ? topk_routing(logits, o.topk) : expert_choice_routing(logits, o.expert_choice);
+    RouterResult<T> r;
+    RouterWorkspace<T> ws;
+    route_into(r, logits, o.router, GatingInputs<T>{}, o.dims, RouteCall{}, ws);
     const auto& p = r.plan;
     for (index_t t = 0; t < G * S; ++t)
       for (index_t j = 0; j < p.k; ++j) {
@@ -220,7 +237,7 @@ void run_route(const Args& a) {
   out.commit();
   index_t routed = 0;
   for (auto v : slot) routed += v >= 0 ? 1 : 0;
-  std::printf("route (%s%s): aux_loss %.6g, z_loss %.6g, %lld token-expert pairs routed\n", to_string(o.router),
+  std::printf("route (%s%s): aux_loss %.6g, z_loss %.6g, %lld token-expert pairs routed\n", router_name(o.router),
               a.has("--dense") ? ", dense" : "", aux, z, static_cast<long long>(routed));
 }
 
@@ -238,14 +255,13 @@ Top2Options gate_options(const Args& a) {
   Top2Options o;
   if (a.has("--capacity") && a.has("--capacity-factor")) fail("--capacity-factor: give --capacity or --capacity-factor, not both");
   if (a.has("--capacity-factor")) {
-    o.capacity_factor = a.real("--capacity-factor", 1.25);
-    if (!(o.capacity_factor > 0)) fail("--capacity-factor: ", o.capacity_factor, " must be positive");
+    const double cf = a.real("--capacity-factor", 1.25);
+    if (!(cf > 0)) fail("--capacity-factor: ", cf, " must be positive");
+    o.capacity = CapacitySpec::factor(cf);
   } else {
     if (!a.has("--capacity")) fail("missing required flag --capacity (or --capacity-factor)");
-    o.capacity = Dim("expert_capacity", a.required_integer("--capacity", 1));
+    o.capacity = CapacitySpec::fixed(a.required_integer("--capacity", 1));
   }
-  o.group_dim = "group";
-  o.experts_dim = "experts";
   try {
     o.policy = parse_second_policy(a.get_or("--policy", "all"));
   } catch (const einmoe::error&) {
@@ -270,19 +286,19 @@ GatingInputs<T> gate_inputs(const Args& a, const Shape& tokens, const Shape& ful
     auto t = cli::load_float<T>("--importance", a.get("--importance"), {"batch", "group"});
     cli::expect_shape(t, tokens, "--importance", a.get("--importance"));
     cli::expect_finite(t, "--importance", a.get("--importance"));
-    in.importance = std::move(t);
+    in.importance = shared_view(std::move(t));
   }
   if (a.has("--uniform")) {
     auto t = cli::load_float<T>("--uniform", a.get("--uniform"), {"batch", "group"});
     cli::expect_shape(t, tokens, "--uniform", a.get("--uniform"));
     cli::expect_finite(t, "--uniform", a.get("--uniform"));
-    in.uniform = std::move(t);
+    in.uniform = shared_view(std::move(t));
   }
   if (a.has("--gumbel")) {
     auto t = cli::load_float<T>("--gumbel", a.get("--gumbel"), {"batch", "group", "experts"});
     cli::expect_shape(t, full, "--gumbel", a.get("--gumbel"));
     cli::expect_finite(t, "--gumbel", a.get("--gumbel"));
-    in.gumbel = std::move(t);
+    in.gumbel = shared_view(std::move(t));
   }
   return in;
 }
@@ -313,7 +329,7 @@ std::string gate_stats_json(const Args& a, const Top2Options& o, const Shape& lo
   std::string j = "{\n";
   j += "  \"command\": \"gate\",\n";
   j += "  \"options\": {\"capacity\": " + std::to_string(capacity) + ", \"capacity_factor\": " +
-       (a.has("--capacity-factor") ? json_number(o.capacity_factor) : std::string("null")) + ", \"policy\": \"" +
+       (a.has("--capacity-factor") ? json_number(o.capacity.capacity_factor) : std::string("null")) + ", \"policy\": \"" +
        to_string(o.policy) + "\", \"threshold\": " + json_number(o.threshold) + ", \"normalize\": \"" +
        (o.normalize == Normalize::before ? "before" : "after") + "\", \"second_place_loss\": " +
        (o.second_place_loss ? "true" : "false") + ", \"seed\": " + std::to_string(o.seed) + ", \"ties\": \"" +
@@ -372,8 +388,8 @@ void run_gate(const Args& a) {
     cli::expect_shape(*max_experts, tokens, "--max-experts", mp);
     cli::expect_finite(*max_experts, "--max-experts", mp);
   }
-  const Tensor<T>* me = max_experts ? &*max_experts : nullptr;
-  const Tensor<T>* u = in.uniform ? &*in.uniform : nullptr;
+  const OptionalView<T> me = max_experts ? OptionalView<T>(*max_experts) : std::nullopt;
+  const OptionalView<T>& u = in.uniform;
   cli::Outputs out(a);
   if (a.has("--dense")) {
     const auto d = v1 ? top2_gating_mtf_v1_dense(logits, o, me, u) : top2_gating_dense(logits, o, in);
@@ -404,7 +420,7 @@ void run_truncated(const Args& a) {
   cli::expect_finite(gates, "--gates", gp);
   if (gates.size_of("experts") < 1) fail("--gates ", gp, ": no experts (last axis is 0)");
   Top2Options o;
-  o.capacity = Dim("expert_capacity", a.required_integer("--capacity", 1));
+  o.capacity = CapacitySpec::fixed(a.required_integer("--capacity", 1));
   o.ties = parse_ties_flag(a);
   cli::Outputs out(a);
   if (a.has("--dense")) {
@@ -467,41 +483,41 @@ void run_moe(const Args& a) {
   const auto x = cli::load_float<T>("--inputs", xp, {"batch", "group", "model"});
   cli::expect_finite(x, "--inputs", xp);
   MoEWeights<T> w;
-  w.wg = cli::load_float<T>("--wg", a.get("--wg"), {"model", "experts"});
-  w.experts.wi = cli::load_float<T>("--wi", a.get("--wi"), {"experts", "model", "hidden"});
-  w.experts.wo = cli::load_float<T>("--wo", a.get("--wo"), {"experts", "hidden", "model"});
+  w.wg = shared_view(cli::load_float<T>("--wg", a.get("--wg"), {"model", "experts"}));
+  w.experts.wi = shared_view(cli::load_float<T>("--wi", a.get("--wi"), {"experts", "model", "hidden"}));
+  w.experts.wo = shared_view(cli::load_float<T>("--wo", a.get("--wo"), {"experts", "hidden", "model"}));
   const index_t M = x.size_of("model"), E = w.wg.size_of("experts"), H = w.experts.wi.size_of("hidden");
   if (E < 1) fail("--wg ", a.get("--wg"), ": no experts (last axis is 0)");
   cli::expect_shape(w.wg, Shape{{"model", M}, {"experts", E}}, "--wg", a.get("--wg"));
   cli::expect_shape(w.experts.wi, Shape{{"experts", E}, {"model", M}, {"hidden", H}}, "--wi", a.get("--wi"));
   cli::expect_shape(w.experts.wo, Shape{{"experts", E}, {"hidden", H}, {"model", M}}, "--wo", a.get("--wo"));
   if (a.has("--bi")) {
-    w.experts.bi = cli::load_float<T>("--bi", a.get("--bi"), {"experts", "hidden"});
+    w.experts.bi = shared_view(cli::load_float<T>("--bi", a.get("--bi"), {"experts", "hidden"}));
     cli::expect_shape(*w.experts.bi, Shape{{"experts", E}, {"hidden", H}}, "--bi", a.get("--bi"));
   }
   if (a.has("--bo")) {
-    w.experts.bo = cli::load_float<T>("--bo", a.get("--bo"), {"experts", "model"});
+    w.experts.bo = shared_view(cli::load_float<T>("--bo", a.get("--bo"), {"experts", "model"}));
     cli::expect_shape(*w.experts.bo, Shape{{"experts", E}, {"model", M}}, "--bo", a.get("--bo"));
   }
   if (a.has("--wi-gate")) {
-    w.experts.wi_gate = cli::load_float<T>("--wi-gate", a.get("--wi-gate"), {"experts", "model", "hidden"});
+    w.experts.wi_gate = shared_view(cli::load_float<T>("--wi-gate", a.get("--wi-gate"), {"experts", "model", "hidden"}));
     cli::expect_shape(*w.experts.wi_gate, Shape{{"experts", E}, {"model", M}, {"hidden", H}}, "--wi-gate", a.get("--wi-gate"));
   }
   if (a.has("--shared-wi") || a.has("--shared-wo") || a.has("--shared-wi-gate") || a.has("--shared-gate")) {
     if (!a.has("--shared-wi") || !a.has("--shared-wo"))
       fail(a.has("--shared-wi") ? "--shared-wo" : "--shared-wi", ": a shared expert needs --shared-wi and --shared-wo");
     SharedExpertWeights<T> sw;
-    sw.wi = cli::load_float<T>("--shared-wi", a.get("--shared-wi"), {"model", "hidden"});
+    sw.wi = shared_view(cli::load_float<T>("--shared-wi", a.get("--shared-wi"), {"model", "hidden"}));
     const index_t Hs = sw.wi.size_of("hidden");
     cli::expect_shape(sw.wi, Shape{{"model", M}, {"hidden", Hs}}, "--shared-wi", a.get("--shared-wi"));
-    sw.wo = cli::load_float<T>("--shared-wo", a.get("--shared-wo"), {"hidden", "model"});
+    sw.wo = shared_view(cli::load_float<T>("--shared-wo", a.get("--shared-wo"), {"hidden", "model"}));
     cli::expect_shape(sw.wo, Shape{{"hidden", Hs}, {"model", M}}, "--shared-wo", a.get("--shared-wo"));
     if (a.has("--shared-wi-gate")) {
-      sw.wi_gate = cli::load_float<T>("--shared-wi-gate", a.get("--shared-wi-gate"), {"model", "hidden"});
+      sw.wi_gate = shared_view(cli::load_float<T>("--shared-wi-gate", a.get("--shared-wi-gate"), {"model", "hidden"}));
       cli::expect_shape(*sw.wi_gate, Shape{{"model", M}, {"hidden", Hs}}, "--shared-wi-gate", a.get("--shared-wi-gate"));
     }
     if (a.has("--shared-gate")) {
-      sw.gate = cli::load_float<T>("--shared-gate", a.get("--shared-gate"), {"model"});
+      sw.gate = shared_view(cli::load_float<T>("--shared-gate", a.get("--shared-gate"), {"model"}));
       cli::expect_shape(*sw.gate, Shape{{"model", M}}, "--shared-gate", a.get("--shared-gate"));
     }
     w.shared = std::move(sw);
@@ -509,12 +525,12 @@ void run_moe(const Args& a) {
   MoEOptions o;
   if (a.has("--router")) {
     router_options<T>(a, router_kind(a), E, o);
-    if (o.router == RouterKind::expert_choice && o.expert_choice.capacity.size > x.size_of("group"))
-      fail("--capacity: ", o.expert_choice.capacity.size, " exceeds the group's ", x.size_of("group"), " tokens");
+    if (expert_choice_capacity_of(o) > x.size_of("group"))
+      fail("--capacity: ", expert_choice_capacity_of(o), " exceeds the group's ", x.size_of("group"), " tokens");
   } else {
     for (const auto& f : kTopkOnly)
       if (a.has(f)) fail(f, ": belongs to --router topk (without --router, moe uses top-2 gating)");
-    o.gating = gate_options(a);
+    o.router = gate_options(a);
   }
   try {
     o.activation = parse_activation(a.get_or("--activation", "relu"));
@@ -642,9 +658,7 @@ void run_block(const Args& a) {
     local.set_shape(Shape{{"tokens", t1 - t0}, {"model", M}});
     const Tensor<float> all = gather_rows(local, x.shape());
     if (rank != 0) return;
-    Tensor<float> grouped = x.view();
-    grouped.set_shape(Shape{{"group", T}, {"model", M}});
-    Tensor<float> logits = ep->router_logits(grouped);
+    Tensor<float> logits = ep->router_logits(reshape(x, Shape{{"group", T}, {"model", M}}));
     logits.set_shape(Shape{{"tokens", T}, {"experts", ck->config().experts}});
     cli::Outputs out(a);
     out.add("outputs.npy", all);
@@ -667,9 +681,7 @@ void run_block(const Args& a) {
     fail("--model ", dir, ": ", e.what());
   }
   const auto r = l->forward(x);
-  Tensor<float> grouped = x.view();
-  grouped.set_shape(Shape{{"group", x.size_of("tokens")}, {"model", M}});
-  Tensor<float> logits = l->router_logits(grouped);
+  Tensor<float> logits = l->router_logits(reshape(x, Shape{{"group", x.size_of("tokens")}, {"model", M}}));
   logits.set_shape(Shape{{"tokens", x.size_of("tokens")}, {"experts", ck->config().experts}});
   cli::Outputs out(a);
   out.add("outputs.npy", r.outputs);
@@ -725,7 +737,7 @@ void run_mask(const std::string& kind, const Args& a) {
       const auto m = load_ids("--memory", a.get("--memory"), {"batch", "memory_length"});
       if (m.size_of("batch") != q.size_of("batch"))
         fail("--memory ", a.get("--memory"), ": batch ", m.size_of("batch"), " does not match --query's ", q.size_of("batch"));
-      vis = same_segment_mask(q, &m);
+      vis = same_segment_mask(q, m);
     } else {
       vis = same_segment_mask(q);
     }
@@ -766,7 +778,7 @@ void run_beam(const Args& a) {
     for (auto s : start)
       if (s < 0 || s >= V) fail("--start ", a.get("--start"), ": token ", s, " is not in [0, ", V, ")");
   }
-  BeamLogitsFn<F> fn = [&](index_t i, const Tensor<std::int64_t>& ids, std::vector<Tensor<F>>&) {
+  BeamLogitsFn<F> fn = [&](index_t i, const TensorView<const std::int64_t>& ids, std::vector<Tensor<F>>&) {
     Tensor<F> logits(Shape{{"batch", B}, {"beam", K}, {"vocab", V}}, uninitialized);
     for (index_t b = 0; b < B; ++b)
       for (index_t k = 0; k < K; ++k) {

@@ -1,0 +1,25 @@
+# One compile-fail test: compiles SOURCE with CXX (-fsyntax-only) and passes
+# when the compiler rejects it with a message matching the snippet's
+# "// expect-error: <regex>" line - the snippet fails for the reason it is
+# about. A snippet without that line must compile (the harness's control).
+file(STRINGS "${SOURCE}" expect REGEX "^// expect-error: ")
+string(REPLACE "// expect-error: " "" expect "${expect}")
+set(args -std=c++17 -fsyntax-only)
+string(REPLACE "|" ";" INCLUDES "${INCLUDES}")  # (directories separated by |)
+foreach(dir IN LISTS INCLUDES)
+  list(APPEND args "-I${dir}")
+endforeach()
+execute_process(COMMAND "${CMAKE_COMMAND}" -E env LC_ALL=C LANG=C "${CXX}" ${args} "${SOURCE}" RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(expect STREQUAL "")
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "${SOURCE} should compile but does not:\n${err}")
+  endif()
+  return()
+endif()
+if(rc EQUAL 0)
+  message(FATAL_ERROR "${SOURCE} compiled, but must not (expected an error matching: ${expect})")
+endif()
+if(NOT err MATCHES "${expect}")
+  message(FATAL_ERROR "${SOURCE} failed for another reason than expected (${expect}):\n${err}")
+endif()
+message(STATUS "rejected as expected: ${expect}")
