@@ -1,7 +1,7 @@
 #!/usr/bin/python3
-"""Regenerates the README's results table from one benchmark run.
+"""Regenerates docs/performance.md's results from one benchmark run.
 
-    /usr/bin/python3 benchmarks/report.py [--build build/release] [--update-readme]
+    /usr/bin/python3 benchmarks/report.py [--build build/release] [--update-docs]
 
 Runs einmoe_benchmarks on the headline cases (JSON, medians of repetitions in
 random interleaving, since this kind of machine is shared and noisy), measures
@@ -9,8 +9,8 @@ the peak memory of the sparse and dense layer on the reference configuration
 (`einmoe moe`, one process each), runs benchmarks/compare_ort.py (when node
 and onnxruntime-node are there) and benchmarks/compare_pytorch.py (when
 PyTorch is), and prints markdown: the tables, the suite's target ratios and
-the comparisons. With --update-readme it replaces the text between
-<!-- results:begin --> and <!-- results:end --> in README.md.
+the comparisons. With --update-docs it replaces the text between
+<!-- results:begin --> and <!-- results:end --> in docs/performance.md.
 """
 import argparse
 import json
@@ -65,7 +65,7 @@ def main():
     ap.add_argument("--build", default=os.path.join(ROOT, "build", "release"))
     ap.add_argument("--repetitions", type=int, default=3)
     ap.add_argument("--min-time", type=float, default=1.0, help="seconds per repetition of each benchmark")
-    ap.add_argument("--update-readme", action="store_true")
+    ap.add_argument("--update-docs", action="store_true")
     a = ap.parse_args()
     bench = os.path.join(a.build, "benchmarks", "einmoe_benchmarks")
     cli = os.path.join(a.build, "tools", "einmoe")
@@ -158,18 +158,18 @@ def main():
                                  capture_output=True, text=True)
             out.append("```\n" + (cmp.stdout + cmp.stderr).strip() + "\n```")
     out += ["", "Reproduce: `cmake --preset release && cmake --build --preset release && "
-                "/usr/bin/python3 benchmarks/report.py --update-readme`"]
+                "/usr/bin/python3 benchmarks/report.py --update-docs`"]
     text = "\n".join(out)
     print(text)
-    if a.update_readme:
-        path = os.path.join(ROOT, "README.md")
+    if a.update_docs:
+        path = os.path.join(ROOT, "docs", "performance.md")
         readme = open(path).read()
         new = re.sub(r"(<!-- results:begin -->\n).*?(<!-- results:end -->)", lambda m: m.group(1) + text + "\n" + m.group(2),
                      readme, flags=re.S)
         if new == readme and "<!-- results:begin -->" not in readme:
-            sys.exit("report.py: README.md has no <!-- results:begin --> marker")
+            sys.exit("report.py: docs/performance.md has no <!-- results:begin --> marker")
         open(path, "w").write(new)
-        print("updated README.md", file=sys.stderr)
+        print("updated docs/performance.md", file=sys.stderr)
 
 
 def dnnl_version():

@@ -18,6 +18,9 @@ are written as the numpy ops with the same semantics):
     _load_balancing_loss, _router_z_loss
   - DeepSpeed (deepspeed/moe/sharded_moe.py): topkgating with
     drop_policy="position"
+  - DeepSeek-V3's own inference code (inference/model.py): Gate.forward,
+    whose group-limited routing fills unchosen groups with -inf where
+    Hugging Face fills them with 0.0
 
 Each case directory holds its inputs, a config.txt (key value per line) and
 the expected outputs. Routers write combine [G,S,E] (the token's weight for
@@ -241,6 +244,26 @@ def hf_deepseek_v3_router(router_logits, bias, top_k, n_group, topk_group, norm_
     return topk_weights, topk_indices
 
 
+def deepseek_inference_gate(router_logits, bias, top_k, n_groups, topk_groups, route_scale):
+    """DeepSeek-V3 inference/model.py Gate.forward, score_func "sigmoid" with
+    a bias: the experts of unchosen groups are masked with -inf."""
+    scores = sigmoid(router_logits)
+    original_scores = scores
+    scores = scores + bias[None, :]
+    if n_groups > 1:
+        scores = scores.reshape(scores.shape[0], n_groups, -1)
+        group_scores = np.sum(topk(scores, 2)[0], axis=-1)
+        indices = topk(group_scores, topk_groups)[1]
+        mask = np.ones(group_scores.shape, dtype=bool)
+        np.put_along_axis(mask, indices, False, axis=1)
+        scores = np.where(mask[..., None], -np.inf, scores).reshape(scores.shape[0], -1)
+    indices = topk(scores, top_k)[1]
+    weights = np.take_along_axis(original_scores, indices, 1)
+    weights = weights / np.sum(weights, axis=-1, keepdims=True)
+    weights = weights * route_scale
+    return weights, indices
+
+
 def hf_moe_experts(x, weights, selected, experts, hidden_act):
     """The experts loop of the HF blocks: per expert, its tokens, weighted,
     index_add into the output (experts = list of (gate, up, down))."""
@@ -374,12 +397,37 @@ def block_cases(rng):
                         groups=2, topk_groups=1, scale=1.5))
 
 
+def group_fill_cases(rng):
+    """DeepSeek-V3 group-limited routing with bias-corrected scores below 0,
+    where the two fills choose differently: Hugging Face's (0.0) and
+    DeepSeek's inference code (-inf), on the same logits."""
+    for dt, tag in ((np.float64, "f64"), (np.float32, "f32")):
+        n_group, topk_group, k, scale = 4, 2, 3, 2.5
+        logits = rng.normal(size=(1, 12, 8)).astype(dt)
+        bias = (-1.0 + 0.2 * rng.normal(size=8)).astype(dt)
+        picks = {}
+        for fill, fn in (("zero", lambda: hf_deepseek_v3_router(logits[0], bias, k, n_group, topk_group, True, scale)),
+                         ("neg-inf", lambda: deepseek_inference_gate(logits[0], bias, k, n_group, topk_group, scale))):
+            w, idx = fn()
+            picks[fill] = np.sort(idx, axis=-1)
+            comb = np.zeros((12, 8), dt)
+            np.put_along_axis(comb, idx, w.astype(dt), axis=1)
+            name = "hf_deepseek_v3" if fill == "zero" else "deepseek_inference"
+            write_case(f"{name}_negative_g{n_group}_t{topk_group}_k{k}_{tag}",
+                       dict(logits=logits, bias=bias, combine=comb[None]),
+                       dict(kind="route", router="topk", k=k, score="sigmoid", normalize="topk", scale=scale,
+                            groups=n_group, topk_groups=topk_group, group_fill=fill,
+                            source="deepseek_v3" if fill == "zero" else "deepseek_v3_inference"))
+        assert np.any(picks["zero"] != picks["neg-inf"]), "the two group fills must choose differently here"
+
+
 def main():
     if os.path.isdir(OUT):
         shutil.rmtree(OUT)
     rng = np.random.default_rng(20261123)
     router_cases(rng)
     block_cases(rng)
+    group_fill_cases(rng)
     print("wrote", len(os.listdir(OUT)), "cases to", os.path.relpath(OUT))
 
 

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 
 #include "check.hpp"
@@ -440,13 +441,25 @@ TEST_CASE("einmoe --help works for every command", "[cli]") {
   CHECK(none.status == 2);
 }
 
+TEST_CASE("docs/cli.md quotes every command's --help exactly", "[cli][docs]") {
+  std::ifstream f(EINMOE_FIXTURES_DIR "/../../docs/cli.md");
+  REQUIRE(f);
+  const std::string manual((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  for (const char* cmd : {"--help", "gate --help", "route --help", "truncated-gate --help", "moe --help", "block --help", "mask --help", "beam --help"}) {
+    INFO(cmd << ": paste its output into docs/cli.md's Reference");
+    const Result r = run(cmd);
+    REQUIRE(r.status == 0);
+    CHECK(manual.find("```text\n" + r.out + "```") != std::string::npos);
+  }
+}
+
 namespace {
 template <class T>
 void check_route_cli(const fixtures::Case& c, bool dense) {
   const double tol = c.f64 ? 1e-12 : 1e-5;
   const std::string out = fresh_dir("route");
   std::string args = "route --logits " + c.path("logits") + " --router " + c.config.at("router") + " --out " + out;
-  for (const char* k : {"k", "score", "normalize", "capacity", "priority", "scale", "groups", "topk_groups"})
+  for (const char* k : {"k", "score", "normalize", "capacity", "priority", "scale", "groups", "topk_groups", "group_fill"})
     if (c.config.count(k)) {
       std::string flag = std::string(" --") + k;
       std::replace(flag.begin(), flag.end(), '_', '-');
@@ -529,7 +542,10 @@ TEST_CASE("einmoe moe --router topk with gated and shared experts reproduces the
 }
 
 TEST_CASE("einmoe route and moe --router reject bad flags with exit status 2 and no output", "[cli][routers][errors]") {
-  const auto c = fixtures::cases("route", "routers").at(1);  // deepspeed_position_k1_f64
+  const auto cs = fixtures::cases("route", "routers");
+  const auto it = std::find_if(cs.begin(), cs.end(), [](const fixtures::Case& k) { return k.name == "deepspeed_position_k1_f64"; });
+  REQUIRE(it != cs.end());
+  const fixtures::Case& c = *it;  // E = 6
   const std::string L = c.path("logits"), out = fresh_dir("route_bad");
   const std::string base = "route --logits " + L + " --out " + out;
   expect_rejected(base, "--router", out);
@@ -631,6 +647,28 @@ TEST_CASE("einmoe block runs a Hugging Face checkpoint's MoE block", "[cli][chec
                       " --expert-parallel --exchange hierarchical --ranks-per-node 0 --out " + bad,
                   "--ranks-per-node", bad);
 #endif
+}
+#endif
+
+#if defined(EINMOE_HAS_JSON)
+TEST_CASE("einmoe block --group-fill picks DeepSeek-V3's fill of unchosen groups", "[cli][checkpoints]") {
+  const fs::path root = fs::path(EINMOE_FIXTURES_DIR) / "checkpoints";
+  const std::string d = (root / "deepseek_v3_bf16_sharded").string(), x = (root / "deepseek_v3_bf16_sharded" / "x.npy").string();
+  const std::string base = "block --model " + d + " --layer 2 --inputs " + x;
+  const std::string def = fresh_dir("fill_default"), zero = fresh_dir("fill_zero"), neg = fresh_dir("fill_neg");
+  REQUIRE(run(base + " --out " + def).status == 0);
+  REQUIRE(run(base + " --group-fill zero --out " + zero).status == 0);
+  REQUIRE(run(base + " --group-fill neg-inf --out " + neg).status == 0);
+  // zero is the default (Hugging Face's); neg-inf runs the same layer with DeepSeek's fill
+  CHECK(load_npy<float>(def + "/outputs.npy", {"t", "m"}).to_vector() ==
+        load_npy<float>(zero + "/outputs.npy", {"t", "m"}).to_vector());
+  CHECK(load_npy<float>(neg + "/outputs.npy", {"t", "m"}).shape() == load_npy<float>(def + "/outputs.npy", {"t", "m"}).shape());
+  const std::string bad = fresh_dir("fill_bad");
+  expect_rejected(base + " --group-fill minus-one --out " + bad, "--group-fill", bad);
+  const std::string mixtral = (root / "mixtral_f32").string();
+  expect_rejected("block --model " + mixtral + " --layer 0 --inputs " + (root / "mixtral_f32" / "x.npy").string() +
+                      " --group-fill neg-inf --out " + bad,
+                  "--group-fill", bad);
 }
 #endif
 

@@ -1,5 +1,5 @@
 // Every documented example compiles and runs: the headers' "// Example:"
-// blocks and README.md's cpp blocks, extracted verbatim into
+// blocks and the cpp blocks of README.md and docs/*.md, extracted verbatim into
 // doc_examples.inc by tests/tools/extract_doc_examples.cpp at build time.
 //
 // Each test case declares what its example uses (the inputs a reader would
@@ -232,7 +232,7 @@ TEST_CASE("doc example: decoding/greedy.hpp", "[doc_examples]") {
 // compiles and runs them under mpirun.
 EINMOE_DOC_EXAMPLE_COVERED(parallel_exchange_1)
 EINMOE_DOC_EXAMPLE_COVERED(parallel_expert_parallel_1)
-EINMOE_DOC_EXAMPLE_COVERED(readme_5)
+EINMOE_DOC_EXAMPLE_COVERED(docs_expert_parallel_1)
 
 namespace {
 ExpertWeights<float> small_experts(index_t E, index_t M, index_t H, std::uint64_t seed) {
@@ -641,32 +641,32 @@ TEST_CASE("doc example: README, An MoE layer", "[doc_examples]") {
 }
 
 #if defined(EINMOE_HAS_JSON)
-EINMOE_DOC_EXAMPLE_COVERED(readme_4)
-TEST_CASE("doc example: README, Hugging Face checkpoints", "[doc_examples]") {
+EINMOE_DOC_EXAMPLE_COVERED(docs_checkpoints_1)
+TEST_CASE("doc example: docs/checkpoints.md", "[doc_examples]") {
   TempDir tmp;
   const std::string fixture = EINMOE_FIXTURES_DIR "/checkpoints/qwen2_moe_bf16";  // its case: layer 1
   std::filesystem::create_directory_symlink(fixture, tmp.file("Qwen1.5-MoE-A2.7B"));
   const Tensor<float> x = load_npy<float>(fixture + "/x.npy", {"tokens", "model"});
   InDirectory in(tmp.path);
-#define EINMOE_EXAMPLE_readme_4
+#define EINMOE_EXAMPLE_docs_checkpoints_1
 #include "doc_examples.inc"
   const auto want = load_npy<double>(fixture + "/outputs.npy", {"tokens", "model"});
   REQUIRE(y.outputs.shape() == x.shape());
   for (index_t i = 0; i < want.size(); ++i) CHECK(std::fabs(double(y.outputs[i]) - want[i]) < 3e-2);
 }
 #else
-EINMOE_DOC_EXAMPLE_COVERED(readme_4)
+EINMOE_DOC_EXAMPLE_COVERED(docs_checkpoints_1)
 #endif
 
-EINMOE_DOC_EXAMPLE_COVERED(readme_6)
-TEST_CASE("doc example: README, Attention masks and decoding", "[doc_examples]") {
+EINMOE_DOC_EXAMPLE_COVERED(docs_decoding_1)
+TEST_CASE("doc example: docs/decoding.md", "[doc_examples]") {
   const Tensor<float> logits = values(Shape::parse("length:8,memory_length:8"));
   const auto logits_fn = [](index_t step, const TensorView<const std::int64_t>& ids, std::vector<Tensor<float>>&) {
     return toy_model(step, ids, 7);
   };
   const Tensor<std::int64_t> initial_ids(Shape::parse("batch:1,beam:2,length:6"));
   const std::vector<Tensor<float>> kv_cache{Tensor<float>(Shape::parse("batch:1,beam:2,heads:2"))};
-#define EINMOE_EXAMPLE_readme_6
+#define EINMOE_EXAMPLE_docs_decoding_1
 #include "doc_examples.inc"
   CHECK(p.shape() == logits.shape());
   CHECK(bias.shape() == vis.shape());
@@ -674,9 +674,24 @@ TEST_CASE("doc example: README, Attention masks and decoding", "[doc_examples]")
   CHECK(g.ids.shape() == initial_ids.shape());
 }
 
-// The README's EINMOE_INSTANTIATE_GEMM block is tests/gemm_instances.cpp's
+// docs/building.md's EINMOE_INSTANTIATE_GEMM block is tests/gemm_instances.cpp's
 // code: that file includes it, and every test program links it.
-EINMOE_DOC_EXAMPLE_COVERED(readme_7)
+EINMOE_DOC_EXAMPLE_COVERED(docs_building_1)
+
+// docs/tensors.md
+EINMOE_DOC_EXAMPLE_COVERED(docs_tensors_1)
+TEST_CASE("doc example: docs/tensors.md", "[doc_examples]") {
+#define EINMOE_EXAMPLE_docs_tensors_1
+#include "doc_examples.inc"
+  CHECK(first == 1.f);
+  CHECK(v.data() == static_cast<const Tensor<float>&>(x).data());      // a view, not a copy
+  CHECK(flat.data() == v.data());
+  CHECK(flat.shape() == Shape{{"rows", 6}});
+  CHECK(y.data() != v.data());                                         // an owning copy
+  CHECK(y.to_vector() == std::vector<float>{1, 2, 3, 4, 5, 6});
+  CHECK(w.data() == buf.data());
+  CHECK(buf[0] == 1.f);
+}
 
 // Every example in doc_examples.inc is covered above (a compile error names
 // the one that is not).

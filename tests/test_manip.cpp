@@ -157,3 +157,28 @@ TEST_CASE("transpose moves no data when only size-1 dims move", "[manip]") {
   CHECK(detail::is_relabel(Shape::parse("a:0,b:3"), Shape::parse("b:3,a:0")));
   CHECK_FALSE(detail::is_relabel(Shape::parse("a:2,b:3"), Shape::parse("b:3,a:2")));
 }
+
+TEST_CASE("relabel reorders size-1 dims of a view in O(1) and refuses to move elements", "[manip]") {
+  Tensor<float> x(Shape::parse("batch:1,group:3,model:2"), {1, 2, 3, 4, 5, 6});
+  const TensorView<const float> v = x;
+  const TensorView<const float> r = relabel(v, {"group", "batch", "model"});
+  CHECK(r.shape() == Shape::parse("group:3,batch:1,model:2"));
+  CHECK(r.data() == v.data());
+  CHECK(r.at({2, 0, 1}) == 6);
+  // a mutable view stays mutable
+  TensorView<float> m = relabel(x.view(), {"group", "model", "batch"});
+  m.at({0, 1, 0}) = 9;
+  CHECK(x.at({0, 0, 1}) == 9);
+  // an empty tensor relabels in any order
+  const Tensor<float> e(Shape::parse("a:0,b:3"));
+  CHECK(relabel(e, {"b", "a"}).shape() == Shape::parse("b:3,a:0"));
+  // a tensor given up is relabelled in place
+  const float* p = static_cast<const Tensor<float>&>(x).data();
+  Tensor<float> owned = relabel(std::move(x), {"group", "batch", "model"});
+  CHECK(static_cast<const Tensor<float>&>(owned).data() == p);
+  // moving elements is transpose's job, and a non-permutation is a shape_error
+  CHECK_THROWS_AS(relabel(owned, {"model", "batch", "group"}), shape_error);
+  CHECK_THROWS_WITH(relabel(owned, {"model", "batch", "group"}), Catch::Matchers::Contains("moves elements"));
+  CHECK_THROWS_AS(relabel(owned, {"group", "batch"}), shape_error);
+  CHECK_THROWS_AS(relabel(owned, {"group", "batch", "hidden"}), shape_error);
+}

@@ -19,6 +19,7 @@ TopKOptions topk_options_of(const fixtures::Case& c, index_t E) {
   if (c.config.count("capacity")) o.capacity = CapacitySpec::fixed(c.integer("capacity"));
   if (c.config.count("scale")) o.scale = std::stod(c.config.at("scale"));
   if (c.config.count("groups")) o.expert_groups = c.integer("groups"), o.topk_expert_groups = c.integer("topk_groups");
+  if (c.config.count("group_fill")) o.group_fill = parse_group_fill(c.config.at("group_fill"));
   if (c.has("bias")) {
     const auto b = c.load<T>("bias", {"experts"});
     REQUIRE(b.size() == E);

@@ -113,7 +113,7 @@ void equal_case(const std::string& name0, const MoEWeights<T>& w, const MoEOptio
   }
 }
 
-/// The documented examples of parallel/ and the README's expert-parallel block
+/// The documented examples of parallel/ and docs/expert-parallel.md's block
 /// (extracted into doc_examples.inc; tests/test_doc_examples.cpp has the
 /// rest): they compile, run, and give the single-process layer's outputs.
 void doc_examples() {
@@ -137,10 +137,10 @@ void doc_examples() {
     check(bitwise(layer.forward(my_groups).outputs, want), "parallel/exchange.hpp example: outputs of one process");
   }
   {
-#define EINMOE_EXAMPLE_readme_5
+#define EINMOE_EXAMPLE_docs_expert_parallel_1
 #include "doc_examples.inc"
-    check(bitwise(out.outputs, want), "README expert-parallel example: outputs of one process");
-    check(bitwise(two_level.forward(my_groups).outputs, want), "README expert-parallel example: two-level exchange");
+    check(bitwise(out.outputs, want), "docs/expert-parallel.md example: outputs of one process");
+    check(bitwise(two_level.forward(my_groups).outputs, want), "docs/expert-parallel.md example: two-level exchange");
   }
 }
 

@@ -638,6 +638,22 @@ void run_block(const Args& a) {
     }
   }
   check_exchange_flags(a);
+  MoEOptions o;
+  try {
+    o = ck->moe_options(layer, p);
+  } catch (const einmoe::error& e) {
+    fail("--model ", dir, ": ", e.what());
+  }
+  if (a.has("--group-fill")) {
+    auto* t = std::get_if<TopKOptions>(&o.router);
+    if (!t || t->expert_groups <= 1)
+      fail("--group-fill: layer ", layer, " of ", dir, " has no group-limited routing (deepseek_v3 with n_group > 1)");
+    try {
+      t->group_fill = parse_group_fill(a.get("--group-fill"));
+    } catch (const einmoe::error&) {
+      fail("--group-fill: unknown group fill \"", a.get("--group-fill"), "\" (zero, neg-inf)");
+    }
+  }
   if (a.has("--expert-parallel")) {
 #if defined(EINMOE_HAS_MPI)
     // Each rank: the same checkpoint, its block of experts, its contiguous
@@ -647,7 +663,6 @@ void run_block(const Args& a) {
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     std::optional<ExpertParallelMoE<float>> ep;
-    const MoEOptions o = ck->moe_options(layer, p);
     if (ck->bf16_experts(layer)) ep.emplace(MPI_COMM_WORLD, ck->moe_weights<bfloat16>(layer), o, exchange_options(a));
     else ep.emplace(MPI_COMM_WORLD, ck->moe_weights<float>(layer), o, exchange_options(a));
     const index_t T = x.size_of("tokens"), t0 = T * rank / size, t1 = T * (rank + 1) / size;
@@ -675,8 +690,8 @@ void run_block(const Args& a) {
   }
   std::optional<MoELayer<float>> l;
   try {
-    if (ck->bf16_experts(layer)) l.emplace(ck->moe_weights<bfloat16>(layer), ck->moe_options(layer, p));
-    else l.emplace(ck->moe_weights<float>(layer), ck->moe_options(layer, p));
+    if (ck->bf16_experts(layer)) l.emplace(ck->moe_weights<bfloat16>(layer), o);
+    else l.emplace(ck->moe_weights<float>(layer), o);
   } catch (const einmoe::error& e) {
     fail("--model ", dir, ": ", e.what());
   }
@@ -938,7 +953,7 @@ int run(const std::vector<std::string>& argv) {
   } else if (cmd == "block") {
     const std::vector<Flag> flags{{"--model", true}, {"--layer", true},   {"--inputs", true},          {"--precision", true},
                                   {"--threads", true}, {"--out", true}, {"--expert-parallel", false}, {"--exchange", true},
-                                  {"--ranks-per-node", true}, {"--help", false}};
+                                  {"--ranks-per-node", true}, {"--group-fill", true}, {"--help", false}};
     if (help) {
       std::printf("usage: einmoe block --model DIR --layer N --inputs X.npy [--precision P] --out OUT\n"
                   "  --model DIR              a Hugging Face model directory: config.json and model.safetensors\n"
@@ -948,6 +963,8 @@ int run(const std::vector<std::string>& argv) {
                   "  --inputs X.npy           [T,M] tokens (float32 or float64; computed in float32)\n"
                   "  --precision P            expert weights in fp32 (default) | bf16 | int8 (bf16 checkpoints are\n"
                   "                           read at their exact values)\n"
+                  "  --group-fill F           deepseek_v3: what the experts of unchosen groups score in the top-k:\n"
+                  "                           zero (default, Hugging Face) | neg-inf (DeepSeek's inference code)\n"
                   "  --threads N              threads (default: all cores)\n"
                   "  --expert-parallel        under mpirun: each rank keeps its block of experts and its share of\n"
                   "                           the tokens; rank 0 writes the outputs\n"

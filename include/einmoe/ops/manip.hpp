@@ -146,6 +146,29 @@ Tensor<T> transpose(Tensor<T>&& x, const Shape& shape) {
   return transpose(std::move(x), Names(shape.names()));
 }
 
+/// Reorders x's dims without moving an element: [x.shape] -> [names...],
+/// O(1), a view of the same elements (as reshape). It applies when the dims
+/// longer than 1 keep their order (only size-1 dims move), e.g. [batch=1,
+/// group=8, model=4] -> [group, batch, model]. shape_error unless `names` is
+/// a permutation of x's dims, and naming the order when an element would
+/// move (then use transpose, which copies).
+template <class T>
+TensorView<T> relabel(const TensorView<T>& x, const Names& names) {
+  const Shape os = detail::permuted_shape(x.shape(), names.list, "relabel");
+  if (!detail::is_relabel(x.shape(), os))
+    detail::raise<shape_error>("relabel: ", x.shape(), " -> ", os, " moves elements (transpose copies them)");
+  return reshape(x, os);
+}
+/// The same for a tensor given up by the caller: the tensor itself, relabelled.
+template <class T>
+Tensor<T> relabel(Tensor<T>&& x, const Names& names) {
+  const Shape os = detail::permuted_shape(x.shape(), names.list, "relabel");
+  if (!detail::is_relabel(x.shape(), os))
+    detail::raise<shape_error>("relabel: ", x.shape(), " -> ", os, " moves elements (transpose copies them)");
+  x.set_shape(os);
+  return std::move(x);
+}
+
 /// Relabels x's row-major elements with a new shape of the same total size,
 /// [a=2, b=3] -> [c=6]: O(1), a view of the same elements (mutable for a
 /// mutable view, read-only for a tensor or a read-only view; x.view() gives
