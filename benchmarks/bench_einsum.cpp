@@ -65,7 +65,6 @@ void BM_EinsumExpertContraction(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * 2 * E * G * C * M * H);
 }
 
-
 }  // namespace
 
 BENCHMARK(BM_EinsumGemm)->Apply(bench::thread_args)->Unit(benchmark::kMillisecond)->UseRealTime();

@@ -35,7 +35,7 @@ namespace {
 int rank_ = 0, ranks_ = 1;
 
 const char* name(Exchange e) { return e == Exchange::rows ? "alltoallv" : to_string(e); }
-std::map<std::string, double> exchange_ms;      // per variant, last run
+std::map<std::string, double> exchange_ms;       // per variant, last run
 std::map<std::string, std::vector<int>> counts;  // per variant: rows to each rank (baseline)
 
 double max_over_ranks(double v) {
@@ -85,7 +85,8 @@ void BM_EPLayer(benchmark::State& state, bool top2cap, Exchange how) {
     layer.forward_into(out, s.x);
     state.SetIterationTime(max_over_ranks(MPI_Wtime() - t0));
     const auto& l = layer.last();
-    sum.route_ms += l.route_ms, sum.exchange_ms += l.exchange_ms, sum.experts_ms += l.experts_ms, sum.combine_ms += l.combine_ms;
+    sum.route_ms += l.route_ms, sum.exchange_ms += l.exchange_ms, sum.experts_ms += l.experts_ms,
+        sum.combine_ms += l.combine_ms;
     const double busy = l.route_ms + l.experts_ms;
     skew += max_over_ranks(busy) + max_over_ranks(-busy);
   }
@@ -114,7 +115,8 @@ void BM_BareAlltoallv(benchmark::State& state, const std::string& variant) {
   MPI_Datatype row;
   MPI_Type_contiguous(static_cast<int>(M), MPI_FLOAT, &row);
   MPI_Type_commit(&row);
-  std::vector<float> send(static_cast<std::size_t>((sd.back() + sc.back()) * M), 1.f), recv(static_cast<std::size_t>((rd.back() + rc.back()) * M));
+  std::vector<float> send(static_cast<std::size_t>((sd.back() + sc.back()) * M), 1.f),
+      recv(static_cast<std::size_t>((rd.back() + rc.back()) * M));
   for (auto _ : state) {
     MPI_Barrier(MPI_COMM_WORLD);
     const double t0 = MPI_Wtime();
@@ -160,9 +162,14 @@ int main(int argc, char** argv) {
     const char* v = top2cap ? "top2cap" : "rows";
     for (Exchange how : kinds)
       benchmark::RegisterBenchmark((std::string("BM_EPLayer/") + v + "/" + name(how)).c_str(), BM_EPLayer, top2cap, how)
-          ->Iterations(10)->UseManualTime()->Unit(benchmark::kMillisecond);
-    benchmark::RegisterBenchmark((std::string("BM_BareAlltoallv/") + v).c_str(), BM_BareAlltoallv, std::string(v) + "/alltoallv")
-        ->Iterations(20)->UseManualTime()->Unit(benchmark::kMillisecond);
+          ->Iterations(10)
+          ->UseManualTime()
+          ->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark((std::string("BM_BareAlltoallv/") + v).c_str(), BM_BareAlltoallv,
+                                 std::string(v) + "/alltoallv")
+        ->Iterations(20)
+        ->UseManualTime()
+        ->Unit(benchmark::kMillisecond);
   }
   Ratios ratios;
   Quiet quiet;

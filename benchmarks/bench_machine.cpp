@@ -118,8 +118,8 @@ void BM_PeakFMA(benchmark::State& state) {
   }
   benchmark::DoNotOptimize(sink);
   const double flop = 2.0 * f.lanes * kChains * static_cast<double>(iters) * threads;
-  state.counters["GFLOP/s"] = benchmark::Counter(flop * static_cast<double>(state.iterations()) / 1e9,
-                                                 benchmark::Counter::kIsRate);
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(flop * static_cast<double>(state.iterations()) / 1e9, benchmark::Counter::kIsRate);
   state.SetLabel(f.name);
 }
 
@@ -160,8 +160,9 @@ void BM_StreamRead(benchmark::State& state) {
     for (std::int64_t c = 0; c < chunks; ++c) sink += sum(p + static_cast<std::size_t>(c) * per, per);
   }
   benchmark::DoNotOptimize(sink);
-  state.counters["GB/s"] = benchmark::Counter(static_cast<double>(n * sizeof(float)) * static_cast<double>(state.iterations()) / 1e9,
-                                              benchmark::Counter::kIsRate);
+  state.counters["GB/s"] =
+      benchmark::Counter(static_cast<double>(n * sizeof(float)) * static_cast<double>(state.iterations()) / 1e9,
+                         benchmark::Counter::kIsRate);
 }
 
 }  // namespace

@@ -66,28 +66,33 @@ class RatioReporter : public Base {
       }
       for (int p = 0; p < 3; ++p)
         for (const char* tokens : {"8", "1"}) {
-            const std::string n = "BM_MoEDecode/" + std::to_string(p) + "/" + tokens + "/" + t;
+          const std::string n = "BM_MoEDecode/" + std::to_string(p) + "/" + tokens + "/" + t;
           const double bw = counter("BM_StreamRead/" + t, "GB/s") * 1e9;
           const double ideal = bw > 0 ? counter(n, "weight_bytes") / bw : NAN;
-          ratio(time(n), ideal,
-                (std::string("decode ") + tokens + " tokens " + names[p] + ": time / (weight bytes / bandwidth)").c_str(),
-                "<=", 1.25, std::string(tokens) == "8");
+          ratio(
+              time(n), ideal,
+              (std::string("decode ") + tokens + " tokens " + names[p] + ": time / (weight bytes / bandwidth)").c_str(),
+              "<=", 1.25, std::string(tokens) == "8");
         }
-      ratio(time("BM_EigenGemm/" + t), time("BM_EinsumGemm/" + t), "einsum GEMM throughput / Eigen GEMM", ">=", 0.85, true);
+      ratio(time("BM_EigenGemm/" + t), time("BM_EinsumGemm/" + t), "einsum GEMM throughput / Eigen GEMM", ">=", 0.85,
+            true);
       ratio(time("BM_RoutingScaling/sparse/8192/" + t), time("BM_RoutingScaling/sparse/256/" + t),
             "routing per token, sparse, S=8192 / S=256", "<=", 1.5, true);
       ratio(time("BM_MoELayerDense/" + t), time("BM_MoELayer/0/" + t), "dense oracle time / fp32 layer", "", 0, false);
     }
     if (!all.empty() && all != "1") {
       std::fprintf(out_, "-- scaling\n");
-      ratio(time("BM_MoELayer/0/1"), time("BM_MoELayer/0/" + all), ("fp32 layer " + all + " threads / 1 thread speed-up").c_str(),
-            ">=", 1.8, true);
+      ratio(time("BM_MoELayer/0/1"), time("BM_MoELayer/0/" + all),
+            ("fp32 layer " + all + " threads / 1 thread speed-up").c_str(), ">=", 1.8, true);
     }
     std::fprintf(out_, "-- accuracy (reference layer, vs fp32)\n");
-    ratio(counter("BM_PrecisionError/1/iterations:1", "rel_error"), 1.0, "bf16 max |delta| / max |y|", "<=", 1e-2, true);
-    ratio(counter("BM_PrecisionError/2/iterations:1", "rel_error"), 1.0, "int8 max |delta| / max |y|", "<=", 3e-2, true);
-    ratio(counter("BM_PrecisionError/1/iterations:1", "same_routing") * counter("BM_PrecisionError/2/iterations:1", "same_routing"), 1.0,
-          "routing identical across precisions (1 = yes)", ">=", 1.0, true);
+    ratio(counter("BM_PrecisionError/1/iterations:1", "rel_error"), 1.0, "bf16 max |delta| / max |y|", "<=", 1e-2,
+          true);
+    ratio(counter("BM_PrecisionError/2/iterations:1", "rel_error"), 1.0, "int8 max |delta| / max |y|", "<=", 3e-2,
+          true);
+    ratio(counter("BM_PrecisionError/1/iterations:1", "same_routing") *
+              counter("BM_PrecisionError/2/iterations:1", "same_routing"),
+          1.0, "routing identical across precisions (1 = yes)", ">=", 1.0, true);
     std::fprintf(out_, "%s\n", missed_ ? "Some targets were NOT met." : (checked_ ? "All targets met." : ""));
   }
 

@@ -54,8 +54,8 @@ void BM_MoELayer(benchmark::State& state) {
   const double tokens = double(R.r.G * R.r.S);
   state.counters["tokens/s"] = benchmark::Counter(tokens * double(state.iterations()), benchmark::Counter::kIsRate);
   // useful FLOPs: the expert GEMMs over the filled rows
-  state.counters["GFLOP/s"] = benchmark::Counter(4.0 * double(rows) * double(R.r.M * R.r.H) * double(state.iterations()) / 1e9,
-                                                 benchmark::Counter::kIsRate);
+  state.counters["GFLOP/s"] = benchmark::Counter(
+      4.0 * double(rows) * double(R.r.M * R.r.H) * double(state.iterations()) / 1e9, benchmark::Counter::kIsRate);
   state.counters["filled_rows"] = double(rows);
   state.SetLabel(kPrecision[precision]);
 }
@@ -74,8 +74,8 @@ void BM_MoELayerPortable(benchmark::State& state) {
   const auto native = R.at(precision).forward(R.L.x);
   state.counters["max_rel_diff"] =
       bench_portable::max_rel_difference(precision, native.outputs.data(), static_cast<long>(native.outputs.size()));
-  state.counters["GFLOP/s"] = benchmark::Counter(4.0 * double(rows) * double(R.r.M * R.r.H) * double(state.iterations()) / 1e9,
-                                                 benchmark::Counter::kIsRate);
+  state.counters["GFLOP/s"] = benchmark::Counter(
+      4.0 * double(rows) * double(R.r.M * R.r.H) * double(state.iterations()) / 1e9, benchmark::Counter::kIsRate);
   state.SetLabel(std::string(kPrecision[precision]) + ", compiled for " + bench_portable::compiled_isa());
 }
 
@@ -100,8 +100,8 @@ void BM_ExpertStage(benchmark::State& state) {
   }
   index_t rows = 0;
   for (index_t n : routing.stats.tokens_per_expert) rows += n;
-  state.counters["GFLOP/s"] = benchmark::Counter(4.0 * double(rows) * double(R.r.M * R.r.H) * double(state.iterations()) / 1e9,
-                                                 benchmark::Counter::kIsRate);
+  state.counters["GFLOP/s"] = benchmark::Counter(
+      4.0 * double(rows) * double(R.r.M * R.r.H) * double(state.iterations()) / 1e9, benchmark::Counter::kIsRate);
   state.SetLabel(kPrecision[precision]);
 }
 

@@ -20,7 +20,9 @@ using namespace einmoe;
 namespace {
 
 [[noreturn]] void usage(const char* why) {
-  std::fprintf(stderr, "hf_moe_block: %s\nusage: hf_moe_block MODEL_DIR [--layer N] [--tokens T] [--precision fp32|bf16|int8]\n", why);
+  std::fprintf(
+      stderr, "hf_moe_block: %s\nusage: hf_moe_block MODEL_DIR [--layer N] [--tokens T] [--precision fp32|bf16|int8]\n",
+      why);
   std::exit(2);
 }
 

@@ -12,20 +12,24 @@ int main() {
   cfg.start_tokens = {5, 23};  // one start token per batch row
   tiny::MoEDecoder<double> model(cfg);
   const index_t B = 2, K = 3, L = 12;
-  std::printf("tiny MoE decoder: %lld layers, model %lld, %lld heads, %lld experts (top-2), vocab %lld; EOS = 1; start tokens 5, 23\n",
-              static_cast<long long>(cfg.layers), static_cast<long long>(cfg.model), static_cast<long long>(cfg.heads),
-              static_cast<long long>(cfg.experts), static_cast<long long>(cfg.vocab));
+  std::printf(
+      "tiny MoE decoder: %lld layers, model %lld, %lld heads, %lld experts (top-2), vocab %lld; EOS = 1; start tokens "
+      "5, 23\n",
+      static_cast<long long>(cfg.layers), static_cast<long long>(cfg.model), static_cast<long long>(cfg.heads),
+      static_cast<long long>(cfg.experts), static_cast<long long>(cfg.vocab));
 
   // Beam search: the logits function runs one cached step for all [batch, beam] rows.
-  BeamLogitsFn<double> beam_fn = [&](index_t step, const TensorView<const std::int64_t>& ids, std::vector<Tensor<double>>& kv) {
-    return model.step_logits(step, ids, kv);
-  };
+  BeamLogitsFn<double> beam_fn = [&](index_t step, const TensorView<const std::int64_t>& ids,
+                                     std::vector<Tensor<double>>& kv) { return model.step_logits(step, ids, kv); };
   Tensor<std::int64_t> init(Shape{{"batch", B}, {"beam", K}, {"length", L}});
-  const auto r = beam_search<double>(beam_fn, init, 0.6, BeamSearchOptions{}, model.empty_cache(Shape{{"batch", B}, {"beam", K}}));
-  std::printf("\nbeam search (beam %lld, alpha 0.6): %lld steps\n", static_cast<long long>(K), static_cast<long long>(r.steps));
+  const auto r =
+      beam_search<double>(beam_fn, init, 0.6, BeamSearchOptions{}, model.empty_cache(Shape{{"batch", B}, {"beam", K}}));
+  std::printf("\nbeam search (beam %lld, alpha 0.6): %lld steps\n", static_cast<long long>(K),
+              static_cast<long long>(r.steps));
   for (index_t b = 0; b < B; ++b)
     for (index_t k = 0; k < K; ++k) {
-      std::printf("  row %lld beam %lld  score %8.4f  ids", static_cast<long long>(b), static_cast<long long>(k), r.scores[b * K + k]);
+      std::printf("  row %lld beam %lld  score %8.4f  ids", static_cast<long long>(b), static_cast<long long>(k),
+                  r.scores[b * K + k]);
       for (index_t p = 0; p < L; ++p) std::printf(" %2lld", static_cast<long long>(r.ids[(b * K + k) * L + p]));
       std::printf("\n");
     }
@@ -40,9 +44,8 @@ int main() {
   model.reset_load();
 
   // Greedy decoding, argmax and sampled.
-  GreedyLogitsFn<double> greedy_fn = [&](index_t step, const TensorView<const std::int64_t>& ids, std::vector<Tensor<double>>& kv) {
-    return model.step_logits(step, ids, kv);
-  };
+  GreedyLogitsFn<double> greedy_fn = [&](index_t step, const TensorView<const std::int64_t>& ids,
+                                         std::vector<Tensor<double>>& kv) { return model.step_logits(step, ids, kv); };
   Tensor<std::int64_t> g0(Shape{{"batch", B}, {"length", L}});
   for (double temperature : {0.0, 1.0}) {
     GreedyOptions o;

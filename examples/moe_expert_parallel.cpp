@@ -81,20 +81,23 @@ int main(int argc, char** argv) {
     for (int r = 0; r < ranks; ++r) {
       MPI_Barrier(MPI_COMM_WORLD);
       if (r != rank) continue;
-      std::printf("rank %d: experts [%lld, %lld), %lld tokens; rows sent %lld, received %lld; %.2f MB each way (%s);"
-                  " %.2f ms = routing %.2f + exchange %.2f + experts %.2f + combine %.2f\n",
-                  rank, static_cast<long long>(layer.first_expert()), static_cast<long long>(layer.first_expert() + layer.local_experts()),
-                  static_cast<long long>(Gr * S), static_cast<long long>(st.rows_sent), static_cast<long long>(st.rows_received),
-                  double(st.bytes_sent + st.bytes_received) / 2e6, to_string(ep.exchange), total, st.route_ms, st.exchange_ms, st.experts_ms,
-                  st.combine_ms);
+      std::printf(
+          "rank %d: experts [%lld, %lld), %lld tokens; rows sent %lld, received %lld; %.2f MB each way (%s);"
+          " %.2f ms = routing %.2f + exchange %.2f + experts %.2f + combine %.2f\n",
+          rank, static_cast<long long>(layer.first_expert()),
+          static_cast<long long>(layer.first_expert() + layer.local_experts()), static_cast<long long>(Gr * S),
+          static_cast<long long>(st.rows_sent), static_cast<long long>(st.rows_received),
+          double(st.bytes_sent + st.bytes_received) / 2e6, to_string(ep.exchange), total, st.route_ms, st.exchange_ms,
+          st.experts_ms, st.combine_ms);
       std::fflush(stdout);
     }
     // Rank 0 checks its outputs against the single-process layer on all groups.
     if (rank == 0) {
       const auto ref = MoELayer<float>(w, o).forward(all);
       const Tensor<float> want = slice(ref.outputs, "batch", 0, Gr);
-      const bool same = std::memcmp(want.data(), out.outputs.data(), static_cast<std::size_t>(want.size()) * sizeof(float)) == 0 &&
-                        ref.aux_loss == out.aux_loss && ref.stats.tokens_per_expert == out.stats.tokens_per_expert;
+      const bool same =
+          std::memcmp(want.data(), out.outputs.data(), static_cast<std::size_t>(want.size()) * sizeof(float)) == 0 &&
+          ref.aux_loss == out.aux_loss && ref.stats.tokens_per_expert == out.stats.tokens_per_expert;
       std::printf("aux_loss %.6f, z_loss %.4f; rank 0's outputs and the losses %s the single-process layer's\n",
                   double(out.aux_loss), double(out.z_loss), same ? "are bitwise" : "DIFFER from");
       status = same ? 0 : 1;

@@ -57,8 +57,9 @@ double time_ms(F&& f, int reps) {
 int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i)
     if (std::strcmp(argv[i], "--help") == 0) {
-      std::puts("usage: moe_forward [--tokens-per-row 512] [--rows 8] [--model 512] [--hidden 2048] [--experts 16]\n"
-                "                   [--capacity-factor 1.25] [--threads N]");
+      std::puts(
+          "usage: moe_forward [--tokens-per-row 512] [--rows 8] [--model 512] [--hidden 2048] [--experts 16]\n"
+          "                   [--capacity-factor 1.25] [--threads N]");
       return 0;
     }
   const index_t B = flag(argc, argv, "--rows", 8), L = flag(argc, argv, "--tokens-per-row", 512);
@@ -88,10 +89,11 @@ int main(int argc, char** argv) {
   opt.router = gating;
   MoELayer<float> layer(w, opt);
 
-  std::printf("einmoe %s: MoE layer, %lld x %lld tokens, model %lld, hidden %lld, %lld experts, top-2, capacity %lld "
-              "(factor %.2f), %d thread(s)\n",
-              einmoe::version, static_cast<long long>(B), static_cast<long long>(L), static_cast<long long>(M),
-              static_cast<long long>(H), static_cast<long long>(E), static_cast<long long>(C), cf, num_threads());
+  std::printf(
+      "einmoe %s: MoE layer, %lld x %lld tokens, model %lld, hidden %lld, %lld experts, top-2, capacity %lld "
+      "(factor %.2f), %d thread(s)\n",
+      einmoe::version, static_cast<long long>(B), static_cast<long long>(L), static_cast<long long>(M),
+      static_cast<long long>(H), static_cast<long long>(E), static_cast<long long>(C), cf, num_threads());
 
   MoEResult<float> out;
   // forward_into reuses the output and the layer's workspace: the steady state of a model.

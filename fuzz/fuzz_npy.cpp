@@ -15,12 +15,12 @@ void try_read(const std::string& bytes, bool sized) {
     for (std::size_t i = 0; i < rank; ++i) names.push_back("d" + std::to_string(i));
     std::istringstream in(bytes);
     try {
-      const auto t = sized ? einmoe::read_npy<T>(in, names, "fuzz", bytes.size()) : einmoe::read_npy<T>(in, names, "fuzz");
+      const auto t =
+          sized ? einmoe::read_npy<T>(in, names, "fuzz", bytes.size()) : einmoe::read_npy<T>(in, names, "fuzz");
       if (t.rank() != static_cast<einmoe::index_t>(rank)) __builtin_trap();
       std::ostringstream out;  // what was read writes back
       einmoe::write_npy(out, t);
-    } catch (const einmoe::error&) {
-    }
+    } catch (const einmoe::error&) {}
   }
 }
 }  // namespace

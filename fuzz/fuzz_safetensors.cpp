@@ -38,10 +38,8 @@ extern "C" int LLVMFuzzerTestOneInput(const unsigned char* data, std::size_t siz
         const auto t = file.tensor<float>(name, dims);
         volatile float sink = 0;
         for (einmoe::index_t i = 0; i < t.size(); ++i) sink = sink + t[i];
-      } catch (const einmoe::error&) {
-      }
+      } catch (const einmoe::error&) {}
     }
-  } catch (const einmoe::error&) {
-  }
+  } catch (const einmoe::error&) {}
   return 0;
 }

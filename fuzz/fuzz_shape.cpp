@@ -13,7 +13,6 @@ extern "C" int LLVMFuzzerTestOneInput(const unsigned char* data, std::size_t siz
     for (const auto& d : s) again += (again.empty() ? "" : ",") + d.name + ":" + std::to_string(d.size);
     if (einmoe::Shape::parse(again) != s) __builtin_trap();
     (void)s.num_elements();
-  } catch (const einmoe::error&) {
-  }
+  } catch (const einmoe::error&) {}
   return 0;
 }

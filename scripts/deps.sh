@@ -2,7 +2,7 @@
 # Installs the Debian/Ubuntu packages einmoe needs that are missing (uses sudo
 # when not root). Nothing else is downloaded, ever.
 set -euo pipefail
-pkgs=(g++ make cmake libeigen3-dev libxtensor-dev catch2 libbenchmark-dev libdnnl-dev nlohmann-json3-dev libopenmpi-dev openmpi-bin clang)
+pkgs=(g++ make cmake libeigen3-dev libxtensor-dev catch2 libbenchmark-dev libdnnl-dev nlohmann-json3-dev libopenmpi-dev openmpi-bin clang libclang-rt-14-dev clang-format)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -59,8 +59,9 @@ inline std::mt19937_64& rng() {
 
 /// A random shape of rank in [min_rank, max_rank] over names drawn from
 /// `pool` (in random order), sizes in [0, max_size] (0 and 1 common).
-inline Shape random_shape(int min_rank, int max_rank, const std::vector<std::string>& pool = {"a", "b", "c", "d", "e", "f"},
-                          index_t max_size = 4, bool allow_zero = true) {
+inline Shape random_shape(int min_rank, int max_rank,
+                          const std::vector<std::string>& pool = {"a", "b", "c", "d", "e", "f"}, index_t max_size = 4,
+                          bool allow_zero = true) {
   auto& g = rng();
   std::uniform_int_distribution<int> rk(min_rank, max_rank);
   std::vector<std::string> names = pool;
@@ -81,7 +82,8 @@ inline Shape random_shape_with_sizes(const std::map<std::string, index_t>& sizes
   std::uniform_int_distribution<int> rk(min_rank, std::min<int>(max_rank, static_cast<int>(names.size())));
   const int r = rk(g);
   std::vector<Dim> dims;
-  for (int i = 0; i < r; ++i) dims.emplace_back(names[static_cast<std::size_t>(i)], sizes.at(names[static_cast<std::size_t>(i)]));
+  for (int i = 0; i < r; ++i)
+    dims.emplace_back(names[static_cast<std::size_t>(i)], sizes.at(names[static_cast<std::size_t>(i)]));
   return Shape(dims);
 }
 
@@ -126,7 +128,9 @@ Tensor<T> einsum(const std::vector<const einmoe::TensorView<const T>*>& xs, cons
 /// Reference mixture of experts, t2t style: SparseDispatcher dispatch, each
 /// expert relu(x . wi[e]) . wo[e] written with einsum on its rows, combine.
 /// gates [batch, experts]; x [batch, model]; wi [experts, model, hidden].
-inline Tensor<double> dispatcher_ffn(const einmoe::TensorView<const double>& gates, const einmoe::TensorView<const double>& x, const einmoe::ExpertWeights<double>& w) {
+inline Tensor<double> dispatcher_ffn(const einmoe::TensorView<const double>& gates,
+                                     const einmoe::TensorView<const double>& x,
+                                     const einmoe::ExpertWeights<double>& w) {
   einmoe::SparseDispatcher<double> d(gates);
   const auto parts = d.dispatch(x);
   const index_t E = w.wi.size_of("experts");
@@ -151,7 +155,8 @@ bool close(T a, T b, double rtol, double atol = 1e-12) {
 
 /// Same shape and all elements close.
 template <class T>
-bool all_close(const einmoe::TensorView<const T>& a, const einmoe::TensorView<const T>& b, double rtol, double atol = 1e-12) {
+bool all_close(const einmoe::TensorView<const T>& a, const einmoe::TensorView<const T>& b, double rtol,
+               double atol = 1e-12) {
   if (a.shape() != b.shape()) return false;
   for (index_t i = 0; i < a.size(); ++i)
     if (!close(a[i], b[i], rtol, atol)) return false;

@@ -21,7 +21,8 @@ BeamLogitsFn<double> table_fn(const std::vector<std::vector<std::vector<double>>
 
 TEST_CASE("beam search reproduces tensor2tensor's published example", "[beam]") {
   // beam 2, vocab 3, alpha 0: finished [2,1] with p .4 and [2,0,1] with p .288
-  const auto fn = table_fn({{{.1, .1, .8}, {.1, .1, .8}}, {{.4, .5, .1}, {.2, .4, .4}}, {{.05, .9, .05}, {.4, .4, .2}}});
+  const auto fn =
+      table_fn({{{.1, .1, .8}, {.1, .1, .8}}, {{.4, .5, .1}, {.2, .4, .4}}, {{.05, .9, .05}, {.4, .4, .2}}});
   Tensor<std::int64_t> init(Shape::parse("batch:1,beam:2,length:5"));
   const auto r = beam_search<double>(fn, init, 0.0);
   CHECK(r.ids.to_vector() == std::vector<std::int64_t>{2, 1, 0, 0, 0, /**/ 2, 0, 1, 0, 0});
@@ -79,7 +80,8 @@ TEST_CASE("beam search reorders caller states with the surviving beams", "[beam]
     Tensor<double> l(Shape{{"batch", B}, {"beam", K}, {"vocab", V}});
     for (index_t row = 0; row < B * K; ++row)
       for (index_t v = 0; v < V; ++v)  // logits that depend on the prefix, so beams reshuffle
-        l[row * V + v] = std::sin(prefix_hash(ids, row, i) * 0.37 + static_cast<double>(v) * 1.3 + static_cast<double>(i));
+        l[row * V + v] =
+            std::sin(prefix_hash(ids, row, i) * 0.37 + static_cast<double>(v) * 1.3 + static_cast<double>(i));
     return l;
   };
   BeamSearchOptions o;
@@ -89,8 +91,8 @@ TEST_CASE("beam search reorders caller states with the surviving beams", "[beam]
                                      {Tensor<double>(Shape{{"batch", B}, {"beam", K}, {"one", 1}})});
   CHECK(r.steps == L);
   CHECK(checked == (L - 1) * B * K);
-  CHECK_THROWS_NAMING(beam_search<double>(fn, Tensor<std::int64_t>(Shape{{"batch", B}, {"beam", K}, {"length", L}}), 0.6, o,
-                                          {Tensor<double>(Shape{{"beam", K}, {"batch", B}})}),
+  CHECK_THROWS_NAMING(beam_search<double>(fn, Tensor<std::int64_t>(Shape{{"batch", B}, {"beam", K}, {"length", L}}),
+                                          0.6, o, {Tensor<double>(Shape{{"beam", K}, {"batch", B}})}),
                       shape_error, "state");
 }
 
@@ -111,7 +113,7 @@ TEST_CASE("is_finished follows Mesh TF's rule", "[beam]") {
   Tensor<double> a2(bk, {-2.0, -9.0, -2.0, -9.0});
   Tensor<double> f2(bk, {-1.5, -9.0, -1.5, -9.0});
   Tensor<bool> fl2(bk, {true, false, true, false});
-  CHECK(is_finished<double>(0, 10, a2, f2, fl2, 1.0));    // -2 / 2.5 = -0.8 > -1.5: not met
+  CHECK(is_finished<double>(0, 10, a2, f2, fl2, 1.0));        // -2 / 2.5 = -0.8 > -1.5: not met
   CHECK_FALSE(is_finished<double>(0, 10, a2, f2, fl2, 0.0));  // -2 < -1.5: met
   CHECK_THROWS_AS(is_finished<double>(0, 10, a2, Tensor<double>(Shape::parse("batch:2")), fl2, 0.0), shape_error);
 }
@@ -121,8 +123,9 @@ TEST_CASE("beam search errors", "[beam][errors]") {
   CHECK_THROWS_NAMING(beam_search<double>(fn, Tensor<std::int64_t>(Shape::parse("batch:1,length:3")), 0.0), shape_error,
                       "[batch, beam, length]");
   const auto bad_vocab = table_fn({{{1.0}, {1.0}}});
-  CHECK_THROWS_NAMING(beam_search<double>(bad_vocab, Tensor<std::int64_t>(Shape::parse("batch:1,beam:2,length:3")), 0.0),
-                      shape_error, "vocab");
+  CHECK_THROWS_NAMING(
+      beam_search<double>(bad_vocab, Tensor<std::int64_t>(Shape::parse("batch:1,beam:2,length:3")), 0.0), shape_error,
+      "vocab");
   CHECK_THROWS_AS(beam_search<double>(fn, Tensor<std::int64_t>(Shape::parse("batch:1,beam:2,length:3")),
                                       std::numeric_limits<double>::infinity()),
                   value_error);
@@ -137,43 +140,6 @@ TEST_CASE("beam search errors", "[beam][errors]") {
   CHECK_THROWS_NAMING(beam_search<float>(fn32, init, 1000.f), value_error, "length penalty");
   CHECK_NOTHROW(beam_search<double>(fn, init, 1000.0));
   CHECK_NOTHROW(beam_search<double>(fn, init, 100.0));
-}
-
-TEST_CASE("greedy decoding: argmax, forced ids, EOS stop, sampling", "[greedy]") {
-  // a bigram table over vocab 4: next = argmax row[prev]
-  const double T[4][4] = {{0, 0, 5, 1}, {0, 9, 0, 0}, {0, 1, 0, 3}, {0, 4, 0, 0}};
-  GreedyLogitsFn<double> fn = [&](index_t step, const TensorView<const std::int64_t>& ids, std::vector<Tensor<double>>&) {
-    const index_t R = ids.shape()[0].size, L = ids.shape()[1].size;
-    Tensor<double> l(Shape{{"batch", R}, {"vocab", 4}});
-    for (index_t r = 0; r < R; ++r) {
-      const std::int64_t prev = step == 0 ? 0 : ids[r * L + step - 1];
-      for (index_t v = 0; v < 4; ++v) l[r * 4 + v] = T[prev][v];
-    }
-    return l;
-  };
-  Tensor<std::int64_t> init(Shape::parse("batch:2,length:6"));
-  // 0 -> 2 -> 3 -> 1 (EOS): both rows stop after 3 steps
-  auto r = greedy_decode<double>(fn, init);
-  CHECK(r.ids.to_vector() == std::vector<std::int64_t>{2, 3, 1, 0, 0, 0, 2, 3, 1, 0, 0, 0});
-  CHECK(r.steps == 3);
-  // forced ids override nonzero positions; row 1 forced to 3 at step 0 -> 1 -> stays EOS
-  Tensor<std::int64_t> forced(Shape::parse("batch:2,length:6"), {0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0});
-  r = greedy_decode<double>(fn, init, GreedyOptions{}, forced);
-  CHECK(r.ids.to_vector() == std::vector<std::int64_t>{2, 3, 1, 0, 0, 0, 3, 1, 1, 0, 0, 0});
-  // no EOS reachable: runs to the length
-  GreedyOptions o;
-  o.eos_id = 7;
-  CHECK(greedy_decode<double>(fn, init, o).steps == 6);
-  // sampling is seeded and reproducible; a huge temperature makes it differ from argmax
-  o.temperature = 50.0;
-  o.seed = 4;
-  const auto s1 = greedy_decode<double>(fn, init, o), s2 = greedy_decode<double>(fn, init, o);
-  CHECK(s1.ids.to_vector() == s2.ids.to_vector());
-  CHECK(s1.ids.to_vector() != greedy_decode<double>(fn, init, GreedyOptions{}).ids.to_vector());
-  o.temperature = -1;
-  CHECK_THROWS_AS(greedy_decode<double>(fn, init, o), value_error);
-  Tensor<std::int64_t> short_forced(Shape::parse("batch:2,length:5"));
-  CHECK_THROWS_NAMING(greedy_decode<double>(fn, init, GreedyOptions{}, short_forced), shape_error, "forced");
 }
 
 TEST_CASE("beam search matches the numpy transcription of Mesh TF on bigram models", "[beam][fixtures]") {

@@ -6,8 +6,8 @@ using namespace einmoe;
 TEST_CASE("capacity rules of Mesh TF, lingvo, DeepSpeed/Tutel and moe_v0", "[capacity]") {
   // Mesh TF: max(min(S, int(S*cf/E)), 4)
   CHECK(mtf_capacity(1024, 16, 1.25) == 80);
-  CHECK(mtf_capacity(16, 16, 1.0) == 4);          // floor of the minimum
-  CHECK(mtf_capacity(2, 1, 4.0) == 4);            // min(S=2, 8)=2, then max(., 4)
+  CHECK(mtf_capacity(16, 16, 1.0) == 4);  // floor of the minimum
+  CHECK(mtf_capacity(2, 1, 4.0) == 4);    // min(S=2, 8)=2, then max(., 4)
   CHECK(mtf_capacity(100, 8, 1.0, 1) == 12);
   // lingvo: int(S*cf/E) rounded up to a multiple of 4, unless the given capacity is larger
   CHECK(lingvo_capacity(1024, 16, 1.25) == 80);
@@ -53,4 +53,17 @@ TEST_CASE("split_into_groups follows Mesh TF", "[capacity]") {
   CHECK(s.num_groups == 7);
   CHECK_THROWS_NAMING(split_into_groups(10, 4, 3), value_error, "mesh_dim_size");
   CHECK_THROWS_AS(split_into_groups(0, 4), value_error);
+}
+
+TEST_CASE("capacity from a factor follows each system's rule", "[routers][capacity]") {
+  CHECK(flaxformer_capacity(1024, 16, 1.25) == 80);
+  CHECK(flaxformer_capacity(20, 8, 1.0) == 4);     // round(2.5) = 2 (half to even), then min 4
+  CHECK(flaxformer_capacity(28, 8, 1.0, 1) == 4);  // round(3.5) = 4
+  CHECK(flaxformer_capacity(20, 8, 1.0, 1) == 2);
+  CHECK(capacity_from_factor(CapacityRule::mtf, 1024, 16, 2, 1.25) == mtf_capacity(1024, 16, 1.25));
+  CHECK(capacity_from_factor(CapacityRule::lingvo, 1000, 16, 2, 1.0) == 64);  // int(62.5) -> 64
+  CHECK(capacity_from_factor(CapacityRule::deepspeed, 1024, 16, 2, 1.25) == 160);
+  CHECK(capacity_from_factor(CapacityRule::deepspeed, 10, 16, 1, 1.0, 4) == 4);
+  CHECK(capacity_from_factor(CapacityRule::flaxformer, 1024, 16, 2, 1.25) == 80);
+  CHECK_THROWS_AS(capacity_from_factor(CapacityRule::flaxformer, 1024, 16, 2, -1.0), value_error);
 }

@@ -95,7 +95,8 @@ TEST_CASE("HF checkpoints: tiny Mixtral, Qwen2/3-MoE, OLMoE, DeepSeek-V3 (F32, B
       CHECK(e2 <= (p == Precision::bf16 ? 2e-2 : 6e-2) * std::max(1.0, ymax));
     }
     // Dense and missing layers are errors naming the layer.
-    if (c.at("dense") != "-1") CHECK_THROWS_NAMING(load_moe_layer(ck, std::stoll(c.at("dense"))), value_error, "dense layer");
+    if (c.at("dense") != "-1")
+      CHECK_THROWS_NAMING(load_moe_layer(ck, std::stoll(c.at("dense"))), value_error, "dense layer");
     CHECK_THROWS_NAMING(load_moe_layer(ck, std::stoll(c.at("layers"))), value_error, "does not exist");
     CHECK_THROWS_NAMING(load_moe_layer(ck, -1), value_error, "does not exist");
   }
@@ -104,7 +105,8 @@ TEST_CASE("HF checkpoints: tiny Mixtral, Qwen2/3-MoE, OLMoE, DeepSeek-V3 (F32, B
 TEST_CASE("safetensors: malformed files are rejected naming the file and the problem", "[checkpoints][errors]") {
   TempDir t;
   const std::string p = t.file("m.safetensors");
-  auto rejects = [&](const std::string& header, const std::string& data, const std::string& what, std::uint64_t n = ~0ull) {
+  auto rejects = [&](const std::string& header, const std::string& data, const std::string& what,
+                     std::uint64_t n = ~0ull) {
     write_st(p, header, data, n);
     INFO(header);
     CHECK_THROWS_NAMING(SafetensorsFile(p), io_error, what);
@@ -127,36 +129,40 @@ TEST_CASE("safetensors: malformed files are rejected naming the file and the pro
   try {
     SafetensorsFile f(p);
   } catch (const io_error& e) {
-    for (const char c : std::string(e.what())) CHECK((static_cast<unsigned char>(c) >= 0x20 && static_cast<unsigned char>(c) < 0x7f));
+    for (const char c : std::string(e.what()))
+      CHECK((static_cast<unsigned char>(c) >= 0x20 && static_cast<unsigned char>(c) < 0x7f));
   }
   rejects(R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", two, "non-negative");
   rejects(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}})", two, "backwards");
   rejects(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,16]}})", two, "past the file");
   rejects(R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", two, "needs 3 x 4");
-  rejects(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", two,
-          "overlaps");
+  rejects(
+      R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+      two, "overlaps");
   rejects(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", two, "hole");
   rejects(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", two, "after the last tensor");
   rejects(R"({"__metadata__":{"x":1},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", two, "__metadata__");
-  rejects(R"({"a":{"dtype":"F32","shape":[4611686018427387904,4611686018427387904],"data_offsets":[0,8]}})", two, "\"a\"");
+  rejects(R"({"a":{"dtype":"F32","shape":[4611686018427387904,4611686018427387904],"data_offsets":[0,8]}})", two,
+          "\"a\"");
   CHECK_THROWS_NAMING(SafetensorsFile(t.file("absent.safetensors")), io_error, "absent.safetensors");
   CHECK_THROWS_NAMING(SafetensorsFile(t.path), io_error, "not a regular file");
 
   // A valid file: F32 in place, F16 and BF16 converted, I64 refused,
   // misaligned F32 copied, names and ranks checked.
-  std::string data = floats({1.5f, -2.f});                 // a: F32 [2] at 0
-  const std::uint16_t h[2] = {0x3c00, 0xc100};             // b: F16 [2] = 1, -2.5 at 8
+  std::string data = floats({1.5f, -2.f});      // a: F32 [2] at 0
+  const std::uint16_t h[2] = {0x3c00, 0xc100};  // b: F16 [2] = 1, -2.5 at 8
   data.append(reinterpret_cast<const char*>(h), 4);
-  const std::uint16_t bf[2] = {0x3fc0, 0x4000};            // c: BF16 [2] = 1.5, 2 at 12
+  const std::uint16_t bf[2] = {0x3fc0, 0x4000};  // c: BF16 [2] = 1.5, 2 at 12
   data.append(reinterpret_cast<const char*>(bf), 4);
-  data.append(8, '\0');                                    // d: I64 [1] at 16
-  data.append(floats({7.f}).substr(0, 4));                 // e: F32 [1] at 24
+  data.append(8, '\0');                     // d: I64 [1] at 16
+  data.append(floats({7.f}).substr(0, 4));  // e: F32 [1] at 24
   const std::string header =
       R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F16","shape":[2],"data_offsets":[8,12]},)"
       R"("c":{"dtype":"BF16","shape":[1,2],"data_offsets":[12,16]},"d":{"dtype":"I64","shape":[1],"data_offsets":[16,24]},)"
       R"("e":{"dtype":"F32","shape":[1],"data_offsets":[24,28]},"__metadata__":{"format":"pt"}})";
   // header padded so the data starts 8-aligned, then once more 2 bytes off
-  for (const std::string& pad : {std::string((8 - header.size() % 8) % 8, ' '), std::string((8 - header.size() % 8) % 8 + 2, ' ')}) {
+  for (const std::string& pad :
+       {std::string((8 - header.size() % 8) % 8, ' '), std::string((8 - header.size() % 8) % 8 + 2, ' ')}) {
     write_st(p, header + pad, data);
     const SafetensorsFile f(p);
     const bool aligned = (8 + header.size() + pad.size()) % 4 == 0;
@@ -200,6 +206,8 @@ TEST_CASE("HF checkpoints: bad configs, indexes and shapes are named", "[checkpo
     std::ofstream(d / "config.json") << j.dump();
   };
   CHECK_THROWS_NAMING(HfCheckpoint(t.path), io_error, "config.json");
+  CHECK_THROWS_NAMING(HfCheckpoint(t.path), not_found_error, "config.json");  // a missing file
+  CHECK_THROWS_AS(SafetensorsFile(t.path + "/none.safetensors"), not_found_error);
   {
     const auto d = fresh("type");
     edit_config(d, [](nlohmann::json& j) { j["model_type"] = "llama"; });
@@ -248,8 +256,9 @@ TEST_CASE("HF checkpoints: bad configs, indexes and shapes are named", "[checkpo
     const auto d = fresh("moved");
     nlohmann::json j = detail::read_json((d / "model.safetensors.index.json").string());
     const std::string name = "model.layers.0.mlp.gate.weight";
-    const std::string other = j["weight_map"][name] == "model-00001-of-00002.safetensors" ? "model-00002-of-00002.safetensors"
-                                                                                           : "model-00001-of-00002.safetensors";
+    const std::string other = j["weight_map"][name] == "model-00001-of-00002.safetensors"
+                                  ? "model-00002-of-00002.safetensors"
+                                  : "model-00001-of-00002.safetensors";
     j["weight_map"][name] = other;
     std::ofstream(d / "model.safetensors.index.json") << j.dump();
     const HfCheckpoint ck(d.string());
@@ -271,7 +280,8 @@ TEST_CASE("HF checkpoints: bad configs, indexes and shapes are named", "[checkpo
   }
 }
 
-TEST_CASE("HF configs: each model_type's keys and defaults are the transformers configuration class's", "[checkpoints]") {
+TEST_CASE("HF configs: each model_type's keys and defaults are the transformers configuration class's",
+          "[checkpoints]") {
   auto parse = [](const char* text) { return parse_hf_moe_config(nlohmann::json::parse(text), "config.json"); };
   // OlmoeConfig sizes its experts by intermediate_size; it has no
   // moe_intermediate_size (a real OLMoE config.json, trimmed).
@@ -308,5 +318,6 @@ TEST_CASE("HF configs: each model_type's keys and defaults are the transformers 
   CHECK(ds.normalize == TopKNormalize::topk);
   // a size the config does not give is an error naming the key (never a default)
   CHECK_THROWS_NAMING(parse(R"({"model_type": "olmoe", "hidden_size": 8, "num_hidden_layers": 1, "num_experts": 4,
-      "num_experts_per_tok": 2, "moe_intermediate_size": 6})"), not_found_error, "\"intermediate_size\" is missing");
+      "num_experts_per_tok": 2, "moe_intermediate_size": 6})"),
+                      not_found_error, "\"intermediate_size\" is missing");
 }

@@ -1,6 +1,6 @@
 // End-to-end tests of the einmoe command on small files.
-#include <sys/wait.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -89,13 +89,17 @@ TEST_CASE("einmoe gate reproduces the numpy reference, fast and dense", "[cli]")
       const std::vector<std::string> gsec{"g", "s", "e", "c"};
       const double tol = c.f64 ? 1e-12 : 1e-5;
       if (c.f64) {
-        CHECK(naive::all_close(load_npy<double>(out + "/combine.npy", gsec), c.load<double>("expected_combine", gsec), tol, tol));
-        CHECK(load_npy<double>(out + "/dispatch.npy", gsec).to_vector() == c.load<double>("expected_dispatch", gsec).to_vector());
-        CHECK(naive::close(load_npy<double>(out + "/aux_loss.npy", {}).item(), c.load<double>("expected_aux_loss", {}).item(), tol, tol));
+        CHECK(naive::all_close(load_npy<double>(out + "/combine.npy", gsec), c.load<double>("expected_combine", gsec),
+                               tol, tol));
+        CHECK(load_npy<double>(out + "/dispatch.npy", gsec).to_vector() ==
+              c.load<double>("expected_dispatch", gsec).to_vector());
+        CHECK(naive::close(load_npy<double>(out + "/aux_loss.npy", {}).item(),
+                           c.load<double>("expected_aux_loss", {}).item(), tol, tol));
       } else {
         // outputs keep the input's type
         CHECK(read_npy_info(out + "/combine.npy").dtype == DType::float32);
-        CHECK(naive::all_close(load_npy<float>(out + "/combine.npy", gsec), c.load<float>("expected_combine", gsec), tol, tol));
+        CHECK(naive::all_close(load_npy<float>(out + "/combine.npy", gsec), c.load<float>("expected_combine", gsec),
+                               tol, tol));
       }
     }
   }
@@ -143,9 +147,11 @@ TEST_CASE("einmoe gate and truncated-gate --ties", "[cli][ties]") {
     const std::string out = fresh_dir("ties");
     const bool gate = c.config.at("variant") == "gate";
     const std::string args = gate ? "gate --logits " + c.path("logits") : "truncated-gate --gates " + c.path("gates");
-    REQUIRE(run(args + " --capacity " + c.config.at("capacity") + " --ties " + c.config.at("ties") + " --out " + out).status == 0);
+    REQUIRE(run(args + " --capacity " + c.config.at("capacity") + " --ties " + c.config.at("ties") + " --out " + out)
+                .status == 0);
     const std::vector<std::string> gsec{"g", "s", "e", "c"};
-    CHECK(naive::all_close(load_npy<double>(out + "/combine.npy", gsec), c.load<double>("expected_combine", gsec), 1e-12, 1e-12));
+    CHECK(naive::all_close(load_npy<double>(out + "/combine.npy", gsec), c.load<double>("expected_combine", gsec),
+                           1e-12, 1e-12));
   }
   const auto c = fixtures::cases("ties").front();
   const std::string out = fresh_dir("ties_bad");
@@ -159,8 +165,9 @@ TEST_CASE("einmoe gate writes the sparse plan and stats.json", "[cli][plan]") {
     INFO(c.name);
     const std::string out = fresh_dir("plan");
     REQUIRE(run("gate --logits " + c.path("logits") + " --capacity " + c.config.at("capacity") +
-                " --policy threshold --threshold " + c.config.at("threshold") + " --normalize " + c.config.at("normalize") +
-                " --ties highest --out " + out).status == 0);
+                " --policy threshold --threshold " + c.config.at("threshold") + " --normalize " +
+                c.config.at("normalize") + " --ties highest --out " + out)
+                .status == 0);
     const std::vector<std::string> gsk{"g", "s", "k"}, gsec{"g", "s", "e", "c"};
     const auto expert = load_npy<std::int64_t>(out + "/expert.npy", gsk);
     const auto slot = load_npy<std::int64_t>(out + "/slot.npy", gsk);
@@ -202,16 +209,17 @@ TEST_CASE("einmoe gate --mtf-v1 reproduces the numpy transcription", "[cli][mtf_
     for (const char* mode : {"", " --dense"}) {
       const std::string out = fresh_dir("mtfv1");
       std::string args = "gate --mtf-v1 --logits " + c.path("logits") + " --capacity " + c.config.at("capacity") +
-                         " --policy " + c.config.at("policy") + " --threshold " + c.config.at("threshold") + " --ties " +
-                         c.config.at("ties") + " --out " + out + mode;
+                         " --policy " + c.config.at("policy") + " --threshold " + c.config.at("threshold") +
+                         " --ties " + c.config.at("ties") + " --out " + out + mode;
       if (c.integer("second_place_loss")) args += " --second-place-loss";
       if (c.has("max_experts")) args += " --max-experts " + c.path("max_experts");
       if (c.has("uniform")) args += " --uniform " + c.path("uniform");
       REQUIRE(run(args).status == 0);
       const std::vector<std::string> gsec{"g", "s", "e", "c"};
-      CHECK(naive::all_close(load_npy<double>(out + "/combine.npy", gsec), c.load<double>("expected_combine", gsec), 1e-12, 1e-12));
-      CHECK(naive::close(load_npy<double>(out + "/aux_loss.npy", {}).item(), c.load<double>("expected_aux_loss", {}).item(),
-                         1e-12, 1e-12));
+      CHECK(naive::all_close(load_npy<double>(out + "/combine.npy", gsec), c.load<double>("expected_combine", gsec),
+                             1e-12, 1e-12));
+      CHECK(naive::close(load_npy<double>(out + "/aux_loss.npy", {}).item(),
+                         c.load<double>("expected_aux_loss", {}).item(), 1e-12, 1e-12));
     }
   }
   const auto c = fixtures::cases("mtf_v1").front();
@@ -219,7 +227,8 @@ TEST_CASE("einmoe gate --mtf-v1 reproduces the numpy transcription", "[cli][mtf_
   expect_rejected("gate --mtf-v1 --logits " + L + " --capacity 2 --policy sampling --out " + out, "sampling", out);
   expect_rejected("gate --mtf-v1 --logits " + L + " --capacity 2 --normalize after --out " + out, "--normalize", out);
   expect_rejected("gate --logits " + L + " --capacity 2 --max-experts " + L + " --out " + out, "--max-experts", out);
-  expect_rejected("gate --mtf-v1 --logits " + L + " --capacity 2 --max-experts " + L + " --out " + out, "--max-experts", out);
+  expect_rejected("gate --mtf-v1 --logits " + L + " --capacity 2 --max-experts " + L + " --out " + out, "--max-experts",
+                  out);
 }
 
 TEST_CASE("einmoe gate --capacity-factor sizes the capacity by Mesh TF's rule", "[cli][capacity]") {
@@ -230,11 +239,16 @@ TEST_CASE("einmoe gate --capacity-factor sizes the capacity by Mesh TF's rule", 
   REQUIRE(run("gate --logits " + c.path("logits") + " --capacity " + want + " --out " + b).status == 0);
   const std::vector<std::string> gsec{"g", "s", "e", "c"};
   const bool f64 = c.f64;
-  if (f64) CHECK(load_npy<double>(a + "/combine.npy", gsec).to_vector() == load_npy<double>(b + "/combine.npy", gsec).to_vector());
-  else CHECK(load_npy<float>(a + "/combine.npy", gsec).to_vector() == load_npy<float>(b + "/combine.npy", gsec).to_vector());
+  if (f64)
+    CHECK(load_npy<double>(a + "/combine.npy", gsec).to_vector() ==
+          load_npy<double>(b + "/combine.npy", gsec).to_vector());
+  else
+    CHECK(load_npy<float>(a + "/combine.npy", gsec).to_vector() ==
+          load_npy<float>(b + "/combine.npy", gsec).to_vector());
   const std::string out = fresh_dir("cf_bad");
   expect_rejected("gate --logits " + c.path("logits") + " --out " + out, "--capacity", out);
-  expect_rejected("gate --logits " + c.path("logits") + " --capacity 2 --capacity-factor 1 --out " + out, "--capacity-factor", out);
+  expect_rejected("gate --logits " + c.path("logits") + " --capacity 2 --capacity-factor 1 --out " + out,
+                  "--capacity-factor", out);
   expect_rejected("gate --logits " + c.path("logits") + " --capacity-factor 0 --out " + out, "--capacity-factor", out);
 }
 
@@ -242,15 +256,18 @@ TEST_CASE("einmoe truncated-gate and moe reproduce the numpy reference", "[cli]"
   for (const auto& c : fixtures::cases("truncated")) {
     if (!c.f64) continue;
     const std::string out = fresh_dir("trunc");
-    REQUIRE(run("truncated-gate --gates " + c.path("gates") + " --capacity " + c.config.at("capacity") + " --out " + out).status == 0);
+    REQUIRE(
+        run("truncated-gate --gates " + c.path("gates") + " --capacity " + c.config.at("capacity") + " --out " + out)
+            .status == 0);
     const std::vector<std::string> gsec{"g", "s", "e", "c"};
-    CHECK(naive::all_close(load_npy<double>(out + "/combine.npy", gsec), c.load<double>("expected_combine", gsec), 1e-12));
+    CHECK(naive::all_close(load_npy<double>(out + "/combine.npy", gsec), c.load<double>("expected_combine", gsec),
+                           1e-12));
   }
   for (const auto& c : fixtures::cases("moe")) {
     INFO(c.name);
     const std::string out = fresh_dir("moe");
-    std::string args = "moe --inputs " + c.path("inputs") + " --wg " + c.path("wg") + " --wi " + c.path("wi") + " --wo " +
-                       c.path("wo") + " --capacity " + c.config.at("capacity") + " --activation " +
+    std::string args = "moe --inputs " + c.path("inputs") + " --wg " + c.path("wg") + " --wi " + c.path("wi") +
+                       " --wo " + c.path("wo") + " --capacity " + c.config.at("capacity") + " --activation " +
                        c.config.at("activation") + " --threads 1";
     if (c.has("bi")) args += " --bi " + c.path("bi") + " --bo " + c.path("bo");
     REQUIRE(run(args + " --out " + out).status == 0);
@@ -298,7 +315,8 @@ TEST_CASE("einmoe rejects bad input with exit status 2, one line, and no output"
   std::ofstream(scratch("garbage.npy")) << "not an npy file";
 
   expect_rejected("gate --logits no_such_file.npy --capacity 2 --out " + out, "no_such_file.npy", out);
-  expect_rejected("gate --logits " + scratch("garbage.npy") + " --capacity 2 --out " + out, scratch("garbage.npy"), out);
+  expect_rejected("gate --logits " + scratch("garbage.npy") + " --capacity 2 --out " + out, scratch("garbage.npy"),
+                  out);
   expect_rejected("gate --logits " + scratch("int.npy") + " --capacity 2 --out " + out, "int64", out);
   expect_rejected("gate --logits " + scratch("rank2.npy") + " --capacity 2 --out " + out, "rank", out);
   expect_rejected("gate --logits " + scratch("nan.npy") + " --capacity 2 --out " + out, "--logits", out);
@@ -310,7 +328,8 @@ TEST_CASE("einmoe rejects bad input with exit status 2, one line, and no output"
   expect_rejected("gate --logits " + L + " --capacity 2 --policy best --out " + out, "--policy", out);
   expect_rejected("gate --logits " + L + " --capacity 2 --normalize never --out " + out, "--normalize", out);
   expect_rejected("gate --logits " + L + " --capacity 2 --threshold nan --out " + out, "--threshold", out);
-  expect_rejected("gate --logits " + L + " --capacity 2 --importance " + scratch("imp_bad.npy") + " --out " + out, "--importance", out);
+  expect_rejected("gate --logits " + L + " --capacity 2 --importance " + scratch("imp_bad.npy") + " --out " + out,
+                  "--importance", out);
   expect_rejected("gate --logits " + L + " --capacity 2 --bogus --out " + out, "--bogus", out);
   expect_rejected("gate --logits " + L + " --capacity 2 --capacity 3 --out " + out, "--capacity", out);
   expect_rejected("gate --logits " + L + " --capacity 2 --threads 0 --out " + out, "--threads", out);
@@ -321,14 +340,16 @@ TEST_CASE("einmoe rejects bad input with exit status 2, one line, and no output"
     expect_rejected("gate --logits " + L + " --capacity 2 --threads " + t + " --out " + out, "--threads", out);
   expect_rejected("gate --logits " + L + " --capacity", "--capacity", out);
   expect_rejected("frobnicate --out " + out, "frobnicate", out);
-  expect_rejected("moe --inputs " + L + " --wg " + scratch("rank2.npy") + " --wi " + L + " --wo " + L + " --capacity 2 --out " + out,
+  expect_rejected("moe --inputs " + L + " --wg " + scratch("rank2.npy") + " --wi " + L + " --wo " + L +
+                      " --capacity 2 --out " + out,
                   "--wg", out);
   expect_rejected("moe --inputs " + L + " --wg " + scratch("rank2.npy") + " --wi " + L + " --wo " + L +
-                      " --capacity 2 --activation tanh --out " + out, "--wg", out);
+                      " --capacity 2 --activation tanh --out " + out,
+                  "--wg", out);
   {
     const auto mc = fixtures::cases("moe").front();
-    const std::string margs = "moe --inputs " + mc.path("inputs") + " --wg " + mc.path("wg") + " --wi " + mc.path("wi") +
-                              " --wo " + mc.path("wo") + " --capacity 2";
+    const std::string margs = "moe --inputs " + mc.path("inputs") + " --wg " + mc.path("wg") + " --wi " +
+                              mc.path("wi") + " --wo " + mc.path("wo") + " --capacity 2";
     expect_rejected(margs + " --precision fp16 --out " + out, "--precision", out);
     expect_rejected(margs + " --precision bf16 --dense --out " + out, "--precision", out);
   }
@@ -372,7 +393,8 @@ TEST_CASE("einmoe mask writes Mesh TF's biases", "[cli][masks]") {
   expect_rejected("mask causal --length 4294967296 --out " + none, "length", none);
   expect_rejected("mask local-block --block 4611686018427387904 --out " + none, "block_length", none);
   save_npy(scratch("mem3.npy"), Tensor<std::int64_t>(Shape::parse("batch:3,memory_length:2")));
-  expect_rejected("mask segment --query " + seg + " --memory " + scratch("mem3.npy") + " --out " + none, "--memory", none);
+  expect_rejected("mask segment --query " + seg + " --memory " + scratch("mem3.npy") + " --out " + none, "--memory",
+                  none);
 }
 
 TEST_CASE("einmoe beam reproduces the numpy transcription of Mesh TF", "[cli][beam]") {
@@ -387,9 +409,10 @@ TEST_CASE("einmoe beam reproduces the numpy transcription of Mesh TF", "[cli][be
     const Result r = run(args);
     REQUIRE(r.status == 0);
     const std::vector<std::string> bkl{"b", "k", "l"};
-    CHECK(load_npy<std::int64_t>(out + "/ids.npy", bkl).to_vector() == c.load<std::int64_t>("expected_ids", bkl).to_vector());
-    CHECK(naive::all_close(load_npy<double>(out + "/scores.npy", {"b", "k"}), c.load<double>("expected_scores", {"b", "k"}),
-                           1e-12, 1e-12));
+    CHECK(load_npy<std::int64_t>(out + "/ids.npy", bkl).to_vector() ==
+          c.load<std::int64_t>("expected_ids", bkl).to_vector());
+    CHECK(naive::all_close(load_npy<double>(out + "/scores.npy", {"b", "k"}),
+                           c.load<double>("expected_scores", {"b", "k"}), 1e-12, 1e-12));
     CHECK(load_npy<std::int64_t>(out + "/steps.npy", {}).item() == c.load<std::int64_t>("expected_steps", {}).item());
   }
   const auto c = fixtures::cases("beam", "decoding").front();
@@ -407,11 +430,14 @@ TEST_CASE("einmoe beam reproduces the numpy transcription of Mesh TF", "[cli][be
   Tensor<double> nan_t(Shape::parse("a:2,b:2"));
   nan_t[1] = std::numeric_limits<double>::quiet_NaN();
   save_npy(scratch("nan_t.npy"), nan_t);
-  expect_rejected("beam --transitions " + scratch("nan_t.npy") + " --batch 1 --beam 1 --length 2 --alpha 0 --out " + out,
-                  "--transitions", out);
+  expect_rejected(
+      "beam --transitions " + scratch("nan_t.npy") + " --batch 1 --beam 1 --length 2 --alpha 0 --out " + out,
+      "--transitions", out);
   // An alpha whose length penalty overflows would give NaN scores.
-  expect_rejected("beam --transitions " + T + " --batch 2 --beam 2 --length 4 --alpha 1e99 --out " + out, "--alpha", out);
-  expect_rejected("beam --transitions " + T + " --batch 2 --beam 2 --length 4 --alpha -1e99 --out " + out, "--alpha", out);
+  expect_rejected("beam --transitions " + T + " --batch 2 --beam 2 --length 4 --alpha 1e99 --out " + out, "--alpha",
+                  out);
+  expect_rejected("beam --transitions " + T + " --batch 2 --beam 2 --length 4 --alpha -1e99 --out " + out, "--alpha",
+                  out);
 }
 
 TEST_CASE("einmoe beam keeps float32 transitions in float32", "[cli][beam]") {
@@ -431,7 +457,8 @@ TEST_CASE("einmoe beam keeps float32 transitions in float32", "[cli][beam]") {
 }
 
 TEST_CASE("einmoe --help works for every command", "[cli]") {
-  for (const char* cmd : {"--help", "gate --help", "route --help", "truncated-gate --help", "moe --help", "block --help", "mask --help", "beam --help"}) {
+  for (const char* cmd : {"--help", "gate --help", "route --help", "truncated-gate --help", "moe --help",
+                          "block --help", "mask --help", "beam --help"}) {
     INFO(cmd);
     const Result r = run(cmd);
     CHECK(r.status == 0);
@@ -445,7 +472,8 @@ TEST_CASE("docs/cli.md quotes every command's --help exactly", "[cli][docs]") {
   std::ifstream f(EINMOE_FIXTURES_DIR "/../../docs/cli.md");
   REQUIRE(f);
   const std::string manual((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  for (const char* cmd : {"--help", "gate --help", "route --help", "truncated-gate --help", "moe --help", "block --help", "mask --help", "beam --help"}) {
+  for (const char* cmd : {"--help", "gate --help", "route --help", "truncated-gate --help", "moe --help",
+                          "block --help", "mask --help", "beam --help"}) {
     INFO(cmd << ": paste its output into docs/cli.md's Reference");
     const Result r = run(cmd);
     REQUIRE(r.status == 0);
@@ -459,7 +487,8 @@ void check_route_cli(const fixtures::Case& c, bool dense) {
   const double tol = c.f64 ? 1e-12 : 1e-5;
   const std::string out = fresh_dir("route");
   std::string args = "route --logits " + c.path("logits") + " --router " + c.config.at("router") + " --out " + out;
-  for (const char* k : {"k", "score", "normalize", "capacity", "priority", "scale", "groups", "topk_groups", "group_fill"})
+  for (const char* k :
+       {"k", "score", "normalize", "capacity", "priority", "scale", "groups", "topk_groups", "group_fill"})
     if (c.config.count(k)) {
       std::string flag = std::string(" --") + k;
       std::replace(flag.begin(), flag.end(), '_', '-');
@@ -476,7 +505,8 @@ void check_route_cli(const fixtures::Case& c, bool dense) {
   if (c.has("slot")) CHECK(slot.to_vector() == load_npy<std::int64_t>(c.path("slot"), gse).to_vector());
   for (const char* loss : {"aux_loss", "z_loss"})
     if (c.has(loss))
-      CHECK(naive::close(load_npy<double>(out + "/" + loss + ".npy", {}).item(), load_npy<double>(c.path(loss), {}).item(), tol, tol));
+      CHECK(naive::close(load_npy<double>(out + "/" + loss + ".npy", {}).item(),
+                         load_npy<double>(c.path(loss), {}).item(), tol, tol));
   CHECK(load_npy<double>(out + "/aux_loss.npy", {}).rank() == 0);
 }
 }  // namespace
@@ -508,7 +538,8 @@ TEST_CASE("einmoe moe --router topk with gated and shared experts reproduces the
     x3.set_shape(Shape{{"g", 1}, {"s", T}, {"m", M}});
     const auto gate = c.load<double>("gate", {"e", "m"});
     const index_t E = gate.size_of("e");
-    std::string args = "moe --inputs " + save("x3", x3, x3.shape()) + " --wg " + save("wg", gate, Shape{{"m", M}, {"e", E}});
+    std::string args =
+        "moe --inputs " + save("x3", x3, x3.shape()) + " --wg " + save("wg", gate, Shape{{"m", M}, {"e", E}});
     const auto w3 = c.load<double>("w3", {"e", "h", "m"});
     const index_t H = w3.size_of("h");
     const Shape emh{{"e", E}, {"m", M}, {"h", H}};
@@ -516,7 +547,8 @@ TEST_CASE("einmoe moe --router topk with gated and shared experts reproduces the
     args += " --wo " + save("wo", c.load<double>("w2", {"e", "m", "h"}), Shape{{"e", E}, {"h", H}, {"m", M}});
     const auto su = c.load<double>("shared_up_proj", {"h", "m"});
     const Shape mh{{"m", M}, su.dim("h")};
-    args += " --shared-wi " + save("swi", su, mh) + " --shared-wi-gate " + save("swig", c.load<double>("shared_gate_proj", {"h", "m"}), mh);
+    args += " --shared-wi " + save("swi", su, mh) + " --shared-wi-gate " +
+            save("swig", c.load<double>("shared_gate_proj", {"h", "m"}), mh);
     args += " --shared-wo " + save("swo", c.load<double>("shared_down_proj", {"m", "h"}), Shape{su.dim("h"), {"m", M}});
     if (c.has("shared_expert_gate")) {
       Tensor<double> g = c.load<double>("shared_expert_gate", {"one", "m"});
@@ -526,7 +558,8 @@ TEST_CASE("einmoe moe --router topk with gated and shared experts reproduces the
     if (c.has("bias")) args += " --bias " + c.path("bias");
     args += " --router topk --k " + c.config.at("k") + " --score " + c.config.at("score") + " --normalize " +
             c.config.at("normalize") + " --activation " + c.config.at("act");
-    if (c.config.count("groups")) args += " --groups " + c.config.at("groups") + " --topk-groups " + c.config.at("topk_groups");
+    if (c.config.count("groups"))
+      args += " --groups " + c.config.at("groups") + " --topk-groups " + c.config.at("topk_groups");
     if (c.config.count("scale")) args += " --scale " + c.config.at("scale");
     for (const char* mode : {"", " --dense"}) {
       const std::string out = fresh_dir("moe_router");
@@ -543,7 +576,8 @@ TEST_CASE("einmoe moe --router topk with gated and shared experts reproduces the
 
 TEST_CASE("einmoe route and moe --router reject bad flags with exit status 2 and no output", "[cli][routers][errors]") {
   const auto cs = fixtures::cases("route", "routers");
-  const auto it = std::find_if(cs.begin(), cs.end(), [](const fixtures::Case& k) { return k.name == "deepspeed_position_k1_f64"; });
+  const auto it =
+      std::find_if(cs.begin(), cs.end(), [](const fixtures::Case& k) { return k.name == "deepspeed_position_k1_f64"; });
   REQUIRE(it != cs.end());
   const fixtures::Case& c = *it;  // E = 6
   const std::string L = c.path("logits"), out = fresh_dir("route_bad");
@@ -579,7 +613,8 @@ TEST_CASE("einmoe route and moe --router reject bad flags with exit status 2 and
   CHECK(run("route --logits " + nan + " --router topk --k 1 --out " + out).status == 0);
   fs::remove_all(out);
   // moe: router flags need --router; shared weights come in pairs
-  const std::string x = scratch("x_moe.npy"), wg = scratch("wg_moe.npy"), wi = scratch("wi_moe.npy"), wo = scratch("wo_moe.npy");
+  const std::string x = scratch("x_moe.npy"), wg = scratch("wg_moe.npy"), wi = scratch("wi_moe.npy"),
+                    wo = scratch("wo_moe.npy");
   save_npy(x, Tensor<float>(Shape{{"g", 1}, {"s", 4}, {"m", 3}}, 0.5f));
   save_npy(wg, Tensor<float>(Shape{{"m", 3}, {"e", 2}}, 0.1f));
   save_npy(wi, Tensor<float>(Shape{{"e", 2}, {"m", 3}, {"h", 5}}, 0.1f));
@@ -605,14 +640,15 @@ TEST_CASE("einmoe block runs a Hugging Face checkpoint's MoE block", "[cli][chec
     while (f >> k >> v) c[k] = v;
     INFO(d.filename().string());
     const std::string out = fresh_dir("block");
-    const Result r = run("block --model " + d.string() + " --layer " + c.at("layer") + " --inputs " + (d / "x.npy").string() +
-                         " --out " + out);
+    const Result r = run("block --model " + d.string() + " --layer " + c.at("layer") + " --inputs " +
+                         (d / "x.npy").string() + " --out " + out);
     INFO(r.err);
     REQUIRE(r.status == 0);
     CHECK(r.out.find("tokens per expert") != std::string::npos);
     const auto y = load_npy<float>(out + "/outputs.npy", {"t", "m"});
     const auto want = load_npy<double>((d / "outputs.npy").string(), {"t", "m"});
-    for (index_t i = 0; i < want.size(); ++i) CHECK(std::fabs(double(y[i]) - want[i]) <= 1e-5 * std::max(1.0, std::fabs(want[i])));
+    for (index_t i = 0; i < want.size(); ++i)
+      CHECK(std::fabs(double(y[i]) - want[i]) <= 1e-5 * std::max(1.0, std::fabs(want[i])));
     const auto l = load_npy<float>(out + "/router_logits.npy", {"t", "e"});
     const auto wl = load_npy<double>((d / "router_logits.npy").string(), {"t", "e"});
     REQUIRE(l.size() == wl.size());
@@ -620,10 +656,12 @@ TEST_CASE("einmoe block runs a Hugging Face checkpoint's MoE block", "[cli][chec
     // --precision bf16 runs and differs from fp32 only a little
     const std::string out2 = fresh_dir("block_bf16");
     CHECK(run("block --model " + d.string() + " --layer " + c.at("layer") + " --inputs " + (d / "x.npy").string() +
-              " --precision bf16 --out " + out2).status == 0);
+              " --precision bf16 --out " + out2)
+              .status == 0);
     const std::string x = (d / "x.npy").string(), base = "block --model " + d.string() + " --inputs " + x;
     const std::string bad = fresh_dir("block_bad");
-    if (c.at("dense") != "-1") expect_rejected(base + " --layer " + c.at("dense") + " --out " + bad, "dense layer", bad);
+    if (c.at("dense") != "-1")
+      expect_rejected(base + " --layer " + c.at("dense") + " --out " + bad, "dense layer", bad);
     expect_rejected(base + " --layer " + c.at("layers") + " --out " + bad, "--layer", bad);
     expect_rejected(base + " --out " + bad, "--layer", bad);
     expect_rejected(base + " --layer " + c.at("layer") + " --precision fp8 --out " + bad, "--precision", bad);
@@ -635,14 +673,18 @@ TEST_CASE("einmoe block runs a Hugging Face checkpoint's MoE block", "[cli][chec
   save_npy(wide, Tensor<float>(Shape{{"t", 2}, {"m", 3}}, 1.f));
   const fs::path d = root / "mixtral_f32";
   expect_rejected("block --model " + d.string() + " --layer 0 --inputs " + wide + " --out " + bad, "hidden_size", bad);
-  expect_rejected("block --model " + scratch("nomodel") + " --layer 0 --inputs " + wide + " --out " + bad, "--model", bad);
+  expect_rejected("block --model " + scratch("nomodel") + " --layer 0 --inputs " + wide + " --out " + bad, "--model",
+                  bad);
   const std::string x1 = (root / "qwen2_moe_bf16" / "x.npy").string(), q = (root / "qwen2_moe_bf16").string();
-  expect_rejected("block --model " + q + " --layer 1 --inputs " + x1 + " --exchange padded --out " + bad, "--exchange", bad);
+  expect_rejected("block --model " + q + " --layer 1 --inputs " + x1 + " --exchange padded --out " + bad, "--exchange",
+                  bad);
 #if defined(EINMOE_HAS_MPI)
-  expect_rejected("block --model " + q + " --layer 1 --inputs " + x1 + " --expert-parallel --exchange ring --out " + bad,
-                  "--exchange", bad);
-  expect_rejected("block --model " + q + " --layer 1 --inputs " + x1 + " --expert-parallel --ranks-per-node 2 --out " + bad,
-                  "--ranks-per-node", bad);
+  expect_rejected(
+      "block --model " + q + " --layer 1 --inputs " + x1 + " --expert-parallel --exchange ring --out " + bad,
+      "--exchange", bad);
+  expect_rejected(
+      "block --model " + q + " --layer 1 --inputs " + x1 + " --expert-parallel --ranks-per-node 2 --out " + bad,
+      "--ranks-per-node", bad);
   expect_rejected("block --model " + q + " --layer 1 --inputs " + x1 +
                       " --expert-parallel --exchange hierarchical --ranks-per-node 0 --out " + bad,
                   "--ranks-per-node", bad);
@@ -653,7 +695,8 @@ TEST_CASE("einmoe block runs a Hugging Face checkpoint's MoE block", "[cli][chec
 #if defined(EINMOE_HAS_JSON)
 TEST_CASE("einmoe block --group-fill picks DeepSeek-V3's fill of unchosen groups", "[cli][checkpoints]") {
   const fs::path root = fs::path(EINMOE_FIXTURES_DIR) / "checkpoints";
-  const std::string d = (root / "deepseek_v3_bf16_sharded").string(), x = (root / "deepseek_v3_bf16_sharded" / "x.npy").string();
+  const std::string d = (root / "deepseek_v3_bf16_sharded").string(),
+                    x = (root / "deepseek_v3_bf16_sharded" / "x.npy").string();
   const std::string base = "block --model " + d + " --layer 2 --inputs " + x;
   const std::string def = fresh_dir("fill_default"), zero = fresh_dir("fill_zero"), neg = fresh_dir("fill_neg");
   REQUIRE(run(base + " --out " + def).status == 0);
@@ -662,7 +705,8 @@ TEST_CASE("einmoe block --group-fill picks DeepSeek-V3's fill of unchosen groups
   // zero is the default (Hugging Face's); neg-inf runs the same layer with DeepSeek's fill
   CHECK(load_npy<float>(def + "/outputs.npy", {"t", "m"}).to_vector() ==
         load_npy<float>(zero + "/outputs.npy", {"t", "m"}).to_vector());
-  CHECK(load_npy<float>(neg + "/outputs.npy", {"t", "m"}).shape() == load_npy<float>(def + "/outputs.npy", {"t", "m"}).shape());
+  CHECK(load_npy<float>(neg + "/outputs.npy", {"t", "m"}).shape() ==
+        load_npy<float>(def + "/outputs.npy", {"t", "m"}).shape());
   const std::string bad = fresh_dir("fill_bad");
   expect_rejected(base + " --group-fill minus-one --out " + bad, "--group-fill", bad);
   const std::string mixtral = (root / "mixtral_f32").string();
@@ -681,14 +725,16 @@ TEST_CASE("einmoe block --expert-parallel under mpirun matches the HF block", "[
   ::setenv("ASAN_OPTIONS", "detect_leaks=0:abort_on_error=1", 1);
   const fs::path d = fs::path(EINMOE_FIXTURES_DIR) / "checkpoints" / "qwen2_moe_bf16";
   const std::string out = fresh_dir("block_ep");
-  const std::string cmd = std::string(EINMOE_MPIEXEC) + " -n 2 --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 " + EINMOE_CLI +
-                          " block --expert-parallel --exchange hierarchical --ranks-per-node 1 --model " + d.string() +
-                          " --layer 1 --inputs " + (d / "x.npy").string() + " --out " + out + " > " + scratch("ep_stdout.txt") + " 2>&1";
+  const std::string cmd = std::string(EINMOE_MPIEXEC) + " -n 2 --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 " +
+                          EINMOE_CLI + " block --expert-parallel --exchange hierarchical --ranks-per-node 1 --model " +
+                          d.string() + " --layer 1 --inputs " + (d / "x.npy").string() + " --out " + out + " > " +
+                          scratch("ep_stdout.txt") + " 2>&1";
   REQUIRE(std::system(cmd.c_str()) == 0);
   const auto y = load_npy<float>(out + "/outputs.npy", {"t", "m"});
   const auto want = load_npy<double>((d / "outputs.npy").string(), {"t", "m"});
   REQUIRE(y.size() == want.size());
-  for (index_t i = 0; i < want.size(); ++i) CHECK(std::fabs(double(y[i]) - want[i]) <= 1e-5 * std::max(1.0, std::fabs(want[i])));
+  for (index_t i = 0; i < want.size(); ++i)
+    CHECK(std::fabs(double(y[i]) - want[i]) <= 1e-5 * std::max(1.0, std::fabs(want[i])));
 }
 #endif
 

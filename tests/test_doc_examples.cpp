@@ -182,8 +182,7 @@ TEST_CASE("doc example: core/threads.hpp", "[doc_examples]") {
   {
 #define EINMOE_EXAMPLE_core_threads_1
 #include "doc_examples.inc"
-  }
-  CHECK(num_threads() == 1);
+  } CHECK(num_threads() == 1);
   set_num_threads(before);
 }
 
@@ -262,7 +261,8 @@ TEST_CASE("doc example: experts/experts.hpp", "[doc_examples]") {
 EINMOE_DOC_EXAMPLE_COVERED(experts_shared_expert_1)
 TEST_CASE("doc example: experts/shared_expert.hpp", "[doc_examples]") {
   const Dim model{"model", 4};
-  const Tensor<float> wi = values(Shape::parse("model:4,hidden:6"), 1, 0.5), wo = values(Shape::parse("hidden:6,model:4"), 2, 0.5);
+  const Tensor<float> wi = values(Shape::parse("model:4,hidden:6"), 1, 0.5),
+                      wo = values(Shape::parse("hidden:6,model:4"), 2, 0.5);
   const Tensor<float> wig = values(Shape::parse("model:4,hidden:6"), 3, 0.5), g = values(Shape::parse("model:4"), 4);
   const ExpertOptions opt;
   const Tensor<float> x = values(Shape::parse("tokens:5,model:4"), 5);
@@ -341,7 +341,8 @@ TEST_CASE("doc example: kernels/quantize.hpp", "[doc_examples]") {
 EINMOE_DOC_EXAMPLE_COVERED(moe_local_moe_1)
 TEST_CASE("doc example: moe/local_moe.hpp", "[doc_examples]") {
   const Tensor<float> x = values(Shape::parse("batch:6,model:4"));
-  const Tensor<float> w_gate = values(Shape::parse("model:4,experts:3"), 2), w_noise = values(Shape::parse("model:4,experts:3"), 3);
+  const Tensor<float> w_gate = values(Shape::parse("model:4,experts:3"), 2),
+                      w_noise = values(Shape::parse("model:4,experts:3"), 3);
   const ExpertWeights<float> experts = small_experts(3, 4, 5, 4);
   const NoisyTopKOptions gating_opt;
   const ExpertOptions cfg;
@@ -485,7 +486,8 @@ TEST_CASE("doc example: routers/losses.hpp", "[doc_examples]") {
 EINMOE_DOC_EXAMPLE_COVERED(routers_noisy_topk_1)
 TEST_CASE("doc example: routers/noisy_topk.hpp", "[doc_examples]") {
   const Tensor<float> x = values(Shape::parse("batch:6,model:4"));
-  const Tensor<float> w_gate = values(Shape::parse("model:4,experts:4"), 2), w_noise = values(Shape::parse("model:4,experts:4"), 3);
+  const Tensor<float> w_gate = values(Shape::parse("model:4,experts:4"), 2),
+                      w_noise = values(Shape::parse("model:4,experts:4"), 3);
 #define EINMOE_EXAMPLE_routers_noisy_topk_1
 #include "doc_examples.inc"
   CHECK(r.gates.shape() == Shape::parse("batch:6,experts:4"));
@@ -627,7 +629,8 @@ TEST_CASE("doc example: README, An MoE layer", "[doc_examples]") {
   save_npy(tmp.file("wi_gate.npy"), values(Shape{{"experts", E}, {"model", M}, {"hidden", H}}, 4, 0.5));
   const Tensor<float> x = values(Shape{{"batch", 2}, {"group", 32}, {"model", M}}, 5);
   const std::vector<double> e_score_correction_bias(E, 0.0);
-  const Tensor<float> wi_s = values(Shape{{"model", M}, {"hidden", 6}}, 6), wo_s = values(Shape{{"hidden", 6}, {"model", M}}, 7);
+  const Tensor<float> wi_s = values(Shape{{"model", M}, {"hidden", 6}}, 6),
+                      wo_s = values(Shape{{"hidden", 6}, {"model", M}}, 7);
   const Tensor<float> wi_gate_s = values(Shape{{"model", M}, {"hidden", 6}}, 8), gate = values(Shape{{"model", M}}, 9);
   InDirectory in(tmp.path);
 #define EINMOE_EXAMPLE_readme_2
@@ -684,10 +687,10 @@ TEST_CASE("doc example: docs/tensors.md", "[doc_examples]") {
 #define EINMOE_EXAMPLE_docs_tensors_1
 #include "doc_examples.inc"
   CHECK(first == 1.f);
-  CHECK(v.data() == static_cast<const Tensor<float>&>(x).data());      // a view, not a copy
+  CHECK(v.data() == static_cast<const Tensor<float>&>(x).data());  // a view, not a copy
   CHECK(flat.data() == v.data());
   CHECK(flat.shape() == Shape{{"rows", 6}});
-  CHECK(y.data() != v.data());                                         // an owning copy
+  CHECK(y.data() != v.data());  // an owning copy
   CHECK(y.to_vector() == std::vector<float>{1, 2, 3, 4, 5, 6});
   CHECK(w.data() == buf.data());
   CHECK(buf[0] == 1.f);

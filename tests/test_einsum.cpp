@@ -9,11 +9,11 @@ TEST_CASE("einsum: matrix product and its output-order forms (hand-worked)", "[e
   const auto c = einsum({a, b}, Shape::parse("m:2,n:2"));
   CHECK(c.to_vector() == std::vector<float>{4, 5, 10, 11});
   CHECK(einsum({a, b}, Shape::parse("n:2,m:2")).to_vector() == std::vector<float>{4, 10, 5, 11});
-  CHECK(einsum({a, b}).to_vector() == c.to_vector());             // dims in exactly one input
-  CHECK(einsum({a, b}, {"k"}).to_vector() == c.to_vector());      // reduced_dims form
+  CHECK(einsum({a, b}).to_vector() == c.to_vector());         // dims in exactly one input
+  CHECK(einsum({a, b}, {"k"}).to_vector() == c.to_vector());  // reduced_dims form
   CHECK(einsum({a, b}, {"k", "n"}).to_vector() == std::vector<float>{9, 21});
   CHECK(einsum({a}, Shape::parse("k:3")).to_vector() == std::vector<float>{5, 7, 9});
-  CHECK(einsum({a, a}, Shape()).item() == 91);                    // sum of squares
+  CHECK(einsum({a, a}, Shape()).item() == 91);  // sum of squares
 }
 
 TEST_CASE("einsum: the MoE dispatch contraction gsec,gsm->egcm", "[einsum]") {
@@ -50,7 +50,8 @@ TEMPLATE_TEST_CASE("einsum equals a naive loop on random operands and outputs", 
   const std::vector<std::string> pool{"a", "b", "c", "d", "e", "f"};
   for (int trial = 0; trial < 300; ++trial) {
     std::map<std::string, index_t> sizes;
-    for (const auto& n : pool) sizes[n] = std::uniform_int_distribution<index_t>(trial % 7 == 0 ? 0 : 1, 3)(naive::rng());
+    for (const auto& n : pool)
+      sizes[n] = std::uniform_int_distribution<index_t>(trial % 7 == 0 ? 0 : 1, 3)(naive::rng());
     const int nops = std::uniform_int_distribution<int>(1, 4)(naive::rng());
     std::vector<Tensor<TestType>> xs;
     for (int i = 0; i < nops; ++i)

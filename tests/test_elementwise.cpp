@@ -101,7 +101,8 @@ TEST_CASE("unary math matches the textbook formulas", "[elementwise]") {
 TEMPLATE_TEST_CASE("binary ops equal a naive loop on random shapes", "[elementwise][property]", float, double) {
   for (int trial = 0; trial < 200; ++trial) {
     std::map<std::string, index_t> sizes;
-    for (const char* n : {"a", "b", "c", "d", "e"}) sizes[n] = std::uniform_int_distribution<index_t>(0, 3)(naive::rng());
+    for (const char* n : {"a", "b", "c", "d", "e"})
+      sizes[n] = std::uniform_int_distribution<index_t>(0, 3)(naive::rng());
     const Shape sa = naive::random_shape_with_sizes(sizes, 0, 5);
     const Shape sb = naive::random_shape_with_sizes(sizes, 0, 5);
     const auto a = naive::random_tensor<TestType>(sa);

@@ -49,8 +49,10 @@ TEMPLATE_TEST_CASE("experts: sparse equals dense for every activation, biases an
   const double tol = std::is_same<TestType, float>::value ? 1e-5 : 1e-12;
   for (int trial = 0; trial < 40; ++trial) {
     auto& g = naive::rng();
-    const index_t B = std::uniform_int_distribution<index_t>(1, 3)(g), S = std::uniform_int_distribution<index_t>(1, 12)(g);
-    const index_t E = std::uniform_int_distribution<index_t>(1, 5)(g), M = std::uniform_int_distribution<index_t>(1, 7)(g);
+    const index_t B = std::uniform_int_distribution<index_t>(1, 3)(g),
+                  S = std::uniform_int_distribution<index_t>(1, 12)(g);
+    const index_t E = std::uniform_int_distribution<index_t>(1, 5)(g),
+                  M = std::uniform_int_distribution<index_t>(1, 7)(g);
     const index_t H = std::uniform_int_distribution<index_t>(1, 9)(g);
     const auto w = random_experts<TestType>(E, M, H, trial % 2 == 0);
     const auto x = naive::random_tensor<TestType>(Shape{{"batch", B}, {"group", S}, {"model", M}});
@@ -69,7 +71,8 @@ TEMPLATE_TEST_CASE("experts: sparse equals dense for every activation, biases an
     REQUIRE(ys.shape() == x.shape());
     double scale = 0;
     for (auto v : yd) scale = std::max(scale, static_cast<double>(std::abs(v)));
-    for (index_t i = 0; i < ys.size(); ++i) REQUIRE(std::abs(double(ys[i]) - double(yd[i])) <= tol * std::max(1.0, scale));
+    for (index_t i = 0; i < ys.size(); ++i)
+      REQUIRE(std::abs(double(ys[i]) - double(yd[i])) <= tol * std::max(1.0, scale));
   }
 }
 
@@ -109,8 +112,9 @@ TEST_CASE("experts: bad weights name the dim", "[experts][errors]") {
   CHECK_THROWS_NAMING(experts_sparse(x, r.plan, bad, cfg), shape_error, "bi");
   const auto w3 = random_experts<double>(3, 3, 4, false);
   CHECK_THROWS_NAMING(experts_sparse(x, r.plan, w3, cfg), shape_error, "\"experts\"");
-  CHECK_THROWS_NAMING(experts_sparse(naive::random_tensor<double>(Shape{{"batch", 1}, {"group", 2}, {"model", 5}}), r.plan, w, cfg),
-                      shape_error, "model");
+  CHECK_THROWS_NAMING(
+      experts_sparse(naive::random_tensor<double>(Shape{{"batch", 1}, {"group", 2}, {"model", 5}}), r.plan, w, cfg),
+      shape_error, "model");
   CHECK_THROWS_NAMING(parse_activation("tanh"), value_error, "tanh");
 }
 

@@ -31,13 +31,17 @@ TEMPLATE_TEST_CASE("hierarchical MoE: sparse equals dense on random sizes", "[hi
   const double tol = std::is_same<TestType, float>::value ? 1e-5 : 1e-12;
   for (int trial = 0; trial < 12; ++trial) {
     auto& g = naive::rng();
-    const index_t Eo = std::uniform_int_distribution<index_t>(1, 3)(g), Ei = std::uniform_int_distribution<index_t>(1, 3)(g);
+    const index_t Eo = std::uniform_int_distribution<index_t>(1, 3)(g),
+                  Ei = std::uniform_int_distribution<index_t>(1, 3)(g);
     const index_t N = std::uniform_int_distribution<index_t>(1, 12)(g);
     HierarchicalWeights<TestType> w;
     w.wg_outer = shared_view(naive::random_tensor<TestType>(Shape{{"model", 3}, {"outer_experts", Eo}}));
-    w.wg_inner = shared_view(naive::random_tensor<TestType>(Shape{{"outer_experts", Eo}, {"model", 3}, {"inner_experts", Ei}}));
-    w.wi = shared_view(naive::random_tensor<TestType>(Shape{{"outer_experts", Eo}, {"inner_experts", Ei}, {"model", 3}, {"hidden", 4}}));
-    w.wo = shared_view(naive::random_tensor<TestType>(Shape{{"outer_experts", Eo}, {"inner_experts", Ei}, {"hidden", 4}, {"model", 3}}));
+    w.wg_inner =
+        shared_view(naive::random_tensor<TestType>(Shape{{"outer_experts", Eo}, {"model", 3}, {"inner_experts", Ei}}));
+    w.wi = shared_view(naive::random_tensor<TestType>(
+        Shape{{"outer_experts", Eo}, {"inner_experts", Ei}, {"model", 3}, {"hidden", 4}}));
+    w.wo = shared_view(naive::random_tensor<TestType>(
+        Shape{{"outer_experts", Eo}, {"inner_experts", Ei}, {"hidden", 4}, {"model", 3}}));
     const auto x = naive::random_tensor<TestType>(Shape{{"batch", 2}, {"group", N}, {"model", 3}});
     HierarchicalOptions o;
     o.outer.capacity = CapacitySpec::fixed(std::uniform_int_distribution<index_t>(1, N + 1)(g));
@@ -61,6 +65,7 @@ TEST_CASE("hierarchical MoE: inner and outer dims must be distinct", "[hierarchi
   w.wo = shared_view(naive::random_tensor<double>(Shape::parse("outer_experts:2,inner_experts:2,hidden:2,model:2")));
   HierarchicalOptions o;
   o.inner_capacity_dim = "outer_capacity";
-  CHECK_THROWS_NAMING(hierarchical_moe_forward(naive::random_tensor<double>(Shape::parse("batch:1,group:3,model:2")), w, o),
-                      value_error, "distinct");
+  CHECK_THROWS_NAMING(
+      hierarchical_moe_forward(naive::random_tensor<double>(Shape::parse("batch:1,group:3,model:2")), w, o),
+      value_error, "distinct");
 }

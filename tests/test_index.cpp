@@ -4,7 +4,7 @@
 
 using namespace einmoe;
 
-TEST_CASE("top_k reproduces the published example", "[index]") {
+TEST_CASE("topk reproduces the published example", "[index]") {
   // [a=6, b=2]: [[1,10],[2,9],[3,8],[4,7],[5,6],[6,5]], k=2 over a
   Tensor<float> x(Shape::parse("a:6,b:2"), {1, 10, 2, 9, 3, 8, 4, 7, 5, 6, 6, 5});
   const auto t = topk(x, "a", Dim("k", 2));
@@ -13,7 +13,7 @@ TEST_CASE("top_k reproduces the published example", "[index]") {
   CHECK(t.indices.to_vector() == std::vector<std::int64_t>{5, 4, 0, 1});
 }
 
-TEST_CASE("top_1 and top_k break ties toward the lower index, NaN ranks first", "[index]") {
+TEST_CASE("top1 and topk break ties toward the lower index, NaN ranks first", "[index]") {
   Tensor<float> x(Shape::parse("g:2,e:4"), {1, 3, 3, 0, 2, 2, 2, 2});
   const auto [v, i] = top1(x, "e");
   CHECK(v.to_vector() == std::vector<float>{3, 2});
@@ -26,7 +26,7 @@ TEST_CASE("top_1 and top_k break ties toward the lower index, NaN ranks first", 
   CHECK(topk(x, "e", Dim("k", 0)).values.size() == 0);
 }
 
-TEST_CASE("top_k and top_1 errors", "[index]") {
+TEST_CASE("topk and top1 errors", "[index]") {
   Tensor<float> x(Shape::parse("g:2,e:4"));
   CHECK_THROWS_NAMING(topk(x, "e", Dim("k", 5)), shape_error, "\"k\"");
   CHECK_THROWS_NAMING(topk(x, "experts", Dim("k", 1)), shape_error, "\"experts\"");
@@ -62,7 +62,7 @@ TEST_CASE("range and gather (hand-worked, Mesh TF semantics)", "[index]") {
   CHECK_THROWS_NAMING(gather(x, Tensor<int>(Shape::parse("batch:5")), "beam"), shape_error, "\"batch\"");
 }
 
-TEMPLATE_TEST_CASE("top_k equals a naive sort", "[index][property]", float, double) {
+TEMPLATE_TEST_CASE("topk equals a naive sort", "[index][property]", float, double) {
   for (int trial = 0; trial < 100; ++trial) {
     const Shape s = naive::random_shape(1, 4, {"a", "b", "c", "d"}, 5);
     const std::string dim = s[std::uniform_int_distribution<index_t>(0, s.rank() - 1)(naive::rng())].name;
@@ -130,12 +130,13 @@ TEST_CASE("gather_k reproduces lingvo's GatherK (numpy transcription of its code
     INFO(c.name);
     const auto sel = c.load<std::int64_t>("selected", {"batch", "time"});
     const bool extra = c.name == "gather_k_random";
-    const auto vals = extra ? c.load<double>("values", {"batch", "time", "model"}) : c.load<double>("values", {"batch", "time"});
+    const auto vals =
+        extra ? c.load<double>("values", {"batch", "time", "model"}) : c.load<double>("values", {"batch", "time"});
     const Dim k("k", c.integer("k"));
     const auto r = gather_k(sel, vals, k);
     CHECK(r.output.shape() == (extra ? Shape{sel.shape()[0], k, vals.shape()[2]} : Shape{sel.shape()[0], k}));
     CHECK(r.output.to_vector() == c.load<double>("expected_output", extra ? std::vector<std::string>{"b", "k", "m"}
-                                                                            : std::vector<std::string>{"b", "k"})
+                                                                          : std::vector<std::string>{"b", "k"})
                                       .to_vector());
     CHECK(r.padding.to_vector() == c.load<double>("expected_padding", {"b", "k"}).to_vector());
   }
@@ -152,6 +153,7 @@ TEST_CASE("gather_k reproduces lingvo's GatherK (numpy transcription of its code
   CHECK_THROWS_NAMING(gather_k(Tensor<int>(Shape::parse("batch:1,time:5"), 2), v, Dim("k", 2)), value_error, "0 or 1");
   CHECK_THROWS_NAMING(gather_k(sel, Tensor<double>(Shape::parse("batch:1,time:4")), Dim("k", 2)), shape_error, "time");
   CHECK_THROWS_NAMING(gather_k(sel, Tensor<double>(Shape::parse("rows:1,time:5")), Dim("k", 2)), shape_error, "batch");
-  CHECK(gather_k(Tensor<int>(Shape::parse("batch:0,time:3")), Tensor<double>(Shape::parse("batch:0,time:3")), Dim("k", 2))
-            .output.size() == 0);
+  CHECK(
+      gather_k(Tensor<int>(Shape::parse("batch:0,time:3")), Tensor<double>(Shape::parse("batch:0,time:3")), Dim("k", 2))
+          .output.size() == 0);
 }

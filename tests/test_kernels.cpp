@@ -26,10 +26,14 @@ std::vector<float> random_floats(index_t n, double lo, double hi) {
 
 double act_ref(Activation a, double x) {
   switch (a) {
-    case Activation::relu: return x < 0 ? 0.0 : x;
-    case Activation::gelu: return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));
-    case Activation::gelu_tanh: return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
-    default: return x / (1.0 + std::exp(-x));
+    case Activation::relu:
+      return x < 0 ? 0.0 : x;
+    case Activation::gelu:
+      return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));
+    case Activation::gelu_tanh:
+      return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
+    default:
+      return x / (1.0 + std::exp(-x));
   }
 }
 
@@ -54,16 +58,19 @@ struct RefWeights {
 };
 
 /// y = FFN_e(x) emulating `p`'s rounding points in double.
-std::vector<double> ref_ffn(const RefWeights& w, index_t e, const std::vector<float>& x, index_t m, Activation a, Precision p) {
+std::vector<double> ref_ffn(const RefWeights& w, index_t e, const std::vector<float>& x, index_t m, Activation a,
+                            Precision p) {
   const index_t M = w.M, H = w.H;
   std::vector<double> y(detail::uz(m * M));
   // weights as the precision stores them, and per-channel scales for int8
-  auto weight = [&](const std::vector<float>& W, index_t K, index_t N, index_t k, index_t n, std::vector<double>* scales) {
+  auto weight = [&](const std::vector<float>& W, index_t K, index_t N, index_t k, index_t n,
+                    std::vector<double>* scales) {
     const float v = W[detail::uz((e * K + k) * N + n)];
     if (p == Precision::bf16) return bf16_round(v);
     if (p == Precision::int8) {
       double amax = 0;
-      for (index_t kk = 0; kk < K; ++kk) amax = std::max(amax, std::fabs(static_cast<double>(W[detail::uz((e * K + kk) * N + n)])));
+      for (index_t kk = 0; kk < K; ++kk)
+        amax = std::max(amax, std::fabs(static_cast<double>(W[detail::uz((e * K + kk) * N + n)])));
       if (amax == 0) return 0.0;
       const float inv = 127.f / static_cast<float>(amax);
       (*scales)[detail::uz(n)] = static_cast<double>(static_cast<float>(amax) / 127.f);
@@ -98,7 +105,8 @@ std::vector<double> ref_ffn(const RefWeights& w, index_t e, const std::vector<fl
     if (p == Precision::int8) hs = quant_row(h, hq);
     for (index_t n = 0; n < M; ++n) {
       double acc = 0;
-      for (index_t k = 0; k < H; ++k) acc += (p == Precision::int8 ? hq[detail::uz(k)] : h[detail::uz(k)]) * weight(w.wo, H, M, k, n, &s_o);
+      for (index_t k = 0; k < H; ++k)
+        acc += (p == Precision::int8 ? hq[detail::uz(k)] : h[detail::uz(k)]) * weight(w.wo, H, M, k, n, &s_o);
       if (p == Precision::int8) acc *= hs * s_o[detail::uz(n)];
       if (w.biases) acc += w.bo[detail::uz(e * M + n)];
       y[detail::uz(r * M + n)] = acc;
@@ -163,7 +171,8 @@ TEST_CASE("SIMD kernels: the dispatched versions equal the portable ones", "[ker
   CHECK(q1 == q2);
   // dequantize is defined with an fma: portable and vector versions agree bitwise
   std::vector<std::int32_t> acc(999), comp(999);
-  for (std::size_t i = 0; i < acc.size(); ++i) acc[i] = static_cast<std::int32_t>(i * 7919 % 100000) - 50000, comp[i] = static_cast<std::int32_t>(i % 37);
+  for (std::size_t i = 0; i < acc.size(); ++i)
+    acc[i] = static_cast<std::int32_t>(i * 7919 % 100000) - 50000, comp[i] = static_cast<std::int32_t>(i % 37);
   const auto cs = random_floats(999, 0.001, 0.1), bias = random_floats(999, -1, 1);
   std::vector<float> d1(999), d2(999);
   for (const float* b : {static_cast<const float*>(nullptr), bias.data()}) {
@@ -227,11 +236,13 @@ TEST_CASE("MatrixBank lays out any dim order the same, bad weights are named", "
       if (!backend_supports(b, p)) {
         // an explicit request is an error naming the weights; automatic falls back to Eigen
         CHECK_THROWS_NAMING(MatrixBank<float>(w, "experts", "model", "hidden", p, b, "wi"), value_error, "wi");
-        CHECK(MatrixBank<float>(w, "experts", "model", "hidden", p, Backend::automatic, "wi").backend() == Backend::eigen);
+        CHECK(MatrixBank<float>(w, "experts", "model", "hidden", p, Backend::automatic, "wi").backend() ==
+              Backend::eigen);
         continue;
       }
       if (b == Backend::dnnl)
-        CHECK(MatrixBank<float>(w, "experts", "model", "hidden", p, Backend::automatic, "wi").backend() == Backend::dnnl);
+        CHECK(MatrixBank<float>(w, "experts", "model", "hidden", p, Backend::automatic, "wi").backend() ==
+              Backend::dnnl);
       const MatrixBank<float> a(w, "experts", "model", "hidden", p, b, "wi");
       const MatrixBank<float> c(hf, "experts", "model", "hidden", p, b, "wi");
       CHECK(a.count() == 2);
@@ -250,11 +261,11 @@ TEST_CASE("MatrixBank lays out any dim order the same, bad weights are named", "
   nan.at({1, 3, 2}) = std::numeric_limits<float>::infinity();
   CHECK_THROWS_NAMING(MatrixBank<float>(nan, "experts", "model", "hidden", Precision::fp32, Backend::eigen, "wi"),
                       value_error, "\"wi\": element [1, 3, 2]");
-  CHECK_THROWS_NAMING(MatrixBank<float>(w, "experts", "model", "ffn", Precision::fp32, Backend::eigen, "wo"), shape_error,
-                      "\"wo\"");
+  CHECK_THROWS_NAMING(MatrixBank<float>(w, "experts", "model", "ffn", Precision::fp32, Backend::eigen, "wo"),
+                      shape_error, "\"wo\"");
   auto wd = naive::random_tensor<double>(Shape::parse("model:3,experts:2"));
-  CHECK_THROWS_NAMING(MatrixBank<double>(wd, "", "model", "experts", Precision::int8, Backend::eigen, "wg"), value_error,
-                      "double");
+  CHECK_THROWS_NAMING(MatrixBank<double>(wd, "", "model", "experts", Precision::int8, Backend::eigen, "wg"),
+                      value_error, "double");
   if (!has_dnnl())
     CHECK_THROWS_NAMING(MatrixBank<float>(w, "experts", "model", "hidden", Precision::fp32, Backend::dnnl, "wi"),
                         value_error, "without oneDNN");
@@ -278,19 +289,21 @@ TEST_CASE("ffn_rows matches a naive reference on every backend, precision and ac
         const PackedExperts<float> pe(w, o);
         CHECK(pe.gated() == gated);
         detail::FfnScratch<float> s;
-        for (index_t m : {index_t{1}, index_t{2}, index_t{3}, index_t{4}, index_t{7}, std::min<index_t>(pe.kernel().row_block(), 64)}) {
+        for (index_t m : {index_t{1}, index_t{2}, index_t{3}, index_t{4}, index_t{7},
+                          std::min<index_t>(pe.kernel().row_block(), 64)}) {
           const auto x = random_floats(m * M, -1.5, 1.5);
           const index_t e = m % E;
           std::vector<float> y(detail::uz(m * M), -7.f);
           detail::ffn_rows(pe.kernel(), e, x.data(), m, y.data(), s);
           const auto ref = ref_ffn(rw, e, x, m, act, p);
           double ymax = 1e-6, err = 0;
-          for (std::size_t i = 0; i < y.size(); ++i) ymax = std::max(ymax, std::fabs(ref[i])), err = std::max(err, std::fabs(y[i] - ref[i]));
+          for (std::size_t i = 0; i < y.size(); ++i)
+            ymax = std::max(ymax, std::fabs(ref[i])), err = std::max(err, std::fabs(y[i] - ref[i]));
           // fp32: accumulation order only; bf16 / int8: a rounding point may
           // land on the other side of a tie (one bf16 ulp, one int8 step).
           const double tol = p == Precision::fp32 ? 2e-5 : p == Precision::bf16 ? 2e-2 : 2e-2;
-          INFO("backend " << to_string(b) << ", precision " << to_string(p) << ", M " << M << ", H " << H << ", rows " << m
-                          << ", gated " << gated << ", act " << to_string(act));
+          INFO("backend " << to_string(b) << ", precision " << to_string(p) << ", M " << M << ", H " << H << ", rows "
+                          << m << ", gated " << gated << ", act " << to_string(act));
           CHECK(err <= tol * ymax);
         }
       }
@@ -314,7 +327,8 @@ TEST_CASE("decode kernels: many panels, every row count, rows independent of eac
       detail::FfnScratch<float> s;
       const auto x = random_floats(4 * rw.M, -1, 1);
       std::vector<float> alone(detail::uz(4 * rw.M));
-      for (index_t r = 0; r < 4; ++r) detail::ffn_rows(pe.kernel(), 1, x.data() + r * rw.M, 1, alone.data() + r * rw.M, s);
+      for (index_t r = 0; r < 4; ++r)
+        detail::ffn_rows(pe.kernel(), 1, x.data() + r * rw.M, 1, alone.data() + r * rw.M, s);
       const auto ref = ref_ffn(rw, 1, x, 4, Activation::silu, p);
       double ymax = 0, err = 0;
       for (std::size_t i = 0; i < alone.size(); ++i)
@@ -419,7 +433,8 @@ TEST_CASE("ffn_rows: every row count of a block works, repeated calls are bitwis
     }
     std::vector<float> y(detail::uz((pe.kernel().row_block() + 1) * 33));
     std::vector<float> xx(y.size());
-    CHECK_THROWS_NAMING(detail::ffn_rows(pe.kernel(), 0, xx.data(), pe.kernel().row_block() + 1, y.data(), s), value_error, "rows");
+    CHECK_THROWS_NAMING(detail::ffn_rows(pe.kernel(), 0, xx.data(), pe.kernel().row_block() + 1, y.data(), s),
+                        value_error, "rows");
     CHECK_THROWS_NAMING(detail::ffn_rows(pe.kernel(), 2, xx.data(), 1, y.data(), s), value_error, "expert 2");
   }
   ExpertOptions o;
@@ -455,7 +470,8 @@ TEST_CASE("ffn_rows and linear_rows do not depend on where the caller's rows sit
   }
 }
 
-TEST_CASE("float kernels on every backend and precision ignore the alignment of rows and outputs", "[kernels][determinism]") {
+TEST_CASE("float kernels on every backend and precision ignore the alignment of rows and outputs",
+          "[kernels][determinism]") {
   const RefWeights rw = random_ref(1, 20, 36, true, true);
   const ExpertWeights<float> w = to_weights(rw);
   const auto rows = random_floats(5 * 20, -1, 1);
@@ -475,7 +491,8 @@ TEST_CASE("float kernels on every backend and precision ignore the alignment of 
         detail::ffn_rows(pe.kernel(), 0, in.data() + shift, m, shift == 0 ? ref.data() : out.data() + (15 - shift), s);
         if (shift == 0) continue;
         INFO(to_string(b) << " " << to_string(p) << " shift " << shift);
-        CHECK(std::memcmp(out.data() + (15 - shift), ref.data(), static_cast<std::size_t>(m * 20) * sizeof(float)) == 0);
+        CHECK(std::memcmp(out.data() + (15 - shift), ref.data(), static_cast<std::size_t>(m * 20) * sizeof(float)) ==
+              0);
       }
     }
 }

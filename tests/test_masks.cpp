@@ -73,8 +73,9 @@ TEST_CASE("sliding window, offset and bottom-right causal, prefix LM, block diag
   const auto pl = prefix_lm_mask(q, 2);
   CHECK(pl.to_vector() == std::vector<bool>{1, 1, 0, 0, /**/ 1, 1, 0, 0, /**/ 1, 1, 1, 0, /**/ 1, 1, 1, 1});
   const auto bd = block_diagonal_mask(Dim("length", 5), {2, 2}, false);
-  CHECK(bd.to_vector() == std::vector<bool>{1, 1, 0, 0, 0, /**/ 1, 1, 0, 0, 0, /**/ 0, 0, 1, 1, 0, /**/ 0, 0, 1, 1, 0,
-                                           /**/ 0, 0, 0, 0, 0});
+  CHECK(bd.to_vector() == std::vector<bool>{1,      1, 0, 0, 0, /**/ 1, 1, 0, 0, 0,
+                                            /**/ 0, 0, 1, 1, 0, /**/ 0, 0, 1, 1, 0,
+                                            /**/ 0, 0, 0, 0, 0});
   CHECK(block_diagonal_mask(Dim("length", 4), {2, 2}, true).at({1, 0}));
   CHECK_FALSE(block_diagonal_mask(Dim("length", 4), {2, 2}, true).at({0, 1}));
   CHECK_THROWS_NAMING(block_diagonal_mask(Dim("length", 3), {2, 2}), shape_error, "\"length\"");

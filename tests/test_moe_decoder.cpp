@@ -31,9 +31,8 @@ TEST_CASE("tiny MoE decoder: beam scores are the model's log-likelihoods", "[dec
   cfg.start_tokens = {5, 23};
   tiny::MoEDecoder<double> model(cfg);
   const index_t B = 2, K = 3, L = 8;
-  BeamLogitsFn<double> fn = [&](index_t step, const TensorView<const std::int64_t>& ids, std::vector<Tensor<double>>& kv) {
-    return model.step_logits(step, ids, kv);
-  };
+  BeamLogitsFn<double> fn = [&](index_t step, const TensorView<const std::int64_t>& ids,
+                                std::vector<Tensor<double>>& kv) { return model.step_logits(step, ids, kv); };
   BeamSearchOptions o;
   o.eos_id = cfg.vocab + 5;  // never produced: every row falls back to its alive beams
   const auto r = beam_search<double>(fn, Tensor<std::int64_t>(Shape{{"batch", B}, {"beam", K}, {"length", L}}), 0.6, o,

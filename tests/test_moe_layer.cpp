@@ -77,7 +77,8 @@ TEMPLATE_TEST_CASE("MoE layer: sparse equals dense on random layers and options"
   const double tol = std::is_same<TestType, float>::value ? 1e-5 : 1e-12;
   for (int trial = 0; trial < 30; ++trial) {
     auto& g = naive::rng();
-    const index_t G = std::uniform_int_distribution<index_t>(1, 3)(g), S = std::uniform_int_distribution<index_t>(1, 16)(g);
+    const index_t G = std::uniform_int_distribution<index_t>(1, 3)(g),
+                  S = std::uniform_int_distribution<index_t>(1, 16)(g);
     const index_t E = std::uniform_int_distribution<index_t>(1, 6)(g);
     const auto w = random_layer<TestType>(5, 7, E);
     const auto x = naive::random_tensor<TestType>(Shape{{"batch", G}, {"group", S}, {"model", 5}});
@@ -116,12 +117,12 @@ TEST_CASE("MoE layer: bad inputs name the dim", "[moe][errors]") {
   const auto w = random_layer<double>(4, 6, 3);
   MoEOptions o;
   std::get<Top2Options>(o.router).capacity = CapacitySpec::fixed(2);
-  CHECK_THROWS_NAMING(moe_forward(naive::random_tensor<double>(Shape::parse("batch:2,group:5,hidden:4")), w, o), shape_error,
-                      "\"model\"");
-  CHECK_THROWS_NAMING(moe_forward(naive::random_tensor<double>(Shape::parse("batch:2,group:5,model:7")), w, o), shape_error,
-                      "\"model\"");
-  CHECK_THROWS_NAMING(moe_forward(naive::random_tensor<double>(Shape::parse("batch:0,length:5,model:4")), w, o), shape_error,
-                      "no tokens");
+  CHECK_THROWS_NAMING(moe_forward(naive::random_tensor<double>(Shape::parse("batch:2,group:5,hidden:4")), w, o),
+                      shape_error, "\"model\"");
+  CHECK_THROWS_NAMING(moe_forward(naive::random_tensor<double>(Shape::parse("batch:2,group:5,model:7")), w, o),
+                      shape_error, "\"model\"");
+  CHECK_THROWS_NAMING(moe_forward(naive::random_tensor<double>(Shape::parse("batch:0,length:5,model:4")), w, o),
+                      shape_error, "no tokens");
 }
 
 TEST_CASE("MoE layer: forward_into reuses the output buffer and gives the same result", "[moe]") {
@@ -152,7 +153,8 @@ struct ThreadGuard {
   ~ThreadGuard() { set_num_threads(saved); }
 };
 bool bitwise_equal(const Tensor<float>& a, const Tensor<float>& b) {
-  return a.shape() == b.shape() && std::memcmp(a.data(), b.data(), static_cast<std::size_t>(a.size()) * sizeof(float)) == 0;
+  return a.shape() == b.shape() &&
+         std::memcmp(a.data(), b.data(), static_cast<std::size_t>(a.size()) * sizeof(float)) == 0;
 }
 std::vector<Backend> layer_backends() {
   if (has_dnnl()) return {Backend::dnnl, Backend::eigen};
@@ -160,7 +162,8 @@ std::vector<Backend> layer_backends() {
 }
 }  // namespace
 
-TEST_CASE("MoE layer: outputs, loss and routing are bitwise equal on any thread count, run after run", "[moe][determinism]") {
+TEST_CASE("MoE layer: outputs, loss and routing are bitwise equal on any thread count, run after run",
+          "[moe][determinism]") {
   ThreadGuard guard;
   // Enough tokens for several row blocks per expert, and a group count that
   // does not divide evenly among the threads.
@@ -378,7 +381,8 @@ TEST_CASE("MoE layer: gating extras follow ungrouped inputs", "[moe]") {
   // by hand: the same tokens grouped [moe_groups=2, group=10]
   GatingInputs<double> g;
   g.importance = reshape(*in.importance, Shape::parse("moe_groups:2,group:10"));
-  g.uniform = shared_view(reshape(transpose(*in.uniform, Names({"batch", "length"})), Shape::parse("moe_groups:2,group:10")));
+  g.uniform =
+      shared_view(reshape(transpose(*in.uniform, Names({"batch", "length"})), Shape::parse("moe_groups:2,group:10")));
   const auto h = moe_forward(reshape(x, Shape::parse("moe_groups:2,group:10,model:6")), w, o, g);
   CHECK(reshape(h.outputs, x.shape()).to_vector() == r.outputs.to_vector());
   in.importance = shared_view(naive::random_ints<double>(Shape::parse("batch:2,length:9"), 0, 1));
@@ -418,7 +422,8 @@ TEST_CASE("MoE layer: random draws are fresh on every call, reproducible from (s
       CHECK(again.forward(x).outputs.to_vector() == c2.outputs.to_vector());
       // Explicit draws win over the call count.
       GatingInputs<double> in;
-      if (p == SecondPolicy::random) in.uniform = shared_view(naive::random_tensor<double>(Shape::parse("batch:2,group:12"), 0, 1));
+      if (p == SecondPolicy::random)
+        in.uniform = shared_view(naive::random_tensor<double>(Shape::parse("batch:2,group:12"), 0, 1));
       else in.gumbel = shared_view(Rng(5).gumbel<double>(Shape::parse("batch:2,group:12,experts:4")));
       CHECK(again.forward(x, in).outputs.to_vector() == layer.forward(x, in).outputs.to_vector());
     }
@@ -461,7 +466,8 @@ TEST_CASE("MoE layer: the default capacity follows the actual group size, groupe
   o.router = ExpertChoiceOptions{};
   fixed = o;
   std::get<ExpertChoiceOptions>(fixed.router).capacity = CapacitySpec::fixed(20);  // round(40 * 2 / 4)
-  CHECK(MoELayer<double>(w, o).forward(y).outputs.to_vector() == MoELayer<double>(w, fixed).forward(y).outputs.to_vector());
+  CHECK(MoELayer<double>(w, o).forward(y).outputs.to_vector() ==
+        MoELayer<double>(w, fixed).forward(y).outputs.to_vector());
   std::get<ExpertChoiceOptions>(o.router).capacity = CapacitySpec::factor(0, CapacityRule::expert_choice);
   CHECK_THROWS_NAMING(MoELayer<double>(w, o).forward(y), value_error, "capacity_factor");
 }

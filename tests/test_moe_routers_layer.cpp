@@ -17,12 +17,15 @@ struct ThreadGuard {
 };
 
 template <class T>
-MoEWeights<T> random_layer(index_t M, index_t H, index_t E, bool gated, index_t Hs, bool shared_gated, bool shared_gate) {
+MoEWeights<T> random_layer(index_t M, index_t H, index_t E, bool gated, index_t Hs, bool shared_gated,
+                           bool shared_gate) {
   MoEWeights<T> w;
   w.wg = shared_view(naive::random_tensor<T>(Shape{{"model", M}, {"experts", E}}));
   w.experts.wi = shared_view(naive::random_tensor<T>(Shape{{"experts", E}, {"model", M}, {"hidden", H}}, -0.5, 0.5));
   w.experts.wo = shared_view(naive::random_tensor<T>(Shape{{"experts", E}, {"hidden", H}, {"model", M}}, -0.5, 0.5));
-  if (gated) w.experts.wi_gate = shared_view(naive::random_tensor<T>(Shape{{"experts", E}, {"model", M}, {"hidden", H}}, -0.5, 0.5));
+  if (gated)
+    w.experts.wi_gate =
+        shared_view(naive::random_tensor<T>(Shape{{"experts", E}, {"model", M}, {"hidden", H}}, -0.5, 0.5));
   if (Hs > 0) {
     SharedExpertWeights<T> s;
     // (dims in a different order than the routed experts': found by name)
@@ -37,14 +40,18 @@ MoEWeights<T> random_layer(index_t M, index_t H, index_t E, bool gated, index_t 
 
 double act(Activation a, double v) {
   switch (a) {
-    case Activation::relu: return v > 0 ? v : 0;
-    case Activation::silu: return v / (1 + std::exp(-v));
-    default: return 0.5 * v * (1 + std::erf(v / std::sqrt(2.0)));  // gelu (tests below use relu/silu/gelu)
+    case Activation::relu:
+      return v > 0 ? v : 0;
+    case Activation::silu:
+      return v / (1 + std::exp(-v));
+    default:
+      return 0.5 * v * (1 + std::erf(v / std::sqrt(2.0)));  // gelu (tests below use relu/silu/gelu)
   }
 }
 
 /// FFN on one token with plain loops, weights read by name through at().
-double naive_ffn(const Tensor<double>& x, index_t t, index_t e, const ExpertWeights<double>& w, Activation a, index_t j_out) {
+double naive_ffn(const Tensor<double>& x, index_t t, index_t e, const ExpertWeights<double>& w, Activation a,
+                 index_t j_out) {
   const index_t M = w.wi.size_of("model"), H = w.wi.size_of("hidden");
   double y = 0;
   for (index_t h = 0; h < H; ++h) {
@@ -61,7 +68,8 @@ double naive_ffn(const Tensor<double>& x, index_t t, index_t e, const ExpertWeig
 
 }  // namespace
 
-TEST_CASE("MoE layer, topk router with a gated shared expert: hand-checked against plain loops", "[moe][routers][shared]") {
+TEST_CASE("MoE layer, topk router with a gated shared expert: hand-checked against plain loops",
+          "[moe][routers][shared]") {
   // Mixtral/Qwen2-MoE shape of a block: softmax top-2, normalized, gated
   // (SwiGLU) experts, a gated shared expert scaled by sigmoid(x . gate).
   const index_t T = 5, M = 4, H = 3, E = 4, Hs = 6;
@@ -91,13 +99,16 @@ TEST_CASE("MoE layer, topk router with a gated shared expert: hand-checked again
     for (index_t e = 0; e < E; ++e) z += std::exp(logit[e] - mx);
     for (index_t e = 0; e < E; ++e) p[e] = std::exp(logit[e] - mx) / z;
     index_t a = 0;
-    for (index_t e = 1; e < E; ++e) if (p[e] > p[a]) a = e;
+    for (index_t e = 1; e < E; ++e)
+      if (p[e] > p[a]) a = e;
     index_t b = a == 0 ? 1 : 0;
-    for (index_t e = 0; e < E; ++e) if (e != a && p[e] > p[b]) b = e;
+    for (index_t e = 0; e < E; ++e)
+      if (e != a && p[e] > p[b]) b = e;
     for (index_t m = 0; m < M; ++m) zg += x[t * M + m] * (*w.shared->gate)[m];
     const double sg = 1 / (1 + std::exp(-zg));
     for (index_t j = 0; j < M; ++j) {
-      const double want = (p[a] * naive_ffn(x, t, a, w.experts, o.activation, j) + p[b] * naive_ffn(x, t, b, w.experts, o.activation, j)) /
+      const double want = (p[a] * naive_ffn(x, t, a, w.experts, o.activation, j) +
+                           p[b] * naive_ffn(x, t, b, w.experts, o.activation, j)) /
                               (p[a] + p[b] + 1e-20) +
                           sg * naive_ffn(x, t, 0, sw, o.activation, j);
       INFO("token " << t << " col " << j);
@@ -112,7 +123,8 @@ TEMPLATE_TEST_CASE("MoE layer: topk and expert-choice routers, sparse equals den
   const double tol = std::is_same<TestType, float>::value ? 1e-5 : 1e-12;
   auto& g = naive::rng();
   for (int trial = 0; trial < 40; ++trial) {
-    const index_t G = std::uniform_int_distribution<index_t>(1, 3)(g), S = std::uniform_int_distribution<index_t>(1, 12)(g);
+    const index_t G = std::uniform_int_distribution<index_t>(1, 3)(g),
+                  S = std::uniform_int_distribution<index_t>(1, 12)(g);
     const index_t E = 2 * std::uniform_int_distribution<index_t>(1, 3)(g);
     const bool shared = trial % 3 != 0;
     const auto w = random_layer<TestType>(5, 6, E, trial % 2 == 0, shared ? 7 : 0, trial % 4 < 2, trial % 5 < 3);
@@ -121,7 +133,8 @@ TEMPLATE_TEST_CASE("MoE layer: topk and expert-choice routers, sparse equals den
     o.activation = static_cast<Activation>(trial % 4);
     if (trial % 4 == 3) {
       o.router = ExpertChoiceOptions{};
-      std::get<ExpertChoiceOptions>(o.router).capacity = CapacitySpec::fixed(std::uniform_int_distribution<index_t>(1, S)(g));
+      std::get<ExpertChoiceOptions>(o.router).capacity =
+          CapacitySpec::fixed(std::uniform_int_distribution<index_t>(1, S)(g));
     } else {
       o.router = TopKOptions{};
       std::get<TopKOptions>(o.router).k = std::uniform_int_distribution<index_t>(1, E)(g);
@@ -135,7 +148,9 @@ TEMPLATE_TEST_CASE("MoE layer: topk and expert-choice routers, sparse equals den
       }
       auto& t = std::get<TopKOptions>(o.router);
       if (trial % 6 == 2 && E >= 4) t.expert_groups = 2, t.topk_expert_groups = 1, t.k = std::min<index_t>(t.k, E / 2);
-      if (trial % 2 == 0) std::get<TopKOptions>(o.router).capacity = CapacitySpec::fixed(std::uniform_int_distribution<index_t>(1, S + 1)(g));
+      if (trial % 2 == 0)
+        std::get<TopKOptions>(o.router).capacity =
+            CapacitySpec::fixed(std::uniform_int_distribution<index_t>(1, S + 1)(g));
     }
     const auto a = moe_forward(x, w, o);
     o.dense = true;
@@ -156,10 +171,14 @@ TEMPLATE_TEST_CASE("MoE layer: topk and expert-choice routers, sparse equals den
       const index_t Hs = sw.wi.size_of("hidden");
       auto activate = [&](double v) {
         switch (o.activation) {
-          case Activation::relu: return v > 0 ? v : 0.0;
-          case Activation::gelu: return 0.5 * v * (1 + std::erf(v / std::sqrt(2.0)));
-          case Activation::gelu_tanh: return 0.5 * v * (1 + std::tanh(std::sqrt(2.0 / 3.14159265358979323846) * (v + 0.044715 * v * v * v)));
-          default: return v / (1 + std::exp(-v));
+          case Activation::relu:
+            return v > 0 ? v : 0.0;
+          case Activation::gelu:
+            return 0.5 * v * (1 + std::erf(v / std::sqrt(2.0)));
+          case Activation::gelu_tanh:
+            return 0.5 * v * (1 + std::tanh(std::sqrt(2.0 / 3.14159265358979323846) * (v + 0.044715 * v * v * v)));
+          default:
+            return v / (1 + std::exp(-v));
         }
       };
       for (index_t t = 0; t < G * S; ++t) {
@@ -214,7 +233,8 @@ TEST_CASE("MoE layer: shared expert in bf16 and int8 stays close to fp32, bitwis
     for (int t : {2, 3}) {
       set_num_threads(t);
       const auto r = layer.forward(x);
-      CHECK(std::memcmp(r.outputs.data(), one.outputs.data(), static_cast<std::size_t>(one.outputs.size()) * sizeof(float)) == 0);
+      CHECK(std::memcmp(r.outputs.data(), one.outputs.data(),
+                        static_cast<std::size_t>(one.outputs.size()) * sizeof(float)) == 0);
     }
   }
 }

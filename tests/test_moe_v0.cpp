@@ -21,7 +21,8 @@ TEST_CASE("moe_v0 matches the numpy transcription of Mesh TF, sparse and dense",
     for (bool dense : {false, true}) {
       o.dense = dense;
       const auto r = moe_v0_forward(x, w, o);
-      CHECK(naive::all_close(r.outputs, c.load<double>("expected_outputs", {"batch", "length", "model"}), 1e-12, 1e-12));
+      CHECK(
+          naive::all_close(r.outputs, c.load<double>("expected_outputs", {"batch", "length", "model"}), 1e-12, 1e-12));
       CHECK(r.aux_loss == Approx(c.load<double>("expected_loss", {}).item()).epsilon(1e-10));
     }
   }
@@ -32,6 +33,7 @@ TEST_CASE("moe_v0: too little capacity is a clear error", "[moe_v0][errors]") {
   w.wg = shared_view(naive::random_tensor<double>(Shape::parse("model:2,experts:8")));
   w.experts.wi = shared_view(naive::random_tensor<double>(Shape::parse("experts:8,model:2,hidden:3")));
   w.experts.wo = shared_view(naive::random_tensor<double>(Shape::parse("experts:8,hidden:3,model:2")));
-  CHECK_THROWS_NAMING(moe_v0_forward(naive::random_tensor<double>(Shape::parse("batch:1,length:2,model:2")), w, MoEV0Options{}),
-                      value_error, "capacity");
+  CHECK_THROWS_NAMING(
+      moe_v0_forward(naive::random_tensor<double>(Shape::parse("batch:1,length:2,model:2")), w, MoEV0Options{}),
+      value_error, "capacity");
 }

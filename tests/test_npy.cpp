@@ -76,6 +76,16 @@ TEST_CASE("npy errors name the file and say what is wrong", "[npy]") {
   const std::string p = tmp_path("bad.npy");
   const std::string f4(8, '\0');
   CHECK_THROWS_NAMING(load_npy<float>("no/such/file.npy", {"a"}), io_error, "no/such/file.npy");
+  // a missing file is a not_found_error (an io_error); a directory is not missing
+  CHECK_THROWS_NAMING(load_npy<float>("no/such/file.npy", {"a"}), not_found_error, "no such file");
+  const std::string dir = tmp_path("a_directory.npy");
+  std::filesystem::create_directory(dir);
+  CHECK_THROWS_AS(load_npy<float>(dir, {"a"}), io_error);
+  try {
+    (void)load_npy<float>(dir, {"a"});
+  } catch (const not_found_error&) {
+    FAIL("a directory is reported as missing");
+  } catch (const io_error&) {}
   write_file(p, "hello world, not npy");
   CHECK_THROWS_NAMING(load_npy<float>(p, {"a"}), io_error, p);
   write_file(p, npy_bytes("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }", f4));
@@ -167,15 +177,16 @@ TEST_CASE("npy header parser accepts exactly numpy's dict", "[npy]") {
     CHECK(read_npy<float>(in, {}, "mem").to_vector() == std::vector<float>{1.5f});
   }
   // (2) is an int to Python, not a tuple: numpy refuses it, and so do we.
-  CHECK_THROWS_NAMING(load("{'descr': '<f4', 'fortran_order': False, 'shape': (2), }", f4), io_error, "bad shape '(2)'");
+  CHECK_THROWS_NAMING(load("{'descr': '<f4', 'fortran_order': False, 'shape': (2), }", f4), io_error,
+                      "bad shape '(2)'");
   CHECK_THROWS_NAMING(load("{'descr': '<f4', 'fortran_order': False, 'shape': (02,), }", f4), io_error, "bad shape");
   CHECK_THROWS_NAMING(load("{'descr': '<f4', 'fortran_order': False, 'shape': (-2,), }", f4), io_error, "bad shape");
   CHECK_THROWS_NAMING(load("{'descr': '<f4', 'fortran_order': False, 'shape': (2,,), }", f4), io_error, "bad shape");
   CHECK_THROWS_NAMING(load("{'descr': '<f4', 'fortran_order': False, 'shape': [2], }", f4), io_error, "bad shape");
-  CHECK_THROWS_NAMING(load("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 'shape': (1,), }", f4),
-                      io_error, "duplicate key 'shape'");
-  CHECK_THROWS_NAMING(load("{'descr': '<f4', 'descr': '<f8', 'fortran_order': False, 'shape': (2,), }", f4),
-                      io_error, "duplicate key 'descr'");
+  CHECK_THROWS_NAMING(load("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 'shape': (1,), }", f4), io_error,
+                      "duplicate key 'shape'");
+  CHECK_THROWS_NAMING(load("{'descr': '<f4', 'descr': '<f8', 'fortran_order': False, 'shape': (2,), }", f4), io_error,
+                      "duplicate key 'descr'");
   CHECK_THROWS_NAMING(load("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 'extra': 1}", f4), io_error,
                       "unexpected key 'extra'");
   CHECK_THROWS_NAMING(load("{'descr': '<f4', 'fortran_order': 0, 'shape': (2,), }", f4), io_error, "True or False");

@@ -108,7 +108,8 @@ void check_route_case(const fixtures::Case& c) {
     CHECK(naive::close(static_cast<double>(r.aux_loss) / static_cast<double>(c.integer("k")), mean, tol, tol));
     // and its capacity rule
     CHECK(capacity_from_factor(CapacityRule::deepspeed, logits.size_of("group"), E, c.integer("k"),
-                               std::stod(c.config.at("capacity_factor")), c.integer("min_capacity")) == c.integer("capacity"));
+                               std::stod(c.config.at("capacity_factor")),
+                               c.integer("min_capacity")) == c.integer("capacity"));
   }
 }
 

@@ -42,11 +42,13 @@ TEST_CASE("RoutingPlan: slots past the group size are not allocated, sizes are c
   CHECK_THROWS_AS(p.reset(Shape{{"batch", index_t{1} << 20}}, Dim("group", index_t{1} << 20), Dim("experts", 2),
                           Dim("expert_capacity", 1), 2),
                   resource_error);
-  CHECK_THROWS_AS(p.reset(Shape::parse("batch:1"), Dim("group", index_t{1} << 31), Dim("experts", 2), Dim("expert_capacity", 1), 2),
-                  shape_error);
+  CHECK_THROWS_AS(
+      p.reset(Shape::parse("batch:1"), Dim("group", index_t{1} << 31), Dim("experts", 2), Dim("expert_capacity", 1), 2),
+      shape_error);
 }
 
-TEST_CASE("top-2 and truncated gating: a capacity far above the group size routes as capacity S", "[plan][edge][top2]") {
+TEST_CASE("top-2 and truncated gating: a capacity far above the group size routes as capacity S",
+          "[plan][edge][top2]") {
   const Tensor<float> logits = Rng(3).normal<float>(Shape::parse("batch:2,group:16,experts:4"));
   Top2Options small, huge;
   small.capacity = CapacitySpec::fixed(16);

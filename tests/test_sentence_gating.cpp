@@ -12,12 +12,15 @@ TEST_CASE("sentence embeddings: hand-worked, ids global over groups, 0 is paddin
   CHECK(naive::all_close(e, Tensor<double>(x.shape(), {11. / 3, 11. / 3, 0, 7, 11. / 3, 7}), 1e-12));
   // lingvo: with N = 6 tokens, id 6 is padding as well; 7 is out of range.
   const Tensor<std::int32_t> pad(Shape::parse("batch:2,group:3"), {1, 1, 0, /**/ 2, 1, 6});
-  CHECK(naive::all_close(sentence_embeddings(x, pad), Tensor<double>(x.shape(), {11. / 3, 11. / 3, 0, 5, 11. / 3, 0}), 1e-12));
+  CHECK(naive::all_close(sentence_embeddings(x, pad), Tensor<double>(x.shape(), {11. / 3, 11. / 3, 0, 5, 11. / 3, 0}),
+                         1e-12));
   CHECK_THROWS_NAMING(sentence_embeddings(x, Tensor<std::int32_t>(Shape::parse("batch:2,group:3"), {0, 0, 0, 0, 0, 7})),
                       value_error, "segment id 7");
-  CHECK_THROWS_NAMING(sentence_embeddings(x, Tensor<std::int32_t>(Shape::parse("batch:2,group:3"), {0, 0, 0, 0, 0, -1})),
-                      value_error, "segment id -1");
-  CHECK_THROWS_NAMING(sentence_embeddings(x, Tensor<std::int32_t>(Shape::parse("batch:2,group:4"))), shape_error, "segment ids");
+  CHECK_THROWS_NAMING(
+      sentence_embeddings(x, Tensor<std::int32_t>(Shape::parse("batch:2,group:3"), {0, 0, 0, 0, 0, -1})), value_error,
+      "segment id -1");
+  CHECK_THROWS_NAMING(sentence_embeddings(x, Tensor<std::int32_t>(Shape::parse("batch:2,group:4"))), shape_error,
+                      "segment ids");
 }
 
 TEST_CASE("sentence ids equal to the token count are padding, as in lingvo", "[sentence][fixtures]") {
@@ -26,7 +29,8 @@ TEST_CASE("sentence ids equal to the token count are padding, as in lingvo", "[s
   const auto& c = cases[0];
   const auto x = c.load<double>("inputs", {"batch", "group", "model"});
   const auto seg = c.load<std::int64_t>("segment_ids", {"batch", "group"});
-  CHECK(naive::all_close(sentence_embeddings(x, seg), c.load<double>("expected_embeddings", {"batch", "group", "model"}), 1e-12));
+  CHECK(naive::all_close(sentence_embeddings(x, seg),
+                         c.load<double>("expected_embeddings", {"batch", "group", "model"}), 1e-12));
 }
 
 TEST_CASE("sentence and task gating match the numpy transcription of lingvo", "[sentence][fixtures]") {
@@ -36,7 +40,8 @@ TEST_CASE("sentence and task gating match the numpy transcription of lingvo", "[
   const auto x = c.load<double>("inputs", {"batch", "group", "model"});
   const auto seg = c.load<std::int64_t>("segment_ids", {"batch", "group"});
   const auto wg = c.load<double>("wg", {"model", "experts"});
-  CHECK(naive::all_close(sentence_embeddings(x, seg), c.load<double>("expected_embeddings", {"batch", "group", "model"}), 1e-12));
+  CHECK(naive::all_close(sentence_embeddings(x, seg),
+                         c.load<double>("expected_embeddings", {"batch", "group", "model"}), 1e-12));
   Top2Options o;
   o.capacity = CapacitySpec::fixed(c.integer("capacity"));
   GatingInputs<double> in;

@@ -40,7 +40,8 @@ TEMPLATE_TEST_CASE("softmax equals a naive loop on random shapes", "[softmax][pr
     const auto lp = log_softmax(x, dim);
     const auto lse = logsumexp(x, dim);
     Tensor<TestType> z(s.without({dim}));
-    naive::for_each(s, [&](const naive::Index& idx) { z[naive::offset(z.shape(), idx)] += std::exp(naive::get(x, idx)); });
+    naive::for_each(s,
+                    [&](const naive::Index& idx) { z[naive::offset(z.shape(), idx)] += std::exp(naive::get(x, idx)); });
     naive::for_each(s, [&](const naive::Index& idx) {
       const TestType zz = z[naive::offset(z.shape(), idx)];
       REQUIRE(naive::close(p[naive::offset(s, idx)], std::exp(naive::get(x, idx)) / zz, 1e-5));

@@ -30,8 +30,8 @@ TEST_CASE("SparseDispatcher: dispatch, combine and expert_to_gates (hand-worked)
 
 TEST_CASE("plan_from_gates routes like SparseDispatcher, for experts_sparse", "[dispatcher]") {
   const auto gates = noisy_topk_gating(naive::random_tensor<double>(Shape::parse("batch:20,model:4")),
-                                        naive::random_tensor<double>(Shape::parse("model:4,experts:5")), std::nullopt,
-                                        NoisyTopKOptions{})
+                                       naive::random_tensor<double>(Shape::parse("model:4,experts:5")), std::nullopt,
+                                       NoisyTopKOptions{})
                          .gates;
   const auto plan = plan_from_gates(gates, 2);
   SparseDispatcher<double> d(gates);

@@ -1,6 +1,6 @@
-#include <optional>
 #include <cmath>
 #include <limits>
+#include <optional>
 
 #include "check.hpp"
 #include "moe_fixtures.hpp"
@@ -41,10 +41,42 @@ void require_same(const RouterResult<T>& f, const DenseRouterResult<T>& d, doubl
 TEST_CASE("top-2 gating, hand-worked: 2 groups, 6 tokens, 3 experts, capacity 2", "[top2]") {
   // Probabilities per token (group 1 has ties, broken toward the lower index).
   const Shape s = Shape::parse("batch:2,group:6,experts:3");
-  const auto logits = logits_of(s, {.6, .3, .1, /**/ .5, .2, .3, /**/ .7, .1, .2, /**/ .2, .5, .3, /**/ .1, .2, .7,
-                                    /**/ .4, .1, .5,
-                                    /* group 1 */ .1, .8, .1, /**/ .3, .3, .4, /**/ .2, .6, .2, /**/ .25, .25, .5,
-                                    /**/ .9, .05, .05, /**/ .1, .7, .2});
+  const auto logits = logits_of(s, {.6,
+                                    .3,
+                                    .1,
+                                    /**/ .5,
+                                    .2,
+                                    .3,
+                                    /**/ .7,
+                                    .1,
+                                    .2,
+                                    /**/ .2,
+                                    .5,
+                                    .3,
+                                    /**/ .1,
+                                    .2,
+                                    .7,
+                                    /**/ .4,
+                                    .1,
+                                    .5,
+                                    /* group 1 */ .1,
+                                    .8,
+                                    .1,
+                                    /**/ .3,
+                                    .3,
+                                    .4,
+                                    /**/ .2,
+                                    .6,
+                                    .2,
+                                    /**/ .25,
+                                    .25,
+                                    .5,
+                                    /**/ .9,
+                                    .05,
+                                    .05,
+                                    /**/ .1,
+                                    .7,
+                                    .2});
   // Worked by hand. Group 0: first choices e0 <- t0, t1 (t2 dropped: slot 2),
   // e1 <- t3, e2 <- t4, t5. Second choices start after the kept first ones:
   // t0 -> e1 slot 1 kept; t1, t2, t3 -> e2 slot 2 dropped; t4 -> e1 slot 2
@@ -120,7 +152,14 @@ TEST_CASE("top-2 gating: policies, hand-worked on one token", "[top2]") {
   o.policy = SecondPolicy::sampling;
   GatingInputs<double> gs;
   gs.gumbel = shared_view(Tensor<double>(Shape::parse("group:1,experts:3"), {100, 0, 5}));
-  auto r = top2_gating(logits, [&] { auto p = o; p.capacity = CapacitySpec::fixed(4); return p; }(), gs);
+  auto r = top2_gating(
+      logits,
+      [&] {
+        auto p = o;
+        p.capacity = CapacitySpec::fixed(4);
+        return p;
+      }(),
+      gs);
   CHECK(r.plan.expert[1] == 2);
   CHECK(r.plan.weight[1] == Approx(.1 / (.6 + .1 + 1e-9)));
 }
@@ -191,9 +230,9 @@ TEST_CASE("top-2 gating: capacity edge cases", "[top2][edge]") {
     const auto o = options(3);
     const auto r = top2_gating(l, o);
     require_same(r, top2_gating_dense(l, o), 1e-12);
-    CHECK(r.stats.first_kept == 6);      // 3 per group
+    CHECK(r.stats.first_kept == 6);  // 3 per group
     CHECK(r.plan.taken[0] == 3);
-    CHECK(r.stats.second_kept == 6);     // ties -> expert 1 for all, 3 slots per group
+    CHECK(r.stats.second_kept == 6);  // ties -> expert 1 for all, 3 slots per group
     CHECK(r.plan.taken[1] == 3);
   }
   SECTION("a group of one token") {
@@ -231,8 +270,10 @@ TEST_CASE("top-2 gating: capacity edge cases", "[top2][edge]") {
 TEST_CASE("top-2 gating: bad input names the dim or value", "[top2][errors]") {
   const auto l = naive::random_tensor<double>(Shape::parse("batch:2,group:3,experts:4"));
   Top2Options o = options(2);
-  CHECK_THROWS_NAMING(top2_gating(naive::random_tensor<double>(Shape::parse("group:3,e:4")), o), shape_error, "\"experts\"");
-  CHECK_THROWS_NAMING(top2_gating(naive::random_tensor<double>(Shape::parse("g:3,experts:4")), o), shape_error, "\"group\"");
+  CHECK_THROWS_NAMING(top2_gating(naive::random_tensor<double>(Shape::parse("group:3,e:4")), o), shape_error,
+                      "\"experts\"");
+  CHECK_THROWS_NAMING(top2_gating(naive::random_tensor<double>(Shape::parse("g:3,experts:4")), o), shape_error,
+                      "\"group\"");
   o.capacity = CapacitySpec::factor(0.0);  // from a factor which is no factor
   CHECK_THROWS_NAMING(top2_gating(l, o), value_error, "capacity_factor");
   o.capacity = CapacitySpec::factor(std::numeric_limits<double>::quiet_NaN());
@@ -268,14 +309,15 @@ TEST_CASE("top-2 gating: seeded draws are reproducible and equal explicit draws"
     const auto a = top2_gating(l, o), b = top2_gating(l, o);
     CHECK(a.plan.combine_tensor().to_vector() == b.plan.combine_tensor().to_vector());
     GatingInputs<double> in;
-    if (policy == SecondPolicy::random) in.uniform = shared_view(Rng(99).uniform<double>(Shape::parse("batch:2,group:9")));
+    if (policy == SecondPolicy::random)
+      in.uniform = shared_view(Rng(99).uniform<double>(Shape::parse("batch:2,group:9")));
     else in.gumbel = shared_view(Rng(99).gumbel<double>(l.shape()));
     CHECK(top2_gating(l, o, in).plan.combine_tensor().to_vector() == a.plan.combine_tensor().to_vector());
   }
 }
 
-TEMPLATE_TEST_CASE("sparse gating equals the dense formulation on random shapes and options", "[top2][property]",
-                   float, double) {
+TEMPLATE_TEST_CASE("sparse gating equals the dense formulation on random shapes and options", "[top2][property]", float,
+                   double) {
   for (int trial = 0; trial < 150; ++trial) {
     auto& g = naive::rng();
     const index_t B = std::uniform_int_distribution<index_t>(1, 3)(g);
@@ -296,7 +338,8 @@ TEMPLATE_TEST_CASE("sparse gating equals the dense formulation on random shapes 
       in.importance = imp;
     }
     INFO("trial " << trial);
-    require_same(top2_gating(l, o, in), top2_gating_dense(l, o, in), std::is_same<TestType, float>::value ? 1e-6 : 1e-12);
+    require_same(top2_gating(l, o, in), top2_gating_dense(l, o, in),
+                 std::is_same<TestType, float>::value ? 1e-6 : 1e-12);
   }
 }
 
@@ -431,7 +474,7 @@ TEST_CASE("top-2 gating: -inf logits mask an expert (never chosen first, weight 
   const double ninf = -std::numeric_limits<double>::infinity();
   auto l = naive::random_tensor<double>(Shape::parse("batch:2,group:6,experts:4"));
   for (index_t t = 0; t < 12; ++t) l[t * 4 + 2] = ninf;  // expert 2 masked everywhere
-  l[5 * 4 + 0] = l[5 * 4 + 3] = ninf;  // token 5: only expert 1 is finite
+  l[5 * 4 + 0] = l[5 * 4 + 3] = ninf;                    // token 5: only expert 1 is finite
   for (auto policy : {SecondPolicy::all, SecondPolicy::threshold, SecondPolicy::random, SecondPolicy::sampling}) {
     Top2Options o = options(4);
     o.policy = policy;
@@ -492,7 +535,8 @@ TEST_CASE("Mesh TF's max_experts top-2 gating matches the numpy transcription", 
 TEST_CASE("Mesh TF's max_experts top-2 gating: fast equals dense on edge cases", "[top2][mtf_v1][property]") {
   for (int trial = 0; trial < 40; ++trial) {
     auto& g = naive::rng();
-    const index_t G = std::uniform_int_distribution<index_t>(1, 3)(g), S = std::uniform_int_distribution<index_t>(1, 12)(g);
+    const index_t G = std::uniform_int_distribution<index_t>(1, 3)(g),
+                  S = std::uniform_int_distribution<index_t>(1, 12)(g);
     const index_t E = std::uniform_int_distribution<index_t>(1, 5)(g);
     const Shape gs{{"batch", G}, {"group", S}};
     // integer logits give ties; some trials all-zero (a fresh router)

@@ -32,12 +32,13 @@ TEMPLATE_TEST_CASE("truncated gating: fast equals dense on random inputs", "[tru
     auto& g = naive::rng();
     const index_t S = std::uniform_int_distribution<index_t>(1, 30)(g);
     const index_t E = std::uniform_int_distribution<index_t>(1, 6)(g);
-    const auto gates = softmax(naive::random_tensor<TestType>(Shape{{"batch", 2}, {"group", S}, {"experts", E}}, -3, 3), "experts");
+    const auto gates =
+        softmax(naive::random_tensor<TestType>(Shape{{"batch", 2}, {"group", S}, {"experts", E}}, -3, 3), "experts");
     Top2Options o;
     o.capacity = CapacitySpec::fixed(std::uniform_int_distribution<index_t>(1, S + 1)(g));
     INFO("trial " << trial);
-    REQUIRE(naive::all_close(truncated_top2_gating(gates, o).plan.combine_tensor(), truncated_top2_gating_dense(gates, o),
-                             1e-6, 1e-6));
+    REQUIRE(naive::all_close(truncated_top2_gating(gates, o).plan.combine_tensor(),
+                             truncated_top2_gating_dense(gates, o), 1e-6, 1e-6));
   }
 }
 

@@ -42,7 +42,8 @@ struct Config {
 template <class T>
 class MoEDecoder {
  public:
-  explicit MoEDecoder(Config c) : c_(c), load_(static_cast<std::size_t>(c.layers), std::vector<index_t>(static_cast<std::size_t>(c.experts), 0)) {
+  explicit MoEDecoder(Config c)
+      : c_(c), load_(static_cast<std::size_t>(c.layers), std::vector<index_t>(static_cast<std::size_t>(c.experts), 0)) {
     Rng rng(c.seed);
     auto init = [&](const Shape& s, double scale) {
       Tensor<T> t = rng.normal<T>(s);
@@ -86,14 +87,17 @@ class MoEDecoder {
     Tensor<T> x(rows.with(length).with(model()));
     const index_t R = rows.num_elements(), L = length.size, M = c_.model;
     for (index_t r = 0; r < R; ++r)
-      for (index_t p = 0; p < L; ++p) add_input(x.data() + (r * L + p) * M, p == 0 ? start_token(r, R) : ids[r * L + p - 1], p);
+      for (index_t p = 0; p < L; ++p)
+        add_input(x.data() + (r * L + p) * M, p == 0 ? start_token(r, R) : ids[r * L + p - 1], p);
     const Dim memory("memory_length", L);
     const Tensor<bool> causal = causal_mask(length);
     for (auto& layer : layers_) {
       const Tensor<T> h = rms_norm(x);
       const Tensor<T> q = einsum({h, layer.wq}, rows.with(length).with(heads()).with(kvd()));
-      const Tensor<T> k = rename(einsum({h, layer.wk}, rows.with(length).with(heads()).with(kvd())), "length", memory.name);
-      const Tensor<T> v = rename(einsum({h, layer.wv}, rows.with(length).with(heads()).with(kvd())), "length", memory.name);
+      const Tensor<T> k =
+          rename(einsum({h, layer.wk}, rows.with(length).with(heads()).with(kvd())), "length", memory.name);
+      const Tensor<T> v =
+          rename(einsum({h, layer.wv}, rows.with(length).with(heads()).with(kvd())), "length", memory.name);
       x = x + attend(q, k, v, causal, layer);
       x = x + moe(rms_norm(x), rows.with(Dim("group", L)), layer);
     }
@@ -111,11 +115,13 @@ class MoEDecoder {
   /// ids [rows..., length] -> [rows..., vocab]; writes position `step` into the cache.
   Tensor<T> step_logits(index_t step, const TensorView<const std::int64_t>& ids, std::vector<Tensor<T>>& cache) {
     const Dim length = ids.shape()[ids.rank() - 1];
-    if (step >= c_.max_length) detail::raise<value_error>("tiny decoder: step ", step, " is past max_length ", c_.max_length);
+    if (step >= c_.max_length)
+      detail::raise<value_error>("tiny decoder: step ", step, " is past max_length ", c_.max_length);
     const Shape rows = ids.shape().without({length.name});
     const index_t R = rows.num_elements(), L = length.size, M = c_.model;
     Tensor<T> x(rows.with(model()));
-    for (index_t r = 0; r < R; ++r) add_input(x.data() + r * M, step == 0 ? start_token(r, R) : ids[r * L + step - 1], step);
+    for (index_t r = 0; r < R; ++r)
+      add_input(x.data() + r * M, step == 0 ? start_token(r, R) : ids[r * L + step - 1], step);
     Tensor<bool> visible(Shape{Dim("memory_length", c_.max_length)});
     for (index_t j = 0; j <= step; ++j) visible[j] = true;
     const index_t HK = c_.heads * c_.kv;
@@ -147,7 +153,7 @@ class MoEDecoder {
  private:
   struct Layer {
     Tensor<T> wq, wk, wv, wo;
-    Tensor<T> wg, wi, wo_experts;   // the MoE block's weights
+    Tensor<T> wg, wi, wo_experts;    // the MoE block's weights
     std::optional<MoELayer<T>> moe;  // laid out from them
   };
   Dim vocab() const { return Dim("vocab", c_.vocab); }
@@ -168,7 +174,8 @@ class MoEDecoder {
 
   void add_input(T* dst, std::int64_t token, index_t position) const {
     const index_t M = c_.model;
-    if (position >= c_.max_length) detail::raise<value_error>("tiny decoder: position ", position, " is past max_length");
+    if (position >= c_.max_length)
+      detail::raise<value_error>("tiny decoder: position ", position, " is past max_length");
     for (index_t m = 0; m < M; ++m) dst[m] = positions_[position * M + m];
     if (token >= 0) {
       if (token >= c_.vocab) detail::raise<value_error>("tiny decoder: token ", token, " is not in the vocab");
@@ -198,7 +205,8 @@ class MoEDecoder {
   Tensor<T> moe(const Tensor<T>& x, const Shape& grouped, Layer& layer) {
     auto out = layer.moe->forward(reshape(x, grouped.with(model())));
     auto& load = load_[static_cast<std::size_t>(&layer - layers_.data())];
-    for (index_t e = 0; e < c_.experts; ++e) load[static_cast<std::size_t>(e)] += out.stats.tokens_per_expert[static_cast<std::size_t>(e)];
+    for (index_t e = 0; e < c_.experts; ++e)
+      load[static_cast<std::size_t>(e)] += out.stats.tokens_per_expert[static_cast<std::size_t>(e)];
     return reshape(std::move(out.outputs), x.shape());
   }
 

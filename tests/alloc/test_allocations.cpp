@@ -46,7 +46,8 @@ void* counted(std::size_t n, std::size_t align, void* caller) {
     }
   }
   if (n == 0) n = 1;
-  void* p = align > alignof(std::max_align_t) ? std::aligned_alloc(align, (n + align - 1) / align * align) : std::malloc(n);
+  void* p =
+      align > alignof(std::max_align_t) ? std::aligned_alloc(align, (n + align - 1) / align * align) : std::malloc(n);
   if (!p) throw std::bad_alloc();
   return p;
 }
@@ -119,8 +120,8 @@ std::vector<std::pair<const char*, RouterOptions>> routers() {
   bpr.capacity = CapacitySpec::fixed(5);
   bpr.priority = Priority::bpr;
   bpr.normalize = TopKNormalize::kept;
-  return {{"top2", Top2Options{}}, {"top2 random", random}, {"topk", TopKOptions{}},
-          {"topk deepseek", deepseek}, {"topk bpr", bpr}, {"expert choice", ExpertChoiceOptions{}}};
+  return {{"top2", Top2Options{}},     {"top2 random", random}, {"topk", TopKOptions{}},
+          {"topk deepseek", deepseek}, {"topk bpr", bpr},       {"expert choice", ExpertChoiceOptions{}}};
 }
 
 }  // namespace
@@ -192,8 +193,20 @@ TEST_CASE("a decode step allocates nothing", "[alloc]") {
 
 TEST_CASE("the counter counts: a vector, a shape of long names, a copied tensor", "[alloc]") {
   const Tensor<float> x(Shape{{"batch", 2}, {"model", 3}});
-  CHECK(steady_allocations([&] { std::vector<int> v(3); (void)v; }) == 1);
-  CHECK(steady_allocations([&] { Shape s{{"a_name_longer_than_fifteen", 2}}; (void)s; }) >= 1);  // (past std::string's inline 15)
-  CHECK(steady_allocations([&] { Tensor<float> c = x; (void)c; }) == 1);
-  CHECK(steady_allocations([&] { TensorView<const float> v = x; (void)v; }) == 0);
+  CHECK(steady_allocations([&] {
+          std::vector<int> v(3);
+          (void)v;
+        }) == 1);
+  CHECK(steady_allocations([&] {
+          Shape s{{"a_name_longer_than_fifteen", 2}};
+          (void)s;
+        }) >= 1);  // (past std::string's inline 15)
+  CHECK(steady_allocations([&] {
+          Tensor<float> c = x;
+          (void)c;
+        }) == 1);
+  CHECK(steady_allocations([&] {
+          TensorView<const float> v = x;
+          (void)v;
+        }) == 0);
 }

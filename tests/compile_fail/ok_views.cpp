@@ -11,6 +11,6 @@ int main() {
   Tensor<float> copy = r.copy();   // copies are explicit
   Tensor<float> copy2(r2);
   MoEWeights<float> weights;
-  weights.wg = t;                  // a view of a tensor that outlives the weights
+  weights.wg = t;  // a view of a tensor that outlives the weights
   return static_cast<int>(r[0] + copy[0] + copy2[0] + weights.wg[0]);
 }

@@ -48,6 +48,7 @@ int main(int argc, char** argv) {
     ymax = std::max(ymax, std::fabs(dense.outputs[i]));
   }
   const bool layer_ok = ymax > 0 && err <= 1e-5f * ymax;
-  std::printf("einmoe consumer: MoE layer on %s %s (max |diff| / max |y| = %.2g)\n", to_string(used), layer_ok ? "ok" : "WRONG", static_cast<double>(err / ymax));
+  std::printf("einmoe consumer: MoE layer on %s %s (max |diff| / max |y| = %.2g)\n", to_string(used),
+              layer_ok ? "ok" : "WRONG", static_cast<double>(err / ymax));
   return ok && layer_ok ? 0 : 1;
 }

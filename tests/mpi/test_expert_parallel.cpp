@@ -80,36 +80,39 @@ std::vector<std::pair<std::string, ExpertParallelOptions>> exchanges() {
 }
 
 template <class T>
-void equal_case(const std::string& name0, const MoEWeights<T>& w, const MoEOptions& o, index_t G, index_t S, index_t M) {
+void equal_case(const std::string& name0, const MoEWeights<T>& w, const MoEOptions& o, index_t G, index_t S,
+                index_t M) {
   const Tensor<T> x = Rng(99).normal<T>(Shape{{"batch", G}, {"group", S}, {"model", M}});
   const MoELayer<T> ref_layer(w, o);
   const auto ref = ref_layer.forward(x);
   const auto ref2 = ref_layer.forward(x);  // call 1: fresh draws for policies random and sampling
   for (const auto& [how, epo] : exchanges()) {
-  const std::string name = name0 + ", " + how;
-  const ExpertParallelMoE<T> ep(MPI_COMM_WORLD, w, o, epo);
-  // contiguous, uneven shares: rank r gets groups [G r / P, G (r + 1) / P)
-  const index_t g0 = G * rank / ranks, g1 = G * (rank + 1) / ranks;
-  const auto out = ep.forward(groups_of(x, g0, g1 - g0));
-  const auto want = groups_of(ref.outputs, g0, g1 - g0);
-  check(bitwise(out.outputs, want), name + ": outputs bitwise equal to one process");
-  check(std::memcmp(&out.aux_loss, &ref.aux_loss, sizeof(T)) == 0, name + ": aux_loss bitwise");
-  check(std::memcmp(&out.z_loss, &ref.z_loss, sizeof(T)) == 0, name + ": z_loss bitwise");
-  check(out.stats.tokens_per_expert == ref.stats.tokens_per_expert, name + ": tokens per expert");
-  check(out.stats.density_1 == ref.stats.density_1, name + ": density_1 bitwise");
-  check(out.stats.first_kept == ref.stats.first_kept && out.stats.second_kept == ref.stats.second_kept &&
-            out.stats.first_wanted == ref.stats.first_wanted && out.stats.slots == ref.stats.slots,
-        name + ": kept / wanted / slots");
-  // twice: the workspace is reused, and call 1 draws what the layer's call 1 draws
-  check(bitwise(ep.forward(groups_of(x, g0, g1 - g0)).outputs, groups_of(ref2.outputs, g0, g1 - g0)),
-        name + ": second call bitwise equal");
-  check(ep.calls() == 2, name + ": two calls counted");
-  index_t mine = 0;
-  for (index_t e = ep.first_expert(); e < ep.first_expert() + ep.local_experts(); ++e) mine += ref2.stats.tokens_per_expert[detail::uz(e)];
-  check(ep.last().rows_received == mine, name + ": rows received = this rank's experts' load");
-  if (epo.exchange == Exchange::padded)
-    check(ep.last().bytes_sent == ep.last().bytes_received && ep.last().bytes_sent >= static_cast<std::size_t>(ep.last().rows_sent * M) * sizeof(T),
-          name + ": padded blocks are equal and hold every row");
+    const std::string name = name0 + ", " + how;
+    const ExpertParallelMoE<T> ep(MPI_COMM_WORLD, w, o, epo);
+    // contiguous, uneven shares: rank r gets groups [G r / P, G (r + 1) / P)
+    const index_t g0 = G * rank / ranks, g1 = G * (rank + 1) / ranks;
+    const auto out = ep.forward(groups_of(x, g0, g1 - g0));
+    const auto want = groups_of(ref.outputs, g0, g1 - g0);
+    check(bitwise(out.outputs, want), name + ": outputs bitwise equal to one process");
+    check(std::memcmp(&out.aux_loss, &ref.aux_loss, sizeof(T)) == 0, name + ": aux_loss bitwise");
+    check(std::memcmp(&out.z_loss, &ref.z_loss, sizeof(T)) == 0, name + ": z_loss bitwise");
+    check(out.stats.tokens_per_expert == ref.stats.tokens_per_expert, name + ": tokens per expert");
+    check(out.stats.density_1 == ref.stats.density_1, name + ": density_1 bitwise");
+    check(out.stats.first_kept == ref.stats.first_kept && out.stats.second_kept == ref.stats.second_kept &&
+              out.stats.first_wanted == ref.stats.first_wanted && out.stats.slots == ref.stats.slots,
+          name + ": kept / wanted / slots");
+    // twice: the workspace is reused, and call 1 draws what the layer's call 1 draws
+    check(bitwise(ep.forward(groups_of(x, g0, g1 - g0)).outputs, groups_of(ref2.outputs, g0, g1 - g0)),
+          name + ": second call bitwise equal");
+    check(ep.calls() == 2, name + ": two calls counted");
+    index_t mine = 0;
+    for (index_t e = ep.first_expert(); e < ep.first_expert() + ep.local_experts(); ++e)
+      mine += ref2.stats.tokens_per_expert[detail::uz(e)];
+    check(ep.last().rows_received == mine, name + ": rows received = this rank's experts' load");
+    if (epo.exchange == Exchange::padded)
+      check(ep.last().bytes_sent == ep.last().bytes_received &&
+                ep.last().bytes_sent >= static_cast<std::size_t>(ep.last().rows_sent * M) * sizeof(T),
+            name + ": padded blocks are equal and hold every row");
   }
 }
 
@@ -148,14 +151,18 @@ void doc_examples() {
 /// placement makes node order differ from rank order): it delivers what
 /// MPI_Alltoallv delivers, in the same order, and brings rows back.
 void two_level_case(const std::vector<int>& labels) {
-  const std::string name = "two-level transport, " + std::to_string(labels.size()) + " ranks, nodes of rank 1: " + std::to_string(labels[labels.size() > 1 ? 1 : 0]);
+  const std::string name = "two-level transport, " + std::to_string(labels.size()) +
+                           " ranks, nodes of rank 1: " + std::to_string(labels[labels.size() > 1 ? 1 : 0]);
   const detail::TwoLevelExchange t(MPI_COMM_WORLD, labels);
   const index_t W = 3;
   detail::TwoLevelPlan plan;
   plan.to.resize(static_cast<std::size_t>(ranks));
   std::vector<int> sc(static_cast<std::size_t>(ranks)), sd(sc.size()), rc(sc.size()), rd(sc.size());
   index_t n = 0;
-  for (int q = 0; q < ranks; ++q) sc[static_cast<std::size_t>(q)] = static_cast<int>((rank * 7 + q * 3) % 5), plan.to[static_cast<std::size_t>(q)] = sc[static_cast<std::size_t>(q)], sd[static_cast<std::size_t>(q)] = static_cast<int>(n), n += sc[static_cast<std::size_t>(q)];
+  for (int q = 0; q < ranks; ++q)
+    sc[static_cast<std::size_t>(q)] = static_cast<int>((rank * 7 + q * 3) % 5),
+    plan.to[static_cast<std::size_t>(q)] = sc[static_cast<std::size_t>(q)],
+    sd[static_cast<std::size_t>(q)] = static_cast<int>(n), n += sc[static_cast<std::size_t>(q)];
   detail::AlignedVector<double> send(static_cast<std::size_t>(n * W));
   for (std::size_t i = 0; i < send.size(); ++i) send[i] = rank * 1000.0 + static_cast<double>(i);
   MPI_Datatype row;
@@ -163,7 +170,8 @@ void two_level_case(const std::vector<int>& labels) {
   MPI_Type_commit(&row);
   MPI_Alltoall(sc.data(), 1, MPI_INT, rc.data(), 1, MPI_INT, MPI_COMM_WORLD);
   index_t m = 0;
-  for (int q = 0; q < ranks; ++q) rd[static_cast<std::size_t>(q)] = static_cast<int>(m), m += rc[static_cast<std::size_t>(q)];
+  for (int q = 0; q < ranks; ++q)
+    rd[static_cast<std::size_t>(q)] = static_cast<int>(m), m += rc[static_cast<std::size_t>(q)];
   detail::AlignedVector<double> want(static_cast<std::size_t>(m * W)), got, s1, s2, back(send.size());
   MPI_Alltoallv(send.data(), sc.data(), sd.data(), row, want.data(), rc.data(), rd.data(), row, MPI_COMM_WORLD);
   t.forward(send.data(), W, row, plan, got, s1, s2);
@@ -225,7 +233,8 @@ int main(int argc, char** argv) {
       std::get<TopKOptions>(ds.router).scale = 2.5;
       std::get<TopKOptions>(ds.router).capacity = CapacitySpec::fixed(9);
       std::get<TopKOptions>(ds.router).priority = Priority::bpr;
-      equal_case("topk sigmoid groups bias capacity bpr" + e, layer_weights<float>(M, H, E, true, false, 3), ds, G, S, M);
+      equal_case("topk sigmoid groups bias capacity bpr" + e, layer_weights<float>(M, H, E, true, false, 3), ds, G, S,
+                 M);
       MoEOptions ec;
       ec.router = ExpertChoiceOptions{};
       std::get<ExpertChoiceOptions>(ec.router).capacity = CapacitySpec::fixed(10);
@@ -240,11 +249,13 @@ int main(int argc, char** argv) {
     }
     // Message counts past 2^31 - 1 rows are an error, never a wrapped int.
     check(detail::mpi_count(INT_MAX, "rows") == INT_MAX, "2^31 - 1 rows fit one message");
-    expect_throw_everywhere("2^31 rows in one message", "2^31 - 1", [] { detail::mpi_count(index_t{INT_MAX} + 1, "rows"); });
+    expect_throw_everywhere("2^31 rows in one message", "2^31 - 1",
+                            [] { detail::mpi_count(index_t{INT_MAX} + 1, "rows"); });
     // The two-level transport with nodes in rank order and round-robin.
     {
       std::vector<int> block(static_cast<std::size_t>(ranks)), rr(block.size()), one(block.size(), 7);
-      for (int q = 0; q < ranks; ++q) block[static_cast<std::size_t>(q)] = q / 2, rr[static_cast<std::size_t>(q)] = q % 2;
+      for (int q = 0; q < ranks; ++q)
+        block[static_cast<std::size_t>(q)] = q / 2, rr[static_cast<std::size_t>(q)] = q % 2;
       if (ranks % 2 == 0) two_level_case(block), two_level_case(rr);
       two_level_case(one);
       std::vector<int> each(block.size());
@@ -252,7 +263,8 @@ int main(int argc, char** argv) {
       two_level_case(each);
       if (ranks == 3) {
         std::vector<int> uneven{0, 0, 1};
-        expect_throw_everywhere("nodes of different sizes", "every node", [&] { detail::TwoLevelExchange(MPI_COMM_WORLD, uneven); });
+        expect_throw_everywhere("nodes of different sizes", "every node",
+                                [&] { detail::TwoLevelExchange(MPI_COMM_WORLD, uneven); });
       }
     }
     // Fewer groups than ranks: some ranks bring none.
@@ -293,30 +305,41 @@ int main(int argc, char** argv) {
       const Tensor<float> x = Rng(1).normal<float>(Shape{{"batch", 1}, {"group", 8}, {"model", bad_m}});
       expect_throw_everywhere("inputs with the wrong model dim on the last rank", "rank " + std::to_string(ranks - 1),
                               [&] { ep.forward(x); });
-      const Tensor<float> y = Rng(1).normal<float>(Shape{{"batch", 1}, {"group", 8 + (rank == ranks - 1 ? 1 : 0)}, {"model", M}});
+      const Tensor<float> y =
+          Rng(1).normal<float>(Shape{{"batch", 1}, {"group", 8 + (rank == ranks - 1 ? 1 : 0)}, {"model", M}});
       if (ranks > 1) expect_throw_everywhere("group sizes that differ", "group size", [&] { ep.forward(y); });
       // still usable after the errors
       const Tensor<float> z = Rng(2).normal<float>(Shape{{"batch", 1}, {"group", 8}, {"model", M}});
       check(ep.forward(z).outputs.size() == 8 * M, "usable after errors");
       const auto wh = layer_weights<float>(M, rank == 0 ? H : H + 1, 8, false, false, 9);
-      if (ranks > 1) expect_throw_everywhere("weights that differ across ranks", "hidden", [&] { ExpertParallelMoE<float>(MPI_COMM_WORLD, wh, o); });
+      if (ranks > 1)
+        expect_throw_everywhere("weights that differ across ranks", "hidden",
+                                [&] { ExpertParallelMoE<float>(MPI_COMM_WORLD, wh, o); });
       MoEOptions bad = o;
       std::get<TopKOptions>(bad.router).k = rank == 0 ? 9 : 2;
       expect_throw_everywhere("k > E on rank 0", "rank 0", [&] { ExpertParallelMoE<float>(MPI_COMM_WORLD, w, bad); });
       ExpertParallelOptions h{Exchange::hierarchical, ranks + 1};
-      if (ranks > 1) expect_throw_everywhere("ranks_per_node that does not divide", "does not divide", [&] { ExpertParallelMoE<float>(MPI_COMM_WORLD, w, o, h); });
+      if (ranks > 1)
+        expect_throw_everywhere("ranks_per_node that does not divide", "does not divide",
+                                [&] { ExpertParallelMoE<float>(MPI_COMM_WORLD, w, o, h); });
       h.ranks_per_node = -1;
-      expect_throw_everywhere("negative ranks_per_node", "ranks_per_node", [&] { ExpertParallelMoE<float>(MPI_COMM_WORLD, w, o, h); });
+      expect_throw_everywhere("negative ranks_per_node", "ranks_per_node",
+                              [&] { ExpertParallelMoE<float>(MPI_COMM_WORLD, w, o, h); });
       h.ranks_per_node = rank == 0 ? 1 : 0;
-      if (ranks > 1) expect_throw_everywhere("ranks_per_node that differs", "ranks_per_node", [&] { ExpertParallelMoE<float>(MPI_COMM_WORLD, w, o, h); });
+      if (ranks > 1)
+        expect_throw_everywhere("ranks_per_node that differs", "ranks_per_node",
+                                [&] { ExpertParallelMoE<float>(MPI_COMM_WORLD, w, o, h); });
       h.exchange = rank == 0 ? Exchange::padded : Exchange::rows, h.ranks_per_node = 0;
-      if (ranks > 1) expect_throw_everywhere("exchanges that differ", "exchange", [&] { ExpertParallelMoE<float>(MPI_COMM_WORLD, w, o, h); });
+      if (ranks > 1)
+        expect_throw_everywhere("exchanges that differ", "exchange",
+                                [&] { ExpertParallelMoE<float>(MPI_COMM_WORLD, w, o, h); });
       if (ranks > 1) {  // an inter-communicator between the two halves
         MPI_Comm half = MPI_COMM_NULL, inter = MPI_COMM_NULL;
         const int side = rank < ranks / 2 ? 0 : 1;
         MPI_Comm_split(MPI_COMM_WORLD, side, rank, &half);
         MPI_Intercomm_create(half, 0, MPI_COMM_WORLD, side == 0 ? ranks / 2 : 0, 17, &inter);
-        expect_throw_everywhere("an inter-communicator", "inter-communicator", [&] { ExpertParallelMoE<float>(inter, w, o); });
+        expect_throw_everywhere("an inter-communicator", "inter-communicator",
+                                [&] { ExpertParallelMoE<float>(inter, w, o); });
         MPI_Comm_free(&inter);
         MPI_Comm_free(&half);
       }

@@ -61,7 +61,8 @@ bool looks_like_code(const std::string& line) {
   while (!body.empty() && (body.back() == ' ' || body.back() == '\t')) body.pop_back();
   if (body.empty() || body.back() != ';') return false;
   // a call, an assignment, a member access or a declaration "Type name(...)"
-  static const std::regex statement(R"(^(auto|const|[A-Za-z_][\w:]*(<[^;]*>)?[&*]?\s+[&*]?[A-Za-z_]\w*\s*[=({;]|[A-Za-z_][\w:.]*\s*(\(|=|\.|->|\[)))");
+  static const std::regex statement(
+      R"(^(auto|const|[A-Za-z_][\w:]*(<[^;]*>)?[&*]?\s+[&*]?[A-Za-z_]\w*\s*[=({;]|[A-Za-z_][\w:.]*\s*(\(|=|\.|->|\[)))");
   return std::regex_search(body, statement);
 }
 
@@ -103,7 +104,8 @@ void from_markdown(const fs::path& md, const std::string& prefix, std::vector<Ex
     e.line = static_cast<int>(i) + 2;
     std::size_t j = i + 1;
     for (; j < lines.size() && lines[j] != "```"; ++j) e.code.push_back(lines[j]);
-    if (j == lines.size()) throw std::runtime_error(md.string() + ":" + std::to_string(i + 1) + ": unterminated ```cpp block");
+    if (j == lines.size())
+      throw std::runtime_error(md.string() + ":" + std::to_string(i + 1) + ": unterminated ```cpp block");
     out.push_back(e);
     i = j;
   }

@@ -109,10 +109,12 @@ void scan(const fs::path& file, int limit, std::vector<Finding>& found) {
   ss << in.rdbuf();
   const std::string code = code_only(ss.str());
   enum Kind { scope, body };
-  std::vector<Kind> stack;            // what each open brace opened
-  std::vector<std::size_t> starts;    // where each body's declaration began
-  std::size_t decl_start = 0;         // the first character after the last ; { } at scope level
-  auto line_of = [&](std::size_t pos) { return 1 + static_cast<int>(std::count(code.begin(), code.begin() + static_cast<std::ptrdiff_t>(pos), '\n')); };
+  std::vector<Kind> stack;          // what each open brace opened
+  std::vector<std::size_t> starts;  // where each body's declaration began
+  std::size_t decl_start = 0;       // the first character after the last ; { } at scope level
+  auto line_of = [&](std::size_t pos) {
+    return 1 + static_cast<int>(std::count(code.begin(), code.begin() + static_cast<std::ptrdiff_t>(pos), '\n'));
+  };
   for (std::size_t i = 0; i < code.size(); ++i) {
     const char c = code[i];
     const bool at_scope = stack.empty() || stack.back() == scope;
@@ -120,7 +122,8 @@ void scan(const fs::path& file, int limit, std::vector<Finding>& found) {
       if (at_scope) {
         const std::string decl = without_template_heads(code.substr(decl_start, i - decl_start));
         const bool is_scope = has_word(decl, "namespace") || has_word(decl, "class") || has_word(decl, "struct") ||
-                              has_word(decl, "union") || has_word(decl, "enum") || decl.find("extern") != std::string::npos;
+                              has_word(decl, "union") || has_word(decl, "enum") ||
+                              decl.find("extern") != std::string::npos;
         // a parameter list, and no '=' before it (a variable's initializer), unless an operator's
         const std::size_t paren = decl.find('(');
         const std::string before = decl.substr(0, paren);
@@ -171,8 +174,8 @@ int main(int argc, char** argv) {
   std::sort(files.begin(), files.end());
   for (const auto& f : files) scan(f, limit, found);
   for (const auto& f : found)
-    std::printf("%s:%d: %s is %d lines long (at most %d)\n", f.file.c_str(), f.first, f.name.c_str(), f.last - f.first + 1,
-                limit);
+    std::printf("%s:%d: %s is %d lines long (at most %d)\n", f.file.c_str(), f.first, f.name.c_str(),
+                f.last - f.first + 1, limit);
   std::printf("%zu headers, %zu functions longer than %d lines\n", files.size(), found.size(), limit);
   return found.empty() ? 0 : 1;
 }

@@ -94,7 +94,8 @@ class Args {
     const std::string v = get(f);
     double x = 0;
     auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), x);
-    if (ec != std::errc() || p != v.data() + v.size() || !std::isfinite(x)) fail(f, ": \"", v, "\" is not a finite number");
+    if (ec != std::errc() || p != v.data() + v.size() || !std::isfinite(x))
+      fail(f, ": \"", v, "\" is not a finite number");
     return x;
   }
 
@@ -130,7 +131,8 @@ einmoe::Tensor<T> load_float(const std::string& flag, const std::string& path, c
 
 /// Checks that `t` (loaded from flag/path) has exactly the sizes of `want`.
 template <class T>
-void expect_shape(const einmoe::TensorView<const T>& t, const einmoe::Shape& want, const std::string& flag, const std::string& path) {
+void expect_shape(const einmoe::TensorView<const T>& t, const einmoe::Shape& want, const std::string& flag,
+                  const std::string& path) {
   if (t.shape() != want) fail(flag, " ", path, ": shape ", t.shape(), " does not match ", want);
 }
 

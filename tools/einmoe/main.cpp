@@ -6,12 +6,12 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <limits>
-#include <memory>
-#include <optional>
 #include <cstdio>
 #include <cstring>
 #include <iostream>
+#include <limits>
+#include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -69,9 +69,21 @@ const char* kExchangeFlags =
     "                           (default: the ranks that share memory)\n";
 
 std::vector<Flag> gate_flags() {
-  return {{"--capacity", true}, {"--capacity-factor", true}, {"--policy", true},  {"--threshold", true}, {"--importance", true},
-          {"--normalize", true}, {"--second-place-loss", false}, {"--uniform", true}, {"--gumbel", true},
-          {"--seed", true}, {"--ties", true}, {"--dense", false}, {"--threads", true}, {"--out", true}, {"--help", false}};
+  return {{"--capacity", true},
+          {"--capacity-factor", true},
+          {"--policy", true},
+          {"--threshold", true},
+          {"--importance", true},
+          {"--normalize", true},
+          {"--second-place-loss", false},
+          {"--uniform", true},
+          {"--gumbel", true},
+          {"--seed", true},
+          {"--ties", true},
+          {"--dense", false},
+          {"--threads", true},
+          {"--out", true},
+          {"--help", false}};
 }
 
 const char* kRouterFlags =
@@ -88,9 +100,11 @@ const char* kRouterFlags =
     "                           expert-choice: required, tokens per expert per group)\n"
     "  --priority P             topk: slot order choice (default) | bpr | token\n";
 
-const std::vector<std::string> kTopkOnly{"--k", "--score", "--bias", "--groups", "--topk-groups", "--group-fill", "--scale", "--priority"};
-const std::vector<std::string> kTop2Only{"--capacity-factor", "--policy", "--threshold", "--second-place-loss", "--importance",
-                                         "--uniform", "--gumbel", "--seed", "--ties"};
+const std::vector<std::string> kTopkOnly{"--k",           "--score",      "--bias",  "--groups",
+                                         "--topk-groups", "--group-fill", "--scale", "--priority"};
+const std::vector<std::string> kTop2Only{
+    "--capacity-factor", "--policy", "--threshold", "--second-place-loss", "--importance", "--uniform",
+    "--gumbel",          "--seed",   "--ties"};
 
 std::vector<Flag> router_flags() {
   std::vector<Flag> f{{"--router", true}, {"--normalize", true}, {"--capacity", true}};
@@ -140,7 +154,8 @@ void router_options(const Args& a, RouterOptions kind, index_t E, MoEOptions& o)
   }
   t.scale = a.real("--scale", 1.0);
   if (!std::isfinite(t.scale)) fail("--scale: ", t.scale, " is not finite");
-  if (a.has("--groups") != a.has("--topk-groups")) fail(a.has("--groups") ? "--groups" : "--topk-groups", ": give --groups and --topk-groups together");
+  if (a.has("--groups") != a.has("--topk-groups"))
+    fail(a.has("--groups") ? "--groups" : "--topk-groups", ": give --groups and --topk-groups together");
   if (a.has("--group-fill") && !a.has("--groups")) fail("--group-fill: needs --groups and --topk-groups");
   if (a.has("--groups")) {
     t.expert_groups = a.integer("--groups", 1, 1);
@@ -149,7 +164,8 @@ void router_options(const Args& a, RouterOptions kind, index_t E, MoEOptions& o)
     if (t.topk_expert_groups > t.expert_groups)
       fail("--topk-groups: ", t.topk_expert_groups, " exceeds --groups ", t.expert_groups);
     if (t.topk_expert_groups * (E / t.expert_groups) < t.k)
-      fail("--topk-groups: ", t.topk_expert_groups, " groups of ", E / t.expert_groups, " experts hold fewer than --k ", t.k);
+      fail("--topk-groups: ", t.topk_expert_groups, " groups of ", E / t.expert_groups, " experts hold fewer than --k ",
+           t.k);
     try {
       t.group_fill = parse_group_fill(a.get_or("--group-fill", "zero"));
     } catch (const einmoe::error&) {
@@ -253,7 +269,8 @@ Ties parse_ties_flag(const Args& a) {
 
 Top2Options gate_options(const Args& a) {
   Top2Options o;
-  if (a.has("--capacity") && a.has("--capacity-factor")) fail("--capacity-factor: give --capacity or --capacity-factor, not both");
+  if (a.has("--capacity") && a.has("--capacity-factor"))
+    fail("--capacity-factor: give --capacity or --capacity-factor, not both");
   if (a.has("--capacity-factor")) {
     const double cf = a.real("--capacity-factor", 1.25);
     if (!(cf > 0)) fail("--capacity-factor: ", cf, " must be positive");
@@ -329,21 +346,23 @@ std::string gate_stats_json(const Args& a, const Top2Options& o, const Shape& lo
   std::string j = "{\n";
   j += "  \"command\": \"gate\",\n";
   j += "  \"options\": {\"capacity\": " + std::to_string(capacity) + ", \"capacity_factor\": " +
-       (a.has("--capacity-factor") ? json_number(o.capacity.capacity_factor) : std::string("null")) + ", \"policy\": \"" +
-       to_string(o.policy) + "\", \"threshold\": " + json_number(o.threshold) + ", \"normalize\": \"" +
-       (o.normalize == Normalize::before ? "before" : "after") + "\", \"second_place_loss\": " +
-       (o.second_place_loss ? "true" : "false") + ", \"seed\": " + std::to_string(o.seed) + ", \"ties\": \"" +
-       to_string(o.ties) + "\", \"dense\": " + (a.has("--dense") ? "true" : "false") +
+       (a.has("--capacity-factor") ? json_number(o.capacity.capacity_factor) : std::string("null")) +
+       ", \"policy\": \"" + to_string(o.policy) + "\", \"threshold\": " + json_number(o.threshold) +
+       ", \"normalize\": \"" + (o.normalize == Normalize::before ? "before" : "after") +
+       "\", \"second_place_loss\": " + (o.second_place_loss ? "true" : "false") +
+       ", \"seed\": " + std::to_string(o.seed) + ", \"ties\": \"" + to_string(o.ties) +
+       "\", \"dense\": " + (a.has("--dense") ? "true" : "false") +
        ", \"mtf_v1\": " + (a.has("--mtf-v1") ? "true" : "false") + "},\n";
-  j += "  \"groups\": " + std::to_string(logits.size_of("batch")) + ", \"group_size\": " +
-       std::to_string(logits.size_of("group")) + ", \"experts\": " + std::to_string(logits.size_of("experts")) + ",\n";
+  j += "  \"groups\": " + std::to_string(logits.size_of("batch")) +
+       ", \"group_size\": " + std::to_string(logits.size_of("group")) +
+       ", \"experts\": " + std::to_string(logits.size_of("experts")) + ",\n";
   j += "  \"tokens_per_expert\": " + json_list(st.tokens_per_expert) + ",\n";
   j += "  \"first_choices\": " + json_list(st.first_choices) + ",\n";
   j += "  \"first_wanted\": " + std::to_string(st.first_wanted) + ", \"first_kept\": " + std::to_string(st.first_kept) +
-       ", \"second_wanted\": " + std::to_string(st.second_wanted) + ", \"second_kept\": " +
-       std::to_string(st.second_kept) + ",\n";
-  j += "  \"dropped_first\": " + json_number(st.dropped_first()) + ", \"dropped_second\": " +
-       json_number(st.dropped_second()) + ", \"fill\": " + json_number(st.fill()) + ",\n";
+       ", \"second_wanted\": " + std::to_string(st.second_wanted) +
+       ", \"second_kept\": " + std::to_string(st.second_kept) + ",\n";
+  j += "  \"dropped_first\": " + json_number(st.dropped_first()) +
+       ", \"dropped_second\": " + json_number(st.dropped_second()) + ", \"fill\": " + json_number(st.fill()) + ",\n";
   j += "  \"aux_loss\": " + json_number(aux_loss) + "\n}\n";
   return j;
 }
@@ -378,7 +397,8 @@ void run_gate(const Args& a) {
   if (v1) {
     for (const char* f : {"--importance", "--gumbel", "--normalize"})
       if (a.has(f)) fail(f, ": not part of --mtf-v1 (its gates are renormalized after capacity; see --max-experts)");
-    if (o.policy == SecondPolicy::sampling) fail("--policy sampling: not part of --mtf-v1 (all, none, threshold, random)");
+    if (o.policy == SecondPolicy::sampling)
+      fail("--policy sampling: not part of --mtf-v1 (all, none, threshold, random)");
   }
   const auto in = gate_inputs<T>(a, tokens, logits.shape());
   std::optional<Tensor<T>> max_experts;
@@ -396,8 +416,8 @@ void run_gate(const Args& a) {
     out.add("dispatch.npy", d.dispatch);
     out.add("combine.npy", d.combine);
     out.add("aux_loss.npy", Tensor<T>::scalar(d.aux_loss));
-    out.add_text("stats.json", gate_stats_json(a, o, logits.shape(), d.combine.shape().size_of("expert_capacity"), d.stats,
-                                               static_cast<double>(d.aux_loss)));
+    out.add_text("stats.json", gate_stats_json(a, o, logits.shape(), d.combine.shape().size_of("expert_capacity"),
+                                               d.stats, static_cast<double>(d.aux_loss)));
     out.commit();
     print_stats("gate (dense)", d.stats, static_cast<double>(d.aux_loss));
   } else {
@@ -446,7 +466,8 @@ ExpertParallelOptions exchange_options(const Args& a) {
   } catch (const einmoe::error&) {
     fail("--exchange: unknown exchange \"", a.get("--exchange"), "\" (rows, padded, hierarchical)");
   }
-  if (a.has("--ranks-per-node") && ep.exchange != Exchange::hierarchical) fail("--ranks-per-node: only with --exchange hierarchical");
+  if (a.has("--ranks-per-node") && ep.exchange != Exchange::hierarchical)
+    fail("--ranks-per-node: only with --exchange hierarchical");
   const long long m = a.integer("--ranks-per-node", 1, 0);
   if (m > 1000000) fail("--ranks-per-node ", m, ": at most 1000000");
   ep.ranks_per_node = static_cast<int>(m);
@@ -461,17 +482,21 @@ Tensor<T> gather_rows(const Tensor<T>& local, const Shape& whole) {
   int rank = 0, size = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
-  const index_t row = local.rank() > 0 && local.shape()[0].size > 0 ? local.size() / local.shape()[0].size
-                                                                     : whole.num_elements() / std::max<index_t>(1, whole[0].size);
+  const index_t row = local.rank() > 0 && local.shape()[0].size > 0
+                          ? local.size() / local.shape()[0].size
+                          : whole.num_elements() / std::max<index_t>(1, whole[0].size);
   MPI_Datatype rt;
   MPI_Type_contiguous(static_cast<int>(row), std::is_same<T, float>::value ? MPI_FLOAT : MPI_DOUBLE, &rt);
   MPI_Type_commit(&rt);
   int n = static_cast<int>(local.rank() > 0 ? local.shape()[0].size : 0);
   std::vector<int> counts(static_cast<std::size_t>(size)), displs(static_cast<std::size_t>(size));
   MPI_Gather(&n, 1, MPI_INT, counts.data(), 1, MPI_INT, 0, MPI_COMM_WORLD);
-  for (int r = 1; r < size; ++r) displs[static_cast<std::size_t>(r)] = displs[static_cast<std::size_t>(r - 1)] + counts[static_cast<std::size_t>(r - 1)];
+  for (int r = 1; r < size; ++r)
+    displs[static_cast<std::size_t>(r)] =
+        displs[static_cast<std::size_t>(r - 1)] + counts[static_cast<std::size_t>(r - 1)];
   Tensor<T> out = rank == 0 ? Tensor<T>(whole, uninitialized) : Tensor<T>();
-  MPI_Gatherv(local.data(), n, rt, rank == 0 ? out.data() : nullptr, counts.data(), displs.data(), rt, 0, MPI_COMM_WORLD);
+  MPI_Gatherv(local.data(), n, rt, rank == 0 ? out.data() : nullptr, counts.data(), displs.data(), rt, 0,
+              MPI_COMM_WORLD);
   MPI_Type_free(&rt);
   return out;
 }
@@ -500,8 +525,10 @@ void run_moe(const Args& a) {
     cli::expect_shape(*w.experts.bo, Shape{{"experts", E}, {"model", M}}, "--bo", a.get("--bo"));
   }
   if (a.has("--wi-gate")) {
-    w.experts.wi_gate = shared_view(cli::load_float<T>("--wi-gate", a.get("--wi-gate"), {"experts", "model", "hidden"}));
-    cli::expect_shape(*w.experts.wi_gate, Shape{{"experts", E}, {"model", M}, {"hidden", H}}, "--wi-gate", a.get("--wi-gate"));
+    w.experts.wi_gate =
+        shared_view(cli::load_float<T>("--wi-gate", a.get("--wi-gate"), {"experts", "model", "hidden"}));
+    cli::expect_shape(*w.experts.wi_gate, Shape{{"experts", E}, {"model", M}, {"hidden", H}}, "--wi-gate",
+                      a.get("--wi-gate"));
   }
   if (a.has("--shared-wi") || a.has("--shared-wo") || a.has("--shared-wi-gate") || a.has("--shared-gate")) {
     if (!a.has("--shared-wi") || !a.has("--shared-wo"))
@@ -514,7 +541,8 @@ void run_moe(const Args& a) {
     cli::expect_shape(sw.wo, Shape{{"hidden", Hs}, {"model", M}}, "--shared-wo", a.get("--shared-wo"));
     if (a.has("--shared-wi-gate")) {
       sw.wi_gate = shared_view(cli::load_float<T>("--shared-wi-gate", a.get("--shared-wi-gate"), {"model", "hidden"}));
-      cli::expect_shape(*sw.wi_gate, Shape{{"model", M}, {"hidden", Hs}}, "--shared-wi-gate", a.get("--shared-wi-gate"));
+      cli::expect_shape(*sw.wi_gate, Shape{{"model", M}, {"hidden", Hs}}, "--shared-wi-gate",
+                        a.get("--shared-wi-gate"));
     }
     if (a.has("--shared-gate")) {
       sw.gate = shared_view(cli::load_float<T>("--shared-gate", a.get("--shared-gate"), {"model"}));
@@ -543,7 +571,8 @@ void run_moe(const Args& a) {
   } catch (const einmoe::error&) {
     fail("--precision: unknown precision \"", a.get("--precision"), "\" (fp32, bf16, int8)");
   }
-  if (o.dense && o.precision != Precision::fp32) fail("--precision ", a.get("--precision"), ": --dense computes in full precision (fp32)");
+  if (o.dense && o.precision != Precision::fp32)
+    fail("--precision ", a.get("--precision"), ": --dense computes in full precision (fp32)");
   const Shape tokens = x.shape().without({"model"});
   const auto in = a.has("--router") ? GatingInputs<T>{} : gate_inputs<T>(a, tokens, tokens.with(Dim("experts", E)));
   // --repeat N: run the layer N times and report the best time (the steady
@@ -581,8 +610,8 @@ void run_moe(const Args& a) {
     if (a.has("--router")) out.add("z_loss.npy", Tensor<T>::scalar(r.z_loss));
     out.commit();
     print_stats("moe (expert parallel)", r.stats, static_cast<double>(r.aux_loss));
-    std::printf("moe: %d ranks, best of %lld: %.3f ms (%d threads per rank)\n", size, static_cast<long long>(reps), best,
-                num_threads());
+    std::printf("moe: %d ranks, best of %lld: %.3f ms (%d threads per rank)\n", size, static_cast<long long>(reps),
+                best, num_threads());
     return;
 #else
     fail("--expert-parallel: this einmoe was built without MPI (libopenmpi-dev)");
@@ -680,7 +709,8 @@ void run_block(const Args& a) {
     out.add("router_logits.npy", logits);
     out.commit();
     std::printf("block (expert parallel, %d ranks): %s layer %lld, %lld tokens, %s experts; tokens per expert:", size,
-                ck->config().model_type.c_str(), static_cast<long long>(layer), static_cast<long long>(T), to_string(p));
+                ck->config().model_type.c_str(), static_cast<long long>(layer), static_cast<long long>(T),
+                to_string(p));
     for (auto n : r.stats.tokens_per_expert) std::printf(" %lld", static_cast<long long>(n));
     std::printf("\n");
     return;
@@ -719,7 +749,8 @@ Tensor<std::int64_t> load_ids(const std::string& flag, const std::string& path, 
   }
   if (info.dtype != DType::int32 && info.dtype != DType::int64)
     fail(flag, " ", path, ": dtype ", dtype_name(info.dtype), ", expected int32 or int64");
-  if (info.sizes.size() != names.size()) fail(flag, " ", path, ": rank ", info.sizes.size(), ", expected ", names.size());
+  if (info.sizes.size() != names.size())
+    fail(flag, " ", path, ": rank ", info.sizes.size(), ", expected ", names.size());
   try {
     if (info.dtype == DType::int32) return cast<std::int64_t>(load_npy<std::int32_t>(path, names));
     return load_npy<std::int64_t>(path, names);
@@ -751,7 +782,8 @@ void run_mask(const std::string& kind, const Args& a) {
     if (a.has("--memory")) {
       const auto m = load_ids("--memory", a.get("--memory"), {"batch", "memory_length"});
       if (m.size_of("batch") != q.size_of("batch"))
-        fail("--memory ", a.get("--memory"), ": batch ", m.size_of("batch"), " does not match --query's ", q.size_of("batch"));
+        fail("--memory ", a.get("--memory"), ": batch ", m.size_of("batch"), " does not match --query's ",
+             q.size_of("batch"));
       vis = same_segment_mask(q, m);
     } else {
       vis = same_segment_mask(q);
@@ -778,7 +810,8 @@ void run_beam(const Args& a) {
     }
     if (!finite) fail("--transitions ", tp, ": row ", r, " is all -inf");
   }
-  const index_t B = a.required_integer("--batch", 1), K = a.required_integer("--beam", 1), L = a.required_integer("--length", 1);
+  const index_t B = a.required_integer("--batch", 1), K = a.required_integer("--beam", 1),
+                L = a.required_integer("--length", 1);
   a.get("--alpha");
   const double alpha = a.real("--alpha", 0.0);
   BeamSearchOptions o;
@@ -868,53 +901,59 @@ int run(const std::vector<std::string>& argv) {
     flags.push_back({"--mtf-v1", false});
     flags.push_back({"--max-experts", true});
     if (help) {
-      std::printf("usage: einmoe gate --logits L.npy --capacity C [flags] --out DIR\n"
-                  "  --logits L.npy           [G,S,E] router logits\n"
-                  "  --mtf-v1                 Mesh TF's other _top_2_gating (max_experts; gates renormalized after\n"
-                  "                           capacity with +1e-9; threshold/random on the raw gate_2; no sampling)\n"
-                  "  --max-experts M.npy      with --mtf-v1: [G,S] at most this many experts per token\n%s%s"
-                  "writes DIR/dispatch.npy, DIR/combine.npy [G,S,E,C], DIR/aux_loss.npy (0-d), the sparse plan\n"
-                  "DIR/expert.npy and DIR/slot.npy (int64 [G,S,2]: each token's first and second expert and\n"
-                  "its slot, -1 where not kept) and DIR/weight.npy [G,S,2] (not with --dense), and\n"
-                  "DIR/stats.json (the options used, tokens per expert, dropped fractions)\n",
-                  kGateFlags, kCommonFlags);
+      std::printf(
+          "usage: einmoe gate --logits L.npy --capacity C [flags] --out DIR\n"
+          "  --logits L.npy           [G,S,E] router logits\n"
+          "  --mtf-v1                 Mesh TF's other _top_2_gating (max_experts; gates renormalized after\n"
+          "                           capacity with +1e-9; threshold/random on the raw gate_2; no sampling)\n"
+          "  --max-experts M.npy      with --mtf-v1: [G,S] at most this many experts per token\n%s%s"
+          "writes DIR/dispatch.npy, DIR/combine.npy [G,S,E,C], DIR/aux_loss.npy (0-d), the sparse plan\n"
+          "DIR/expert.npy and DIR/slot.npy (int64 [G,S,2]: each token's first and second expert and\n"
+          "its slot, -1 where not kept) and DIR/weight.npy [G,S,2] (not with --dense), and\n"
+          "DIR/stats.json (the options used, tokens per expert, dropped fractions)\n",
+          kGateFlags, kCommonFlags);
       return 0;
     }
     const Args a(rest, flags, cmd);
     apply_threads(a);
-    by_dtype(a, "--logits", [&] { run_gate<float>(a); }, [&] { run_gate<double>(a); });
+    by_dtype(
+        a, "--logits", [&] { run_gate<float>(a); }, [&] { run_gate<double>(a); });
   } else if (cmd == "route") {
     auto flags = router_flags();
     for (const char* f : {"--logits", "--threads", "--out"}) flags.push_back({f, true});
     flags.push_back({"--dense", false});
     flags.push_back({"--help", false});
     if (help) {
-      std::printf("usage: einmoe route --logits L.npy --router topk|expert-choice [flags] --out DIR\n"
-                  "  --logits L.npy           [G,S,E] router logits (-inf masks an expert)\n%s%s"
-                  "writes DIR/combine.npy [G,S,E] (weights, 0 where not routed), DIR/slot.npy int64 [G,S,E]\n"
-                  "(position in the expert's buffer within the group, -1 where not routed), DIR/aux_loss.npy\n"
-                  "and DIR/z_loss.npy (0-d float64)\n",
-                  kRouterFlags, kCommonFlags);
+      std::printf(
+          "usage: einmoe route --logits L.npy --router topk|expert-choice [flags] --out DIR\n"
+          "  --logits L.npy           [G,S,E] router logits (-inf masks an expert)\n%s%s"
+          "writes DIR/combine.npy [G,S,E] (weights, 0 where not routed), DIR/slot.npy int64 [G,S,E]\n"
+          "(position in the expert's buffer within the group, -1 where not routed), DIR/aux_loss.npy\n"
+          "and DIR/z_loss.npy (0-d float64)\n",
+          kRouterFlags, kCommonFlags);
       return 0;
     }
     const Args a(rest, flags, cmd);
     apply_threads(a);
-    by_dtype(a, "--logits", [&] { run_route<float>(a); }, [&] { run_route<double>(a); });
+    by_dtype(
+        a, "--logits", [&] { run_route<float>(a); }, [&] { run_route<double>(a); });
   } else if (cmd == "truncated-gate") {
-    const std::vector<Flag> flags{{"--gates", true}, {"--capacity", true}, {"--ties", true}, {"--dense", false},
-                                  {"--threads", true}, {"--out", true},    {"--help", false}};
+    const std::vector<Flag> flags{{"--gates", true},   {"--capacity", true}, {"--ties", true}, {"--dense", false},
+                                  {"--threads", true}, {"--out", true},      {"--help", false}};
     if (help) {
-      std::printf("usage: einmoe truncated-gate --gates P.npy --capacity C --out DIR\n"
-                  "  --gates P.npy            [G,S,E] gate probabilities\n"
-                  "  --capacity C             slots per expert per group (required, positive)\n"
-                  "  --ties lowest|highest    which expert wins a tie (default lowest; see gate --help)\n%s"
-                  "writes DIR/combine.npy [G,S,E,C]\n",
-                  kCommonFlags);
+      std::printf(
+          "usage: einmoe truncated-gate --gates P.npy --capacity C --out DIR\n"
+          "  --gates P.npy            [G,S,E] gate probabilities\n"
+          "  --capacity C             slots per expert per group (required, positive)\n"
+          "  --ties lowest|highest    which expert wins a tie (default lowest; see gate --help)\n%s"
+          "writes DIR/combine.npy [G,S,E,C]\n",
+          kCommonFlags);
       return 0;
     }
     const Args a(rest, flags, cmd);
     apply_threads(a);
-    by_dtype(a, "--gates", [&] { run_truncated<float>(a); }, [&] { run_truncated<double>(a); });
+    by_dtype(
+        a, "--gates", [&] { run_truncated<float>(a); }, [&] { run_truncated<double>(a); });
   } else if (cmd == "moe") {
     auto flags = gate_flags();
     for (const char* f : {"--inputs", "--wg", "--wi", "--wo", "--bi", "--bo", "--activation", "--precision", "--repeat",
@@ -925,52 +964,64 @@ int run(const std::vector<std::string>& argv) {
     flags.push_back({"--ranks-per-node", true});
     for (const auto& f : kTopkOnly) flags.push_back({f, true});
     if (help) {
-      std::printf("usage: einmoe moe --inputs X.npy --wg WG.npy --wi WI.npy --wo WO.npy (--capacity C | --router R) [flags] --out DIR\n"
-                  "  --inputs X.npy           [G,S,M] tokens\n"
-                  "  --wg WG.npy              [M,E] gating weights\n"
-                  "  --wi WI.npy, --wo WO.npy [E,M,H] and [E,H,M] expert weights\n"
-                  "  --bi BI.npy, --bo BO.npy optional biases [E,H] and [E,M]\n"
-                  "  --activation A           relu (default) | gelu | gelu_tanh | silu\n"
-                  "  --precision P            expert weights in fp32 (default) | bf16 | int8;\n"
-                  "                           routing and the combine stay in the inputs' float type\n"
-                  "  --wi-gate WIG.npy        [E,M,H]: gated experts, act(x.wi_gate) * (x.wi)\n"
-                  "  --shared-wi SWI.npy, --shared-wo SWO.npy   a shared expert [M,Hs], [Hs,M] on every token\n"
-                  "  --shared-wi-gate SWIG.npy  [M,Hs]: the shared expert gated\n"
-                  "  --shared-gate SG.npy     [M]: shared output scaled by sigmoid(x . SG)\n"
-                  "  --repeat N               run N times, report the best time (default 1)\n"
-                  "  --expert-parallel        under mpirun: each rank keeps its block of experts and its share of\n"
-                  "                           the groups; rank 0 writes the outputs (the single-process ones)\n"
-                  "%s"
-                  "top-2 gating (without --router):\n%s"
-                  "today's routers:\n%s%s"
-                  "writes DIR/outputs.npy [G,S,M], DIR/aux_loss.npy (0-d) and, with --router, DIR/z_loss.npy (0-d)\n",
-                  kExchangeFlags, kGateFlags, kRouterFlags, kCommonFlags);
+      std::printf(
+          "usage: einmoe moe --inputs X.npy --wg WG.npy --wi WI.npy --wo WO.npy (--capacity C | --router R) [flags] "
+          "--out DIR\n"
+          "  --inputs X.npy           [G,S,M] tokens\n"
+          "  --wg WG.npy              [M,E] gating weights\n"
+          "  --wi WI.npy, --wo WO.npy [E,M,H] and [E,H,M] expert weights\n"
+          "  --bi BI.npy, --bo BO.npy optional biases [E,H] and [E,M]\n"
+          "  --activation A           relu (default) | gelu | gelu_tanh | silu\n"
+          "  --precision P            expert weights in fp32 (default) | bf16 | int8;\n"
+          "                           routing and the combine stay in the inputs' float type\n"
+          "  --wi-gate WIG.npy        [E,M,H]: gated experts, act(x.wi_gate) * (x.wi)\n"
+          "  --shared-wi SWI.npy, --shared-wo SWO.npy   a shared expert [M,Hs], [Hs,M] on every token\n"
+          "  --shared-wi-gate SWIG.npy  [M,Hs]: the shared expert gated\n"
+          "  --shared-gate SG.npy     [M]: shared output scaled by sigmoid(x . SG)\n"
+          "  --repeat N               run N times, report the best time (default 1)\n"
+          "  --expert-parallel        under mpirun: each rank keeps its block of experts and its share of\n"
+          "                           the groups; rank 0 writes the outputs (the single-process ones)\n"
+          "%s"
+          "top-2 gating (without --router):\n%s"
+          "today's routers:\n%s%s"
+          "writes DIR/outputs.npy [G,S,M], DIR/aux_loss.npy (0-d) and, with --router, DIR/z_loss.npy (0-d)\n",
+          kExchangeFlags, kGateFlags, kRouterFlags, kCommonFlags);
       return 0;
     }
     const Args a(rest, flags, cmd);
     apply_threads(a);
-    by_dtype(a, "--inputs", [&] { run_moe<float>(a); }, [&] { run_moe<double>(a); });
+    by_dtype(
+        a, "--inputs", [&] { run_moe<float>(a); }, [&] { run_moe<double>(a); });
   } else if (cmd == "block") {
-    const std::vector<Flag> flags{{"--model", true}, {"--layer", true},   {"--inputs", true},          {"--precision", true},
-                                  {"--threads", true}, {"--out", true}, {"--expert-parallel", false}, {"--exchange", true},
-                                  {"--ranks-per-node", true}, {"--group-fill", true}, {"--help", false}};
+    const std::vector<Flag> flags{{"--model", true},
+                                  {"--layer", true},
+                                  {"--inputs", true},
+                                  {"--precision", true},
+                                  {"--threads", true},
+                                  {"--out", true},
+                                  {"--expert-parallel", false},
+                                  {"--exchange", true},
+                                  {"--ranks-per-node", true},
+                                  {"--group-fill", true},
+                                  {"--help", false}};
     if (help) {
-      std::printf("usage: einmoe block --model DIR --layer N --inputs X.npy [--precision P] --out OUT\n"
-                  "  --model DIR              a Hugging Face model directory: config.json and model.safetensors\n"
-                  "                           (or sharded, with model.safetensors.index.json); model_type mixtral,\n"
-                  "                           qwen2_moe, qwen3_moe, olmoe or deepseek_v3\n"
-                  "  --layer N                the decoder layer whose MoE block runs\n"
-                  "  --inputs X.npy           [T,M] tokens (float32 or float64; computed in float32)\n"
-                  "  --precision P            expert weights in fp32 (default) | bf16 | int8 (bf16 checkpoints are\n"
-                  "                           read at their exact values)\n"
-                  "  --group-fill F           deepseek_v3: what the experts of unchosen groups score in the top-k:\n"
-                  "                           zero (default, Hugging Face) | neg-inf (DeepSeek's inference code)\n"
-                  "  --threads N              threads (default: all cores)\n"
-                  "  --expert-parallel        under mpirun: each rank keeps its block of experts and its share of\n"
-                  "                           the tokens; rank 0 writes the outputs\n"
-                  "%s"
-                  "  --out OUT                writes OUT/outputs.npy [T,M] and OUT/router_logits.npy [T,E] (float32)\n",
-                  kExchangeFlags);
+      std::printf(
+          "usage: einmoe block --model DIR --layer N --inputs X.npy [--precision P] --out OUT\n"
+          "  --model DIR              a Hugging Face model directory: config.json and model.safetensors\n"
+          "                           (or sharded, with model.safetensors.index.json); model_type mixtral,\n"
+          "                           qwen2_moe, qwen3_moe, olmoe or deepseek_v3\n"
+          "  --layer N                the decoder layer whose MoE block runs\n"
+          "  --inputs X.npy           [T,M] tokens (float32 or float64; computed in float32)\n"
+          "  --precision P            expert weights in fp32 (default) | bf16 | int8 (bf16 checkpoints are\n"
+          "                           read at their exact values)\n"
+          "  --group-fill F           deepseek_v3: what the experts of unchosen groups score in the top-k:\n"
+          "                           zero (default, Hugging Face) | neg-inf (DeepSeek's inference code)\n"
+          "  --threads N              threads (default: all cores)\n"
+          "  --expert-parallel        under mpirun: each rank keeps its block of experts and its share of\n"
+          "                           the tokens; rank 0 writes the outputs\n"
+          "%s"
+          "  --out OUT                writes OUT/outputs.npy [T,M] and OUT/router_logits.npy [T,E] (float32)\n",
+          kExchangeFlags);
       return 0;
     }
 #if defined(EINMOE_HAS_JSON)
@@ -978,16 +1029,18 @@ int run(const std::vector<std::string>& argv) {
     apply_threads(a);
     run_block(a);
 #else
-    fail("block: this einmoe was built without nlohmann/json (nlohmann-json3-dev), so without Hugging Face checkpoints");
+    fail(
+        "block: this einmoe was built without nlohmann/json (nlohmann-json3-dev), so without Hugging Face checkpoints");
 #endif
   } else if (cmd == "mask") {
     const std::vector<std::string> kinds{"causal", "local-block", "padding", "segment"};
     if (rest.empty() || rest[0] == "--help") {
-      std::printf("usage: einmoe mask <kind> [flags] --out F.npy     (float32 additive bias: 0 visible, -1e9 masked)\n"
-                  "  causal --length N                 [length, memory_length]\n"
-                  "  local-block --block N             [block_length, memory_length = 2N] (Mesh TF local block)\n"
-                  "  padding --ids IDS.npy             int32/int64 [B, L] -> [B, L] (masked where id == 0)\n"
-                  "  segment --query Q.npy [--memory K.npy]  [B, Lq] (and [B, Lm]) -> [B, Lq, Lm]\n");
+      std::printf(
+          "usage: einmoe mask <kind> [flags] --out F.npy     (float32 additive bias: 0 visible, -1e9 masked)\n"
+          "  causal --length N                 [length, memory_length]\n"
+          "  local-block --block N             [block_length, memory_length = 2N] (Mesh TF local block)\n"
+          "  padding --ids IDS.npy             int32/int64 [B, L] -> [B, L] (masked where id == 0)\n"
+          "  segment --query Q.npy [--memory K.npy]  [B, Lq] (and [B, Lm]) -> [B, Lq, Lm]\n");
       if (rest.empty()) fail("mask: missing kind (causal, local-block, padding, segment)");
       return 0;
     }
@@ -1003,26 +1056,28 @@ int run(const std::vector<std::string>& argv) {
     if (a.has("--help")) return run({"mask", "--help"});
     run_mask(kind, a);
   } else if (cmd == "beam") {
-    const std::vector<Flag> flags{{"--transitions", true}, {"--batch", true},       {"--beam", true},
-                                  {"--length", true},      {"--alpha", true},       {"--eos", true},
+    const std::vector<Flag> flags{{"--transitions", true}, {"--batch", true},         {"--beam", true},
+                                  {"--length", true},      {"--alpha", true},         {"--eos", true},
                                   {"--start", true},       {"--decode-length", true}, {"--no-stop-early", false},
-                                  {"--threads", true},     {"--out", true},         {"--help", false}};
+                                  {"--threads", true},     {"--out", true},           {"--help", false}};
     if (help) {
-      std::printf("usage: einmoe beam --transitions T.npy --batch B --beam K --length L --alpha A [flags] --out DIR\n"
-                  "  --transitions T.npy      [V, V] bigram logits: step i of a beam uses row T[previous token]\n"
-                  "  --batch B, --beam K, --length L   sizes (positive)\n"
-                  "  --alpha A                length penalty exponent ((5 + i + 1) / 6)^A\n"
-                  "  --eos ID                 end-of-sequence id (default 1)\n"
-                  "  --start S.npy            int [B]: the token before step 0 per row (default 0)\n"
-                  "  --decode-length N        at most N steps (default: L)\n"
-                  "  --no-stop-early          run until the decode length\n"
-                  "  --out DIR                writes ids.npy int64 [B,K,L], scores.npy [B,K] (the float type of\n"
-                  "                           --transitions), steps.npy int64\n");
+      std::printf(
+          "usage: einmoe beam --transitions T.npy --batch B --beam K --length L --alpha A [flags] --out DIR\n"
+          "  --transitions T.npy      [V, V] bigram logits: step i of a beam uses row T[previous token]\n"
+          "  --batch B, --beam K, --length L   sizes (positive)\n"
+          "  --alpha A                length penalty exponent ((5 + i + 1) / 6)^A\n"
+          "  --eos ID                 end-of-sequence id (default 1)\n"
+          "  --start S.npy            int [B]: the token before step 0 per row (default 0)\n"
+          "  --decode-length N        at most N steps (default: L)\n"
+          "  --no-stop-early          run until the decode length\n"
+          "  --out DIR                writes ids.npy int64 [B,K,L], scores.npy [B,K] (the float type of\n"
+          "                           --transitions), steps.npy int64\n");
       return 0;
     }
     const Args a(rest, flags, cmd);
     apply_threads(a);
-    by_dtype(a, "--transitions", [&] { run_beam<float>(a); }, [&] { run_beam<double>(a); });
+    by_dtype(
+        a, "--transitions", [&] { run_beam<float>(a); }, [&] { run_beam<double>(a); });
   } else {
     fail("unknown command \"", cmd, "\" (gate, route, truncated-gate, moe, block, mask, beam; see einmoe --help)");
   }

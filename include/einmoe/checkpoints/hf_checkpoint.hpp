@@ -67,24 +67,25 @@ namespace einmoe {
 /// The MoE-relevant part of a model's config.json.
 struct HfMoEConfig {
   std::string model_type;
-  index_t hidden_size = 0;        ///< M
-  index_t num_layers = 0;         ///< num_hidden_layers
-  index_t experts = 0;            ///< routed experts
-  index_t k = 0;                  ///< num_experts_per_tok
-  index_t expert_hidden = 0;      ///< H of a routed expert
-  index_t shared_hidden = 0;      ///< H of the shared expert (0: none)
-  bool shared_gate = false;       ///< qwen2_moe's shared_expert_gate
+  index_t hidden_size = 0;    ///< M
+  index_t num_layers = 0;     ///< num_hidden_layers
+  index_t experts = 0;        ///< routed experts
+  index_t k = 0;              ///< num_experts_per_tok
+  index_t expert_hidden = 0;  ///< H of a routed expert
+  index_t shared_hidden = 0;  ///< H of the shared expert (0: none)
+  bool shared_gate = false;   ///< qwen2_moe's shared_expert_gate
   Score score = Score::softmax;
   TopKNormalize normalize = TopKNormalize::none;
   index_t expert_groups = 1, topk_expert_groups = 1;  ///< n_group, topk_group
-  double scale = 1.0;             ///< routed_scaling_factor
-  bool selection_bias = false;    ///< deepseek_v3's e_score_correction_bias
+  double scale = 1.0;                                 ///< routed_scaling_factor
+  bool selection_bias = false;                        ///< deepseek_v3's e_score_correction_bias
   Activation activation = Activation::silu;
   index_t first_k_dense_replace = 0;
   index_t decoder_sparse_step = 1;
   std::vector<index_t> mlp_only_layers;
 
   /// Whether decoder layer i has an MoE block (by the model's own rule).
+  /// Never throws.
   bool is_moe_layer(index_t i) const {
     if (i < 0 || i >= num_layers) return false;
     if (model_type == "deepseek_v3") return i >= first_k_dense_replace;
@@ -96,6 +97,7 @@ struct HfMoEConfig {
     return true;
   }
   /// The tensor-name prefix of layer i's MoE block.
+  /// Throws nothing but std::bad_alloc.
   std::string prefix(index_t i) const {
     return "model.layers." + std::to_string(i) + (model_type == "mixtral" ? ".block_sparse_moe." : ".mlp.");
   }
@@ -151,7 +153,7 @@ class JsonKeys {
 
 inline nlohmann::json read_json(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
-  if (!f) raise<io_error>(path, ": cannot open");
+  if (!f) raise_cannot_open(path, path, ": cannot open");
   try {
     nlohmann::json j = nlohmann::json::parse(f);
     if (!j.is_object()) raise<io_error>(path, ": not a JSON object");
@@ -171,7 +173,8 @@ inline HfMoEConfig parse_hf_moe_config(const nlohmann::json& j, const std::strin
   h.model_type = c.string_or("model_type", "");
   const std::string& t = h.model_type;
   if (t != "mixtral" && t != "qwen2_moe" && t != "qwen3_moe" && t != "olmoe" && t != "deepseek_v3")
-    detail::raise<value_error>(where, ": model_type \"", t, "\" is not supported (mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v3)");
+    detail::raise<value_error>(where, ": model_type \"", t,
+                               "\" is not supported (mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v3)");
   h.hidden_size = c.integer("hidden_size", 1);
   h.num_layers = c.integer("num_hidden_layers", 0);
   h.k = c.integer("num_experts_per_tok", 1);
@@ -217,7 +220,8 @@ inline HfMoEConfig parse_hf_moe_config(const nlohmann::json& j, const std::strin
       h.shared_gate = h.shared_hidden > 0;
     }
   }
-  if (h.k > h.experts) detail::raise<value_error>(where, ": num_experts_per_tok ", h.k, " exceeds the ", h.experts, " experts");
+  if (h.k > h.experts)
+    detail::raise<value_error>(where, ": num_experts_per_tok ", h.k, " exceeds the ", h.experts, " experts");
   if (h.expert_groups > 1) {
     if (h.experts % h.expert_groups != 0)
       detail::raise<value_error>(where, ": n_group ", h.expert_groups, " does not divide the ", h.experts, " experts");
@@ -246,7 +250,8 @@ class HfCheckpoint {
         if (!it->is_string()) detail::raise<io_error>(index, ": weight_map[\"", it.key(), "\"] is not a file name");
         const std::string f = it->get<std::string>();
         if (f.empty() || f.find('/') != std::string::npos || f == "." || f == "..")
-          detail::raise<io_error>(index, ": weight_map[\"", it.key(), "\"] = \"", f, "\" is not a file in the model directory");
+          detail::raise<io_error>(index, ": weight_map[\"", it.key(), "\"] = \"", f,
+                                  "\" is not a file in the model directory");
         weight_map_[it.key()] = f;
       }
     } else {
@@ -259,6 +264,7 @@ class HfCheckpoint {
   const std::string& dir() const { return dir_; }
 
   /// Whether the checkpoint holds a tensor of this name.
+  /// Throws io_error if a shard the index names cannot be read.
   bool has(const std::string& name) const {
     if (weight_map_.empty()) return files_.at("")->has(name);
     return weight_map_.count(name) > 0 && file_of(name).has(name);
@@ -275,6 +281,7 @@ class HfCheckpoint {
   /// zero-copy tensor()). not_found_error for a missing tensor.
   bool in_mapping(const std::string& name, const void* p) const { return file_of(name).in_mapping(p); }
   /// The stored dtype of `name` ("F32", "BF16", ...).
+  /// Throws not_found_error for a missing tensor.
   std::string dtype(const std::string& name) const { return file_of(name).entry(name).dtype; }
 
   /// Layer `layer`'s MoE weights with the experts stacked (see the file
@@ -314,7 +321,10 @@ class HfCheckpoint {
 
   /// The layer's options: the router of its model_type (dropless), gated
   /// experts with its activation, and the given precision and backend.
-  MoEOptions moe_options(index_t layer, Precision precision = Precision::fp32, Backend backend = Backend::automatic) const {
+  /// Throws value_error if the layer does not exist or is dense, and the
+  /// checkpoint's errors (not_found_error, shape_error) for its router bias.
+  MoEOptions moe_options(index_t layer, Precision precision = Precision::fp32,
+                         Backend backend = Backend::automatic) const {
     check_layer(layer);
     const HfMoEConfig& c = config_;
     TopKOptions t;
@@ -341,9 +351,11 @@ class HfCheckpoint {
   }
 
   /// Whether layer i's expert weights are stored as BF16.
+  /// Throws value_error if the layer does not exist or is dense.
   bool bf16_experts(index_t layer) const {
     check_layer(layer);
-    const std::string n = config_.prefix(layer) + "experts.0." + (config_.model_type == "mixtral" ? "w1" : "gate_proj") + ".weight";
+    const std::string n =
+        config_.prefix(layer) + "experts.0." + (config_.model_type == "mixtral" ? "w1" : "gate_proj") + ".weight";
     return has(n) && dtype(n) == "BF16";
   }
 
@@ -355,7 +367,8 @@ class HfCheckpoint {
       detail::raise<not_found_error>(dir_, "/model.safetensors.index.json: no tensor \"", name, "\"");
     auto& f = files_[it->second];
     if (!f) f = std::make_shared<SafetensorsFile>(dir_ + "/" + it->second);
-    if (!f->has(name)) detail::raise<not_found_error>(f->path(), ": no tensor \"", name, "\" (the index puts it there)");
+    if (!f->has(name))
+      detail::raise<not_found_error>(f->path(), ": no tensor \"", name, "\" (the index puts it there)");
     return *f;
   }
 
@@ -365,10 +378,12 @@ class HfCheckpoint {
       detail::raise<value_error>(dir_, ": layer ", layer, " does not exist (num_hidden_layers = ", c.num_layers, ")");
     if (!c.is_moe_layer(layer)) {
       if (c.model_type == "deepseek_v3")
-        detail::raise<value_error>(dir_, ": layer ", layer, " is a dense layer, not MoE (first_k_dense_replace = ",
-                                   c.first_k_dense_replace, ")");
-      detail::raise<value_error>(dir_, ": layer ", layer, " is a dense layer, not MoE (decoder_sparse_step = ",
-                                 c.decoder_sparse_step, ", mlp_only_layers)");
+        detail::raise<value_error>(dir_, ": layer ", layer,
+                                   " is a dense layer, not MoE (first_k_dense_replace = ", c.first_k_dense_replace,
+                                   ")");
+      detail::raise<value_error>(dir_, ": layer ", layer,
+                                 " is a dense layer, not MoE (decoder_sparse_step = ", c.decoder_sparse_step,
+                                 ", mlp_only_layers)");
     }
   }
 
@@ -380,7 +395,8 @@ class HfCheckpoint {
       if (t.size_of(dims[i]) != sizes[i]) {
         std::vector<Dim> want;
         for (std::size_t j = 0; j < dims.size(); ++j) want.emplace_back(dims[j], sizes[j]);
-        detail::raise<shape_error>(name, ": shape ", t.shape(), " disagrees with config.json, which gives ", Shape(want));
+        detail::raise<shape_error>(name, ": shape ", t.shape(), " disagrees with config.json, which gives ",
+                                   Shape(want));
       }
     return t;
   }
@@ -389,12 +405,13 @@ class HfCheckpoint {
   /// (a view that keeps its stacked copy alive).
   template <class S>
   TensorView<const S> stack(const std::string& prefix, const char* proj, const std::vector<std::string>& dims,
-                  const std::vector<index_t>& sizes) const {
+                            const std::vector<index_t>& sizes) const {
     const index_t E = config_.experts;
     const index_t per = detail::mul_size(sizes[0], sizes[1], "expert weights");
     Tensor<S> out(Shape{{"experts", E}, {dims[0], sizes[0]}, {dims[1], sizes[1]}}, uninitialized);
     for (index_t e = 0; e < E; ++e) {
-      const TensorView<const S> t = checked<S>(prefix + "experts." + std::to_string(e) + "." + proj + ".weight", dims, sizes);
+      const TensorView<const S> t =
+          checked<S>(prefix + "experts." + std::to_string(e) + "." + proj + ".weight", dims, sizes);
       std::copy(t.begin(), t.end(), out.data() + e * per);
     }
     return shared_view(std::move(out));
@@ -409,6 +426,7 @@ class HfCheckpoint {
 
 /// The MoE block of decoder layer `layer` as an fp32 (or bf16 / int8
 /// expert) layer: weights read from the checkpoint, laid out once.
+/// Throws as moe_options, moe_weights and MoELayer's constructor.
 inline MoELayer<float> load_moe_layer(const HfCheckpoint& ck, index_t layer, Precision precision = Precision::fp32,
                                       Backend backend = Backend::automatic) {
   const MoEOptions o = ck.moe_options(layer, precision, backend);

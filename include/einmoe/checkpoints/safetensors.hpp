@@ -38,9 +38,9 @@
 #include <nlohmann/json.hpp>
 
 #include "einmoe/core/bfloat16.hpp"
+#include "einmoe/core/checked.hpp"
 #include "einmoe/core/error.hpp"
 #include "einmoe/core/tensor.hpp"
-#include "einmoe/core/checked.hpp"
 
 namespace einmoe {
 
@@ -58,7 +58,7 @@ class FileMap {
  public:
   explicit FileMap(const std::string& path) : path_(path) {
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) raise<io_error>(path, ": cannot open (", std::strerror(errno), ")");
+    if (fd < 0) raise_cannot_open(path, path, ": cannot open");
     struct stat st {};
     if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
       ::close(fd);
@@ -131,7 +131,8 @@ class SafetensorsFile {
     const auto& m = *map_;
     // (names and JSON come from the file: the message escapes their bytes)
     auto bad = [&](auto&&... why) {
-      detail::raise<io_error>(detail::escape_bytes(detail::cat(path, ": not a valid safetensors file: ", why...), 1000));
+      detail::raise<io_error>(
+          detail::escape_bytes(detail::cat(path, ": not a valid safetensors file: ", why...), 1000));
     };
     if (m.size() < 8) bad("shorter than its 8-byte header length");
     std::uint64_t n = 0;
@@ -168,11 +169,13 @@ class SafetensorsFile {
       if (!v["shape"].is_array()) tbad("shape is not an array");
       std::size_t count = 1;
       for (const auto& d : v["shape"]) {
-        if (!d.is_number_unsigned()) tbad("shape ", v["shape"].dump(), " holds a value that is not a non-negative integer");
+        if (!d.is_number_unsigned())
+          tbad("shape ", v["shape"].dump(), " holds a value that is not a non-negative integer");
         const auto s = d.get<std::uint64_t>();
         if (s > static_cast<std::uint64_t>(std::numeric_limits<index_t>::max())) tbad("dim ", s, " is too large");
         e.shape.push_back(static_cast<index_t>(s));
-        if (s != 0 && count > std::numeric_limits<std::size_t>::max() / s) tbad("shape ", v["shape"].dump(), " overflows");
+        if (s != 0 && count > std::numeric_limits<std::size_t>::max() / s)
+          tbad("shape ", v["shape"].dump(), " overflows");
         count *= static_cast<std::size_t>(s);
       }
       const auto& off = v["data_offsets"];
@@ -183,8 +186,8 @@ class SafetensorsFile {
       if (en > data_size) tbad("data_offsets end ", en, " is past the file's ", data_size, " data bytes");
       e.begin = static_cast<std::size_t>(b), e.end = static_cast<std::size_t>(en);
       if (count > std::numeric_limits<std::size_t>::max() / eb || e.end - e.begin != count * eb)
-        tbad("data_offsets [", b, ", ", en, "] hold ", en - b, " bytes, but ", e.dtype, " ", v["shape"].dump(), " needs ",
-             count, " x ", eb);
+        tbad("data_offsets [", b, ", ", en, "] hold ", en - b, " bytes, but ", e.dtype, " ", v["shape"].dump(),
+             " needs ", count, " x ", eb);
       order.emplace_back(e.begin, name);
       entries_.emplace(name, std::move(e));
     }
@@ -210,6 +213,7 @@ class SafetensorsFile {
     return it->second;
   }
   /// Tensor names, sorted.
+  /// Throws nothing but std::bad_alloc.
   std::vector<std::string> names() const {
     std::vector<std::string> out;
     for (const auto& kv : entries_) out.push_back(kv.first);
@@ -228,7 +232,8 @@ class SafetensorsFile {
                   "SafetensorsFile::tensor<float, double or bfloat16>");
     const SafetensorsEntry& e = entry(name);
     if (dims.size() != e.shape.size())
-      detail::raise<shape_error>(path(), ": tensor \"", name, "\" has rank ", e.shape.size(), ", expected ", dims.size());
+      detail::raise<shape_error>(path(), ": tensor \"", name, "\" has rank ", e.shape.size(), ", expected ",
+                                 dims.size());
     std::vector<Dim> ds;
     for (std::size_t i = 0; i < dims.size(); ++i) ds.emplace_back(dims[i], e.shape[i]);
     const Shape shape(ds);
@@ -236,8 +241,9 @@ class SafetensorsFile {
     const std::size_t count = static_cast<std::size_t>(shape.num_elements());
     const bool f32 = e.dtype == "F32", bf16 = e.dtype == "BF16", f16 = e.dtype == "F16", f64 = e.dtype == "F64";
     if (std::is_same<T, bfloat16>::value ? !bf16 : !(f32 || bf16 || f16 || f64))
-      detail::raise<value_error>(path(), ": tensor \"", name, "\" is ", e.dtype, ", which cannot be read as ",
-                                 std::is_same<T, bfloat16>::value ? "bfloat16 (BF16 only)" : "floating point (F32, BF16, F16, F64)");
+      detail::raise<value_error>(
+          path(), ": tensor \"", name, "\" is ", e.dtype, ", which cannot be read as ",
+          std::is_same<T, bfloat16>::value ? "bfloat16 (BF16 only)" : "floating point (F32, BF16, F16, F64)");
     const bool same = (std::is_same<T, float>::value && f32) || (std::is_same<T, bfloat16>::value && bf16) ||
                       (std::is_same<T, double>::value && f64);
     if (same && count > 0 && reinterpret_cast<std::uintptr_t>(p) % alignof(T) == 0)
@@ -270,6 +276,7 @@ class SafetensorsFile {
   }
 
   /// Whether `p` points into the file's mapping (a zero-copy tensor()).
+  /// Never throws.
   bool in_mapping(const void* p) const {
     const auto* q = static_cast<const unsigned char*>(p);
     return map_->data() && q >= map_->data() && q < map_->data() + map_->size();

@@ -33,14 +33,17 @@ struct bfloat16 {
 
   bfloat16() = default;
   /// Rounds to nearest, ties to even.
+  /// Never throws.
   explicit bfloat16(float f) : bits(round_from_float(f)) {}
   /// Rounds the double directly (no double rounding through float).
+  /// Never throws.
   explicit bfloat16(double d) : bits(round_from_double(d)) {}
   explicit bfloat16(int i) : bfloat16(static_cast<double>(i)) {}
   explicit bfloat16(long i) : bfloat16(static_cast<double>(i)) {}
   explicit bfloat16(long long i) : bfloat16(static_cast<double>(i)) {}
 
   /// The bfloat16 with these bits.
+  /// Never throws.
   static bfloat16 from_bits(std::uint16_t b) {
     bfloat16 h;
     h.bits = b;
@@ -48,6 +51,7 @@ struct bfloat16 {
   }
 
   /// Exact widening.
+  /// Never throws.
   explicit operator float() const {
     const std::uint32_t u = static_cast<std::uint32_t>(bits) << 16;
     float f;
@@ -61,6 +65,7 @@ struct bfloat16 {
   friend std::ostream& operator<<(std::ostream& os, bfloat16 h) { return os << static_cast<float>(h); }
 
   /// Round-to-nearest-even of a float to bfloat16 bits.
+  /// Never throws.
   static std::uint16_t round_from_float(float f) {
     std::uint32_t u;
     std::memcpy(&u, &f, sizeof u);
@@ -71,6 +76,7 @@ struct bfloat16 {
 
   /// Round-to-nearest-even of a double to bfloat16 bits (rounded once, from
   /// the double itself).
+  /// Never throws.
   static std::uint16_t round_from_double(double d) {
     if (std::isnan(d)) return std::signbit(d) ? 0xffc0u : 0x7fc0u;
     const double a = std::fabs(d);
@@ -87,7 +93,7 @@ struct bfloat16 {
       std::memcpy(&r, &u, sizeof r);
     }
     if (std::fabs(r) >= 0x1p128) return std::signbit(d) ? 0xff80u : 0x7f80u;  // beyond the range: infinity
-    const float f = static_cast<float>(r);  // exact: r has at most 8 significant bits
+    const float f = static_cast<float>(r);                                    // exact: r has at most 8 significant bits
     std::uint32_t v;
     std::memcpy(&v, &f, sizeof v);
     return static_cast<std::uint16_t>(v >> 16);
@@ -100,6 +106,7 @@ template <>
 struct is_tensor_element<bfloat16> : std::true_type {};
 
 /// x rounded to bfloat16 (nearest, ties to even): [dims] -> [dims].
+/// Throws resource_error if the tensor would not fit in memory.
 template <class T>
 Tensor<bfloat16> to_bfloat16(const TensorView<const T>& x) {
   static_assert(std::is_floating_point<T>::value, "to_bfloat16: float or double tensors");
@@ -111,6 +118,7 @@ Tensor<bfloat16> to_bfloat16(const TensorView<const T>& x) {
 }
 
 /// x widened exactly to float or double: [dims] -> [dims].
+/// Throws resource_error if the tensor would not fit in memory.
 template <class T>
 Tensor<T> from_bfloat16(const TensorView<const bfloat16>& x) {
   static_assert(std::is_floating_point<T>::value, "from_bfloat16: to float or double");

@@ -39,6 +39,7 @@ size_int mul_size(size_int a, size_int b, const What&... what) {
 }
 
 /// a + b for non-negative a, b, checked like mul_size.
+/// Throws shape_error naming `what` on overflow or a negative operand.
 template <class... What>
 size_int add_size(size_int a, size_int b, const What&... what) {
   size_int r = 0;
@@ -48,6 +49,7 @@ size_int add_size(size_int a, size_int b, const What&... what) {
 }
 
 /// The machine's physical memory in bytes (0 when unknown: no limit).
+/// Never throws.
 inline std::uint64_t physical_memory_bytes() {
   static const std::uint64_t bytes = [] {
 #if defined(_SC_PHYS_PAGES) && defined(_SC_PAGE_SIZE)
@@ -60,6 +62,7 @@ inline std::uint64_t physical_memory_bytes() {
 }
 
 /// Human-readable byte count: "1.5 GiB".
+/// Throws nothing but std::bad_alloc.
 inline std::string format_bytes(long double b) {
   const char* units[] = {"bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
   int u = 0;
@@ -92,16 +95,17 @@ std::size_t bytes_for(size_int n, std::size_t elem, const What&... what) {
 /// aligned, and when large, 2 MiB aligned and backed by transparent huge
 /// pages where the OS offers them (fewer TLB misses while streaming, and one
 /// page fault per 2 MiB when it is first written).
+/// Throws std::bad_alloc when the memory is not there.
 inline std::shared_ptr<void> allocate_weights(std::size_t bytes) {
   if (bytes == 0) return nullptr;
   constexpr std::size_t huge = std::size_t{1} << 21;
   const std::size_t align = bytes >= huge ? huge : 64;
   const std::size_t rounded = bytes >= huge ? (bytes + huge - 1) / huge * huge : bytes;
-  void* p = ::operator new(rounded, std::align_val_t{align});
+  void* p = ::operator new (rounded, std::align_val_t{align});
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   if (align == huge) (void)madvise(p, rounded, MADV_HUGEPAGE);  // a hint; failure is harmless
 #endif
-  return std::shared_ptr<void>(p, [align](void* q) { ::operator delete(q, std::align_val_t{align}); });
+  return std::shared_ptr<void>(p, [align](void* q) { ::operator delete (q, std::align_val_t{align}); });
 }
 
 }  // namespace einmoe::detail

@@ -42,9 +42,7 @@ struct Dim {
 
   friend bool operator==(const Dim& a, const Dim& b) { return a.size == b.size && a.name == b.name; }
   friend bool operator!=(const Dim& a, const Dim& b) { return !(a == b); }
-  friend std::ostream& operator<<(std::ostream& os, const Dim& d) {
-    return os << d.name << ':' << d.size;
-  }
+  friend std::ostream& operator<<(std::ostream& os, const Dim& d) { return os << d.name << ':' << d.size; }
 };
 
 /// An ordered list of Dims with unique names: [batch=8, length=512].
@@ -84,8 +82,7 @@ class Shape {
       if (comma == std::string::npos) comma = text.size();
       const std::string tok = text.substr(pos, comma - pos);
       const auto colon = tok.find(':');
-      if (colon == std::string::npos)
-        detail::raise<value_error>("Shape::parse: \"", trim(tok), "\" is not name:size");
+      if (colon == std::string::npos) detail::raise<value_error>("Shape::parse: \"", trim(tok), "\" is not name:size");
       const std::string name = trim(tok.substr(0, colon));
       const std::string num = trim(tok.substr(colon + 1));
       if (num.empty() || num.find_first_not_of("0123456789") != std::string::npos || num.size() > 18)
@@ -100,8 +97,10 @@ class Shape {
   index_t rank() const { return rank_; }
   /// Number of elements (1 for rank 0); never overflows (checked when the
   /// shape was made).
+  /// Never throws.
   index_t num_elements() const { return count_; }
   /// The dims as a vector (a copy; iterate the shape itself to avoid one).
+  /// Throws nothing but std::bad_alloc.
   std::vector<Dim> dims() const { return std::vector<Dim>(begin(), end()); }
   /// The i-th dim; shape_error when i is not in [0, rank).
   const Dim& operator[](index_t i) const {
@@ -112,6 +111,7 @@ class Shape {
   const Dim* end() const { return begin() + rank_; }
 
   /// Position of the named dim, or -1.
+  /// Never throws.
   index_t index_of(const std::string& name) const {
     for (index_t i = 0; i < rank_; ++i)
       if (begin()[i].name == name) return i;
@@ -124,9 +124,7 @@ class Shape {
     if (i < 0) detail::raise<shape_error>(op, ": no dim \"", name, "\" in ", *this);
     return begin()[i];
   }
-  index_t size_of(const std::string& name, const char* op = "Shape::size_of") const {
-    return get(name, op).size;
-  }
+  index_t size_of(const std::string& name, const char* op = "Shape::size_of") const { return get(name, op).size; }
   /// Position of the named dim; throws shape_error naming `op` when absent.
   index_t require(const std::string& name, const char* op) const {
     get(name, op);
@@ -141,6 +139,7 @@ class Shape {
   }
 
   /// Row-major strides in elements.
+  /// Throws nothing but std::bad_alloc.
   std::vector<index_t> strides() const {
     std::vector<index_t> s(static_cast<std::size_t>(rank_), 1);
     for (std::size_t i = static_cast<std::size_t>(rank_); i-- > 1;) s[i - 1] = s[i] * begin()[i].size;
@@ -149,6 +148,7 @@ class Shape {
 
   /// True when every dim of *this is in `other` with the same size, in the
   /// same relative order (Mesh TF's "subsequence" broadcast test).
+  /// Never throws.
   bool is_subsequence_of(const Shape& other) const {
     index_t j = 0;
     for (const auto& d : *this) {
@@ -160,6 +160,7 @@ class Shape {
   }
 
   /// True when every dim of *this is in `other` (any order, same size).
+  /// Never throws.
   bool is_subset_of(const Shape& other) const {
     for (const auto& d : *this) {
       const index_t i = other.index_of(d.name);
@@ -169,6 +170,7 @@ class Shape {
   }
 
   /// This shape without the named dims (names not present are ignored).
+  /// Throws nothing but std::bad_alloc.
   Shape without(const std::vector<std::string>& names) const {
     Shape out;
     for (const auto& d : *this)
@@ -177,6 +179,7 @@ class Shape {
   }
   /// This shape without one named dim (absent: unchanged); allocates nothing
   /// for inline shapes.
+  /// Throws nothing but std::bad_alloc.
   Shape without_dim(const std::string& name) const {
     Shape out;
     for (const auto& d : *this)
@@ -207,15 +210,15 @@ class Shape {
     return true;
   }
   friend bool operator!=(const Shape& a, const Shape& b) { return !(a == b); }
-  friend std::ostream& operator<<(std::ostream& os, const Shape& s) {
-    return os << '[' << s.to_string() << ']';
-  }
+  friend std::ostream& operator<<(std::ostream& os, const Shape& s) { return os << '[' << s.to_string() << ']'; }
 
  private:
   /// Appends d: its name must be new, and every stride and offset stays in
   /// 64 bits (with zero sizes counted as 1, the largest such product is
   /// span_, so checking it here makes every later size computation on the
   /// shape safe).
+  /// Throws shape_error for a repeated name or an element count past 2^63 - 1,
+  /// value_error for a negative size.
   void push(const Dim& d) {
     if (has(d.name)) detail::raise<shape_error>("Shape: dim \"", d.name, "\" appears twice");
     if (d.size < 0) detail::raise<value_error>("Shape: dim \"", d.name, "\" has negative size ", d.size);
@@ -250,10 +253,10 @@ class Shape {
 /// (A braced list never binds to std::string's iterator-pair constructor.)
 struct Names {
   std::vector<std::string> list;
-  Names(const char* n) : list{n} {}                                  // NOLINT: implicit by design
-  Names(std::string n) : list{std::move(n)} {}                       // NOLINT
-  Names(std::initializer_list<std::string> l) : list(l) {}           // NOLINT
-  Names(std::vector<std::string> l) : list(std::move(l)) {}          // NOLINT
+  Names(const char* n) : list{n} {}                          // NOLINT: implicit by design
+  Names(std::string n) : list{std::move(n)} {}               // NOLINT
+  Names(std::initializer_list<std::string> l) : list(l) {}   // NOLINT
+  Names(std::vector<std::string> l) : list(std::move(l)) {}  // NOLINT
 };
 
 namespace detail {
@@ -271,8 +274,8 @@ class DimRegistry {
     for (const auto& e : entries_) {
       if (e.dim.name == d.name) {
         if (e.dim.size != d.size)
-          raise<shape_error>(op_, ": dim \"", d.name, "\" has size ", e.dim.size, " in ", e.where,
-                             " but ", d.size, " in ", where);
+          raise<shape_error>(op_, ": dim \"", d.name, "\" has size ", e.dim.size, " in ", e.where, " but ", d.size,
+                             " in ", where);
         return;
       }
     }

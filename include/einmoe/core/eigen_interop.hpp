@@ -94,6 +94,7 @@ Shape eigen_vector_shape(const Eigen::DenseBase<Derived>& v, const std::string& 
 
 /// x as a row-major (prod rows) x (prod cols) matrix over x's memory:
 /// [rows..., cols...] -> Map (read-only for a const x).
+/// Throws shape_error unless rows and cols are x's dims, in its memory order.
 template <class T>
 MatrixMap<T> as_matrix(Tensor<T>& x, const Names& rows, const Names& cols) {
   const auto rc = detail::matrix_dims(x.shape(), rows, cols);
@@ -113,6 +114,7 @@ ConstMatrixMap<T> as_matrix(const TensorView<const T>& x, const Names& rows, con
 /// A tensor over a contiguous Eigen matrix (no copy), dims in storage order:
 /// row-major -> [rows, cols], column-major -> [cols, rows]. Writable when m
 /// has write access.
+/// Throws shape_error if m is not contiguous or rows == cols.
 template <class Derived, std::enable_if_t<detail::eigen_direct<Derived>::value, int> = 0>
 auto borrow(Eigen::DenseBase<Derived>& m, const std::string& rows, const std::string& cols) {
   Shape s = detail::eigen_shape(m, rows, cols);
@@ -120,6 +122,7 @@ auto borrow(Eigen::DenseBase<Derived>& m, const std::string& rows, const std::st
 }
 /// A read-only tensor over a const contiguous Eigen matrix (no copy), dims
 /// in storage order as above: [rows, cols] or [cols, rows].
+/// Throws shape_error if m is not contiguous or rows == cols.
 template <class Derived, std::enable_if_t<detail::eigen_direct<Derived>::value, int> = 0>
 TensorView<const typename Derived::Scalar> borrow(const Eigen::DenseBase<Derived>& m, const std::string& rows,
                                                   const std::string& cols) {
@@ -128,12 +131,14 @@ TensorView<const typename Derived::Scalar> borrow(const Eigen::DenseBase<Derived
   return borrow(p, std::move(s));
 }
 /// A rank-1 tensor [name] over an Eigen vector (no copy).
+/// Throws shape_error if v is not contiguous.
 template <class Derived, std::enable_if_t<detail::eigen_direct<Derived>::value, int> = 0>
 auto borrow(Eigen::DenseBase<Derived>& v, const std::string& name) {
   Shape s = detail::eigen_vector_shape(v, name);
   return borrow(v.derived().data(), std::move(s));
 }
 /// A read-only rank-1 tensor [name] over a const Eigen vector (no copy).
+/// Throws shape_error if v is not contiguous.
 template <class Derived, std::enable_if_t<detail::eigen_direct<Derived>::value, int> = 0>
 TensorView<const typename Derived::Scalar> borrow(const Eigen::DenseBase<Derived>& v, const std::string& name) {
   Shape s = detail::eigen_vector_shape(v, name);

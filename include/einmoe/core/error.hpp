@@ -16,7 +16,10 @@
 // All derive from einmoe::error (a std::runtime_error).
 #pragma once
 
+#include <cerrno>
 #include <cstddef>
+#include <cstring>
+#include <filesystem>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -101,6 +104,17 @@ inline std::string escape_bytes(const std::string& s, std::size_t max_len = 80, 
 template <class E, class... Args>
 [[noreturn]] void raise(Args&&... args) {
   throw E(cat(std::forward<Args>(args)...));
+}
+
+/// The one rule for a file that cannot be opened: not_found_error when
+/// nothing exists at `path`, io_error otherwise (permissions, a directory...).
+/// The message is `what...` followed by the reason.
+template <class... Args>
+[[noreturn]] void raise_cannot_open(const std::string& path, const Args&... what) {
+  const int err = errno;
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec) && !ec) raise<not_found_error>(what..., " (no such file)");
+  raise<io_error>(what..., " (", err ? std::strerror(err) : "cannot be opened", ")");
 }
 
 }  // namespace detail

@@ -28,18 +28,24 @@ class Rng {
   /// Skips n draws of 64 bits (uniform, uniform_open and gumbel take one
   /// each, normal two): Rng(seed) skipped by n continues exactly where n
   /// draws would have left it, without making them.
+  /// Never throws.
   void skip(std::uint64_t n) { state_ += n * 0x9E3779B97F4A7C15ull; }
 
   /// The next 64 random bits.
+  /// Never throws.
   std::uint64_t next_u64() { return mix(state_ += 0x9E3779B97F4A7C15ull); }
 
   /// Uniform in [0, 1), 53 random bits.
+  /// Never throws.
   double uniform() { return static_cast<double>(next_u64() >> 11) * 0x1.0p-53; }
   /// Uniform in (0, 1): never 0, so log(u) is finite.
+  /// Never throws.
   double uniform_open() { return (static_cast<double>(next_u64() >> 11) + 0.5) * 0x1.0p-53; }
   /// Standard Gumbel: -log(-log(u)).
+  /// Never throws.
   double gumbel() { return -std::log(-std::log(uniform_open())); }
   /// Standard normal (Box-Muller; one draw per call, the cosine branch).
+  /// Never throws.
   double normal() {
     const double u1 = uniform_open(), u2 = uniform();
     return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586476925 * u2);
@@ -47,6 +53,7 @@ class Rng {
 
   /// Tensors of draws, filled in row-major order: [s] -> Tensor<T> [s].
   /// uniform in [0, 1); gumbel -log(-log(u)); normal N(0, 1).
+  /// Throws resource_error if the tensor would not fit in memory.
   template <class T>
   Tensor<T> uniform(const Shape& s) {
     return fill<T>(s, [this] { return uniform(); });
@@ -63,6 +70,7 @@ class Rng {
   /// A stateless uniform in [0, 1) for (seed, index): element `index` of a
   /// stream, computable in any order (used where two code paths must draw
   /// the same number for the same element, e.g. dropout).
+  /// Never throws.
   static double uniform_at(std::uint64_t seed, std::uint64_t index) {
     return static_cast<double>(mix(seed ^ mix(index + 0x9E3779B97F4A7C15ull)) >> 11) * 0x1.0p-53;
   }
@@ -72,11 +80,13 @@ class Rng {
   /// stateless functions draw from that seed; every later call draws fresh
   /// numbers, reproducibly: call n of any layer with this seed draws what a
   /// stateless call with seed call_seed(seed, n) draws.
+  /// Never throws.
   static std::uint64_t call_seed(std::uint64_t seed, std::uint64_t n) {
     return n == 0 ? seed : mix(seed ^ mix(n ^ 0xD1B54A32D192ED03ull));
   }
 
   /// splitmix64's finalizer: a bijection on 64-bit words.
+  /// Never throws.
   static std::uint64_t mix(std::uint64_t z) {
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;

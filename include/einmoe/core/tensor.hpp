@@ -91,7 +91,7 @@ class TensorView;
 
 namespace detail {
 struct aligned_free {
-  void operator()(void* p) const noexcept { ::operator delete(p, std::align_val_t{64}); }
+  void operator()(void* p) const noexcept { ::operator delete (p, std::align_val_t{64}); }
 };
 /// Element offset of a full index in `shape` (row-major); shape_error for a
 /// wrong count or an index out of range.
@@ -151,18 +151,21 @@ class TensorView<const T> {
   const Shape& shape() const { return shape_; }
   index_t rank() const { return shape_.rank(); }
   /// Number of elements.
+  /// Never throws.
   index_t size() const { return shape_.num_elements(); }
   /// Size of the named dim; shape_error if absent.
   index_t size_of(const std::string& name) const { return shape_.size_of(name, "Tensor::size_of"); }
   /// The named dim; shape_error if absent.
   const Dim& dim(const std::string& name) const { return shape_.get(name, "Tensor::dim"); }
   /// Whether elements can be written through this type (a compile-time fact).
+  /// Never throws.
   static constexpr bool writable() { return false; }
 
   const T* data() const { return data_; }
   const T* begin() const { return data_; }
   const T* end() const { return data_ + size(); }
   /// Flat row-major element access, unchecked index.
+  /// Never throws.
   const T& operator[](index_t i) const { return data_[i]; }
   /// Checked element access: one index per dim, in shape order; shape_error
   /// for a wrong count or an index out of range.
@@ -174,8 +177,10 @@ class TensorView<const T> {
     return data_[0];
   }
   /// The elements in row-major order (a copy).
+  /// Throws nothing but std::bad_alloc.
   std::vector<T> to_vector() const { return std::vector<T>(data_, data_ + size()); }
   /// An owning copy of the elements.
+  /// Throws resource_error if the tensor would not fit in memory.
   Tensor<T> copy() const { return Tensor<T>(*this); }
 
   /// Gives the elements a new shape of the same total size (a row-major
@@ -187,6 +192,7 @@ class TensorView<const T> {
     shape_ = std::move(shape);
   }
   /// What the view keeps alive (null unless made with an owner).
+  /// Never throws.
   const std::shared_ptr<const void>& owner() const { return keep_; }
 
  protected:
@@ -208,9 +214,11 @@ class TensorView : public TensorView<const T> {
 
  public:
   /// A view [shape] of `data` (see TensorView<const T>).
+  /// Never throws.
   TensorView(T* data, Shape shape, std::shared_ptr<const void> owner = {})
       : Base(data, std::move(shape), std::move(owner)) {}
   /// A mutable view of `t`'s elements.
+  /// Never throws.
   TensorView(Tensor<T>& t) : Base(typename Base::internal_tag{}, t.shape(), t.data()) {}  // NOLINT: implicit by design
   TensorView(Tensor<T>&&) = delete;
 
@@ -222,6 +230,7 @@ class TensorView : public TensorView<const T> {
   T& at(std::initializer_list<index_t> idx) const { return data()[detail::offset_of(this->shape_, idx, "Tensor::at")]; }
   T& at(const std::vector<index_t>& idx) const { return data()[detail::offset_of(this->shape_, idx, "Tensor::at")]; }
   /// Sets every element to `value`.
+  /// Never throws.
   void fill(T value) const { std::fill(begin(), end(), value); }
 };
 
@@ -239,12 +248,16 @@ class Tensor : public TensorView<const T> {
   using value_type = T;
 
   /// A rank-0 tensor holding T{}.
+  /// Throws nothing but std::bad_alloc.
   Tensor() : Tensor(Shape()) {}
   /// Zero-filled tensor [shape].
+  /// Throws resource_error if the tensor would not fit in memory.
   explicit Tensor(Shape shape) : Tensor(std::move(shape), T{}) {}
   /// Tensor [shape] filled with `value`.
+  /// Throws resource_error if the tensor would not fit in memory.
   Tensor(Shape shape, T value) : Tensor(std::move(shape), uninitialized) { fill(value); }
   /// Tensor [shape] whose elements are left unset (for code that writes them all).
+  /// Throws resource_error if the tensor would not fit in memory.
   Tensor(Shape shape, uninitialized_t) : Base(typename Base::internal_tag{}, std::move(shape), nullptr) { allocate(); }
   /// Tensor [shape] with the given elements in row-major order; shape_error
   /// when their count differs from the shape's.
@@ -257,14 +270,16 @@ class Tensor : public TensorView<const T> {
   Tensor(Shape shape, std::initializer_list<T> values) : Tensor(std::move(shape), std::vector<T>(values)) {}
   /// An owning copy of a view's elements (explicit: copies are never made by
   /// accident).
+  /// Throws resource_error if the tensor would not fit in memory.
   explicit Tensor(const TensorView<const T>& v) : Tensor(v.shape(), uninitialized) { copy_from(v.data()); }
 
   /// A rank-0 tensor [] holding `value`.
+  /// Throws nothing but std::bad_alloc.
   static Tensor scalar(T value) { return Tensor(Shape(), value); }
 
   Tensor(const Tensor& other) : Tensor(other.shape(), uninitialized) { copy_from(other.data()); }
-  Tensor(Tensor&& other) noexcept : Base(typename Base::internal_tag{}, std::move(other.shape_), other.data_),
-                                    owned_(std::move(other.owned_)) {
+  Tensor(Tensor&& other) noexcept
+      : Base(typename Base::internal_tag{}, std::move(other.shape_), other.data_), owned_(std::move(other.owned_)) {
     take_inline(other);
     other.reset_empty();
   }
@@ -295,6 +310,7 @@ class Tensor : public TensorView<const T> {
   const T* begin() const { return data_; }
   const T* end() const { return data_ + this->size(); }
   /// Flat row-major element access, unchecked index.
+  /// Never throws.
   T& operator[](index_t i) { return data()[i]; }
   const T& operator[](index_t i) const { return data_[i]; }
   /// Checked element access: one index per dim, in shape order; shape_error
@@ -306,16 +322,20 @@ class Tensor : public TensorView<const T> {
 
   /// A mutable view of the elements (valid while this tensor lives and is
   /// not moved from or assigned to).
+  /// Never throws.
   TensorView<T> view() { return TensorView<T>(*this); }
   /// A read-only view of the elements.
+  /// Never throws.
   TensorView<const T> view() const { return TensorView<const T>(*this); }
 
   /// Sets every element to `value`.
+  /// Never throws.
   void fill(T value) { std::fill(begin(), end(), value); }
 
   /// Makes this tensor [shape], reusing the buffer when it holds exactly
   /// that many elements (a relabel) and allocating otherwise; the elements
   /// are unset after a reallocation.
+  /// Throws resource_error if the tensor would not fit in memory.
   void resize(const Shape& shape) {
     if (shape.num_elements() == this->size()) {
       shape_ = shape;
@@ -337,7 +357,7 @@ class Tensor : public TensorView<const T> {
       data_ = n == 0 ? nullptr : &one_;
       return;
     }
-    void* p = ::operator new(detail::bytes_for(n, sizeof(T), "Tensor ", shape_), std::align_val_t{64});
+    void* p = ::operator new (detail::bytes_for(n, sizeof(T), "Tensor ", shape_), std::align_val_t{64});
     owned_.reset(p);
     data_ = static_cast<T*>(p);
   }
@@ -346,7 +366,8 @@ class Tensor : public TensorView<const T> {
     if (other.data_ == &other.one_) one_ = other.one_, data_ = &one_;
   }
   void copy_from(const T* src) {
-    if (this->size() > 0) std::memcpy(static_cast<void*>(data()), src, static_cast<std::size_t>(this->size()) * sizeof(T));
+    if (this->size() > 0)
+      std::memcpy(static_cast<void*>(data()), src, static_cast<std::size_t>(this->size()) * sizeof(T));
   }
 
   std::unique_ptr<void, detail::aligned_free> owned_;
@@ -380,6 +401,7 @@ TensorView<T> borrow(T* data, Shape shape) {
   return TensorView<T>(data, std::move(shape));
 }
 /// A read-only view [shape] of const caller memory (no copy).
+/// Never throws.
 template <class T>
 TensorView<const T> borrow(const T* data, Shape shape) {
   return TensorView<const T>(data, std::move(shape));
@@ -387,6 +409,7 @@ TensorView<const T> borrow(const T* data, Shape shape) {
 /// A read-only view [shape] of memory that `owner` keeps alive (a
 /// memory-mapped file, say): the view and its copies hold a reference to
 /// owner, so the memory lives as long as any of them.
+/// Never throws.
 template <class T>
 TensorView<const T> borrow(const T* data, Shape shape, std::shared_ptr<const void> owner) {
   return TensorView<const T>(data, std::move(shape), std::move(owner));
@@ -395,6 +418,7 @@ TensorView<const T> borrow(const T* data, Shape shape, std::shared_ptr<const voi
 /// A read-only view of `t`, which it takes over: the view and its copies
 /// share the ownership of the elements (for weights built in a function and
 /// handed out as views, e.g. a checkpoint's stacked experts).
+/// Throws nothing but std::bad_alloc.
 template <class T>
 TensorView<const T> shared_view(Tensor<T>&& t) {
   auto held = std::make_shared<Tensor<T>>(std::move(t));
@@ -418,6 +442,7 @@ TensorView<T> borrow(std::vector<T>& v, Shape shape) {
   return TensorView<T>(v.data(), std::move(shape));
 }
 /// A read-only view [shape] of a const std::vector's elements (no copy).
+/// Throws shape_error unless v holds exactly [shape]'s element count.
 template <class T>
 TensorView<const T> borrow(const std::vector<T>& v, Shape shape) {
   detail::check_vector_size(v, shape);

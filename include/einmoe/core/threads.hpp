@@ -24,6 +24,7 @@ inline constexpr int max_threads = 1024;
 
 /// Sets the thread count for einmoe's parallel loops (and OpenMP regions of
 /// the calling thread, which Eigen's GEMM follows), 1 <= n <= max_threads.
+/// Throws value_error for n outside [1, max_threads].
 inline void set_num_threads(int n) {
   if (n < 1 || n > max_threads)
     detail::raise<value_error>("set_num_threads: ", n, " is not a thread count in [1, ", max_threads, "]");
@@ -33,6 +34,7 @@ inline void set_num_threads(int n) {
 }
 
 /// The thread count parallel regions use (1 without OpenMP).
+/// Never throws.
 inline int num_threads() {
 #if defined(_OPENMP)
   return omp_get_max_threads();
@@ -42,6 +44,7 @@ inline int num_threads() {
 }
 
 /// True when einmoe was compiled with OpenMP.
+/// Never throws.
 constexpr bool has_openmp() {
 #if defined(_OPENMP)
   return true;

@@ -35,6 +35,7 @@ Shape named_shape_of(const C& c, const std::vector<std::string>& names, const ch
 
 /// A mutable view over the memory of a row-major xarray (no copy); `a` must outlive it.
 /// Axis i gets names[i]: [names[0]=a.shape(0), ...].
+/// Throws shape_error unless names has one distinct name per axis and a is row-major.
 template <class T>
 TensorView<T> borrow(xt::xarray<T>& a, const std::vector<std::string>& names) {
   if (a.layout() != xt::layout_type::row_major)
@@ -43,6 +44,7 @@ TensorView<T> borrow(xt::xarray<T>& a, const std::vector<std::string>& names) {
 }
 
 /// A mutable view over the memory of a row-major xtensor (no copy): [names...].
+/// Throws shape_error unless names has one distinct name per axis and a is row-major.
 template <class T, std::size_t N>
 TensorView<T> borrow(xt::xtensor<T, N>& a, const std::vector<std::string>& names) {
   if (a.layout() != xt::layout_type::row_major)
@@ -51,6 +53,7 @@ TensorView<T> borrow(xt::xtensor<T, N>& a, const std::vector<std::string>& names
 }
 
 /// A read-only view over a const row-major xarray (no copy): [names...].
+/// Throws shape_error unless names has one distinct name per axis and a is row-major.
 template <class T>
 TensorView<const T> borrow(const xt::xarray<T>& a, const std::vector<std::string>& names) {
   if (a.layout() != xt::layout_type::row_major)
@@ -60,6 +63,7 @@ TensorView<const T> borrow(const xt::xarray<T>& a, const std::vector<std::string
 }
 
 /// A read-only view over a const row-major xtensor (no copy): [names...].
+/// Throws shape_error unless names has one distinct name per axis and a is row-major.
 template <class T, std::size_t N>
 TensorView<const T> borrow(const xt::xtensor<T, N>& a, const std::vector<std::string>& names) {
   if (a.layout() != xt::layout_type::row_major)
@@ -70,6 +74,7 @@ TensorView<const T> borrow(const xt::xtensor<T, N>& a, const std::vector<std::st
 
 /// An xtensor adaptor over t's memory (no copy; positional axes in t's dim
 /// order). Valid while t is alive and not moved from.
+/// Throws nothing but std::bad_alloc.
 template <class T>
 auto as_xtensor(const TensorView<const T>& t) {
   std::vector<std::size_t> shape;
@@ -84,6 +89,7 @@ auto as_xtensor(Tensor<T>& t) {
 }
 
 /// A copy of t as an xarray (positional axes in t's dim order).
+/// Throws nothing but std::bad_alloc.
 template <class T>
 xt::xarray<T> to_xarray(const TensorView<const T>& t) {
   std::vector<std::size_t> shape;

@@ -40,12 +40,13 @@ namespace einmoe {
 inline constexpr double kBeamInf = 1e7;
 
 template <class T>
-using BeamLogitsFn = std::function<Tensor<T>(index_t step, const TensorView<const std::int64_t>& ids, std::vector<Tensor<T>>& states)>;
+using BeamLogitsFn =
+    std::function<Tensor<T>(index_t step, const TensorView<const std::int64_t>& ids, std::vector<Tensor<T>>& states)>;
 
 struct BeamSearchOptions {
   std::int64_t eos_id = 1;
-  bool stop_early = true;     ///< stop once the best sequences are provably found
-  index_t decode_length = -1; ///< maximum steps; -1 or more than the length dim: the length dim
+  bool stop_early = true;      ///< stop once the best sequences are provably found
+  index_t decode_length = -1;  ///< maximum steps; -1 or more than the length dim: the length dim
 };
 
 template <class T>
@@ -60,13 +61,16 @@ struct BeamSearchResult {
 /// Continue while i < decode_length and, with stop_early, not every batch row
 /// has (lowest finished score) > (alive log-prob of beam 0) / ((5 +
 /// decode_length) / 6)^alpha; a row with nothing finished counts as -1e7.
+/// Throws shape_error if the two tensors are not [batch, beam] of one batch.
 template <class T>
-bool is_finished(index_t i, index_t decode_length, const TensorView<const T>& alive_log_probs, const TensorView<const T>& finished_scores,
-                 const TensorView<const bool>& finished_flags, T alpha, bool stop_early = true) {
+bool is_finished(index_t i, index_t decode_length, const TensorView<const T>& alive_log_probs,
+                 const TensorView<const T>& finished_scores, const TensorView<const bool>& finished_flags, T alpha,
+                 bool stop_early = true) {
   if (alive_log_probs.rank() != 2 || finished_scores.shape() != alive_log_probs.shape() ||
       finished_flags.shape() != alive_log_probs.shape())
     detail::raise<shape_error>("is_finished: alive log-probs ", alive_log_probs.shape(), ", finished scores ",
-                               finished_scores.shape(), " and flags ", finished_flags.shape(), " must all be [batch, beam]");
+                               finished_scores.shape(), " and flags ", finished_flags.shape(),
+                               " must all be [batch, beam]");
   if (!stop_early) return i < decode_length;
   const index_t B = alive_log_probs.shape()[0].size, K = alive_log_probs.shape()[1].size;
   const T max_length_penalty = std::pow((T(5) + static_cast<T>(decode_length)) / T(6), alpha);
@@ -104,7 +108,8 @@ void top_indices(const T* v, index_t n, index_t k, std::vector<index_t>& out, st
 
 /// new[b, k, ...] = old[b, src[b * K + k], ...] for a [batch, beam, ...] tensor.
 template <class T>
-Tensor<T> reorder_beams(const TensorView<const T>& x, const std::vector<index_t>& src, index_t B, index_t K, const char* what) {
+Tensor<T> reorder_beams(const TensorView<const T>& x, const std::vector<index_t>& src, index_t B, index_t K,
+                        const char* what) {
   if (x.rank() < 2 || x.shape()[0].size != B || x.shape()[1].size != K)
     raise<shape_error>("beam_search: ", what, " ", x.shape(), " does not start with [batch=", B, ", beam=", K, "]");
   Tensor<T> out(x.shape(), uninitialized);
@@ -119,12 +124,15 @@ Tensor<T> reorder_beams(const TensorView<const T>& x, const std::vector<index_t>
 /// Beam search; see the file comment. initial_ids [batch, beam, length];
 /// states: tensors [batch, beam, ...] the logits function may update; they
 /// are reordered with the surviving beams after every step.
+/// Throws shape_error for ids, logits or states of the wrong shape, value_error for no
+/// beam, a non-finite alpha or one whose length penalty overflows; and what logits_fn throws.
 template <class T>
-BeamSearchResult<T> beam_search(const BeamLogitsFn<T>& logits_fn, const TensorView<const std::int64_t>& initial_ids, T alpha,
-                                const BeamSearchOptions& opt = {}, std::vector<Tensor<T>> states = {}) {
+BeamSearchResult<T> beam_search(const BeamLogitsFn<T>& logits_fn, const TensorView<const std::int64_t>& initial_ids,
+                                T alpha, const BeamSearchOptions& opt = {}, std::vector<Tensor<T>> states = {}) {
   static_assert(std::is_floating_point<T>::value, "beam_search: T must be float or double");
   const char* op = "beam_search";
-  if (initial_ids.rank() != 3) detail::raise<shape_error>(op, ": initial ids ", initial_ids.shape(), " must be [batch, beam, length]");
+  if (initial_ids.rank() != 3)
+    detail::raise<shape_error>(op, ": initial ids ", initial_ids.shape(), " must be [batch, beam, length]");
   const Dim batch = initial_ids.shape()[0], beam = initial_ids.shape()[1], length = initial_ids.shape()[2];
   const index_t B = batch.size, K = beam.size, L = length.size;
   if (K < 1) detail::raise<value_error>(op, ": dim \"", beam.name, "\" must have at least one beam");
@@ -158,11 +166,13 @@ BeamSearchResult<T> beam_search(const BeamLogitsFn<T>& logits_fn, const TensorVi
     if (logits.rank() != 3 || logits.shape()[0] != batch || logits.shape()[1] != beam)
       detail::raise<shape_error>(op, ": logits ", logits.shape(), " must be [", batch, ", ", beam, ", vocab]");
     const index_t V = logits.shape()[2].size;
-    if (V < 2) detail::raise<shape_error>(op, ": vocab dim \"", logits.shape()[2].name, "\" of size ", V, " is smaller than 2");
+    if (V < 2)
+      detail::raise<shape_error>(op, ": vocab dim \"", logits.shape()[2].name, "\" of size ", V, " is smaller than 2");
     const Tensor<T> lsm = log_softmax(logits, logits.shape()[2].name);
     const T lp = std::pow((T(5) + static_cast<T>(i + 1)) / T(6), alpha);
     Tensor<std::int64_t> new_alive(alive_seq.shape(), uninitialized), new_finished(finished_seq.shape(), uninitialized);
-    Tensor<T> new_alive_lp(alive_log_probs.shape(), uninitialized), new_fin_scores(finished_scores.shape(), uninitialized);
+    Tensor<T> new_alive_lp(alive_log_probs.shape(), uninitialized),
+        new_fin_scores(finished_scores.shape(), uninitialized);
     Tensor<bool> new_fin_flags(finished_flags.shape(), uninitialized);
     std::vector<T> curr(detail::uz(K * V));
     for (index_t b = 0; b < B; ++b) {

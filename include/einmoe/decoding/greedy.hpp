@@ -25,12 +25,13 @@
 namespace einmoe {
 
 template <class T>
-using GreedyLogitsFn = std::function<Tensor<T>(index_t step, const TensorView<const std::int64_t>& ids, std::vector<Tensor<T>>& states)>;
+using GreedyLogitsFn =
+    std::function<Tensor<T>(index_t step, const TensorView<const std::int64_t>& ids, std::vector<Tensor<T>>& states)>;
 
 struct GreedyOptions {
   double temperature = 0.0;  ///< 0: argmax; > 0: sample from softmax(logits / temperature)
   std::int64_t eos_id = 1;
-  std::uint64_t seed = 0;    ///< for sampling
+  std::uint64_t seed = 0;  ///< for sampling
 };
 
 struct GreedyResult {
@@ -39,6 +40,8 @@ struct GreedyResult {
 };
 
 /// Greedy decoding; see the file comment. forced_ids: optional [..., length].
+/// Throws shape_error for ids, forced ids or logits of the wrong shape, value_error for a
+/// negative temperature; and what logits_fn throws.
 template <class T>
 GreedyResult greedy_decode(const GreedyLogitsFn<T>& logits_fn, const TensorView<const std::int64_t>& initial_ids,
                            const GreedyOptions& opt = {}, const OptionalView<std::int64_t>& forced_ids = std::nullopt,
@@ -64,8 +67,10 @@ GreedyResult greedy_decode(const GreedyLogitsFn<T>& logits_fn, const TensorView<
   index_t step = 0;
   while (step < L && !all_have_eos()) {
     const Tensor<T> logits = logits_fn(step, r.ids, states);
-    if (logits.rank() != initial_ids.rank() || logits.size() == 0 || logits.size() / logits.shape()[logits.rank() - 1].size != R)
-      detail::raise<shape_error>(op, ": logits ", logits.shape(), " must be [..., vocab] for ids ", initial_ids.shape());
+    if (logits.rank() != initial_ids.rank() || logits.size() == 0 ||
+        logits.size() / logits.shape()[logits.rank() - 1].size != R)
+      detail::raise<shape_error>(op, ": logits ", logits.shape(), " must be [..., vocab] for ids ",
+                                 initial_ids.shape());
     const index_t V = logits.shape()[logits.rank() - 1].size;
     for (index_t row = 0; row < R; ++row) {
       const T* l = logits.data() + row * V;

@@ -51,11 +51,16 @@ enum class Type : int { f32, bf16, u8, s8, s32 };
 inline dnnl::memory::data_type data_type(Type t) {
   using dt = dnnl::memory::data_type;
   switch (t) {
-    case Type::f32: return dt::f32;
-    case Type::bf16: return dt::bf16;
-    case Type::u8: return dt::u8;
-    case Type::s8: return dt::s8;
-    default: return dt::s32;
+    case Type::f32:
+      return dt::f32;
+    case Type::bf16:
+      return dt::bf16;
+    case Type::u8:
+      return dt::u8;
+    case Type::s8:
+      return dt::s8;
+    default:
+      return dt::s32;
   }
 }
 
@@ -63,10 +68,10 @@ inline dnnl::memory::data_type data_type(Type t) {
 struct MatmulKey {
   index_t m = 0, k = 0, n = 0;
   Type src = Type::f32, wei = Type::f32, dst = Type::f32;
-  bool bias = false;  ///< + f32 bias [n] (the matmul's bias argument)
-  int act = -1;       ///< then an activation (an Activation value), -1 for none
-  bool mul = false;   ///< then * a full f32 [m, n] tensor
-  bool plain = false; ///< weights row-major [k, n] instead of the packed layout
+  bool bias = false;   ///< + f32 bias [n] (the matmul's bias argument)
+  int act = -1;        ///< then an activation (an Activation value), -1 for none
+  bool mul = false;    ///< then * a full f32 [m, n] tensor
+  bool plain = false;  ///< weights row-major [k, n] instead of the packed layout
 
   bool operator==(const MatmulKey& o) const {
     return m == o.m && k == o.k && n == o.n && src == o.src && wei == o.wei && dst == o.dst && bias == o.bias &&
@@ -77,11 +82,11 @@ struct MatmulKey {
 struct MatmulKeyHash {
   std::size_t operator()(const MatmulKey& k) const {
     std::uint64_t h = 1469598103934665603ull;
-    for (std::uint64_t v : {static_cast<std::uint64_t>(k.m), static_cast<std::uint64_t>(k.k),
-                            static_cast<std::uint64_t>(k.n), static_cast<std::uint64_t>(k.src),
-                            static_cast<std::uint64_t>(k.wei), static_cast<std::uint64_t>(k.dst),
-                            static_cast<std::uint64_t>(k.bias), static_cast<std::uint64_t>(k.act + 1),
-                            static_cast<std::uint64_t>(k.mul), static_cast<std::uint64_t>(k.plain)})
+    for (std::uint64_t v :
+         {static_cast<std::uint64_t>(k.m), static_cast<std::uint64_t>(k.k), static_cast<std::uint64_t>(k.n),
+          static_cast<std::uint64_t>(k.src), static_cast<std::uint64_t>(k.wei), static_cast<std::uint64_t>(k.dst),
+          static_cast<std::uint64_t>(k.bias), static_cast<std::uint64_t>(k.act + 1), static_cast<std::uint64_t>(k.mul),
+          static_cast<std::uint64_t>(k.plain)})
       h = (h ^ v) * 1099511628211ull;
     return static_cast<std::size_t>(h);
   }
@@ -97,10 +102,14 @@ struct Matmul {
 
 inline dnnl::algorithm eltwise_of(int act) {
   switch (act) {
-    case 0: return dnnl::algorithm::eltwise_relu;       // Activation::relu
-    case 1: return dnnl::algorithm::eltwise_gelu_erf;   // Activation::gelu
-    case 2: return dnnl::algorithm::eltwise_gelu_tanh;  // Activation::gelu_tanh
-    default: return dnnl::algorithm::eltwise_swish;     // Activation::silu (alpha 1)
+    case 0:
+      return dnnl::algorithm::eltwise_relu;  // Activation::relu
+    case 1:
+      return dnnl::algorithm::eltwise_gelu_erf;  // Activation::gelu
+    case 2:
+      return dnnl::algorithm::eltwise_gelu_tanh;  // Activation::gelu_tanh
+    default:
+      return dnnl::algorithm::eltwise_swish;  // Activation::silu (alpha 1)
   }
 }
 
@@ -119,7 +128,9 @@ inline constexpr std::size_t kMaxPrimitives = 2048;
 
 namespace impl {
 
-inline dnnl::memory::dims dims2(index_t a, index_t b) { return {static_cast<dnnl::memory::dim>(a), static_cast<dnnl::memory::dim>(b)}; }
+inline dnnl::memory::dims dims2(index_t a, index_t b) {
+  return {static_cast<dnnl::memory::dim>(a), static_cast<dnnl::memory::dim>(b)};
+}
 
 inline Matmul create(const MatmulKey& key, const dnnl::memory::desc& wei) {
   using tag = dnnl::memory::format_tag;
@@ -138,8 +149,8 @@ inline Matmul create(const MatmulKey& key, const dnnl::memory::desc& wei) {
     po.append_binary(dnnl::algorithm::binary_mul, mm.mul);
   }
   attr.set_post_ops(po);
-  const dnnl::matmul::desc d = key.bias ? dnnl::matmul::desc(mm.src, mm.wei, mm.bias, mm.dst)
-                                        : dnnl::matmul::desc(mm.src, mm.wei, mm.dst);
+  const dnnl::matmul::desc d =
+      key.bias ? dnnl::matmul::desc(mm.src, mm.wei, mm.bias, mm.dst) : dnnl::matmul::desc(mm.src, mm.wei, mm.dst);
   const dnnl::matmul::primitive_desc pd(d, attr, engine());
   mm.prim = dnnl::matmul(pd);
   mm.wei = pd.weights_desc();  // the concrete layout when `wei` was format any
@@ -190,7 +201,9 @@ inline Cache& cache() {
 /// (vpmaddubsw), which full-range int8 weights and activations overflow.
 inline bool int8_exact() {
   const auto isa = static_cast<unsigned>(dnnl::get_effective_cpu_isa());
-  const auto has = [isa](dnnl_cpu_isa_t bits) { return (isa & static_cast<unsigned>(bits)) == static_cast<unsigned>(bits); };
+  const auto has = [isa](dnnl_cpu_isa_t bits) {
+    return (isa & static_cast<unsigned>(bits)) == static_cast<unsigned>(bits);
+  };
   return has(dnnl_cpu_isa_avx512_core_vnni) || has(dnnl_cpu_isa_avx2_vnni);
 }
 
@@ -280,7 +293,8 @@ inline std::pair<index_t, index_t> panel_layout(const dnnl::memory::desc& d, ind
   const auto& b = m.format_desc.blocking;
   const index_t kpad = m.padded_dims[0], npad = m.padded_dims[1];
   const bool blocks = g == 1 ? b.inner_nblks == 2 : b.inner_nblks == 3 && b.inner_blks[2] == g && b.inner_idxs[2] == 0;
-  if (!blocks || b.inner_blks[0] != 16 || b.inner_idxs[0] != 0 || b.inner_blks[1] != 64 || b.inner_idxs[1] != 1) return {0, 0};
+  if (!blocks || b.inner_blks[0] != 16 || b.inner_idxs[0] != 0 || b.inner_blks[1] != 64 || b.inner_idxs[1] != 1)
+    return {0, 0};
   if (b.strides[0] != 16 * g * 64 || b.strides[1] != kpad * 64 || kpad % (16 * g) != 0 || npad % 64 != 0) return {0, 0};
   if (static_cast<index_t>(element_bytes) * g * 64 != 256) return {0, 0};
   return {kpad, npad};
@@ -312,11 +326,13 @@ inline void execute(const Matmul& mm, const void* src, const void* wei, void* ds
     st = dnnl_primitive_execute(mm.prim.get(), stream().get(), n, args);
   }
   for (int i = 0; i < n; ++i) dnnl_memory_destroy(mems[i]);
-  if (st != dnnl_success) raise<value_error>("oneDNN: matmul (", mm.impl, ") failed with status ", static_cast<int>(st));
+  if (st != dnnl_success)
+    raise<value_error>("oneDNN: matmul (", mm.impl, ") failed with status ", static_cast<int>(st));
 }
 
 /// Copies a plain row-major [k, n] matrix of type t into `desc`'s layout at `out`.
-inline void reorder_into(const void* plain, Type t, index_t k, index_t n, const dnnl::memory::desc& desc, void* out) try {
+inline void reorder_into(const void* plain, Type t, index_t k, index_t n, const dnnl::memory::desc& desc,
+                         void* out) try {
   auto& eng = engine();
   const dnnl::memory::desc src_desc(impl::dims2(k, n), data_type(t), dnnl::memory::format_tag::ab);
   dnnl::memory src(src_desc, eng, const_cast<void*>(plain));

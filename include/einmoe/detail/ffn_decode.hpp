@@ -155,7 +155,8 @@ inline void end(const FfnKernel<float>& f, index_t e, index_t m, float* y, FfnSc
 }  // namespace decode
 
 /// The decode path: every projection streams its packed panels once.
-inline void ffn_decode(const FfnKernel<float>& f, index_t e, const float* x, index_t m, float* y, FfnScratch<float>& s) {
+inline void ffn_decode(const FfnKernel<float>& f, index_t e, const float* x, index_t m, float* y,
+                       FfnScratch<float>& s) {
   decode::begin(f, x, m, s);
   decode::first(f, e, m, s, 0, decode::first_panels(f));
   decode::middle(f, e, m, s);

@@ -86,8 +86,8 @@ void eigen_gemm(const MatrixBank<T>& w, index_t e, const T* x, index_t m, T* y, 
 }
 
 /// Eigen, int8: acc [m, n] = (xq - 128) . W (exact int32).
-inline void eigen_gemm_int8(const MatrixBank<float>& w, index_t e, const std::uint8_t* xq, index_t m,
-                            std::int32_t* acc, AlignedVector<std::int32_t>& xi, AlignedVector<std::int32_t>& wi) {
+inline void eigen_gemm_int8(const MatrixBank<float>& w, index_t e, const std::uint8_t* xq, index_t m, std::int32_t* acc,
+                            AlignedVector<std::int32_t>& xi, AlignedVector<std::int32_t>& wi) {
   const index_t k = w.in(), n = w.out();
   MMapR<std::int32_t> A(acc, m, n);
   if (k == 0) {
@@ -115,7 +115,9 @@ template <class T>
 void dnnl_gemm(const MatrixBank<T>& w, index_t e, dnnl_impl::Type src, const void* x, index_t m, dnnl_impl::Type dst,
                void* y, const type_identity_t<T>* bias, int act, const float* mul, FfnScratch<T>& s) {
   using dnnl_impl::Type;
-  const Type wt = w.precision() == Precision::fp32 ? Type::f32 : w.precision() == Precision::bf16 ? Type::bf16 : Type::s8;
+  const Type wt = w.precision() == Precision::fp32   ? Type::f32
+                  : w.precision() == Precision::bf16 ? Type::bf16
+                                                     : Type::s8;
   dnnl_impl::MatmulKey key{m, w.in(), w.out(), src, wt, dst, bias != nullptr, act, mul != nullptr, !w.packed()};
   const auto mm = dnnl_impl::matmul(key);
   void* pad = FfnScratch<T>::get(s.pad, static_cast<index_t>(mm->scratch));

@@ -146,7 +146,8 @@ template <class T>
 void linear_rows(const MatrixBank<T>& w, index_t e, const T* x, index_t m, T* y, FfnScratch<T>& s) {
   if (w.precision() != Precision::fp32) detail::raise<value_error>("linear_rows: fp32 banks only");
   if (m > FfnKernel<T>::row_block_of(w.backend()))
-    detail::raise<value_error>("linear_rows: ", m, " rows in one call (at most ", FfnKernel<T>::row_block_of(w.backend()), ")");
+    detail::raise<value_error>("linear_rows: ", m, " rows in one call (at most ",
+                               FfnKernel<T>::row_block_of(w.backend()), ")");
   if (m == 0) return;
   [[maybe_unused]] detail::SingleThread one;
   x = detail::aligned_rows(x, m, w.in(), s.xa);

@@ -21,13 +21,18 @@ struct Aligned64 {
   template <class U>
   Aligned64(const Aligned64<U>&) {}  // NOLINT
   T* allocate(std::size_t n) {
-    return static_cast<T*>(::operator new(bytes_for(static_cast<index_t>(n), sizeof(T), "scratch"), std::align_val_t{64}));
+    return static_cast<T*>(
+        ::operator new (bytes_for(static_cast<index_t>(n), sizeof(T), "scratch"), std::align_val_t{64}));
   }
-  void deallocate(T* p, std::size_t) noexcept { ::operator delete(p, std::align_val_t{64}); }
+  void deallocate(T* p, std::size_t) noexcept { ::operator delete (p, std::align_val_t{64}); }
   template <class U>
-  bool operator==(const Aligned64<U>&) const { return true; }
+  bool operator==(const Aligned64<U>&) const {
+    return true;
+  }
   template <class U>
-  bool operator!=(const Aligned64<U>&) const { return false; }
+  bool operator!=(const Aligned64<U>&) const {
+    return false;
+  }
 };
 
 /// A vector whose data is 64-byte aligned.
@@ -38,16 +43,16 @@ using AlignedVector = std::vector<T, Aligned64<T>>;
 /// allocates nothing. One per thread.
 template <class T>
 struct FfnScratch {
-  AlignedVector<T> h, u;                 // hidden [m, H]; the GLU's linear half [m, H]
-  AlignedVector<T> xa, ya;               // input / output rows, when the caller's are not 64-byte aligned
-  AlignedVector<std::uint16_t> xb, hb;   // bf16 rows
-  AlignedVector<std::uint8_t> xq, hq;    // int8 rows (+128)
-  AlignedVector<float> xs, hs;           // int8 row scales
-  AlignedVector<std::int32_t> acc, acc2; // int32 accumulators
-  AlignedVector<float> wf, wf2;          // Eigen: a bf16 matrix widened to fp32; rows rounded to bf16
-  AlignedVector<std::int32_t> wi, xi;    // Eigen: int8 matrix / rows widened to int32
-  AlignedVector<float> xp, hp;           // decode path: rows padded to the packed layout's K
-  AlignedVector<unsigned char> pad;      // oneDNN scratchpad
+  AlignedVector<T> h, u;                  // hidden [m, H]; the GLU's linear half [m, H]
+  AlignedVector<T> xa, ya;                // input / output rows, when the caller's are not 64-byte aligned
+  AlignedVector<std::uint16_t> xb, hb;    // bf16 rows
+  AlignedVector<std::uint8_t> xq, hq;     // int8 rows (+128)
+  AlignedVector<float> xs, hs;            // int8 row scales
+  AlignedVector<std::int32_t> acc, acc2;  // int32 accumulators
+  AlignedVector<float> wf, wf2;           // Eigen: a bf16 matrix widened to fp32; rows rounded to bf16
+  AlignedVector<std::int32_t> wi, xi;     // Eigen: int8 matrix / rows widened to int32
+  AlignedVector<float> xp, hp;            // decode path: rows padded to the packed layout's K
+  AlignedVector<unsigned char> pad;       // oneDNN scratchpad
 
   template <class V>
   static typename V::value_type* get(V& v, index_t n) {
@@ -64,6 +69,5 @@ struct HiddenDropout {
   std::uint64_t seed = 0;
   const index_t* first = nullptr;  ///< per row: the index of its first hidden element
 };
-
 
 }  // namespace einmoe::detail

@@ -51,29 +51,45 @@ void gemm_batched_impl(index_t batch, index_t m, index_t n, index_t k, const T* 
 
 /// C[b] (m x n) = A[b] (m x k) * B[b] (k x n), b < batch, contiguous batches.
 template <class T>
-void gemm_batched(index_t batch, index_t m, index_t n, index_t k, const T* a, MatLayout la, const T* b,
-                  MatLayout lb, T* c, MatLayout lc) {
+void gemm_batched(index_t batch, index_t m, index_t n, index_t k, const T* a, MatLayout la, const T* b, MatLayout lb,
+                  T* c, MatLayout lc) {
   if (batch == 0 || m == 0 || n == 0) return;
   constexpr int R = Eigen::RowMajor, C = Eigen::ColMajor;
   const int key = (la.row_major ? 4 : 0) | (lb.row_major ? 2 : 0) | (lc.row_major ? 1 : 0);
   switch (key) {
-    case 7: gemm_batched_impl<T, R, R, R>(batch, m, n, k, a, b, c); break;
-    case 6: gemm_batched_impl<T, R, R, C>(batch, m, n, k, a, b, c); break;
-    case 5: gemm_batched_impl<T, R, C, R>(batch, m, n, k, a, b, c); break;
-    case 4: gemm_batched_impl<T, R, C, C>(batch, m, n, k, a, b, c); break;
-    case 3: gemm_batched_impl<T, C, R, R>(batch, m, n, k, a, b, c); break;
-    case 2: gemm_batched_impl<T, C, R, C>(batch, m, n, k, a, b, c); break;
-    case 1: gemm_batched_impl<T, C, C, R>(batch, m, n, k, a, b, c); break;
-    default: gemm_batched_impl<T, C, C, C>(batch, m, n, k, a, b, c); break;
+    case 7:
+      gemm_batched_impl<T, R, R, R>(batch, m, n, k, a, b, c);
+      break;
+    case 6:
+      gemm_batched_impl<T, R, R, C>(batch, m, n, k, a, b, c);
+      break;
+    case 5:
+      gemm_batched_impl<T, R, C, R>(batch, m, n, k, a, b, c);
+      break;
+    case 4:
+      gemm_batched_impl<T, R, C, C>(batch, m, n, k, a, b, c);
+      break;
+    case 3:
+      gemm_batched_impl<T, C, R, R>(batch, m, n, k, a, b, c);
+      break;
+    case 2:
+      gemm_batched_impl<T, C, R, C>(batch, m, n, k, a, b, c);
+      break;
+    case 1:
+      gemm_batched_impl<T, C, C, R>(batch, m, n, k, a, b, c);
+      break;
+    default:
+      gemm_batched_impl<T, C, C, C>(batch, m, n, k, a, b, c);
+      break;
   }
 }
 
 }  // namespace einmoe::detail
 
 /// Explicit instantiation of gemm_batched<T>, for one translation unit.
-#define EINMOE_INSTANTIATE_GEMM(T)                                                                            \
+#define EINMOE_INSTANTIATE_GEMM(T)                                                                                  \
   template void einmoe::detail::gemm_batched<T>(einmoe::index_t, einmoe::index_t, einmoe::index_t, einmoe::index_t, \
-                                                const T*, einmoe::detail::MatLayout, const T*,                    \
+                                                const T*, einmoe::detail::MatLayout, const T*,                      \
                                                 einmoe::detail::MatLayout, T*, einmoe::detail::MatLayout)
 
 #if defined(EINMOE_EXTERN_GEMM)

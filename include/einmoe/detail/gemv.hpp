@@ -71,7 +71,10 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512bf16,
 #pragma GCC unroll 4
     for (int r = 0; r < M; ++r) {
       std::int32_t v;
-      std::memcpy(&v, static_cast<const char*>(x) + (r * ldx + t * group(K)) * (K == Kind::f32 ? 4 : K == Kind::bf16 ? 2 : 1),
+      std::memcpy(&v,
+                  static_cast<const char*>(x) + (r * ldx + t * group(K)) * (K == Kind::f32    ? 4
+                                                                            : K == Kind::bf16 ? 2
+                                                                                              : 1),
                   4);
       xv[r] = _mm512_set1_epi32(v);
     }
@@ -98,10 +101,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512bf16,
 #pragma GCC unroll 16
     for (int j = 0; j < NP * 4; ++j) {
       const index_t col = (p0 + (j / 4) * gap) * 64 + (j % 4) * 16;
-      if constexpr (K == Kind::u8)
-        _mm512_storeu_si512(static_cast<std::int32_t*>(y) + r * ldy + col, s[r][j]);
-      else
-        _mm512_storeu_ps(static_cast<float*>(y) + r * ldy + col, f[r][j]);
+      if constexpr (K == Kind::u8) _mm512_storeu_si512(static_cast<std::int32_t*>(y) + r * ldy + col, s[r][j]);
+      else _mm512_storeu_ps(static_cast<float*>(y) + r * ldy + col, f[r][j]);
     }
 }
 
@@ -122,12 +123,17 @@ void kernel(const void* x, index_t ldx, index_t steps, const void* w, index_t pa
 }
 
 template <Kind K>
-void run_kind(const void* x, index_t m, index_t ldx, index_t steps, const void* w, index_t panels, void* y, index_t ldy) {
+void run_kind(const void* x, index_t m, index_t ldx, index_t steps, const void* w, index_t panels, void* y,
+              index_t ldy) {
   switch (m) {
-    case 1: return kernel<K, 1>(x, ldx, steps, w, panels, y, ldy);
-    case 2: return kernel<K, 2>(x, ldx, steps, w, panels, y, ldy);
-    case 3: return kernel<K, 3>(x, ldx, steps, w, panels, y, ldy);
-    default: return kernel<K, 4>(x, ldx, steps, w, panels, y, ldy);
+    case 1:
+      return kernel<K, 1>(x, ldx, steps, w, panels, y, ldy);
+    case 2:
+      return kernel<K, 2>(x, ldx, steps, w, panels, y, ldy);
+    case 3:
+      return kernel<K, 3>(x, ldx, steps, w, panels, y, ldy);
+    default:
+      return kernel<K, 4>(x, ldx, steps, w, panels, y, ldy);
   }
 }
 #endif
@@ -138,9 +144,12 @@ inline void run(Kind kind, const void* x, index_t m, index_t ldx, index_t steps,
                 index_t ldy) {
 #if defined(EINMOE_SIMD_X86)
   switch (kind) {
-    case Kind::f32: return run_kind<Kind::f32>(x, m, ldx, steps, w, panels, y, ldy);
-    case Kind::bf16: return run_kind<Kind::bf16>(x, m, ldx, steps, w, panels, y, ldy);
-    default: return run_kind<Kind::u8>(x, m, ldx, steps, w, panels, y, ldy);
+    case Kind::f32:
+      return run_kind<Kind::f32>(x, m, ldx, steps, w, panels, y, ldy);
+    case Kind::bf16:
+      return run_kind<Kind::bf16>(x, m, ldx, steps, w, panels, y, ldy);
+    default:
+      return run_kind<Kind::u8>(x, m, ldx, steps, w, panels, y, ldy);
   }
 #else
   (void)kind, (void)x, (void)m, (void)ldx, (void)steps, (void)w, (void)panels, (void)y, (void)ldy;

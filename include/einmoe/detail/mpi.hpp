@@ -11,9 +11,9 @@
 #include <type_traits>
 #include <vector>
 
+#include "einmoe/core/checked.hpp"
 #include "einmoe/core/dim.hpp"
 #include "einmoe/core/error.hpp"
-#include "einmoe/core/checked.hpp"
 
 namespace einmoe {
 namespace detail {
@@ -33,13 +33,20 @@ enum class ErrorKind : int { none, shape, value, resource, io, not_found, mpi, o
 
 [[noreturn]] inline void raise_kind(ErrorKind k, const std::string& text) {
   switch (k) {
-    case ErrorKind::shape: raise<shape_error>(text);
-    case ErrorKind::value: raise<value_error>(text);
-    case ErrorKind::resource: raise<resource_error>(text);
-    case ErrorKind::not_found: raise<not_found_error>(text);
-    case ErrorKind::io: raise<io_error>(text);
-    case ErrorKind::mpi: raise<mpi_error>(text);
-    default: raise<error>(text);
+    case ErrorKind::shape:
+      raise<shape_error>(text);
+    case ErrorKind::value:
+      raise<value_error>(text);
+    case ErrorKind::resource:
+      raise<resource_error>(text);
+    case ErrorKind::not_found:
+      raise<not_found_error>(text);
+    case ErrorKind::io:
+      raise<io_error>(text);
+    case ErrorKind::mpi:
+      raise<mpi_error>(text);
+    default:
+      raise<error>(text);
   }
 }
 
@@ -111,7 +118,8 @@ void allgather_v(MPI_Comm comm, const std::vector<V>& mine, std::vector<V>& out,
   index_t total = 0;
   for (int r = 0; r < size; ++r) displs[uz(r)] = mpi_count(total, "values"), total += counts[uz(r)];
   out.resize(uz(total));
-  mpi_check(MPI_Allgatherv(mine.data(), n, type, out.data(), counts.data(), displs.data(), type, comm), "MPI_Allgatherv");
+  mpi_check(MPI_Allgatherv(mine.data(), n, type, out.data(), counts.data(), displs.data(), type, comm),
+            "MPI_Allgatherv");
 }
 
 }  // namespace detail

@@ -50,9 +50,12 @@ inline Isa isa() {
 
 inline const char* isa_name() {
   switch (isa()) {
-    case Isa::avx512_bf16: return "avx512+bf16";
-    case Isa::avx512: return "avx512";
-    default: return "generic";
+    case Isa::avx512_bf16:
+      return "avx512+bf16";
+    case Isa::avx512:
+      return "avx512";
+    default:
+      return "generic";
   }
 }
 
@@ -147,7 +150,7 @@ EINMOE_AVX512 inline void to_bf16(const float* x, index_t n, std::uint16_t* y) {
 }
 
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) inline void to_bf16_native(const float* x, index_t n,
-                                                                                            std::uint16_t* y) {
+                                                                                           std::uint16_t* y) {
   for (index_t i = 0; i < n; i += 16) {
     const __mmask16 m = tail_mask(n - i);
     const __m512 v = _mm512_maskz_loadu_ps(m, x + i);
@@ -168,7 +171,8 @@ EINMOE_AVX512 inline void from_bf16(const std::uint16_t* x, index_t n, float* y)
 
 EINMOE_AVX512 inline float max_abs(const float* x, index_t n) {
   __m512 m = _mm512_setzero_ps();
-  for (index_t i = 0; i < n; i += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_maskz_loadu_ps(tail_mask(n - i), x + i)));
+  for (index_t i = 0; i < n; i += 16)
+    m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_maskz_loadu_ps(tail_mask(n - i), x + i)));
   // (not _mm512_reduce_max_ps: gcc 12 warns -Wuninitialized inside it)
   alignas(64) float lanes[16];
   _mm512_store_ps(lanes, m);
@@ -231,7 +235,8 @@ EINMOE_AVX512 inline __m512 x_sigmoid(__m512 x, __m512 kx) {
 // 7.1.26 (absolute error below 1.5e-7).
 EINMOE_AVX512 inline __m512 gelu_erf(__m512 x) {
   const __m512 z = _mm512_abs_ps(_mm512_mul_ps(x, _mm512_set1_ps(0.70710678118654752f)));
-  const __m512 t = _mm512_div_ps(_mm512_set1_ps(1.f), _mm512_fmadd_ps(_mm512_set1_ps(0.3275911f), z, _mm512_set1_ps(1.f)));
+  const __m512 t =
+      _mm512_div_ps(_mm512_set1_ps(1.f), _mm512_fmadd_ps(_mm512_set1_ps(0.3275911f), z, _mm512_set1_ps(1.f)));
   __m512 p = _mm512_set1_ps(1.061405429f);
   p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-1.453152027f));
   p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.421413741f));
@@ -258,15 +263,20 @@ EINMOE_AVX512 inline void activate(Activation a, float* x, index_t n) {
         r = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ), _mm512_setzero_ps());
         break;
       }
-      case Activation::silu: r = x_sigmoid(v, v); break;
+      case Activation::silu:
+        r = x_sigmoid(v, v);
+        break;
       case Activation::gelu_tanh: {
         // 0.5 x (1 + tanh(y)) = x sigmoid(2y), y = sqrt(2/pi) (x + 0.044715 x^3)
         const __m512 x3 = _mm512_mul_ps(_mm512_mul_ps(v, v), v);
-        const __m512 y = _mm512_mul_ps(_mm512_set1_ps(0.79788456080286536f), _mm512_fmadd_ps(_mm512_set1_ps(0.044715f), x3, v));
+        const __m512 y =
+            _mm512_mul_ps(_mm512_set1_ps(0.79788456080286536f), _mm512_fmadd_ps(_mm512_set1_ps(0.044715f), x3, v));
         r = x_sigmoid(v, _mm512_add_ps(y, y));
         break;
       }
-      default: r = gelu_erf(v); break;
+      default:
+        r = gelu_erf(v);
+        break;
     }
     _mm512_mask_storeu_ps(x + i, m, r);
   }
@@ -284,8 +294,7 @@ EINMOE_AVX512 inline void multiply(float* x, const float* y, index_t n) {
 #pragma GCC diagnostic pop
 #endif
 #undef EINMOE_AVX512
-#define EINMOE_SIMD_DISPATCH(call) \
-  (isa() == Isa::generic ? generic::call : avx512::call)
+#define EINMOE_SIMD_DISPATCH(call) (isa() == Isa::generic ? generic::call : avx512::call)
 #else
 #define EINMOE_SIMD_DISPATCH(call) generic::call
 #endif

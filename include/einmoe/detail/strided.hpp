@@ -35,8 +35,7 @@ struct StridedLoop {
       if (sizes[d] == 1) continue;
       if (!ns.empty()) {
         bool merge = true;
-        for (std::size_t k = 0; k < K; ++k)
-          merge = merge && (nst[k].back() == strides[k][d] * sizes[d]);
+        for (std::size_t k = 0; k < K; ++k) merge = merge && (nst[k].back() == strides[k][d] * sizes[d]);
         if (merge) {
           ns.back() *= sizes[d];
           for (std::size_t k = 0; k < K; ++k) nst[k].back() = strides[k][d];

@@ -58,10 +58,11 @@ struct ExpertWeights {
 
 /// How the experts run.
 struct ExpertOptions {
-  MoEDims dims;  ///< the experts, model and hidden dims' names
+  MoEDims dims;                              ///< the experts, model and hidden dims' names
   Activation activation = Activation::relu;  ///< gated experts: the gate's activation
-  double dropout = 0.0;            ///< rate on the hidden layer (training-mode parity), in [0, 1); fp32 only
-  std::uint64_t dropout_seed = 0;  ///< element [e, g, c, h] is kept iff Rng::uniform_at(seed, its row-major index) >= rate
+  double dropout = 0.0;                      ///< rate on the hidden layer (training-mode parity), in [0, 1); fp32 only
+  std::uint64_t dropout_seed =
+      0;  ///< element [e, g, c, h] is kept iff Rng::uniform_at(seed, its row-major index) >= rate
   Precision precision = Precision::fp32;  ///< of the expert weights (kernels/precision.hpp)
   Backend backend = Backend::automatic;   ///< the GEMM library (kernels/precision.hpp)
 };
@@ -74,7 +75,8 @@ void apply_dropout(const ExpertOptions& cfg, T* x, index_t n, index_t first) {
   if (cfg.dropout <= 0.0) return;
   const T scale = static_cast<T>(1.0 / (1.0 - cfg.dropout));
   for (index_t i = 0; i < n; ++i)
-    x[i] = Rng::uniform_at(cfg.dropout_seed, static_cast<std::uint64_t>(first + i)) >= cfg.dropout ? x[i] * scale : T(0);
+    x[i] =
+        Rng::uniform_at(cfg.dropout_seed, static_cast<std::uint64_t>(first + i)) >= cfg.dropout ? x[i] * scale : T(0);
 }
 
 /// The dims of validated expert weights.
@@ -113,7 +115,8 @@ ExpertDims check_expert_weights(const ExpertWeights<S>& w, const ExpertOptions& 
 
 /// A bias as a flat T vector in [experts, n] order (validated finite).
 template <class T, class S>
-std::vector<T> flat_bias(const std::optional<TensorView<const S>>& b, const Dim& experts, const Dim& n, const char* name) {
+std::vector<T> flat_bias(const std::optional<TensorView<const S>>& b, const Dim& experts, const Dim& n,
+                         const char* name) {
   if (!b) return {};
   Tensor<S> hold;
   const TensorView<const S> t = in_order(*b, Shape{experts, n}, hold);
@@ -133,9 +136,11 @@ std::vector<T> flat_bias(const std::optional<TensorView<const S>>& b, const Dim&
 /// einsums: EGCM = einsum(GSEC, GSM); EGCH = act(EGCM . EMH + EH) (gated:
 /// * (EGCM . EMH + EH)); EGCM = EGCH . EHM + EM; GSM = einsum(GSEC, EGCM).
 /// Full precision (the oracle): opt.precision must be fp32.
+/// Throws shape_error when x, dispatch, combine and the weights disagree on a dim,
+/// value_error unless opt.precision is fp32.
 template <class T>
-Tensor<T> experts_dense(const TensorView<const T>& x, const TensorView<const T>& dispatch, const TensorView<const T>& combine,
-                        const ExpertWeights<T>& w, const ExpertOptions& cfg) {
+Tensor<T> experts_dense(const TensorView<const T>& x, const TensorView<const T>& dispatch,
+                        const TensorView<const T>& combine, const ExpertWeights<T>& w, const ExpertOptions& cfg) {
   const char* op = "experts_dense";
   const detail::ExpertDims d = detail::check_expert_weights(w, cfg, op);
   if (cfg.precision != Precision::fp32)
@@ -182,7 +187,8 @@ class PackedExperts {
     experts_ = d.experts, model_ = d.model, hidden_ = d.hidden;
     const MoEDims& n = opt.dims;
     k_.up = MatrixBank<T>(w.wi, n.experts, n.model, n.hidden, opt.precision, opt.backend, "wi");
-    if (w.wi_gate) k_.gate = MatrixBank<T>(*w.wi_gate, n.experts, n.model, n.hidden, opt.precision, opt.backend, "wi_gate");
+    if (w.wi_gate)
+      k_.gate = MatrixBank<T>(*w.wi_gate, n.experts, n.model, n.hidden, opt.precision, opt.backend, "wi_gate");
     k_.down = MatrixBank<T>(w.wo, n.experts, n.hidden, n.model, opt.precision, opt.backend, "wo");
     k_.b_up = detail::flat_bias<T>(w.bi, d.experts, d.hidden, "bi");
     k_.b_gate = detail::flat_bias<T>(w.bi_gate, d.experts, d.hidden, "bi_gate");
@@ -197,6 +203,7 @@ class PackedExperts {
   const Dim& hidden() const { return hidden_; }
   bool gated() const { return k_.gated(); }
   /// Bytes of laid-out weights.
+  /// Never throws.
   std::size_t bytes() const { return k_.bytes(); }
 
  private:
@@ -220,8 +227,8 @@ struct ExpertBuffers {
   std::vector<index_t> offset, row_token, row_first_hidden, entry_row;
   std::vector<Item> items;
   std::vector<PerThread> threads;
-  std::vector<DecodeCall> decode_calls;  // the split decode path (float, oneDNN)
-  std::vector<FfnScratch<T>> decode_scratch;     // one per call
+  std::vector<DecodeCall> decode_calls;       // the split decode path (float, oneDNN)
+  std::vector<FfnScratch<T>> decode_scratch;  // one per call
 };
 /// Reaches the buffers of the workspaces (whose members are private).
 struct WorkspaceAccess {
@@ -273,8 +280,10 @@ void expert_rows(const RoutingPlan<T>& plan, index_t H, ExpertBuffers<T>& ws) {
         ws.row_token[uz(r)] = entry / K;
         // (a counter for dropout's draws: wraps, never overflows)
         ws.row_first_hidden[uz(r)] = static_cast<index_t>(
-            ((static_cast<std::uint64_t>(e) * static_cast<std::uint64_t>(G) + static_cast<std::uint64_t>(g)) * static_cast<std::uint64_t>(C) +
-             static_cast<std::uint64_t>(c)) * static_cast<std::uint64_t>(H));
+            ((static_cast<std::uint64_t>(e) * static_cast<std::uint64_t>(G) + static_cast<std::uint64_t>(g)) *
+                 static_cast<std::uint64_t>(C) +
+             static_cast<std::uint64_t>(c)) *
+            static_cast<std::uint64_t>(H));
         ws.entry_row[uz(entry)] = r++;
       }
   }
@@ -393,7 +402,8 @@ void experts_sparse_into(Tensor<T>& out, const TensorView<const T>& x_in, const 
   const index_t M = pe.model().size;
   detail::expert_rows(plan, pe.hidden().size, ws);
   const T* px = x.data();
-  detail::run_expert_rows(pe.kernel(), pe.options(), ws, [&](index_t t) { return px + t * M; }, dropout_seed);
+  detail::run_expert_rows(
+      pe.kernel(), pe.options(), ws, [&](index_t t) { return px + t * M; }, dropout_seed);
   out.resize(xs);
   detail::combine_rows(plan, ws, M, out.data());
 }

@@ -74,8 +74,8 @@ Dim check_shared_weights(const SharedExpertWeights<S>& w, const Dim& model, cons
   const Dim hidden = w.wi.dim(hd);
   auto same = [&](const TensorView<const S>& t, const Dim& d, const char* name) {
     if (t.dim(d.name) != d)
-      raise<shape_error>(op, ": dim \"", d.name, "\" has size ", t.size_of(d.name), " in shared.", name, " but ", d.size,
-                         d.name == model.name ? " in the layer" : " in shared.wi");
+      raise<shape_error>(op, ": dim \"", d.name, "\" has size ", t.size_of(d.name), " in shared.", name, " but ",
+                         d.size, d.name == model.name ? " in the layer" : " in shared.wi");
   };
   same(w.wi, model, "wi");
   same(w.wo, model, "wo");
@@ -117,7 +117,8 @@ class SharedExpert {
     model_ = model;
     const MoEDims& n = opt.dims;
     k_.up = MatrixBank<T>(w.wi, "", n.model, n.hidden, opt.precision, opt.backend, "shared.wi");
-    if (w.wi_gate) k_.gate = MatrixBank<T>(*w.wi_gate, "", n.model, n.hidden, opt.precision, opt.backend, "shared.wi_gate");
+    if (w.wi_gate)
+      k_.gate = MatrixBank<T>(*w.wi_gate, "", n.model, n.hidden, opt.precision, opt.backend, "shared.wi_gate");
     k_.down = MatrixBank<T>(w.wo, "", n.hidden, n.model, opt.precision, opt.backend, "shared.wo");
     k_.activation = opt.activation;
     if (w.gate) {
@@ -140,6 +141,7 @@ class SharedExpert {
 
   /// out [tokens, model] += sigmoid(x . gate) * FFN(x) (the factor is 1
   /// without a gate), x [tokens, model]; both row-major, contiguous.
+  /// Throws nothing but std::bad_alloc (the workspace grows).
   void add_to(const T* x, index_t tokens, T* out, SharedExpertWorkspace<T>& workspace) const {
     if (empty() || tokens <= 0) return;
     auto& ws = detail::WorkspaceAccess::of(workspace);
@@ -193,10 +195,13 @@ class SharedExpert {
 
 /// The dense oracle: x [<tokens>, model] -> sigmoid(x . gate) * FFN(x)
 /// [<tokens>, model] with einsums, in full precision (opt.precision fp32).
+/// Throws shape_error when x and the weights disagree on a dim, value_error unless
+/// opt.precision is fp32.
 template <class T>
 Tensor<T> shared_expert_dense(const TensorView<const T>& x, const SharedExpertWeights<T>& w, const ExpertOptions& opt) {
   const char* op = "shared_expert_dense";
-  if (opt.precision != Precision::fp32) detail::raise<value_error>(op, ": the dense oracle computes in full precision (precision fp32)");
+  if (opt.precision != Precision::fp32)
+    detail::raise<value_error>(op, ": the dense oracle computes in full precision (precision fp32)");
   const Dim model = x.shape().get(opt.dims.model, op);
   const Dim hidden = detail::check_shared_weights(w, model, opt, op);
   const Shape tokens = x.shape().without({opt.dims.model});

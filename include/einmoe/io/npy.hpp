@@ -33,8 +33,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "einmoe/core/tensor.hpp"
 #include "einmoe/core/checked.hpp"
+#include "einmoe/core/tensor.hpp"
 
 namespace einmoe {
 
@@ -43,11 +43,16 @@ enum class DType { float32, float64, int32, int64, boolean };
 
 inline const char* dtype_name(DType d) {
   switch (d) {
-    case DType::float32: return "float32";
-    case DType::float64: return "float64";
-    case DType::int32: return "int32";
-    case DType::int64: return "int64";
-    default: return "bool";
+    case DType::float32:
+      return "float32";
+    case DType::float64:
+      return "float64";
+    case DType::int32:
+      return "int32";
+    case DType::int64:
+      return "int64";
+    default:
+      return "bool";
   }
 }
 
@@ -84,9 +89,14 @@ static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "einmoe's .npy I/O assu
 
 inline std::size_t item_size(DType d) {
   switch (d) {
-    case DType::float32: case DType::int32: return 4;
-    case DType::float64: case DType::int64: return 8;
-    default: return 1;
+    case DType::float32:
+    case DType::int32:
+      return 4;
+    case DType::float64:
+    case DType::int64:
+      return 8;
+    default:
+      return 1;
   }
 }
 
@@ -151,10 +161,8 @@ class NpyHeaderParser {
     else if (descr == "<i4") info.dtype = DType::int32;
     else if (descr == "<i8") info.dtype = DType::int64;
     else if (descr == "|b1") info.dtype = DType::boolean;
-    else if (!descr.empty() && descr[0] == '>')
-      fail("big-endian data ('", escape_bytes(descr), "') is not supported");
-    else
-      fail("dtype '", escape_bytes(descr), "' is not supported (float32, float64, int32, int64 or bool)");
+    else if (!descr.empty() && descr[0] == '>') fail("big-endian data ('", escape_bytes(descr), "') is not supported");
+    else fail("dtype '", escape_bytes(descr), "' is not supported (float32, float64, int32, int64 or bool)");
     if (fortran && info.sizes.size() > 1) fail("Fortran-order arrays are not supported (save with C order)");
     return info;
   }
@@ -169,7 +177,8 @@ class NpyHeaderParser {
     while (p_ < h_.size() && h_[p_] == ' ') ++p_;
   }
   void expect(char c) {
-    if (peek() != c) fail("bad header: expected '", std::string(1, c), "' at byte ", p_, " in \"", escape_bytes(h_), "\"");
+    if (peek() != c)
+      fail("bad header: expected '", std::string(1, c), "' at byte ", p_, " in \"", escape_bytes(h_), "\"");
     ++p_;
   }
   // A quoted string without escapes or newlines ('...' or "...").
@@ -309,7 +318,9 @@ void replace_file(const std::string& path, const char* who, Fill&& fill) {
   struct stat st {};
   if (::lstat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode))
     raise<io_error>(who, ": ", path, ": not a regular file (",
-                    S_ISLNK(st.st_mode) ? "a symlink" : S_ISDIR(st.st_mode) ? "a directory" : "a device, FIFO or socket",
+                    S_ISLNK(st.st_mode)   ? "a symlink"
+                    : S_ISDIR(st.st_mode) ? "a directory"
+                                          : "a device, FIFO or socket",
                     "); refusing to replace it");
   const auto slash = path.find_last_of('/');
   const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
@@ -320,13 +331,13 @@ void replace_file(const std::string& path, const char* who, Fill&& fill) {
   const mode_t mask = ::umask(0);  // mkstemp makes 0600; give the usual mode
   ::umask(mask);
   bool ok = ::fchmod(fd, 0666 & ~mask) == 0 && fill([fd](const char* p, std::size_t n) {
-    for (std::size_t at = 0; at < n;) {
-      const ssize_t w = ::write(fd, p + at, n - at);
-      if (w <= 0) return false;
-      at += static_cast<std::size_t>(w);
-    }
-    return true;
-  });
+              for (std::size_t at = 0; at < n;) {
+                const ssize_t w = ::write(fd, p + at, n - at);
+                if (w <= 0) return false;
+                at += static_cast<std::size_t>(w);
+              }
+              return true;
+            });
   ok = ::close(fd) == 0 && ok;
   if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
     ::unlink(tmp.c_str());
@@ -336,7 +347,7 @@ void replace_file(const std::string& path, const char* who, Fill&& fill) {
 
 inline std::ifstream open_npy(const std::string& path, std::size_t* file_size) {
   std::ifstream in(path, std::ios::binary | std::ios::ate);
-  if (!in) raise<io_error>("load_npy: cannot open ", path);
+  if (!in) raise_cannot_open(path, "load_npy: cannot open ", path);
   const auto end = in.tellg();
   if (end < 0) raise<io_error>("load_npy: cannot read ", path);
   *file_size = static_cast<std::size_t>(end);
@@ -347,6 +358,8 @@ inline std::ifstream open_npy(const std::string& path, std::size_t* file_size) {
 }  // namespace detail
 
 /// The dtype and sizes a .npy file declares (reads only the header).
+/// Throws not_found_error if the file is missing, io_error if it cannot be read or
+/// its header is malformed.
 inline NpyInfo read_npy_info(const std::string& path) {
   std::size_t file_size = 0, off = 0;
   auto in = detail::open_npy(path, &file_size);
@@ -358,6 +371,8 @@ inline NpyInfo read_npy_info(const std::string& path) {
 /// is the stream's total size when known (load_npy passes the file's). With
 /// or without it, nothing larger than the bytes that actually follow the
 /// header is ever allocated.
+/// Throws io_error for a malformed or truncated stream, a dtype other than T's, or a
+/// rank other than names' count; shape_error for repeated names.
 template <class T>
 Tensor<T> read_npy(std::istream& in, const std::vector<std::string>& names, const std::string& src,
                    std::size_t stream_size = std::numeric_limits<std::size_t>::max()) {
@@ -367,12 +382,14 @@ Tensor<T> read_npy(std::istream& in, const std::vector<std::string>& names, cons
     detail::raise<io_error>("load_npy: ", src, " holds ", dtype_name(info.dtype), ", expected ",
                             dtype_name(dtype_of<T>()));
   if (names.size() != info.sizes.size())
-    detail::raise<io_error>("load_npy: ", src, " has rank ", info.sizes.size(), ", expected ", names.size(),
-                            " (", [&] {
-                              std::string s;
-                              for (const auto& n : names) s += (s.empty() ? "" : ",") + n;
-                              return s;
-                            }(), ")");
+    detail::raise<io_error>(
+        "load_npy: ", src, " has rank ", info.sizes.size(), ", expected ", names.size(), " (",
+        [&] {
+          std::string s;
+          for (const auto& n : names) s += (s.empty() ? "" : ",") + n;
+          return s;
+        }(),
+        ")");
   std::vector<Dim> dims;
   for (std::size_t i = 0; i < names.size(); ++i) dims.emplace_back(names[i], info.sizes[i]);
   Shape shape(std::move(dims));
@@ -397,6 +414,7 @@ Tensor<T> read_npy(std::istream& in, const std::vector<std::string>& names, cons
 
 /// Loads a .npy file whose dtype must be T, naming its dims `names`: axis i
 /// becomes [names[i]=the file's size i].
+/// Throws not_found_error if the file is missing, and as read_npy.
 template <class T>
 Tensor<T> load_npy(const std::string& path, const std::vector<std::string>& names) {
   std::size_t file_size = 0;
@@ -411,14 +429,25 @@ template <class T>
 std::string npy_preamble(const TensorView<const T>& t) {
   std::string descr;
   switch (dtype_of<T>()) {
-    case DType::float32: descr = "<f4"; break;
-    case DType::float64: descr = "<f8"; break;
-    case DType::int32: descr = "<i4"; break;
-    case DType::int64: descr = "<i8"; break;
-    default: descr = "|b1"; break;
+    case DType::float32:
+      descr = "<f4";
+      break;
+    case DType::float64:
+      descr = "<f8";
+      break;
+    case DType::int32:
+      descr = "<i4";
+      break;
+    case DType::int64:
+      descr = "<i8";
+      break;
+    default:
+      descr = "|b1";
+      break;
   }
   std::string shape = "(";
-  for (index_t i = 0; i < t.rank(); ++i) shape += std::to_string(t.shape()[i].size) + (t.rank() == 1 ? "," : i + 1 < t.rank() ? ", " : "");
+  for (index_t i = 0; i < t.rank(); ++i)
+    shape += std::to_string(t.shape()[i].size) + (t.rank() == 1 ? "," : i + 1 < t.rank() ? ", " : "");
   shape += ")";
   std::string h = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': " + shape + ", }";
   const std::size_t total = 10 + h.size() + 1;
@@ -445,14 +474,14 @@ bool emit_npy(const TensorView<const T>& t, Sink&& sink) {
     }
     return true;
   }
-  return t.size() == 0 ||
-         sink(reinterpret_cast<const char*>(t.data()), static_cast<std::size_t>(t.size()) * sizeof(T));
+  return t.size() == 0 || sink(reinterpret_cast<const char*>(t.data()), static_cast<std::size_t>(t.size()) * sizeof(T));
 }
 
 }  // namespace detail
 
 /// Writes t as .npy (format 1.0, C order) to a stream: any [dims] (the names
 /// are not stored).
+/// Throws io_error if the stream fails or the header would be too long.
 template <class T>
 void write_npy(std::ostream& out, const TensorView<const T>& t) {
   detail::emit_npy(t, [&](const char* p, std::size_t n) {

@@ -19,10 +19,14 @@ enum class Activation { relu, gelu, gelu_tanh, silu };
 
 inline const char* to_string(Activation a) {
   switch (a) {
-    case Activation::relu: return "relu";
-    case Activation::gelu: return "gelu";
-    case Activation::gelu_tanh: return "gelu_tanh";
-    default: return "silu";
+    case Activation::relu:
+      return "relu";
+    case Activation::gelu:
+      return "gelu";
+    case Activation::gelu_tanh:
+      return "gelu_tanh";
+    default:
+      return "silu";
   }
 }
 inline Activation parse_activation(const std::string& s) {
@@ -36,10 +40,18 @@ namespace detail {
 template <class T>
 void apply_activation(Activation a, T* x, index_t n) {
   switch (a) {
-    case Activation::relu: for (index_t i = 0; i < n; ++i) x[i] = scalar::relu(x[i]); break;
-    case Activation::gelu: for (index_t i = 0; i < n; ++i) x[i] = scalar::gelu(x[i]); break;
-    case Activation::gelu_tanh: for (index_t i = 0; i < n; ++i) x[i] = scalar::gelu_tanh(x[i]); break;
-    default: for (index_t i = 0; i < n; ++i) x[i] = scalar::silu(x[i]); break;
+    case Activation::relu:
+      for (index_t i = 0; i < n; ++i) x[i] = scalar::relu(x[i]);
+      break;
+    case Activation::gelu:
+      for (index_t i = 0; i < n; ++i) x[i] = scalar::gelu(x[i]);
+      break;
+    case Activation::gelu_tanh:
+      for (index_t i = 0; i < n; ++i) x[i] = scalar::gelu_tanh(x[i]);
+      break;
+    default:
+      for (index_t i = 0; i < n; ++i) x[i] = scalar::silu(x[i]);
+      break;
   }
 }
 }  // namespace detail

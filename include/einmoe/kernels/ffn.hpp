@@ -33,10 +33,10 @@ namespace einmoe {
 /// The laid-out weights of a bank of expert FFNs (immutable once built).
 template <class T>
 struct FfnKernel {
-  MatrixBank<T> up;                    ///< [E][model, hidden]: the plain FFN's first layer, the GLU's linear half
-  MatrixBank<T> gate;                  ///< [E][model, hidden]: the GLU's gate (empty: not gated)
-  MatrixBank<T> down;                  ///< [E][hidden, model]
-  std::vector<T> b_up, b_gate, b_down; ///< [E * hidden], [E * hidden], [E * model], or empty
+  MatrixBank<T> up;                     ///< [E][model, hidden]: the plain FFN's first layer, the GLU's linear half
+  MatrixBank<T> gate;                   ///< [E][model, hidden]: the GLU's gate (empty: not gated)
+  MatrixBank<T> down;                   ///< [E][hidden, model]
+  std::vector<T> b_up, b_gate, b_down;  ///< [E * hidden], [E * hidden], [E * model], or empty
   Activation activation = Activation::relu;
 
   bool gated() const { return !gate.empty(); }
@@ -48,6 +48,7 @@ struct FfnKernel {
   /// The most rows one kernel call takes: callers split longer runs into
   /// blocks of this many (256 on oneDNN, 512 on Eigen, which repacks
   /// weights on every call).
+  /// Never throws.
   index_t row_block() const { return row_block_of(backend()); }
   static index_t row_block_of(Backend b) {
 #if defined(EINMOE_HAS_DNNL)
@@ -57,6 +58,7 @@ struct FfnKernel {
     return 512;
   }
   /// Bytes of weights held.
+  /// Never throws.
   std::size_t bytes() const {
     return up.bytes() + gate.bytes() + down.bytes() + (b_up.size() + b_gate.size() + b_down.size()) * sizeof(T);
   }

@@ -32,9 +32,9 @@
 #include <vector>
 
 #include "einmoe/core/bfloat16.hpp"
+#include "einmoe/core/checked.hpp"
 #include "einmoe/core/tensor.hpp"
 #include "einmoe/core/threads.hpp"
-#include "einmoe/core/checked.hpp"
 #include "einmoe/detail/dnnl.hpp"
 #include "einmoe/detail/gemv.hpp"
 #include "einmoe/kernels/precision.hpp"
@@ -48,6 +48,7 @@ namespace einmoe {
 /// bf16 matmul (AVX-512 CPUs), and int8 where its int8 products are exact
 /// (VNNI; see detail::dnnl_impl::int8_exact). False for dnnl in a build
 /// without oneDNN.
+/// Never throws.
 inline bool backend_supports(Backend b, Precision p) {
   if (b == Backend::automatic || b == Backend::eigen) return true;
 #if defined(EINMOE_HAS_DNNL)
@@ -109,35 +110,48 @@ class MatrixBank {
 
   /// Lays out w's matrices: w has dims {count_dim (omit with ""), in_dim,
   /// out_dim} in any order. `name` appears in error messages.
+  /// Throws shape_error unless w has exactly those dims, value_error for a
+  /// non-finite element or a backend that cannot run the precision here,
+  /// resource_error if the laid-out weights would not fit in memory.
   template <class S>
-  MatrixBank(const TensorView<const S>& w, const std::string& count_dim, const std::string& in_dim, const std::string& out_dim,
-             Precision precision, Backend backend, const std::string& name);
+  MatrixBank(const TensorView<const S>& w, const std::string& count_dim, const std::string& in_dim,
+             const std::string& out_dim, Precision precision, Backend backend, const std::string& name);
 
   index_t count() const { return count_; }
   index_t in() const { return in_; }
   index_t out() const { return out_; }
   Precision precision() const { return precision_; }
   /// dnnl or eigen (never automatic).
+  /// Never throws.
   Backend backend() const { return backend_; }
   /// True when the weights are in oneDNN's blocked layout (else row-major).
+  /// Never throws.
   bool packed() const { return packed_; }
   bool empty() const { return count_ == 0; }
   /// Bytes of weights, scales and compensation held.
+  /// Never throws.
   std::size_t bytes() const { return static_cast<std::size_t>(count_) * (matrix_bytes_ + side_bytes()); }
   /// Bytes of one matrix's weights.
+  /// Never throws.
   std::size_t matrix_bytes() const { return matrix_bytes_; }
 
   // ---- for the kernels --------------------------------------------------------
   /// Matrix e's weights in the bank's layout and element type (T, bf16 bits,
   /// or int8).
-  const void* data(index_t e) const { return static_cast<const char*>(weights_.get()) + e * static_cast<index_t>(matrix_bytes_); }
+  /// Never throws.
+  const void* data(index_t e) const {
+    return static_cast<const char*>(weights_.get()) + e * static_cast<index_t>(matrix_bytes_);
+  }
   /// int8: matrix e's per-output-channel scales [out].
+  /// Never throws.
   const float* scales(index_t e) const { return scales_.data() + e * out_; }
   /// int8 on oneDNN: 128 * column sums of matrix e [out] (the u8 activations
   /// are the int8 ones + 128).
+  /// Never throws.
   const std::int32_t* compensation(index_t e) const { return comp_.empty() ? nullptr : comp_.data() + e * out_; }
   /// The packed layout's padded [in, out] when the decode kernels
   /// (detail/gemv.hpp) can read it on this CPU, else {0, 0}.
+  /// Never throws.
   index_t panel_in() const { return panel_in_; }
   index_t panel_out() const { return panel_out_; }
 
@@ -175,7 +189,6 @@ class MatrixBank {
   std::vector<float> scales_;
   std::vector<std::int32_t> comp_;
 };
-
 
 template <class T>
 template <class S>
@@ -222,7 +235,8 @@ void MatrixBank<T>::choose_backend(Backend requested, const std::string& op) {
 #if defined(EINMOE_HAS_DNNL)
   if (backend_ == Backend::dnnl && precision_ == Precision::int8 && !detail::dnnl_impl::int8_exact()) {
     if (requested != Backend::automatic)
-      detail::raise<value_error>(op, ": oneDNN's int8 products saturate on a CPU without VNNI; use backend eigen "
+      detail::raise<value_error>(op,
+                                 ": oneDNN's int8 products saturate on a CPU without VNNI; use backend eigen "
                                  "(or automatic) for int8 here");
     backend_ = Backend::eigen;
   }
@@ -246,8 +260,9 @@ typename MatrixBank<T>::Layout MatrixBank<T>::choose_layout(Backend requested, c
     try {
       l.packed = detail::dnnl_impl::weights_desc(in_, out_, st, l.type, dt, &packed_);
       matrix_bytes_ = l.packed.get_size();
-      const auto kind = precision_ == Precision::fp32 ? detail::gemv::Kind::f32
-                        : precision_ == Precision::bf16 ? detail::gemv::Kind::bf16 : detail::gemv::Kind::u8;
+      const auto kind = precision_ == Precision::fp32   ? detail::gemv::Kind::f32
+                        : precision_ == Precision::bf16 ? detail::gemv::Kind::bf16
+                                                        : detail::gemv::Kind::u8;
       if (packed_ && detail::gemv::supported(kind)) {
         const auto pl = detail::dnnl_impl::panel_layout(l.packed, detail::gemv::group(kind), element_bytes());
         panel_in_ = pl.first, panel_out_ = pl.second;
@@ -255,7 +270,8 @@ typename MatrixBank<T>::Layout MatrixBank<T>::choose_layout(Backend requested, c
     } catch (const value_error& e) {
       // oneDNN has no kernel for this precision on this CPU (bf16 before
       // AVX-512): automatic falls back to Eigen, an explicit dnnl is an error.
-      if (requested != Backend::automatic) detail::raise<value_error>(op, ": ", e.what(), "; use backend eigen (or automatic)");
+      if (requested != Backend::automatic)
+        detail::raise<value_error>(op, ": ", e.what(), "; use backend eigen (or automatic)");
       backend_ = Backend::eigen;
     }
   }
@@ -263,7 +279,8 @@ typename MatrixBank<T>::Layout MatrixBank<T>::choose_layout(Backend requested, c
   (void)requested;
 #endif
   l.plain_elems = detail::mul_size(in_, out_, op);
-  if (backend_ == Backend::eigen || matrix_bytes_ == 0) matrix_bytes_ = detail::bytes_for(l.plain_elems, element_bytes(), op);
+  if (backend_ == Backend::eigen || matrix_bytes_ == 0)
+    matrix_bytes_ = detail::bytes_for(l.plain_elems, element_bytes(), op);
   l.used_bytes = matrix_bytes_;
   matrix_bytes_ = (matrix_bytes_ + 63) / 64 * 64;  // every matrix 64-byte aligned
   return l;

@@ -45,9 +45,12 @@ enum class Backend {
 
 inline const char* to_string(Precision p) {
   switch (p) {
-    case Precision::fp32: return "fp32";
-    case Precision::bf16: return "bf16";
-    default: return "int8";
+    case Precision::fp32:
+      return "fp32";
+    case Precision::bf16:
+      return "bf16";
+    default:
+      return "int8";
   }
 }
 inline Precision parse_precision(const std::string& s) {
@@ -58,9 +61,12 @@ inline Precision parse_precision(const std::string& s) {
 
 inline const char* to_string(Backend b) {
   switch (b) {
-    case Backend::automatic: return "automatic";
-    case Backend::dnnl: return "dnnl";
-    default: return "eigen";
+    case Backend::automatic:
+      return "automatic";
+    case Backend::dnnl:
+      return "dnnl";
+    default:
+      return "eigen";
   }
 }
 inline Backend parse_backend(const std::string& s) {
@@ -70,6 +76,7 @@ inline Backend parse_backend(const std::string& s) {
 }
 
 /// True when einmoe was built with oneDNN (the einmoe target's EINMOE_DNNL).
+/// Never throws.
 constexpr bool has_dnnl() {
 #if defined(EINMOE_HAS_DNNL)
   return true;

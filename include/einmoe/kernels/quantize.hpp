@@ -52,7 +52,8 @@ void quantize_columns(const S* x, index_t n, index_t stride, index_t cols, index
                       index_t qstride, index_t qcstride, float* scales) {
   std::vector<float> amax(uz(cols), 0.f), inv(uz(cols));
   for (index_t i = 0; i < n; ++i)
-    for (index_t j = 0; j < cols; ++j) amax[uz(j)] = std::max(amax[uz(j)], std::fabs(as_float(x[j * cstride + i * stride])));
+    for (index_t j = 0; j < cols; ++j)
+      amax[uz(j)] = std::max(amax[uz(j)], std::fabs(as_float(x[j * cstride + i * stride])));
   for (index_t j = 0; j < cols; ++j) {
     inv[uz(j)] = amax[uz(j)] > 0.f ? 127.f / amax[uz(j)] : 0.f;
     scales[j] = amax[uz(j)] > 0.f ? amax[uz(j)] / 127.f : 0.f;
@@ -91,8 +92,8 @@ Int8Tensor quantize_along(const TensorView<const S>& x, const std::string& dim, 
   Int8Tensor r{Tensor<std::int8_t>(x.shape(), uninitialized), Tensor<float>(x.shape().without({dim}), uninitialized)};
   for (index_t o = 0; o < ax.outer; ++o)
     for (index_t k = 0; k < ax.inner; ++k)
-      r.scales[o * ax.inner + k] = quantize_strided(x.data() + ax.at(o, 0, k), ax.n, ax.inner,
-                                                     r.values.data() + ax.at(o, 0, k), ax.inner);
+      r.scales[o * ax.inner + k] =
+          quantize_strided(x.data() + ax.at(o, 0, k), ax.n, ax.inner, r.values.data() + ax.at(o, 0, k), ax.inner);
   return r;
 }
 
@@ -108,12 +109,14 @@ Int8Tensor quantize_int8(const TensorView<const S>& w, const std::string& in_dim
 /// Activations -> int8, one scale per row: x [rows..., feature_dim] ->
 /// values [same], scales [rows...]. (The same arithmetic as quantize_int8,
 /// reducing over the feature dim.)
+/// Throws shape_error if x lacks feature_dim, value_error for a non-finite element.
 template <class S>
 Int8Tensor quantize_rows_int8(const TensorView<const S>& x, const std::string& feature_dim) {
   return detail::quantize_along(x, feature_dim, "quantize_rows_int8");
 }
 
 /// values * scales, broadcast over the reduced dim: [dims] -> [dims].
+/// Throws shape_error if q lacks reduced_dim or its scales do not fit q.
 template <class T = float>
 Tensor<T> dequantize(const Int8Tensor& q, const std::string& reduced_dim) {
   const detail::AxisSplit ax(q.values.shape(), reduced_dim, "dequantize");

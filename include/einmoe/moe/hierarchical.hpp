@@ -79,7 +79,7 @@ template <class T>
 struct HierarchicalProblem {
   TensorView<const T> x;  // [<batch>, group, model]
   Tensor<T> x_hold;
-  MoEDims od, id;         // the outer and inner gatings' dims
+  MoEDims od, id;  // the outer and inner gatings' dims
   Top2Options outer, inner;
   Dim model, group, eo, ei, co, ci, hidden;
   Shape batch, eio_shape, importance_shape, inner_logits_shape;  // [Eo, <batch>, Co, (M | Ei)]

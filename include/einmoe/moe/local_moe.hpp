@@ -26,6 +26,7 @@ struct LocalMoEResult {
   Tensor<T> importance;  ///< [experts]
   Tensor<T> load;        ///< [experts]
   /// t2t's balancing loss: (cv^2(importance) + cv^2(load)) * loss_coef.
+  /// Throws nothing but std::bad_alloc.
   T aux_loss(T loss_coef) const { return (cv_squared(importance) + cv_squared(load)) * loss_coef; }
 };
 

@@ -85,10 +85,10 @@ struct MoEOptions {
   Activation activation = Activation::relu;
   Precision precision = Precision::fp32;  ///< of the expert weights (kernels/precision.hpp)
   Backend backend = Backend::automatic;   ///< oneDNN or Eigen (kernels/precision.hpp)
-  bool dense = false;                   ///< run the dense oracle instead of the sparse fast path
-  double dropout = 0.0;                 ///< hidden-layer dropout rate (training-mode parity)
+  bool dense = false;                     ///< run the dense oracle instead of the sparse fast path
+  double dropout = 0.0;                   ///< hidden-layer dropout rate (training-mode parity)
   std::uint64_t dropout_seed = 0;
-  index_t max_group_size = 1024;        ///< for inputs without a group dim
+  index_t max_group_size = 1024;  ///< for inputs without a group dim
 };
 
 template <class T>
@@ -146,7 +146,8 @@ void group_inputs(GroupedInputs<T>& g, const TensorView<const T>& inputs, const 
   const GroupSplit split = split_into_groups(n, opt.max_group_size);
   const Dim model = inputs.dim(d.model);
   g.flat = rest.with(model);
-  g.x = reshape(in_order(inputs, g.flat, g.hold), Shape{{"moe_groups", split.num_groups}, {d.group, split.group_size}, model});
+  g.x = reshape(in_order(inputs, g.flat, g.hold),
+                Shape{{"moe_groups", split.num_groups}, {d.group, split.group_size}, model});
   g.regrouped = true;
 }
 
@@ -245,8 +246,8 @@ struct RouterBank {
   }
   /// The whole router stage: logits, then the routing into stage.routed
   /// (`call` says which draws; `extras` are top-2's per-token inputs).
-  void route(RouteStage<T>& st, const TensorView<const T>& inputs, const GatingInputs<T>& extras,
-             const MoEOptions& opt, const RouteCall& call) const {
+  void route(RouteStage<T>& st, const TensorView<const T>& inputs, const GatingInputs<T>& extras, const MoEOptions& opt,
+             const RouteCall& call) const {
     logits_of(st, inputs, opt);
     const GatingInputs<T>& ex = regroup_extras(extras, st.in, experts, st.extras, st.extra_hold);
     route_into(st.routed, st.logits, opt.router, ex, opt.dims, call, st.router);
@@ -269,8 +270,8 @@ struct OwnedWeights {
       return v ? std::optional<TensorView<const T>>(own(*v)) : std::nullopt;
     };
     views.wg = own(w.wg);
-    views.experts = {own(w.experts.wi), own(w.experts.wo), own_opt(w.experts.wi_gate), own_opt(w.experts.bi),
-                     own_opt(w.experts.bi_gate), own_opt(w.experts.bo)};
+    views.experts = {own(w.experts.wi),     own(w.experts.wo),          own_opt(w.experts.wi_gate),
+                     own_opt(w.experts.bi), own_opt(w.experts.bi_gate), own_opt(w.experts.bo)};
     if (w.shared)
       views.shared = SharedExpertWeights<T>{own(w.shared->wi), own(w.shared->wo), own_opt(w.shared->wi_gate),
                                             own_opt(w.shared->gate)};
@@ -284,7 +285,8 @@ class MoELayer;
 
 /// One MoE layer forward pass: inputs [<batch>, group, model] (or
 /// ungrouped [<tokens...>, model]) -> outputs of the same shape, losses and
-/// statistics. Defined below.
+/// statistics. Defined below. Throws as MoELayer's constructor and
+/// forward_into.
 template <class T>
 MoEResult<T> moe_forward(const TensorView<const T>& inputs, const MoEWeights<T>& w, const MoEOptions& opt,
                          const GatingInputs<T>& extras = {});
@@ -337,8 +339,10 @@ class MoELayer {
 
   /// Forward calls made so far: the next call draws from
   /// Rng::call_seed(seed, calls()).
+  /// Never throws.
   std::uint64_t calls() const { return state_->calls.load(); }
   /// Makes the next forward call number n (to replay call n, or restart at 0).
+  /// Never throws.
   void set_calls(std::uint64_t n) { state_->calls.store(n); }
 
   /// logits [<batch>, group, experts] = x [<batch>, group, model] . wg, in
@@ -353,12 +357,15 @@ class MoELayer {
 
   const MoEOptions& options() const { return opt_; }
   /// The laid-out experts (empty for a dense layer).
+  /// Never throws.
   const PackedExperts<T>& experts() const { return experts_; }
   const Dim& experts_dim() const { return router_.experts; }
   const Dim& model_dim() const { return router_.model; }
   /// The laid-out shared expert (empty when the layer has none, or is dense).
+  /// Never throws.
   const SharedExpert<T>& shared_expert() const { return shared_; }
   /// Bytes of laid-out weights (router, experts, shared expert).
+  /// Never throws.
   std::size_t weight_bytes() const { return router_.bank.bytes() + experts_.bytes() + shared_.bytes(); }
 
  private:
@@ -437,7 +444,8 @@ class MoELayer {
                  detail::RouteStage<T>& st, const MoEWeights<T>& dense, std::uint64_t call) const {
     router_.logits_of(st, inputs, opt_);
     const GatingInputs<T>& ex = detail::regroup_extras(extras, st.in, router_.experts, st.extras, st.extra_hold);
-    DenseRouterResult<T> d = route_dense(TensorView<const T>(st.logits), opt_.router, ex, opt_.dims, RouteCall{call, 0});
+    DenseRouterResult<T> d =
+        route_dense(TensorView<const T>(st.logits), opt_.router, ex, opt_.dims, RouteCall{call, 0});
     ExpertOptions eo = detail::expert_options(opt_);
     eo.dropout_seed = Rng::call_seed(opt_.dropout_seed, call);
     out.outputs = experts_dense(st.in.x, d.dispatch, d.combine, dense.experts, eo);

@@ -15,11 +15,11 @@
 #include <optional>
 #include <string>
 
-#include "einmoe/routers/capacity.hpp"
 #include "einmoe/experts/experts.hpp"
+#include "einmoe/ops/softmax.hpp"
+#include "einmoe/routers/capacity.hpp"
 #include "einmoe/routers/losses.hpp"
 #include "einmoe/routers/truncated_gating.hpp"
-#include "einmoe/ops/softmax.hpp"
 
 namespace einmoe {
 
@@ -39,8 +39,8 @@ struct MoEV0Options {
 
 template <class T>
 struct MoEV0Result {
-  Tensor<T> outputs;  ///< [batch, length, model]
-  T aux_loss = T(0);  ///< cv^2(importance) * loss_coef
+  Tensor<T> outputs;   ///< [batch, length, model]
+  T aux_loss = T(0);   ///< cv^2(importance) * loss_coef
   RoutingStats stats;  ///< filled on the sparse path
 };
 

@@ -39,19 +39,19 @@ namespace einmoe {
 
 template <class T>
 struct T2THierarchicalWeights {
-  TensorView<const T> w_gate;                       ///< [model, outer_experts]
-  std::optional<TensorView<const T>> w_noise;       ///< [model, outer_experts]; none = no noise (noisy_gating = False)
-  TensorView<const T> w_gate_inner;                 ///< [outer_experts, model, inner_experts]
-  std::optional<TensorView<const T>> w_noise_inner; ///< [outer_experts, model, inner_experts]
-  TensorView<const T> wi;                           ///< [outer_experts, inner_experts, model, hidden]
-  TensorView<const T> wo;                           ///< [outer_experts, inner_experts, hidden, model]
+  TensorView<const T> w_gate;                        ///< [model, outer_experts]
+  std::optional<TensorView<const T>> w_noise;        ///< [model, outer_experts]; none = no noise (noisy_gating = False)
+  TensorView<const T> w_gate_inner;                  ///< [outer_experts, model, inner_experts]
+  std::optional<TensorView<const T>> w_noise_inner;  ///< [outer_experts, model, inner_experts]
+  TensorView<const T> wi;                            ///< [outer_experts, inner_experts, model, hidden]
+  TensorView<const T> wo;                            ///< [outer_experts, inner_experts, hidden, model]
 };
 
 struct T2THierarchicalOptions {
   index_t k_outer = 2, k_inner = 2;  ///< experts per row at each level
   bool train = true;                 ///< false turns the noise off
   double noise_epsilon = 1e-2;
-  MoEDims dims;                      ///< the model and hidden dims (the two experts dims are below)
+  MoEDims dims;  ///< the model and hidden dims (the two experts dims are below)
   std::string outer_dim = "outer_experts";
   std::string inner_dim = "inner_experts";
   Activation activation = Activation::relu;  ///< FeedForwardExpert's hidden activation
@@ -65,6 +65,7 @@ struct T2THierarchicalResult {
   Tensor<T> importance;  ///< [outer_experts, inner_experts]
   Tensor<T> load;        ///< [outer_experts, inner_experts]
   /// t2t's balancing loss: (cv^2(importance) + cv^2(load)) * loss_coef.
+  /// Throws nothing but std::bad_alloc.
   T aux_loss(T loss_coef) const { return (cv_squared(importance) + cv_squared(load)) * loss_coef; }
 };
 
@@ -123,8 +124,9 @@ void t2t_noise(const OptionalView<T>& normal_outer, const OptionalView<T>& norma
 /// its importance and load (scaled) into row i of r's.
 template <class T>
 void t2t_secondary(index_t i, const std::vector<index_t>& sel, const TensorView<const T>& x,
-                   const NoisyTopKResult<T>& primary, const std::optional<Tensor<T>>& n2, const T2THierarchicalWeights<T>& w,
-                   const T2THierarchicalOptions& o, const Dim& inner, const Dim& hidden, T2THierarchicalResult<T>& r) {
+                   const NoisyTopKResult<T>& primary, const std::optional<Tensor<T>>& n2,
+                   const T2THierarchicalWeights<T>& w, const T2THierarchicalOptions& o, const Dim& inner,
+                   const Dim& hidden, T2THierarchicalResult<T>& r) {
   const Dim model = x.shape()[1];
   const index_t R = x.shape()[0].size, M = model.size, N1 = primary.gates.shape()[1].size, N2 = inner.size;
   const index_t n = static_cast<index_t>(sel.size());
@@ -175,7 +177,8 @@ void t2t_secondary(index_t i, const std::vector<index_t>& sel, const TensorView<
 /// or draws whose dims disagree, value_error for w_noise without
 /// w_noise_inner (or the reverse) and as noisy_topk_gating.
 template <class T>
-T2THierarchicalResult<T> t2t_hierarchical_moe_forward(const TensorView<const T>& x_in, const T2THierarchicalWeights<T>& w,
+T2THierarchicalResult<T> t2t_hierarchical_moe_forward(const TensorView<const T>& x_in,
+                                                      const T2THierarchicalWeights<T>& w,
                                                       const T2THierarchicalOptions& o,
                                                       const OptionalView<T>& normal_outer = std::nullopt,
                                                       const OptionalView<T>& normal_inner = std::nullopt) {

@@ -17,6 +17,7 @@
 namespace einmoe {
 
 /// [x.shape] -> [x.shape], running sums along `dim`.
+/// Throws shape_error if x lacks `dim`.
 template <class T>
 Tensor<T> cumsum(const TensorView<const T>& x, const std::string& dim, bool exclusive = false) {
   const detail::AxisSplit ax(x.shape(), dim, "cumsum");

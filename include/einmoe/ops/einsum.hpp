@@ -71,7 +71,8 @@ inline Shape shape_of(const Shape& a, const Shape& b, const NameList& names) {
 /// Contracts a pair. `keep`: the names needed later (final output or other
 /// operands). `final_out`: when not null, the result must have this shape.
 template <class T>
-Tensor<T> contract_pair(const TensorView<const T>& a_in, const TensorView<const T>& b_in, const NameList& keep, const Shape* final_out) {
+Tensor<T> contract_pair(const TensorView<const T>& a_in, const TensorView<const T>& b_in, const NameList& keep,
+                        const Shape* final_out) {
   // Sum out dims that only one operand has and nobody needs.
   auto lonely = [&](const Shape& s, const Shape& other) {
     return names_where(s, [&](const std::string& n) { return !other.has(n) && !contains(keep, n); });
@@ -139,14 +140,14 @@ Tensor<T> contract_pair(const TensorView<const T>& a_in, const TensorView<const 
           if (best.cost < 0 || p.cost < best.cost) best = p;
         }
 
-  const index_t nb = product(sa, best.batch), m = product(sa, best.m), n = product(sb, best.n),
-                k = product(sa, best.s);
+  const index_t nb = product(sa, best.batch), m = product(sa, best.m), n = product(sb, best.n), k = product(sa, best.s);
   Tensor<T> a_copy, b_copy;
   if (best.a_mode == 0) a_copy = transpose(a, Names(join({&best.batch, &best.m, &best.s})));
   if (best.b_mode == 0) b_copy = transpose(b, Names(join({&best.batch, &best.s, &best.n})));
   const T* pa = best.a_mode == 0 ? a_copy.data() : a.data();
   const T* pb = best.b_mode == 0 ? b_copy.data() : b.data();
-  const Shape cs = shape_of(sa, sb, best.c_row ? join({&best.batch, &best.m, &best.n}) : join({&best.batch, &best.n, &best.m}));
+  const Shape cs =
+      shape_of(sa, sb, best.c_row ? join({&best.batch, &best.m, &best.n}) : join({&best.batch, &best.n, &best.m}));
   Tensor<T> c(cs, uninitialized);
   gemm_batched(nb, m, n, k, pa, MatLayout{best.a_mode != 2}, pb, MatLayout{best.b_mode != 2}, c.data(),
                MatLayout{best.c_row});
@@ -155,7 +156,8 @@ Tensor<T> contract_pair(const TensorView<const T>& a_in, const TensorView<const 
 }
 
 template <class T>
-Tensor<T> einsum_impl(const std::vector<const TensorView<const T>*>& xs, const Shape* output_shape, const Names* reduced) {
+Tensor<T> einsum_impl(const std::vector<const TensorView<const T>*>& xs, const Shape* output_shape,
+                      const Names* reduced) {
   if (xs.empty()) raise<value_error>("einsum: no inputs");
   DimRegistry reg("einsum");
   for (std::size_t i = 0; i < xs.size(); ++i) reg.add(xs[i]->shape(), "input " + std::to_string(i));
@@ -224,18 +226,23 @@ std::vector<const TensorView<const T>*> pointers(const std::vector<TensorRef<T>>
 
 /// einsum(xs, output_shape): [inputs...] -> [output_shape]; dims not in the
 /// output are summed.
+/// Throws value_error for no inputs, shape_error if a dim has two sizes or an output dim is
+/// in no input.
 template <class T>
 Tensor<T> einsum(const std::vector<TensorRef<T>>& xs, const Shape& output_shape) {
   return detail::einsum_impl(detail::pointers(xs), &output_shape, static_cast<const Names*>(nullptr));
 }
 /// einsum(xs, reduced_dims): the output is every input dim (first-appearance
 /// order) except `reduced_dims`, which are summed.
+/// Throws value_error for no inputs, shape_error if a dim has two sizes or a reduced dim is
+/// in no input.
 template <class T>
 Tensor<T> einsum(const std::vector<TensorRef<T>>& xs, const Names& reduced_dims) {
   return detail::einsum_impl(detail::pointers(xs), static_cast<const Shape*>(nullptr), &reduced_dims);
 }
 /// einsum(xs): the output is the dims that occur in exactly one input
 /// (first-appearance order); the others are summed.
+/// Throws value_error for no inputs, shape_error if a dim has two sizes.
 template <class T>
 Tensor<T> einsum(const std::vector<TensorRef<T>>& xs) {
   return detail::einsum_impl(detail::pointers(xs), static_cast<const Shape*>(nullptr),
@@ -246,18 +253,18 @@ Tensor<T> einsum(const std::vector<TensorRef<T>>& xs) {
 // above, for each element type (a braced list cannot deduce a template's T).
 // They are templates on a dummy parameter only so that a translation unit
 // instantiates the GEMM kernels of the types it actually uses.
-#define EINMOE_EINSUM_LIST(T)                                                                       \
-  template <int = 0>                                                                                \
-  Tensor<T> einsum(std::initializer_list<TensorRef<T>> xs, const Shape& output_shape) {             \
-    return einsum(std::vector<TensorRef<T>>(xs), output_shape);                                     \
-  }                                                                                                 \
-  template <int = 0>                                                                                \
-  Tensor<T> einsum(std::initializer_list<TensorRef<T>> xs, const Names& reduced_dims) {             \
-    return einsum(std::vector<TensorRef<T>>(xs), reduced_dims);                                     \
-  }                                                                                                 \
-  template <int = 0>                                                                                \
-  Tensor<T> einsum(std::initializer_list<TensorRef<T>> xs) {                                        \
-    return einsum(std::vector<TensorRef<T>>(xs));                                                   \
+#define EINMOE_EINSUM_LIST(T)                                                           \
+  template <int = 0>                                                                    \
+  Tensor<T> einsum(std::initializer_list<TensorRef<T>> xs, const Shape& output_shape) { \
+    return einsum(std::vector<TensorRef<T>>(xs), output_shape);                         \
+  }                                                                                     \
+  template <int = 0>                                                                    \
+  Tensor<T> einsum(std::initializer_list<TensorRef<T>> xs, const Names& reduced_dims) { \
+    return einsum(std::vector<TensorRef<T>>(xs), reduced_dims);                         \
+  }                                                                                     \
+  template <int = 0>                                                                    \
+  Tensor<T> einsum(std::initializer_list<TensorRef<T>> xs) {                            \
+    return einsum(std::vector<TensorRef<T>>(xs));                                       \
   }
 EINMOE_EINSUM_LIST(float)
 EINMOE_EINSUM_LIST(double)

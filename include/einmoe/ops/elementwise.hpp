@@ -23,6 +23,7 @@ namespace einmoe {
 /// The shape Mesh TF gives a binary op of shapes a and b.
 ///   [batch, model] , [model]        -> [batch, model]
 ///   [batch, length], [model]        -> [batch, length, model]
+/// Throws shape_error if a dim has different sizes in a and b.
 inline Shape broadcast_shape(const Shape& a, const Shape& b, const char* op = "broadcast") {
   detail::DimRegistry reg(op);
   reg.add(a, "input 0");
@@ -42,14 +43,15 @@ inline void check_into(const Shape& in, const Shape& out, const char* op, const 
     const index_t j = out.index_of(d.name);
     if (j < 0) raise<shape_error>(op, ": dim \"", d.name, "\" of ", which, " is not in the output shape ", out);
     if (out[j].size != d.size)
-      raise<shape_error>(op, ": dim \"", d.name, "\" has size ", d.size, " in ", which, " but ",
-                         out[j].size, " in the output shape");
+      raise<shape_error>(op, ": dim \"", d.name, "\" has size ", d.size, " in ", which, " but ", out[j].size,
+                         " in the output shape");
   }
 }
 
 }  // namespace detail
 
 /// Applies f elementwise: [a.shape] -> [a.shape].
+/// Throws what f throws.
 template <class T, class F>
 auto map(const TensorView<const T>& a, F&& f) -> Tensor<decltype(f(T{}))> {
   using R = decltype(f(T{}));
@@ -63,6 +65,8 @@ auto map(const TensorView<const T>& a, F&& f) -> Tensor<decltype(f(T{}))> {
 
 /// Applies f(a, b) with broadcasting by name; `out_shape` empty (rank 0 and
 /// `explicit_shape` false) means "infer with Mesh TF's rule".
+/// Throws shape_error if a dim has two sizes, or an explicit shape lacks an input dim;
+/// and what f throws.
 template <class A, class B, class F>
 auto zip_with(const TensorView<const A>& a, const TensorView<const B>& b, F&& f, const Shape* out_shape = nullptr,
               const char* op = "zip_with") -> Tensor<decltype(f(A{}, B{}))> {
@@ -102,22 +106,24 @@ auto zip_with(const TensorView<const A>& a, const TensorView<const B>& b, F&& f,
 
 /// where(cond, a, b): a where cond is true, else b; broadcast over all three
 /// (the output is the broadcast of cond's, a's and b's shapes in that order).
+/// Throws shape_error if a dim has two sizes among cond, a and b.
 template <class T>
 Tensor<T> where(const TensorView<const bool>& cond, const TensorView<const T>& a, const TensorView<const T>& b) {
   const Shape ab = broadcast_shape(a.shape(), b.shape(), "where");
   const Shape os = broadcast_shape(cond.shape(), ab, "where");
   Tensor<T> out(os, uninitialized);
   detail::StridedLoop<4> loop{detail::sizes_of(os),
-                              {os.strides(), detail::strides_in(cond.shape(), os),
-                               detail::strides_in(a.shape(), os), detail::strides_in(b.shape(), os)}};
+                              {os.strides(), detail::strides_in(cond.shape(), os), detail::strides_in(a.shape(), os),
+                               detail::strides_in(b.shape(), os)}};
   loop.for_each_row([&](index_t n, const std::array<index_t, 4>& base, const std::array<index_t, 4>& step) {
     for (index_t i = 0; i < n; ++i)
-      out.data()[base[0] + i * step[0]] = cond.data()[base[1] + i * step[1]] ? a.data()[base[2] + i * step[2]]
-                                                                              : b.data()[base[3] + i * step[3]];
+      out.data()[base[0] + i * step[0]] =
+          cond.data()[base[1] + i * step[1]] ? a.data()[base[2] + i * step[2]] : b.data()[base[3] + i * step[3]];
   });
   return out;
 }
 /// where with a scalar branch: [cond] , [a] -> broadcast of the two.
+/// Throws shape_error if a dim has two sizes in cond and a.
 template <class T>
 Tensor<T> where(const TensorView<const bool>& cond, const TensorView<const T>& a, type_identity_t<T> b) {
   return where(cond, a, Tensor<T>::scalar(b));
@@ -128,6 +134,7 @@ Tensor<T> where(const TensorView<const bool>& cond, type_identity_t<T> a, const 
 }
 
 /// Converts every element: [x.shape] -> [x.shape].
+/// Throws resource_error if the tensor would not fit in memory.
 template <class U, class T>
 Tensor<U> cast(const TensorView<const T>& x) {
   return map(x, [](T v) { return static_cast<U>(v); });
@@ -135,28 +142,30 @@ Tensor<U> cast(const TensorView<const T>& x) {
 
 // ---- arithmetic, comparisons, logic (tensor op tensor, tensor op scalar) ---
 
-#define EINMOE_BINARY_OP(NAME, EXPR, RESULT)                                                \
-  template <class T>                                                                        \
-  Tensor<RESULT> NAME(const TensorView<const T>& a, const TensorView<const T>& b, const Shape& out_shape) {     \
-    return zip_with(a, b, [](T x, T y) -> RESULT { return EXPR; }, &out_shape, #NAME);      \
-  }                                                                                         \
-  template <class T>                                                                        \
-  Tensor<RESULT> NAME(const TensorView<const T>& a, const TensorView<const T>& b) {                             \
-    return zip_with(a, b, [](T x, T y) -> RESULT { return EXPR; }, nullptr, #NAME);         \
-  }                                                                                         \
-  template <class T>                                                                        \
-  Tensor<RESULT> NAME(const TensorView<const T>& a, type_identity_t<T> y) {                            \
-    return map(a, [y](T x) -> RESULT { return EXPR; });                                     \
-  }                                                                                         \
-  template <class T>                                                                        \
-  Tensor<RESULT> NAME(type_identity_t<T> x, const TensorView<const T>& b) {                            \
-    return map(b, [x](T y) -> RESULT { return EXPR; });                                     \
+#define EINMOE_BINARY_OP(NAME, EXPR, RESULT)                                                                \
+  template <class T>                                                                                        \
+  Tensor<RESULT> NAME(const TensorView<const T>& a, const TensorView<const T>& b, const Shape& out_shape) { \
+    return zip_with(                                                                                        \
+        a, b, [](T x, T y) -> RESULT { return EXPR; }, &out_shape, #NAME);                                  \
+  }                                                                                                         \
+  template <class T>                                                                                        \
+  Tensor<RESULT> NAME(const TensorView<const T>& a, const TensorView<const T>& b) {                         \
+    return zip_with(                                                                                        \
+        a, b, [](T x, T y) -> RESULT { return EXPR; }, nullptr, #NAME);                                     \
+  }                                                                                                         \
+  template <class T>                                                                                        \
+  Tensor<RESULT> NAME(const TensorView<const T>& a, type_identity_t<T> y) {                                 \
+    return map(a, [y](T x) -> RESULT { return EXPR; });                                                     \
+  }                                                                                                         \
+  template <class T>                                                                                        \
+  Tensor<RESULT> NAME(type_identity_t<T> x, const TensorView<const T>& b) {                                 \
+    return map(b, [x](T y) -> RESULT { return EXPR; });                                                     \
   }
 
 // Arithmetic. The scalar forms convert the scalar to the tensor's type.
 EINMOE_BINARY_OP(add, x + y, T)
 EINMOE_BINARY_OP(subtract, x - y, T)
-EINMOE_BINARY_OP(multiply, x * y, T)
+EINMOE_BINARY_OP(multiply, x* y, T)
 EINMOE_BINARY_OP(divide, x / y, T)
 EINMOE_BINARY_OP(minimum, (y < x ? y : x), T)
 EINMOE_BINARY_OP(maximum, (x < y ? y : x), T)
@@ -168,17 +177,23 @@ EINMOE_BINARY_OP(less, x < y, bool)
 EINMOE_BINARY_OP(less_equal, x <= y, bool)
 EINMOE_BINARY_OP(greater, x > y, bool)
 EINMOE_BINARY_OP(greater_equal, x >= y, bool)
-EINMOE_BINARY_OP(logical_and, x && y, bool)
+EINMOE_BINARY_OP(logical_and, x&& y, bool)
 EINMOE_BINARY_OP(logical_or, x || y, bool)
 #undef EINMOE_BINARY_OP
 
-#define EINMOE_OPERATOR(NAME, SYM)                                                           \
-  template <class T>                                                                        \
-  Tensor<T> operator SYM(const TensorView<const T>& a, const TensorView<const T>& b) { return NAME(a, b); }     \
-  template <class T>                                                                        \
-  Tensor<T> operator SYM(const TensorView<const T>& a, type_identity_t<T> b) { return NAME(a, b); }    \
-  template <class T>                                                                        \
-  Tensor<T> operator SYM(type_identity_t<T> a, const TensorView<const T>& b) { return NAME(a, b); }
+#define EINMOE_OPERATOR(NAME, SYM)                                                     \
+  template <class T>                                                                   \
+  Tensor<T> operator SYM(const TensorView<const T>& a, const TensorView<const T>& b) { \
+    return NAME(a, b);                                                                 \
+  }                                                                                    \
+  template <class T>                                                                   \
+  Tensor<T> operator SYM(const TensorView<const T>& a, type_identity_t<T> b) {         \
+    return NAME(a, b);                                                                 \
+  }                                                                                    \
+  template <class T>                                                                   \
+  Tensor<T> operator SYM(type_identity_t<T> a, const TensorView<const T>& b) {         \
+    return NAME(a, b);                                                                 \
+  }
 EINMOE_OPERATOR(add, +)
 EINMOE_OPERATOR(subtract, -)
 EINMOE_OPERATOR(multiply, *)
@@ -186,6 +201,7 @@ EINMOE_OPERATOR(divide, /)
 #undef EINMOE_OPERATOR
 
 /// Elementwise not and negation: [x.shape] -> [x.shape].
+/// Throws resource_error if the tensor would not fit in memory.
 inline Tensor<bool> logical_not(const TensorView<const bool>& x) {
   return map(x, [](bool v) { return !v; });
 }
@@ -197,6 +213,7 @@ Tensor<T> operator-(const TensorView<const T>& x) {
 // ---- unary math ------------------------------------------------------------
 
 /// x ** p elementwise: [x.shape] -> [x.shape].
+/// Throws resource_error if the tensor would not fit in memory.
 template <class T>
 Tensor<T> pow(const TensorView<const T>& x, T p) {
   return map(x, [p](T v) { return static_cast<T>(std::pow(v, p)); });
@@ -206,27 +223,47 @@ Tensor<T> pow(const TensorView<const T>& x, T p) {
 /// own loops (the expert FFN), so that both compute the same bits.
 namespace scalar {
 /// max(x, 0); NaN stays NaN (as in TF and PyTorch).
-template <class T> T relu(T v) { return v < T(0) ? T(0) : v; }
+/// Never throws.
+template <class T>
+T relu(T v) {
+  return v < T(0) ? T(0) : v;
+}
 /// 1 / (1 + e^-x), computed without overflow for large |x|.
-template <class T> T sigmoid(T v) {
+/// Never throws.
+template <class T>
+T sigmoid(T v) {
   return v >= T(0) ? T(1) / (T(1) + std::exp(-v)) : std::exp(v) / (T(1) + std::exp(v));
 }
 /// log(1 + e^x), computed without overflow for large x.
-template <class T> T softplus(T v) { return v > T(0) ? v + std::log1p(std::exp(-v)) : std::log1p(std::exp(v)); }
+/// Never throws.
+template <class T>
+T softplus(T v) {
+  return v > T(0) ? v + std::log1p(std::exp(-v)) : std::log1p(std::exp(v));
+}
 /// x * Phi(x), the exact erf form: x/2 * (1 + erf(x / sqrt 2)).
-template <class T> T gelu(T v) { return T(0.5) * v * (T(1) + std::erf(v * T(0.70710678118654752440))); }
+/// Never throws.
+template <class T>
+T gelu(T v) {
+  return T(0.5) * v * (T(1) + std::erf(v * T(0.70710678118654752440)));
+}
 /// The tanh approximation: x/2 * (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
-template <class T> T gelu_tanh(T v) {
+/// Never throws.
+template <class T>
+T gelu_tanh(T v) {
   return T(0.5) * v * (T(1) + std::tanh(T(0.79788456080286535588) * (v + T(0.044715) * v * v * v)));
 }
 /// x * sigmoid(x)
-template <class T> T silu(T v) { return v * sigmoid(v); }
+/// Never throws.
+template <class T>
+T silu(T v) {
+  return v * sigmoid(v);
+}
 }  // namespace scalar
 
-#define EINMOE_UNARY(NAME, EXPR)                   \
-  template <class T>                               \
-  Tensor<T> NAME(const TensorView<const T>& x) {             \
-    return map(x, [](T v) -> T { return EXPR; });  \
+#define EINMOE_UNARY(NAME, EXPR)                  \
+  template <class T>                              \
+  Tensor<T> NAME(const TensorView<const T>& x) {  \
+    return map(x, [](T v) -> T { return EXPR; }); \
   }
 
 EINMOE_UNARY(exp, std::exp(v))

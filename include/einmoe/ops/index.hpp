@@ -44,6 +44,7 @@ inline bool ranks_before(T a, T b) {
 /// [indices.shape] -> [indices.shape, dim]: `on` where the last coordinate
 /// equals the index, `off` elsewhere; an index outside [0, dim.size) gives an
 /// all-`off` row.
+/// Throws shape_error if indices already have `dim`.
 template <class T = float, class I>
 Tensor<T> one_hot(const TensorView<const I>& indices, const Dim& dim, T on = T(1), T off = T(0)) {
   static_assert(std::is_integral<I>::value, "one_hot: indices must be integers");
@@ -60,6 +61,8 @@ Tensor<T> one_hot(const TensorView<const I>& indices, const Dim& dim, T on = T(1
 
 /// The k largest entries along `dim`: [.., dim, ..] -> values and indices of
 /// shape [.. without dim, k_dim] (k_dim last), best first.
+/// Throws shape_error if x lacks `dim`, k_dim is longer than it, or k_dim is
+/// already one of x's dims.
 template <class T>
 TopKResult<T> topk(const TensorView<const T>& x, const std::string& dim, const Dim& k_dim) {
   const detail::AxisSplit ax(x.shape(), dim, "topk");
@@ -67,8 +70,7 @@ TopKResult<T> topk(const TensorView<const T>& x, const std::string& dim, const D
     detail::raise<shape_error>("topk: k dim \"", k_dim.name, "\" has size ", k_dim.size, " but dim \"", dim,
                                "\" has only ", ax.n);
   const Shape rest = x.shape().without({dim});
-  if (rest.has(k_dim.name))
-    detail::raise<shape_error>("topk: k dim \"", k_dim.name, "\" is already in ", x.shape());
+  if (rest.has(k_dim.name)) detail::raise<shape_error>("topk: k dim \"", k_dim.name, "\" is already in ", x.shape());
   const Shape os = rest.with(k_dim);
   TopKResult<T> r{Tensor<T>(os, uninitialized), Tensor<std::int64_t>(os, uninitialized)};
   std::vector<index_t> order(detail::uz(ax.n));
@@ -118,6 +120,7 @@ inline bool replaces_best(T x, T best, Ties ties) {
 /// The largest entry along `dim` and its position (ties -> the lowest index,
 /// or the highest with Ties::highest; NaN ranks above everything):
 /// [.., dim, ..] -> values, indices [.. without dim].
+/// Throws shape_error if x lacks `dim` or it is empty.
 template <class T>
 TopKResult<T> top1(const TensorView<const T>& x, const std::string& dim, Ties ties = Ties::lowest) {
   const detail::AxisSplit ax(x.shape(), dim, "top1");
@@ -137,6 +140,7 @@ TopKResult<T> top1(const TensorView<const T>& x, const std::string& dim, Ties ti
 }
 
 /// [dim]: 0, 1, ..., dim.size - 1.
+/// Throws resource_error if the tensor would not fit in memory.
 template <class T = std::int64_t>
 Tensor<T> range(const Dim& dim) {
   Tensor<T> out(Shape{dim}, uninitialized);
@@ -149,6 +153,7 @@ Tensor<T> range(const Dim& dim) {
 /// dims shared by x and indices are matched (batch dims). An index outside
 /// [0, size of dim) gives 0, as Mesh TF's one-hot formulation does.
 ///   x: [batch, beam, length], i: [batch] (over "beam") -> [batch, length]
+/// Throws shape_error if x lacks `dim`, the indices have it, or a dim has two sizes.
 template <class T, class I>
 Tensor<T> gather(const TensorView<const T>& x, const TensorView<const I>& indices, const std::string& dim) {
   static_assert(std::is_integral<I>::value, "gather: indices must be integers");
@@ -165,8 +170,8 @@ Tensor<T> gather(const TensorView<const T>& x, const TensorView<const I>& indice
   Tensor<T> out(os, uninitialized);
   const index_t n = x.shape()[axis].size;
   const index_t dstride = x.shape().strides()[detail::uz(axis)];
-  detail::StridedLoop<3> loop{detail::sizes_of(os),
-                              {os.strides(), detail::strides_in(indices.shape(), os), detail::strides_in(x.shape(), os)}};
+  detail::StridedLoop<3> loop{
+      detail::sizes_of(os), {os.strides(), detail::strides_in(indices.shape(), os), detail::strides_in(x.shape(), os)}};
   loop.for_each_row([&](index_t cnt, const std::array<index_t, 3>& base, const std::array<index_t, 3>& step) {
     for (index_t i = 0; i < cnt; ++i) {
       const auto id = static_cast<index_t>(indices[base[1] + i * step[1]]);
@@ -192,6 +197,8 @@ struct GatherKResult {
 /// example shows zeros there) gathers position max(0, index - 1), a padding
 /// place holds the row's value at time 0; mask it with padding. k may not
 /// exceed the time dim (tf.math.top_k's rule).
+/// Throws shape_error if the time or k dims are missing or clash, value_error if k
+/// exceeds the time dim or a selected index is out of range.
 template <class T, class I>
 GatherKResult<T> gather_k(const TensorView<const I>& selected, const TensorView<const T>& values, const Dim& k,
                           const std::string& time_dim = "time") {
@@ -199,8 +206,8 @@ GatherKResult<T> gather_k(const TensorView<const I>& selected, const TensorView<
   const char* op = "gather_k";
   const Dim time = selected.shape().get(time_dim, op);
   if (values.shape().get(time_dim, op) != time)
-    detail::raise<shape_error>(op, ": dim \"", time_dim, "\" has size ", values.shape().size_of(time_dim), " in the values but ",
-                               time.size, " in selected");
+    detail::raise<shape_error>(op, ": dim \"", time_dim, "\" has size ", values.shape().size_of(time_dim),
+                               " in the values but ", time.size, " in selected");
   if (selected.shape().has(k.name) || values.shape().has(k.name))
     detail::raise<shape_error>(op, ": k dim \"", k.name, "\" is already in ", selected.shape(), " or ", values.shape());
   if (k.size > time.size)
@@ -221,7 +228,8 @@ GatherKResult<T> gather_k(const TensorView<const I>& selected, const TensorView<
     for (index_t t = 0; t < Tn; ++t) {
       const auto v = sel[b * Tn + t];
       if (v != I(0) && v != I(1))
-        detail::raise<value_error>(op, ": selected holds ", static_cast<long long>(v), " at [", b, ", ", t, "]; must be 0 or 1");
+        detail::raise<value_error>(op, ": selected holds ", static_cast<long long>(v), " at [", b, ", ", t,
+                                   "]; must be 0 or 1");
       if (v == I(1)) chosen.push_back(t);
     }
     const index_t m = std::min<index_t>(static_cast<index_t>(chosen.size()), K);

@@ -125,6 +125,7 @@ Tensor<T> transpose(const TensorView<const T>& x, const Names& names) {
 }
 /// The same for a tensor given up by the caller: free (a relabel) when no
 /// element moves, i.e. x's dims longer than 1 are already in that order.
+/// Throws shape_error unless names is a permutation of x's dims.
 template <class T>
 Tensor<T> transpose(Tensor<T>&& x, const Names& names) {
   const Shape os = detail::permuted_shape(x.shape(), names.list, "transpose");
@@ -160,6 +161,7 @@ TensorView<T> relabel(const TensorView<T>& x, const Names& names) {
   return reshape(x, os);
 }
 /// The same for a tensor given up by the caller: the tensor itself, relabelled.
+/// Throws as relabel of a view.
 template <class T>
 Tensor<T> relabel(Tensor<T>&& x, const Names& names) {
   const Shape os = detail::permuted_shape(x.shape(), names.list, "relabel");
@@ -180,6 +182,7 @@ TensorView<T> reshape(const TensorView<T>& x, const Shape& shape) {
   return v;
 }
 /// The same for a tensor given up by the caller: the tensor itself, relabelled.
+/// Throws shape_error if the element counts differ.
 template <class T>
 Tensor<T> reshape(Tensor<T>&& x, const Shape& shape) {
   x.set_shape(shape);
@@ -220,6 +223,7 @@ TensorView<T> rename(const TensorView<T>& x, const std::string& old_name, const 
   return reshape(x, detail::renamed_shape(x.shape(), old_name, new_name));
 }
 /// The same for a tensor given up by the caller: the tensor itself, relabelled.
+/// Throws as rename of a view.
 template <class T>
 Tensor<T> rename(Tensor<T>&& x, const std::string& old_name, const std::string& new_name) {
   const Shape s = detail::renamed_shape(x.shape(), old_name, new_name);
@@ -228,6 +232,7 @@ Tensor<T> rename(Tensor<T>&& x, const std::string& old_name, const std::string& 
 
 /// A slice of `size` entries of `dim` starting at `begin`:
 /// [.., dim, ..] -> [.., dim=size, ..].
+/// Throws shape_error if x lacks `dim` or [begin, begin + size) is outside it.
 template <class T>
 Tensor<T> slice(const TensorView<const T>& x, const std::string& dim, index_t begin, index_t size) {
   const index_t i = x.shape().require(dim, "slice");
@@ -250,6 +255,8 @@ Tensor<T> slice(const TensorView<const T>& x, const std::string& dim, index_t be
 
 /// Joins tensors along `dim`. Every input has the same other dims and sizes
 /// (in any order; the result takes the first input's order).
+/// Throws value_error for no inputs, shape_error if an input lacks `dim` or differs
+/// elsewhere.
 template <class T>
 Tensor<T> concat(const std::vector<TensorRef<T>>& refs, const std::string& dim) {
   std::vector<TensorView<const T>> xs;
@@ -296,6 +303,7 @@ Tensor<T> concat(const std::vector<TensorRef<T>>& refs, const std::string& dim) 
 
 /// Shifts x by `offset` along `dim`: out[i] = x[i - offset]. With wrap the
 /// shift is circular; without, vacated entries are zero.
+/// Throws shape_error if x lacks `dim`.
 template <class T>
 Tensor<T> shift(const TensorView<const T>& x, index_t offset, const std::string& dim, bool wrap) {
   const index_t axis = x.shape().require(dim, "shift");
@@ -321,6 +329,8 @@ Tensor<T> shift(const TensorView<const T>& x, index_t offset, const std::string&
 
 /// Stacks same-shaped tensors along a new dim `dim` (of size xs.size()) put at
 /// position `axis` (0 = first, rank = last).
+/// Throws value_error for no inputs or an axis out of range, shape_error if `dim`
+/// exists or the inputs' shapes differ.
 template <class T>
 Tensor<T> stack(const std::vector<TensorRef<T>>& refs, const std::string& dim, index_t axis) {
   std::vector<TensorView<const T>> xs;
@@ -350,6 +360,7 @@ Tensor<T> stack(const std::vector<TensorRef<T>>& refs, const std::string& dim, i
 
 /// concat and stack of a vector of tensors or views (no copy before the
 /// result's).
+/// Throws as concat.
 template <class T, class A>
 Tensor<T> concat(const std::vector<Tensor<T>, A>& xs, const std::string& dim) {
   return concat(std::vector<TensorRef<T>>(xs.begin(), xs.end()), dim);
@@ -369,6 +380,7 @@ Tensor<T> stack(const std::vector<TensorView<const T>, A>& xs, const std::string
 
 /// Splits x along `dim` into x.size_of(dim) tensors without that dim:
 /// [..., dim=n, ...] -> n x [..., ...].
+/// Throws shape_error if x lacks `dim`.
 template <class T>
 std::vector<Tensor<T>> unstack(const TensorView<const T>& x, const std::string& dim) {
   const index_t n = x.shape().size_of(dim, "unstack");

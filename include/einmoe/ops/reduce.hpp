@@ -63,13 +63,11 @@ void fold_into(const TensorView<const T>& x, Tensor<R>& out, F&& f) {
 
 template <class T>
 constexpr T lowest_value() {
-  return std::numeric_limits<T>::has_infinity ? -std::numeric_limits<T>::infinity()
-                                              : std::numeric_limits<T>::lowest();
+  return std::numeric_limits<T>::has_infinity ? -std::numeric_limits<T>::infinity() : std::numeric_limits<T>::lowest();
 }
 template <class T>
 constexpr T highest_value() {
-  return std::numeric_limits<T>::has_infinity ? std::numeric_limits<T>::infinity()
-                                              : std::numeric_limits<T>::max();
+  return std::numeric_limits<T>::has_infinity ? std::numeric_limits<T>::infinity() : std::numeric_limits<T>::max();
 }
 
 template <class T>
@@ -110,17 +108,17 @@ Tensor<typename Op::result> reduce_to(const TensorView<const T>& x, const Shape&
 
 }  // namespace detail
 
-#define EINMOE_REDUCTION(NAME, OP, T_ARG, RESULT)                                          \
-  /** Reduces `dims` away: [x.shape] -> [x.shape without dims]. */                        \
-  template <class T>                                                                      \
-  Tensor<RESULT> NAME(const TensorView<const T_ARG>& x, const Names& dims) {                         \
-    return detail::reduce_to<OP>(x, detail::reduced_shape(x.shape(), dims, #NAME));       \
-  }                                                                                       \
-  /** Reduces to `out_shape` (a subset of x's dims, in any order). */                     \
-  template <class T>                                                                      \
-  Tensor<RESULT> NAME##_to(const TensorView<const T_ARG>& x, const Shape& out_shape) {              \
-    detail::check_reduce_target(x.shape(), out_shape, #NAME "_to");                       \
-    return detail::reduce_to<OP>(x, out_shape);                                           \
+#define EINMOE_REDUCTION(NAME, OP, T_ARG, RESULT)                                      \
+  /** Reduces `dims` away: [x.shape] -> [x.shape without dims]. */                     \
+  template <class T>                                                                   \
+  Tensor<RESULT> NAME(const TensorView<const T_ARG>& x, const Names& dims) {           \
+    return detail::reduce_to<OP>(x, detail::reduced_shape(x.shape(), dims, #NAME));    \
+  }                                                                                    \
+  /** Reduces to `out_shape` (a subset of x's dims, in any order). */                  \
+  template <class T>                                                                   \
+  Tensor<RESULT> NAME##_to(const TensorView<const T_ARG>& x, const Shape& out_shape) { \
+    detail::check_reduce_target(x.shape(), out_shape, #NAME "_to");                    \
+    return detail::reduce_to<OP>(x, out_shape);                                        \
   }
 
 EINMOE_REDUCTION(sum, detail::SumOp<T>, T, T)
@@ -129,19 +127,23 @@ EINMOE_REDUCTION(min, detail::MinOp<T>, T, T)
 #undef EINMOE_REDUCTION
 
 /// Any over `dims`: [x.shape] -> [x.shape without dims].
+/// Throws shape_error if x lacks one of `dims`.
 inline Tensor<bool> any(const TensorView<const bool>& x, const Names& dims) {
   return detail::reduce_to<detail::AnyOp>(x, detail::reduced_shape(x.shape(), dims, "any"));
 }
 /// Any down to out_shape (a subset of x's dims, in its own order): [x.shape] -> [out_shape].
+/// Throws shape_error unless out_shape's dims are x's, with the same sizes.
 inline Tensor<bool> any_to(const TensorView<const bool>& x, const Shape& out_shape) {
   detail::check_reduce_target(x.shape(), out_shape, "any_to");
   return detail::reduce_to<detail::AnyOp>(x, out_shape);
 }
 /// All over `dims`: [x.shape] -> [x.shape without dims].
+/// Throws shape_error if x lacks one of `dims`.
 inline Tensor<bool> all(const TensorView<const bool>& x, const Names& dims) {
   return detail::reduce_to<detail::AllOp>(x, detail::reduced_shape(x.shape(), dims, "all"));
 }
 /// All down to out_shape (a subset of x's dims, in its own order): [x.shape] -> [out_shape].
+/// Throws shape_error unless out_shape's dims are x's, with the same sizes.
 inline Tensor<bool> all_to(const TensorView<const bool>& x, const Shape& out_shape) {
   detail::check_reduce_target(x.shape(), out_shape, "all_to");
   return detail::reduce_to<detail::AllOp>(x, out_shape);
@@ -159,12 +161,14 @@ Tensor<T> divide_by_count(Tensor<T> s, index_t in_size) {
 }  // namespace detail
 
 /// Mean over `dims` (floating-point): [x.shape] -> [x.shape without dims].
+/// Throws shape_error if x lacks one of `dims`.
 template <class T>
 Tensor<T> mean(const TensorView<const T>& x, const Names& dims) {
   auto s = detail::reduce_to<detail::SumOp<T>>(x, detail::reduced_shape(x.shape(), dims, "mean"));
   return detail::divide_by_count(std::move(s), x.size());
 }
 /// Mean to `out_shape`.
+/// Throws shape_error unless out_shape's dims are x's, with the same sizes.
 template <class T>
 Tensor<T> mean_to(const TensorView<const T>& x, const Shape& out_shape) {
   detail::check_reduce_target(x.shape(), out_shape, "mean_to");

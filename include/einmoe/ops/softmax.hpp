@@ -70,18 +70,21 @@ Tensor<T> softmax_impl(const TensorView<const T>& x, const std::string& dim, Sof
 }  // namespace detail
 
 /// exp(x) / sum(exp(x)) along `dim`: [x.shape] -> [x.shape].
+/// Throws shape_error if x lacks `dim`.
 template <class T>
 Tensor<T> softmax(const TensorView<const T>& x, const std::string& dim) {
   return detail::softmax_impl(x, dim, detail::SoftmaxKind::prob, "softmax");
 }
 
 /// x - logsumexp(x) along `dim`: [x.shape] -> [x.shape].
+/// Throws shape_error if x lacks `dim`.
 template <class T>
 Tensor<T> log_softmax(const TensorView<const T>& x, const std::string& dim) {
   return detail::softmax_impl(x, dim, detail::SoftmaxKind::log_prob, "log_softmax");
 }
 
 /// log(sum(exp(x))) along `dim`: [x.shape] -> [x.shape without dim].
+/// Throws shape_error if x lacks `dim`.
 template <class T>
 Tensor<T> logsumexp(const TensorView<const T>& x, const std::string& dim) {
   static_assert(std::is_floating_point<T>::value, "logsumexp: needs a floating-point tensor");

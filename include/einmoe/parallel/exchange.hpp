@@ -38,8 +38,8 @@
 #include <string>
 #include <vector>
 
-#include "einmoe/detail/mpi.hpp"
 #include "einmoe/detail/ffn_scratch.hpp"
+#include "einmoe/detail/mpi.hpp"
 
 namespace einmoe {
 
@@ -48,9 +48,12 @@ enum class Exchange { rows, padded, hierarchical };
 
 inline const char* to_string(Exchange e) {
   switch (e) {
-    case Exchange::rows: return "rows";
-    case Exchange::padded: return "padded";
-    case Exchange::hierarchical: return "hierarchical";
+    case Exchange::rows:
+      return "rows";
+    case Exchange::padded:
+      return "padded";
+    case Exchange::hierarchical:
+      return "hierarchical";
   }
   return "?";
 }
@@ -162,12 +165,14 @@ class TwoLevelExchange {
       }
     // 2. inside the node: counts, then rows
     p.via.assign(uz(m * N), 0);
-    mpi_check(MPI_Alltoall(cs.data(), N, MPI_INT64_T, p.via.data(), N, MPI_INT64_T, node_), "MPI_Alltoall (node counts)");
+    mpi_check(MPI_Alltoall(cs.data(), N, MPI_INT64_T, p.via.data(), N, MPI_INT64_T, node_),
+              "MPI_Alltoall (node counts)");
     p.sc1 = sums(cs, m, N), p.rc1 = sums(p.via, m, N);
     p.sd1 = displs(p.sc1), p.rd1 = displs(p.rc1);
     s2.resize(uz(mul_size(total(p.rc1), width, "rows relayed")));
-    mpi_check(MPI_Alltoallv(s1.data(), p.sc1.data(), p.sd1.data(), row, s2.data(), p.rc1.data(), p.rd1.data(), row, node_),
-              "MPI_Alltoallv (inside the node)");
+    mpi_check(
+        MPI_Alltoallv(s1.data(), p.sc1.data(), p.sd1.data(), row, s2.data(), p.rc1.data(), p.rd1.data(), row, node_),
+        "MPI_Alltoallv (inside the node)");
     // 3. repack what arrived ([i][n']) by destination node ([n'][i])
     relay(p, s2.data(), s1, width, false);
     std::vector<std::int64_t> cs2(uz(N * m));
@@ -175,13 +180,15 @@ class TwoLevelExchange {
       for (int i = 0; i < m; ++i) cs2[uz(n * m + i)] = p.via[uz(i * N + n)];
     // 4. across nodes: counts, then rows
     p.from.assign(uz(N * m), 0);
-    mpi_check(MPI_Alltoall(cs2.data(), m, MPI_INT64_T, p.from.data(), m, MPI_INT64_T, cross_), "MPI_Alltoall (node counts)");
+    mpi_check(MPI_Alltoall(cs2.data(), m, MPI_INT64_T, p.from.data(), m, MPI_INT64_T, cross_),
+              "MPI_Alltoall (node counts)");
     p.sc2 = sums(cs2, N, m), p.rc2 = sums(p.from, N, m);
     p.sd2 = displs(p.sc2), p.rd2 = displs(p.rc2);
     AlignedVector<T>& r2 = identity_ ? recv : s2;
     r2.resize(uz(mul_size(total(p.rc2), width, "rows received")));
-    mpi_check(MPI_Alltoallv(s1.data(), p.sc2.data(), p.sd2.data(), row, r2.data(), p.rc2.data(), p.rd2.data(), row, cross_),
-              "MPI_Alltoallv (across nodes)");
+    mpi_check(
+        MPI_Alltoallv(s1.data(), p.sc2.data(), p.sd2.data(), row, r2.data(), p.rc2.data(), p.rd2.data(), row, cross_),
+        "MPI_Alltoallv (across nodes)");
     // 5. [n][i] -> rank order (nothing to do when ranks fill nodes in order)
     if (!identity_) {
       recv.resize(r2.size());
@@ -206,8 +213,9 @@ class TwoLevelExchange {
     s2.resize(uz(mul_size(total(p.rc1), width, "rows returned")));
     relay(p, s1.data(), s2, width, true);
     s1.resize(uz(mul_size(total(p.sc1), width, "rows returned")));
-    mpi_check(MPI_Alltoallv(s2.data(), p.rc1.data(), p.rd1.data(), row, s1.data(), p.sc1.data(), p.sd1.data(), row, node_),
-              "MPI_Alltoallv (inside the node)");
+    mpi_check(
+        MPI_Alltoallv(s2.data(), p.rc1.data(), p.rd1.data(), row, s1.data(), p.sc1.data(), p.sd1.data(), row, node_),
+        "MPI_Alltoallv (inside the node)");
     // unpack (i', n') -> rank order
     const std::vector<index_t> soff = offsets(p.to);
     index_t at = 0;
@@ -301,7 +309,8 @@ inline std::vector<int> node_labels(MPI_Comm comm, int ranks_per_node) {
   MPI_Comm_rank(comm, &me);
   MPI_Comm_size(comm, &P);
   std::vector<int> label(uz(P));
-  if (ranks_per_node < 0) raise<value_error>("ranks_per_node is ", ranks_per_node, "; must be 0 (ranks sharing memory) or positive");
+  if (ranks_per_node < 0)
+    raise<value_error>("ranks_per_node is ", ranks_per_node, "; must be 0 (ranks sharing memory) or positive");
   if (ranks_per_node > 0) {
     if (P % ranks_per_node != 0)
       raise<value_error>("ranks_per_node ", ranks_per_node, " does not divide the ", P, " ranks");

@@ -66,7 +66,8 @@ namespace einmoe {
 
 /// Bytes and rows one forward pass moved, and where its time went (this rank).
 struct ExpertParallelStats {
-  index_t rows_sent = 0, rows_received = 0;  ///< rows to the experts' owners / for this rank's experts (own rank included)
+  index_t rows_sent = 0,
+          rows_received = 0;  ///< rows to the experts' owners / for this rank's experts (own rank included)
   std::size_t bytes_sent = 0, bytes_received = 0;  ///< of those rows; the results travel the same amounts back
   double route_ms = 0, exchange_ms = 0, experts_ms = 0, combine_ms = 0;
 };
@@ -130,6 +131,7 @@ class ExpertParallelMoE {
   }
 
   /// How rows travel; for the hierarchical exchange, the nodes it found.
+  /// Never throws.
   const ExpertParallelOptions& exchange() const { return ep_; }
   int nodes() const { return ep_.exchange == Exchange::hierarchical ? two_level_.nodes() : 0; }
 
@@ -151,8 +153,10 @@ class ExpertParallelMoE {
   void forward_into(MoEResult<T>& out, const TensorView<const T>& inputs) const;
 
   /// Forward calls made so far (the same on every rank).
+  /// Never throws.
   std::uint64_t calls() const { return work_->calls; }
   /// Makes the next forward call number n; call on every rank.
+  /// Never throws.
   void set_calls(std::uint64_t n) { work_->calls = n; }
 
   /// logits [<batch>, group, experts] = x [<batch>, group, model] . wg, as
@@ -166,12 +170,14 @@ class ExpertParallelMoE {
   }
 
   /// This rank's experts: [first_expert(), first_expert() + local_experts()).
+  /// Never throws.
   index_t first_expert() const { return first_[detail::uz(rank_)]; }
   index_t local_experts() const { return first_[detail::uz(rank_ + 1)] - first_[detail::uz(rank_)]; }
   int rank() const { return rank_; }
   int ranks() const { return size_; }
   const PackedExperts<T>& experts() const { return experts_; }
   /// What the last forward pass moved, and its time split.
+  /// Never throws.
   const ExpertParallelStats& last() const { return work_->last; }
 
  private:
@@ -204,7 +210,8 @@ class ExpertParallelMoE {
     first_ = detail::expert_blocks(E, size_);
     const std::string& ed = opt_.dims.experts;
     if (w.experts.wi.size_of(ed) != E)
-      detail::raise<shape_error>(op, ": dim \"", ed, "\" has size ", E, " in wg but ", w.experts.wi.size_of(ed), " in wi");
+      detail::raise<shape_error>(op, ": dim \"", ed, "\" has size ", E, " in wg but ", w.experts.wi.size_of(ed),
+                                 " in wi");
     const detail::ExpertSlice<S> mine(w.experts, ed, first_[detail::uz(rank_)], first_[detail::uz(rank_ + 1)]);
     experts_ = PackedExperts<T>(mine.w, detail::expert_options(opt_));
     if (experts_.model() != router_.model)
@@ -217,21 +224,25 @@ class ExpertParallelMoE {
 
   /// Every rank must hold the same layer: mpi_error naming what differs.
   void check_ranks_agree() const {
-    const std::vector<std::int64_t> sig{router_.experts.size, router_.model.size, hidden_,
+    const std::vector<std::int64_t> sig{router_.experts.size,
+                                        router_.model.size,
+                                        hidden_,
                                         static_cast<std::int64_t>(opt_.router.index()),
-                                        static_cast<std::int64_t>(opt_.precision), static_cast<std::int64_t>(shared_.empty()),
-                                        static_cast<std::int64_t>(experts_.gated()), static_cast<std::int64_t>(ep_.exchange),
+                                        static_cast<std::int64_t>(opt_.precision),
+                                        static_cast<std::int64_t>(shared_.empty()),
+                                        static_cast<std::int64_t>(experts_.gated()),
+                                        static_cast<std::int64_t>(ep_.exchange),
                                         ep_.ranks_per_node};
-    const char* names[] = {"experts", "model", "hidden", "router", "precision", "shared expert", "gated experts", "exchange",
-                           "ranks_per_node"};
+    const char* names[] = {"experts",       "model",         "hidden",   "router",        "precision",
+                           "shared expert", "gated experts", "exchange", "ranks_per_node"};
     std::vector<std::int64_t> all;
     detail::allgather_v(comm_, sig, all, MPI_INT64_T);
     std::string diff;
     for (int r = 0; r < size_ && diff.empty(); ++r)
       for (std::size_t i = 0; i < sig.size() && diff.empty(); ++i)
         if (all[detail::uz(r) * sig.size() + i] != all[i])
-          diff = detail::cat("ExpertParallelMoE: the ranks' layers differ in ", names[i], " (rank 0: ", all[i], ", rank ", r,
-                             ": ", all[detail::uz(r) * sig.size() + i], ")");
+          diff = detail::cat("ExpertParallelMoE: the ranks' layers differ in ", names[i], " (rank 0: ", all[i],
+                             ", rank ", r, ": ", all[detail::uz(r) * sig.size() + i], ")");
     detail::agree(comm_, rank_ == 0 ? diff : std::string(), detail::ErrorKind::mpi);
   }
 
@@ -265,7 +276,9 @@ class ExpertParallelMoE {
 template <class T>
 void ExpertParallelMoE<T>::forward_into(MoEResult<T>& out, const TensorView<const T>& inputs) const {
   using clock = std::chrono::steady_clock;
-  auto ms = [](clock::time_point a, clock::time_point b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
+  auto ms = [](clock::time_point a, clock::time_point b) {
+    return std::chrono::duration<double, std::milli>(b - a).count();
+  };
   Work& ws = *work_;
   const auto t0 = clock::now();
   route(ws, inputs, ws.calls++);
@@ -275,8 +288,9 @@ void ExpertParallelMoE<T>::forward_into(MoEResult<T>& out, const TensorView<cons
   place_rows(ws);
   MPI_Datatype row;
   const index_t M = router_.model.size;
-  detail::mpi_check(MPI_Type_contiguous(detail::mpi_count(std::max<index_t>(M, 1), "values per row"), detail::mpi_type<T>(), &row),
-                    "MPI_Type_contiguous");
+  detail::mpi_check(
+      MPI_Type_contiguous(detail::mpi_count(std::max<index_t>(M, 1), "values per row"), detail::mpi_type<T>(), &row),
+      "MPI_Type_contiguous");
   MPI_Type_commit(&row);
   struct TypeGuard {
     MPI_Datatype* t;
@@ -294,7 +308,8 @@ void ExpertParallelMoE<T>::forward_into(MoEResult<T>& out, const TensorView<cons
   l.rows_sent = ws.R, l.rows_received = ws.recv_rows;
   l.bytes_sent = static_cast<std::size_t>(ws.send_rows * M) * sizeof(T);
   l.bytes_received = static_cast<std::size_t>(ws.recv_slots * M) * sizeof(T);
-  l.route_ms = ms(t0, t1), l.exchange_ms = ms(t1, t2) + ms(t3, t4), l.experts_ms = ms(t2, t3), l.combine_ms = ms(t4, t5);
+  l.route_ms = ms(t0, t1), l.exchange_ms = ms(t1, t2) + ms(t3, t4), l.experts_ms = ms(t2, t3),
+  l.combine_ms = ms(t4, t5);
 }
 
 /// Stage 1: this rank's groups through MoELayer's router stage; the draws
@@ -342,9 +357,10 @@ void ExpertParallelMoE<T>::global_losses_and_stats(Work& ws, MoEResult<T>& out) 
   v.insert(v.end(), st.first_choices.begin(), st.first_choices.end());
   for (index_t c : {st.first_wanted, st.first_kept, st.second_wanted, st.second_kept, st.slots}) v.push_back(c);
   ws.stat_all.resize(v.size());
-  detail::mpi_check(MPI_Allreduce(v.data(), ws.stat_all.data(), detail::mpi_count(static_cast<index_t>(v.size()), "statistics"),
-                                  MPI_INT64_T, MPI_SUM, comm_),
-                    "MPI_Allreduce");
+  detail::mpi_check(
+      MPI_Allreduce(v.data(), ws.stat_all.data(), detail::mpi_count(static_cast<index_t>(v.size()), "statistics"),
+                    MPI_INT64_T, MPI_SUM, comm_),
+      "MPI_Allreduce");
   const auto& sum = ws.stat_all;
   RoutingStats& o = out.stats;
   o.tokens_per_expert.assign(sum.begin(), sum.begin() + E);
@@ -374,8 +390,8 @@ void ExpertParallelMoE<T>::exchange_counts(Work& ws) const {
     two_level_.forward(ws.counts.data(), 1, MPI_INT64_T, ws.count_plan, ws.got, ws.count_s1, ws.count_s2);
   } else {
     ws.got.resize(detail::uz(P * L));
-    detail::mpi_check(MPI_Alltoallv(ws.counts.data(), ws.sc.data(), ws.sd.data(), MPI_INT64_T, ws.got.data(), ws.rc.data(),
-                                    ws.rd.data(), MPI_INT64_T, comm_),
+    detail::mpi_check(MPI_Alltoallv(ws.counts.data(), ws.sc.data(), ws.sd.data(), MPI_INT64_T, ws.got.data(),
+                                    ws.rc.data(), ws.rd.data(), MPI_INT64_T, comm_),
                       "MPI_Alltoallv (counts)");
   }
   ws.recv_rows = 0;
@@ -396,7 +412,8 @@ void ExpertParallelMoE<T>::place_rows(Work& ws) const {
     for (index_t q = 0; q < P; ++q) ws.Lmax = std::max(ws.Lmax, first_[detail::uz(q + 1)] - first_[detail::uz(q)]);
     std::int64_t b = 0;
     if (!router_capacity(opt_.router).is_dropless())
-      b = detail::mul_size(ws.route.routed.plan.groups(), ws.route.routed.plan.stride, "padded block");  // (slots past S never fill)
+      b = detail::mul_size(ws.route.routed.plan.groups(), ws.route.routed.plan.stride,
+                           "padded block");  // (slots past S never fill)
     else
       for (auto n : ws.counts) b = std::max<std::int64_t>(b, n);
     std::int64_t bmax = 0;
@@ -449,8 +466,8 @@ void ExpertParallelMoE<T>::exchange_rows(Work& ws, MPI_Datatype row) const {
     ws.row_plan.to.assign(ws.sc.begin(), ws.sc.end());
     two_level_.forward(ws.send.data(), M, row, ws.row_plan, ws.recv, ws.s1, ws.s2);
   } else {
-    detail::mpi_check(MPI_Alltoallv(ws.send.data(), ws.sc.data(), ws.sd.data(), row, ws.recv.data(), ws.rc.data(), ws.rd.data(),
-                                    row, comm_),
+    detail::mpi_check(MPI_Alltoallv(ws.send.data(), ws.sc.data(), ws.sd.data(), row, ws.recv.data(), ws.rc.data(),
+                                    ws.rd.data(), row, comm_),
                       "MPI_Alltoallv (rows)");
   }
 }

@@ -30,6 +30,7 @@ inline void check_capacity_args(const char* op, index_t group_size, index_t expe
 }  // namespace detail
 
 /// Mesh TF (_top_2_gating's callers): max(min(S, int(S * cf / E)), min_capacity).
+/// Throws value_error for a negative group size, no experts or a factor that is not a positive number.
 inline index_t mtf_capacity(index_t group_size, index_t experts, double capacity_factor, index_t min_capacity = 4) {
   detail::check_capacity_args("mtf_capacity", group_size, experts, capacity_factor);
   const auto c = static_cast<index_t>(static_cast<double>(group_size) * capacity_factor / static_cast<double>(experts));
@@ -39,6 +40,7 @@ inline index_t mtf_capacity(index_t group_size, index_t experts, double capacity
 /// lingvo (Top2GatingOnLogits with capacity_factor): int(S * cf / E) rounded
 /// up to a multiple of 4 when that exceeds `given` (the configured
 /// expert_capacity_dim); otherwise `given`.
+/// Throws value_error for a negative group size, no experts or a factor that is not a positive number.
 inline index_t lingvo_capacity(index_t group_size, index_t experts, double capacity_factor, index_t given = 0) {
   detail::check_capacity_args("lingvo_capacity", group_size, experts, capacity_factor);
   index_t c = static_cast<index_t>(static_cast<double>(group_size) * capacity_factor / static_cast<double>(experts));
@@ -48,18 +50,22 @@ inline index_t lingvo_capacity(index_t group_size, index_t experts, double capac
 }
 
 /// DeepSpeed / Tutel: max(ceil(k * cf * S / E), min_capacity).
+/// Throws value_error for k < 1, a negative group size, no experts or a factor
+/// that is not a positive number.
 inline index_t topk_capacity(index_t group_size, index_t experts, index_t k, double capacity_factor,
                              index_t min_capacity = 0) {
   detail::check_capacity_args("topk_capacity", group_size, experts, capacity_factor);
   if (k < 1) detail::raise<value_error>("topk_capacity: k = ", k, " must be at least 1");
-  const double c = std::ceil(static_cast<double>(k) * capacity_factor * static_cast<double>(group_size) /
-                             static_cast<double>(experts) - 1e-9);
+  const double c = std::ceil(
+      static_cast<double>(k) * capacity_factor * static_cast<double>(group_size) / static_cast<double>(experts) - 1e-9);
   return std::max(static_cast<index_t>(c), min_capacity);
 }
 
 /// flaxformer (MoeLayer): max(round(cf * S / E), min_capacity), rounding
 /// half to even like Python's round.
-inline index_t flaxformer_capacity(index_t group_size, index_t experts, double capacity_factor, index_t min_capacity = 4) {
+/// Throws value_error for a negative group size, no experts or a factor that is not a positive number.
+inline index_t flaxformer_capacity(index_t group_size, index_t experts, double capacity_factor,
+                                   index_t min_capacity = 4) {
   detail::check_capacity_args("flaxformer_capacity", group_size, experts, capacity_factor);
   const double x = capacity_factor * static_cast<double>(group_size) / static_cast<double>(experts);
   double r = std::floor(x);
@@ -71,6 +77,7 @@ inline index_t flaxformer_capacity(index_t group_size, index_t experts, double c
 /// Expert choice (Zhou et al. 2022; flaxformer ExpertsChooseMaskedRouter):
 /// C = min(S, max(round(S * cf / E), 1)) tokens per expert, each token
 /// getting cf experts on average.
+/// Throws value_error for a negative group size, no experts or a factor that is not a positive number.
 inline index_t expert_choice_capacity(index_t group_size, index_t experts, double capacity_factor) {
   detail::check_capacity_args("expert_choice_capacity", group_size, experts, capacity_factor);
   const double c = std::round(static_cast<double>(group_size) * capacity_factor / static_cast<double>(experts));
@@ -88,11 +95,16 @@ enum class CapacityRule {
 
 inline const char* to_string(CapacityRule r) {
   switch (r) {
-    case CapacityRule::mtf: return "mtf";
-    case CapacityRule::lingvo: return "lingvo";
-    case CapacityRule::deepspeed: return "deepspeed";
-    case CapacityRule::flaxformer: return "flaxformer";
-    default: return "expert-choice";
+    case CapacityRule::mtf:
+      return "mtf";
+    case CapacityRule::lingvo:
+      return "lingvo";
+    case CapacityRule::deepspeed:
+      return "deepspeed";
+    case CapacityRule::flaxformer:
+      return "flaxformer";
+    default:
+      return "expert-choice";
   }
 }
 
@@ -105,11 +117,16 @@ inline const char* to_string(CapacityRule r) {
 inline index_t capacity_from_factor(CapacityRule rule, index_t group_size, index_t experts, index_t k,
                                     double capacity_factor, index_t min_capacity = 0) {
   switch (rule) {
-    case CapacityRule::mtf: return mtf_capacity(group_size, experts, capacity_factor);
-    case CapacityRule::lingvo: return lingvo_capacity(group_size, experts, capacity_factor);
-    case CapacityRule::deepspeed: return topk_capacity(group_size, experts, k, capacity_factor, min_capacity);
-    case CapacityRule::flaxformer: return flaxformer_capacity(group_size, experts, capacity_factor);
-    default: return expert_choice_capacity(group_size, experts, capacity_factor);
+    case CapacityRule::mtf:
+      return mtf_capacity(group_size, experts, capacity_factor);
+    case CapacityRule::lingvo:
+      return lingvo_capacity(group_size, experts, capacity_factor);
+    case CapacityRule::deepspeed:
+      return topk_capacity(group_size, experts, k, capacity_factor, min_capacity);
+    case CapacityRule::flaxformer:
+      return flaxformer_capacity(group_size, experts, capacity_factor);
+    default:
+      return expert_choice_capacity(group_size, experts, capacity_factor);
   }
 }
 
@@ -132,6 +149,7 @@ struct CapacitySpec {
   CapacityRule rule = CapacityRule::mtf;  ///< when factor
 
   /// Exactly `c` slots per expert per group (checked when used: c >= 1).
+  /// Never throws.
   static CapacitySpec fixed(index_t c) {
     CapacitySpec s;
     s.kind = Kind::fixed;
@@ -139,6 +157,7 @@ struct CapacitySpec {
     return s;
   }
   /// capacity_factor sized by `rule` for each call's group size.
+  /// Never throws.
   static CapacitySpec factor(double capacity_factor, CapacityRule rule = CapacityRule::mtf) {
     CapacitySpec s;
     s.kind = Kind::factor;
@@ -149,6 +168,7 @@ struct CapacitySpec {
   /// No limit: every choice is kept. C = S when a token's k choices are
   /// distinct experts (k <= E), k / E times more otherwise (top-2 on one
   /// expert), so no expert can run out.
+  /// Never throws.
   static CapacitySpec dropless() {
     CapacitySpec s;
     s.kind = Kind::dropless;
@@ -166,7 +186,8 @@ struct CapacitySpec {
         if (size < 1) detail::raise<value_error>(op, ": capacity ", size, " must be at least 1");
         return size;
       case Kind::dropless: {
-        const index_t per_token = std::max<index_t>(1, (std::max<index_t>(k, 1) + std::max<index_t>(E, 1) - 1) / std::max<index_t>(E, 1));
+        const index_t per_token =
+            std::max<index_t>(1, (std::max<index_t>(k, 1) + std::max<index_t>(E, 1) - 1) / std::max<index_t>(E, 1));
         return detail::mul_size(std::max<index_t>(S, 1), per_token, op, ": dropless capacity");
       }
       default:
@@ -187,9 +208,11 @@ struct CapacitySpec {
 };
 
 /// moe_v0 (Mesh TF): min(length, int(length * 2 * overhead / E)).
+/// Throws value_error for a negative length, no experts or a non-positive overhead.
 inline index_t moe_v0_capacity(index_t length, index_t experts, double overhead = 1.0) {
   detail::check_capacity_args("moe_v0_capacity", length, experts, overhead);
-  return std::min(length, static_cast<index_t>(static_cast<double>(length) * 2.0 * overhead / static_cast<double>(experts)));
+  return std::min(length,
+                  static_cast<index_t>(static_cast<double>(length) * 2.0 * overhead / static_cast<double>(experts)));
 }
 
 /// How Mesh TF splits n tokens into num_groups * group_size: starting from
@@ -203,7 +226,8 @@ struct GroupSplit {
 };
 inline GroupSplit split_into_groups(index_t n, index_t max_group_size, index_t mesh_dim_size = 1) {
   if (n < 1) detail::raise<value_error>("split_into_groups: n = ", n, " must be positive");
-  if (max_group_size < 1) detail::raise<value_error>("split_into_groups: max_group_size = ", max_group_size, " must be positive");
+  if (max_group_size < 1)
+    detail::raise<value_error>("split_into_groups: max_group_size = ", max_group_size, " must be positive");
   if (mesh_dim_size < 1 || n % mesh_dim_size != 0)
     detail::raise<value_error>("split_into_groups: n = ", n, " is not a multiple of mesh_dim_size = ", mesh_dim_size);
   index_t g = std::max<index_t>(1, n / max_group_size);

@@ -42,7 +42,8 @@ RouterProblem<T> expert_choice_problem(const TensorView<const T>& logits, const 
                                        const MoEDims& dims, const char* op, Tensor<T>& hold) {
   auto p = router_problem(logits, dims, o.capacity, 1, op, hold);
   if (p.C > p.S)
-    raise<value_error>(op, ": capacity ", p.C, " exceeds the group's ", p.S, " tokens (each expert takes C distinct tokens)");
+    raise<value_error>(op, ": capacity ", p.C, " exceeds the group's ", p.S,
+                       " tokens (each expert takes C distinct tokens)");
   return p;
 }
 }  // namespace detail
@@ -135,8 +136,9 @@ DenseRouterResult<T> route_dense(const TensorView<const T>& logits, const Expert
     for (index_t e = 0; e < E; ++e) {
       std::vector<index_t> order(detail::uz(S));
       std::iota(order.begin(), order.end(), index_t{0});
-      std::stable_sort(order.begin(), order.end(),
-                       [&](index_t a, index_t b) { return probs_t[detail::uz(e * S + a)] > probs_t[detail::uz(e * S + b)]; });
+      std::stable_sort(order.begin(), order.end(), [&](index_t a, index_t b) {
+        return probs_t[detail::uz(e * S + a)] > probs_t[detail::uz(e * S + b)];
+      });
       for (index_t c = 0; c < C; ++c) {  // dispatch[t, e, c] = one_hot(order[c], S)[t]
         for (index_t t = 0; t < S; ++t)
           if (order[detail::uz(c)] == t) r.combine[((g * S + t) * E + e) * C + c] = probs_t[detail::uz(e * S + t)];
@@ -154,6 +156,7 @@ DenseRouterResult<T> route_dense(const TensorView<const T>& logits, const Expert
 }
 
 /// Expert-choice routing, dense (see route_dense).
+/// Throws as expert_choice_routing.
 template <class T>
 DenseRouterResult<T> expert_choice_routing_dense(const TensorView<const T>& logits, const ExpertChoiceOptions& o,
                                                  const MoEDims& dims = {}) {

@@ -13,6 +13,7 @@ namespace einmoe {
 /// CVSquared): with n = size + 1e-10, mean = sum / n,
 /// var = sum((x - mean)^2) / n, result var / (mean^2 + 1e-10). 0 for an
 /// empty tensor. Encourages a positive distribution to be uniform.
+/// Never throws.
 template <class T>
 T cv_squared(const TensorView<const T>& x) {
   const T eps = static_cast<T>(1e-10);

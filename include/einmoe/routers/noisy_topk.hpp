@@ -26,21 +26,21 @@
 #include <string>
 
 #include "einmoe/core/random.hpp"
-#include "einmoe/routers/losses.hpp"
-#include "einmoe/routers/router.hpp"
 #include "einmoe/ops/einsum.hpp"
 #include "einmoe/ops/elementwise.hpp"
 #include "einmoe/ops/index.hpp"
 #include "einmoe/ops/softmax.hpp"
+#include "einmoe/routers/losses.hpp"
+#include "einmoe/routers/router.hpp"
 
 namespace einmoe {
 
 /// Options of noisy top-k gating (dims: MoEDims' model and experts).
 struct NoisyTopKOptions {
-  index_t k = 2;                    ///< experts per row
-  bool train = true;                ///< false turns the noise off (stddev 0)
-  double noise_epsilon = 1e-2;      ///< added to the softplus of the noise logits
-  std::uint64_t seed = 0;           ///< normal draws when none are given
+  index_t k = 2;                ///< experts per row
+  bool train = true;            ///< false turns the noise off (stddev 0)
+  double noise_epsilon = 1e-2;  ///< added to the softplus of the noise logits
+  std::uint64_t seed = 0;       ///< normal draws when none are given
 };
 
 template <class T>
@@ -49,6 +49,7 @@ struct NoisyTopKResult {
   Tensor<T> importance;  ///< [experts], sum of gates
   Tensor<T> load;        ///< [experts], smooth load estimate (or true load without noise)
   /// t2t's balancing loss: (cv^2(importance) + cv^2(load)) * loss_coef.
+  /// Throws nothing but std::bad_alloc.
   T aux_loss(T loss_coef) const { return (cv_squared(importance) + cv_squared(load)) * loss_coef; }
 };
 
@@ -67,7 +68,8 @@ NoisyTopKResult<T> noisy_topk_gating(const TensorView<const T>& x, const TensorV
   x.shape().require(dims.model, op);
   const Dim experts = w_gate.shape().get(dims.experts, op);
   const index_t E = experts.size;
-  if (o.k < 1 || o.k > E) detail::raise<value_error>(op, ": k = ", o.k, " must be in [1, ", E, "] (dim \"", experts.name, "\")");
+  if (o.k < 1 || o.k > E)
+    detail::raise<value_error>(op, ": k = ", o.k, " must be in [1, ", E, "] (dim \"", experts.name, "\")");
   if (!(o.noise_epsilon >= 0)) detail::raise<value_error>(op, ": noise_epsilon ", o.noise_epsilon, " must be >= 0");
   const Shape rows = x.shape().without({dims.model});
   const Shape out_shape = rows.with(experts);

@@ -52,6 +52,7 @@ inline void check_router_options(const ExpertChoiceOptions&, index_t, const char
 
 /// The losses of `groups` groups of S tokens and E experts, finished from
 /// their per-group pieces in group order (as route_into finishes them).
+/// Never throws.
 template <class T>
 void finish_losses(const Top2Options&, const LossParts<T>& parts, index_t groups, index_t S, index_t E, T& aux, T& z) {
   aux = groups * S > 0 ? detail::top2_aux_loss(parts, groups, E) : T(0);
@@ -72,6 +73,7 @@ void finish_losses(const ExpertChoiceOptions&, const LossParts<T>& parts, index_
 // ---- the dispatch ------------------------------------------------------------
 
 /// "top2", "topk" or "expert-choice".
+/// Never throws.
 inline const char* router_name(const RouterOptions& o) {
   return std::visit([](const auto& r) { return router_name(r); }, o);
 }
@@ -87,6 +89,7 @@ inline void check_router_options(const RouterOptions& o, index_t E, const char* 
   std::visit([&](const auto& r) { check_router_options(r, E, op); }, o);
 }
 /// The router's capacity rule.
+/// Never throws.
 inline const CapacitySpec& router_capacity(const RouterOptions& o) {
   return std::visit([](const auto& r) -> const CapacitySpec& { return r.capacity; }, o);
 }
@@ -94,21 +97,24 @@ inline const CapacitySpec& router_capacity(const RouterOptions& o) {
 /// Routes logits [<batch>, group, experts] into `r` with the chosen router
 /// (see each router's route_into for what it fills and throws).
 template <class T>
-void route_into(RouterResult<T>& r, const TensorView<const T>& logits, const RouterOptions& o, const GatingInputs<T>& in,
-                const MoEDims& dims, const RouteCall& call, RouterWorkspace<T>& ws) {
+void route_into(RouterResult<T>& r, const TensorView<const T>& logits, const RouterOptions& o,
+                const GatingInputs<T>& in, const MoEDims& dims, const RouteCall& call, RouterWorkspace<T>& ws) {
   std::visit([&](const auto& opt) { route_into(r, logits, opt, in, dims, call, ws); }, o);
 }
 /// The chosen router's dense oracle: logits [<batch>, group, experts] ->
 /// combine and dispatch [<batch>, group, experts, expert_capacity], losses,
 /// statistics.
+/// Throws as the chosen router's route_dense.
 template <class T>
 DenseRouterResult<T> route_dense(const TensorView<const T>& logits, const RouterOptions& o, const GatingInputs<T>& in,
                                  const MoEDims& dims, const RouteCall& call) {
   return std::visit([&](const auto& opt) { return route_dense(logits, opt, in, dims, call); }, o);
 }
 /// The chosen router's losses from per-group pieces (see finish_losses).
+/// Never throws.
 template <class T>
-void finish_losses(const RouterOptions& o, const LossParts<T>& parts, index_t groups, index_t S, index_t E, T& aux, T& z) {
+void finish_losses(const RouterOptions& o, const LossParts<T>& parts, index_t groups, index_t S, index_t E, T& aux,
+                   T& z) {
   std::visit([&](const auto& opt) { finish_losses(opt, parts, groups, S, E, aux, z); }, o);
 }
 

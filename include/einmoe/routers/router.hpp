@@ -24,8 +24,8 @@
 #include <string>
 #include <vector>
 
-#include "einmoe/core/tensor.hpp"
 #include "einmoe/core/random.hpp"
+#include "einmoe/core/tensor.hpp"
 #include "einmoe/core/threads.hpp"
 #include "einmoe/ops/manip.hpp"
 #include "einmoe/routers/capacity.hpp"
@@ -36,11 +36,11 @@ namespace einmoe {
 /// The names of an MoE layer's dims, in one place: every router, the
 /// experts and the layers read them from here.
 struct MoEDims {
-  std::string group = "group";               ///< a group of tokens that compete for capacity
+  std::string group = "group";  ///< a group of tokens that compete for capacity
   std::string experts = "experts";
   std::string capacity = "expert_capacity";  ///< an expert's slots in a group (dense tensors, plans)
   std::string model = "model";
-  std::string hidden = "hidden";             ///< the experts' hidden layer
+  std::string hidden = "hidden";  ///< the experts' hidden layer
 };
 
 /// What a router returns: the plan, the two losses, load statistics.
@@ -112,15 +112,19 @@ class RouterWorkspace {
 
   /// The calling thread's buffers (inside a parallel loop started after
   /// prepare()).
+  /// Never throws.
   Thread& thread() { return threads_[static_cast<std::size_t>(detail::thread_index())]; }
   /// Makes one Thread per thread of the coming parallel loops.
+  /// Throws nothing but std::bad_alloc.
   void prepare() {
     if (static_cast<int>(threads_.size()) < num_threads()) threads_.resize(static_cast<std::size_t>(num_threads()));
   }
   /// Buffers shared by all threads (each thread writes its groups' part).
+  /// Never throws.
   std::vector<T>& group_values(int slot) { return group_values_[static_cast<std::size_t>(slot)]; }
   std::vector<index_t>& group_counts(int slot) { return group_counts_[static_cast<std::size_t>(slot)]; }
   /// The logits in [<batch>, group, experts] order when given in another.
+  /// Never throws.
   Tensor<T>& logits_hold() { return hold_; }
 
  private:

@@ -15,8 +15,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "einmoe/core/tensor.hpp"
@@ -25,16 +25,17 @@ namespace einmoe {
 
 /// Load statistics of one routing, over all groups.
 struct RoutingStats {
-  std::vector<index_t> tokens_per_expert;   ///< kept choices per expert (all groups)
-  std::vector<index_t> first_choices;       ///< tokens whose first choice is e (before capacity)
-  std::vector<double> density_1;            ///< first_choices / tokens
+  std::vector<index_t> tokens_per_expert;      ///< kept choices per expert (all groups)
+  std::vector<index_t> first_choices;          ///< tokens whose first choice is e (before capacity)
+  std::vector<double> density_1;               ///< first_choices / tokens
   index_t first_wanted = 0, first_kept = 0;    ///< first choices before / after capacity
   index_t second_wanted = 0, second_kept = 0;  ///< second choices (after the policy) before / after capacity
-  index_t slots = 0;                        ///< G * E * C
+  index_t slots = 0;                           ///< G * E * C
 
   double dropped_first() const { return first_wanted ? 1.0 - double(first_kept) / double(first_wanted) : 0.0; }
   double dropped_second() const { return second_wanted ? 1.0 - double(second_kept) / double(second_wanted) : 0.0; }
   /// Filled slots / all slots.
+  /// Never throws.
   double fill() const { return slots ? double(first_kept + second_kept) / double(slots) : 0.0; }
 };
 
@@ -51,11 +52,11 @@ struct LossParts {
 
 template <class T>
 struct RoutingPlan {
-  Shape batch;      ///< the dims before the group dim, flattened into G groups
-  Dim group;        ///< S tokens per group
-  Dim experts;      ///< E
-  Dim capacity;     ///< C slots per expert per group
-  index_t k = 2;    ///< choices per token
+  Shape batch;    ///< the dims before the group dim, flattened into G groups
+  Dim group;      ///< S tokens per group
+  Dim experts;    ///< E
+  Dim capacity;   ///< C slots per expert per group
+  index_t k = 2;  ///< choices per token
 
   std::vector<std::int32_t> expert;  ///< [G*S*k] chosen expert, -1 = none
   std::vector<std::int32_t> slot;    ///< [G*S*k] slot in that expert, -1 = none
@@ -71,9 +72,11 @@ struct RoutingPlan {
   index_t groups() const { return batch.num_elements(); }
   index_t tokens() const { return groups() * group.size; }
   /// Index in slot_entry of slot c of expert e in group g (c < stride).
+  /// Never throws.
   index_t slot_index(index_t g, index_t e, index_t c) const { return (g * experts.size + e) * stride + c; }
 
   /// Sets up an empty plan for the given dims (reusing the buffers' memory).
+  /// Throws shape_error if the slot table's size overflows.
   void reset(Shape batch_shape, Dim group_dim, Dim experts_dim, Dim capacity_dim, index_t choices) {
     batch = std::move(batch_shape);
     group = std::move(group_dim);
@@ -81,15 +84,17 @@ struct RoutingPlan {
     capacity = std::move(capacity_dim);
     k = choices;
     if (group.size > INT32_MAX)
-      detail::raise<shape_error>("RoutingPlan: group dim \"", group.name, "\" has ", group.size, " tokens (at most 2^31 - 1)");
+      detail::raise<shape_error>("RoutingPlan: group dim \"", group.name, "\" has ", group.size,
+                                 " tokens (at most 2^31 - 1)");
     stride = k > 0 && group.size > capacity.size / k ? capacity.size : std::min(capacity.size, group.size * k);
     const index_t G = groups();
-    const index_t entries = detail::mul_size(detail::mul_size(G, group.size, "routing plan: ", batch, ", ", group),
-                                             k, "routing plan: ", batch, ", ", group, " x ", k, " choices");
+    const index_t entries = detail::mul_size(detail::mul_size(G, group.size, "routing plan: ", batch, ", ", group), k,
+                                             "routing plan: ", batch, ", ", group, " x ", k, " choices");
     const index_t ge = detail::mul_size(G, experts.size, "routing plan: ", batch, ", ", experts);
     const index_t slots = detail::mul_size(ge, stride, "routing plan: ", batch, ", ", experts, ", ", capacity);
     detail::check_memory(static_cast<long double>(entries) * (2 * sizeof(std::int32_t) + sizeof(T)) +
-                             static_cast<long double>(ge) * sizeof(std::int32_t) + static_cast<long double>(slots) * sizeof(index_t),
+                             static_cast<long double>(ge) * sizeof(std::int32_t) +
+                             static_cast<long double>(slots) * sizeof(index_t),
                          "routing plan for ", batch.with(group).with(experts).with(capacity));
     expert.assign(detail::uz(entries), -1);
     slot.assign(detail::uz(entries), -1);
@@ -99,10 +104,12 @@ struct RoutingPlan {
   }
 
   /// [<batch>, group, experts, capacity]
+  /// Throws nothing but std::bad_alloc.
   Shape dense_shape() const { return batch.with(group).with(experts).with(capacity); }
 
   /// The dense combine tensor of the sources, [<batch>, group, experts,
   /// capacity]: weight at [.., s, e, c].
+  /// Throws resource_error if the tensor would not fit in memory.
   Tensor<T> combine_tensor() const {
     Tensor<T> out(dense_shape());
     const index_t E = experts.size, C = capacity.size;
@@ -115,6 +122,7 @@ struct RoutingPlan {
   }
   /// The dense dispatch tensor [<batch>, group, experts, capacity]: 1 where
   /// combine is nonzero (as the sources derive it), else 0.
+  /// Throws resource_error if the tensor would not fit in memory.
   Tensor<T> dispatch_tensor() const {
     Tensor<T> c = combine_tensor();
     for (auto& v : c) v = v != T(0) ? T(1) : T(0);
@@ -123,6 +131,7 @@ struct RoutingPlan {
 
   /// The plan of groups [first, first + count) alone, as a plan whose batch
   /// is `batch_shape` (count groups).
+  /// Throws shape_error unless [first, first + count) lies within the plan's groups.
   RoutingPlan slice_groups(index_t first, index_t count, Shape batch_shape) const {
     if (first < 0 || count < 0 || first + count > groups() || batch_shape.num_elements() != count)
       detail::raise<shape_error>("RoutingPlan::slice_groups: groups [", first, ", ", first + count, ") of ", groups(),
@@ -143,6 +152,7 @@ struct RoutingPlan {
   }
 
   /// Bytes held by the plan (for memory bounds and reports).
+  /// Never throws.
   std::size_t bytes() const {
     return expert.size() * sizeof(std::int32_t) + slot.size() * sizeof(std::int32_t) + weight.size() * sizeof(T) +
            taken.size() * sizeof(std::int32_t) + slot_entry.size() * sizeof(index_t);

@@ -24,8 +24,8 @@
 #include <type_traits>
 #include <vector>
 
-#include "einmoe/routers/top2_gating.hpp"
 #include "einmoe/ops/einsum.hpp"
+#include "einmoe/routers/top2_gating.hpp"
 
 namespace einmoe {
 

@@ -30,7 +30,9 @@ template <class T>
 class SparseDispatcher {
  public:
   /// gates: [batch, experts] (named; any order; exactly these two dims).
-  SparseDispatcher(const TensorView<const T>& gates, std::string batch_dim = "batch", std::string experts_dim = "experts")
+  /// Throws shape_error unless gates has exactly the two named dims.
+  SparseDispatcher(const TensorView<const T>& gates, std::string batch_dim = "batch",
+                   std::string experts_dim = "experts")
       : batch_dim_(std::move(batch_dim)) {
     const Shape& s = gates.shape();
     if (s.rank() != 2)
@@ -53,9 +55,12 @@ class SparseDispatcher {
 
   /// One tensor per expert: the rows of `inp` ([batch, ...]) routed to it,
   /// in batch order, as [batch=n_e, ...].
+  /// Throws shape_error unless inp's first dim is the batch dim, of the gates' size.
   std::vector<Tensor<T>> dispatch(const TensorView<const T>& inp) const {
     const index_t axis = inp.shape().require(batch_dim_, "SparseDispatcher::dispatch");
-    if (axis != 0) detail::raise<shape_error>("SparseDispatcher::dispatch: dim \"", batch_dim_, "\" must come first in ", inp.shape());
+    if (axis != 0)
+      detail::raise<shape_error>("SparseDispatcher::dispatch: dim \"", batch_dim_, "\" must come first in ",
+                                 inp.shape());
     if (inp.shape()[0].size != batch_.size)
       detail::raise<shape_error>("SparseDispatcher::dispatch: dim \"", batch_dim_, "\" has size ", inp.shape()[0].size,
                                  " in the inputs but ", batch_.size, " in the gates");
@@ -66,7 +71,8 @@ class SparseDispatcher {
       auto dims = inp.shape().dims();
       dims[0].size = n;
       Tensor<T> part(Shape(dims), uninitialized);
-      for (index_t i = 0; i < n; ++i, ++at) std::copy_n(inp.data() + batch_index_[at] * row, row, part.data() + i * row);
+      for (index_t i = 0; i < n; ++i, ++at)
+        std::copy_n(inp.data() + batch_index_[at] * row, row, part.data() + i * row);
       out.push_back(std::move(part));
     }
     return out;
@@ -75,6 +81,7 @@ class SparseDispatcher {
   /// [batch, ...]: for each row b, the sum over experts of
   /// gates[b, e] * expert_out[e][row of b] (without the gates if
   /// multiply_by_gates is false). Rows routed nowhere are zero.
+  /// Throws shape_error unless there is one output per expert, of its part size.
   Tensor<T> combine(const std::vector<Tensor<T>>& expert_out, bool multiply_by_gates = true) const {
     if (expert_out.size() != part_sizes_.size())
       detail::raise<shape_error>("SparseDispatcher::combine: ", expert_out.size(), " expert outputs for ",
@@ -89,7 +96,8 @@ class SparseDispatcher {
       for (index_t i = 1; i < s.rank(); ++i) rest = rest.with(s[i]);
       if (e == 0) row_shape = rest;
       else if (rest != row_shape)
-        detail::raise<shape_error>("SparseDispatcher::combine: expert ", e, " gives rows ", rest, " but expert 0 gives ", row_shape);
+        detail::raise<shape_error>("SparseDispatcher::combine: expert ", e, " gives rows ", rest,
+                                   " but expert 0 gives ", row_shape);
     }
     std::vector<Dim> dims{batch_};
     for (const auto& d : row_shape) dims.push_back(d);
@@ -107,6 +115,7 @@ class SparseDispatcher {
   }
 
   /// The gate of each dispatched row, per expert: [batch=n_e].
+  /// Throws nothing but std::bad_alloc.
   std::vector<Tensor<T>> expert_to_gates() const {
     std::vector<Tensor<T>> out;
     std::size_t at = 0;
@@ -119,6 +128,7 @@ class SparseDispatcher {
   }
 
   /// Rows per expert.
+  /// Never throws.
   const std::vector<index_t>& part_sizes() const { return part_sizes_; }
 
  private:
@@ -147,7 +157,8 @@ RoutingPlan<T> plan_from_gates(const TensorView<const T>& gates, index_t k, cons
     index_t nz = 0;
     for (index_t e = 0; e < E; ++e)
       if (g[t * E + e] > T(0)) ++load[detail::uz(e)], ++nz;
-    if (nz > k) detail::raise<value_error>("plan_from_gates: token ", t, " has ", nz, " nonzero gates, more than k = ", k);
+    if (nz > k)
+      detail::raise<value_error>("plan_from_gates: token ", t, " has ", nz, " nonzero gates, more than k = ", k);
   }
   const index_t C = E ? std::max<index_t>(1, *std::max_element(load.begin(), load.end())) : 1;
   RoutingPlan<T> plan;

@@ -230,10 +230,17 @@ void top2_token(const T* lg, T imp, const Top2Options& opt, const Draws<T>& draw
   }
   // second policy
   switch (opt.policy) {
-    case SecondPolicy::none: has2 = false; break;
-    case SecondPolicy::threshold: has2 = has2 && g2 > static_cast<T>(opt.threshold); break;
-    case SecondPolicy::random: has2 = has2 && draws.uniform(t) < g2 / static_cast<T>(std::max(opt.threshold, 1e-9)); break;
-    default: break;
+    case SecondPolicy::none:
+      has2 = false;
+      break;
+    case SecondPolicy::threshold:
+      has2 = has2 && g2 > static_cast<T>(opt.threshold);
+      break;
+    case SecondPolicy::random:
+      has2 = has2 && draws.uniform(t) < g2 / static_cast<T>(std::max(opt.threshold, 1e-9));
+      break;
+    default:
+      break;
   }
   ch.index1[s] = i1, ch.index2[s] = i2;
   ch.gate1[s] = g1, ch.gate2[s] = g2;

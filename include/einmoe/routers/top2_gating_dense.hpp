@@ -15,13 +15,13 @@
 #include <algorithm>
 #include <limits>
 
-#include "einmoe/routers/router.hpp"
-#include "einmoe/routers/top2_options.hpp"
 #include "einmoe/ops/cumsum.hpp"
 #include "einmoe/ops/elementwise.hpp"
 #include "einmoe/ops/index.hpp"
 #include "einmoe/ops/reduce.hpp"
 #include "einmoe/ops/softmax.hpp"
+#include "einmoe/routers/router.hpp"
+#include "einmoe/routers/top2_options.hpp"
 
 namespace einmoe {
 
@@ -31,10 +31,11 @@ namespace detail {
 /// + gate_2 * flat_2 * one_hot(index_2, experts) * one_hot(position_2, capacity)
 /// -> [<tokens>, experts, capacity].
 template <class T>
-Tensor<T> dense_combine(const TensorView<const T>& gate_1, const TensorView<const T>& flat_1, const TensorView<const std::int64_t>& index_1,
-                        const TensorView<const T>& position_1, const TensorView<const T>& gate_2, const TensorView<const T>& flat_2,
-                        const TensorView<const std::int64_t>& index_2, const TensorView<const T>& position_2, const Dim& experts,
-                        const Dim& capacity) {
+Tensor<T> dense_combine(const TensorView<const T>& gate_1, const TensorView<const T>& flat_1,
+                        const TensorView<const std::int64_t>& index_1, const TensorView<const T>& position_1,
+                        const TensorView<const T>& gate_2, const TensorView<const T>& flat_2,
+                        const TensorView<const std::int64_t>& index_2, const TensorView<const T>& position_2,
+                        const Dim& experts, const Dim& capacity) {
   return gate_1 * flat_1 * one_hot<T>(index_1, experts) * one_hot<T>(cast<std::int64_t>(position_1), capacity) +
          gate_2 * flat_2 * one_hot<T>(index_2, experts) * one_hot<T>(cast<std::int64_t>(position_2), capacity);
 }
@@ -49,8 +50,8 @@ struct DenseSlots {
   Tensor<T> flat, position;
 };
 template <class T>
-DenseSlots<T> dense_capacity(Tensor<T>& mask, Tensor<T>& gate, const OptionalView<T>& taken,
-                             const std::string& group, const std::string& experts, T C) {
+DenseSlots<T> dense_capacity(Tensor<T>& mask, Tensor<T>& gate, const OptionalView<T>& taken, const std::string& group,
+                             const std::string& experts, T C) {
   Tensor<T> position = taken ? (cumsum(mask, group, true) + *taken) * mask : cumsum(mask, group, true) * mask;
   mask = mask * cast<T>(less(position, C));
   DenseSlots<T> out{sum(mask, experts), sum(position, experts)};
@@ -63,8 +64,8 @@ DenseSlots<T> dense_capacity(Tensor<T>& mask, Tensor<T>& gate, const OptionalVie
 /// without the top choice over their sum + eps; mask_2 [<batch>, group,
 /// experts] before capacity.
 template <class T>
-T dense_second_place_loss(const TensorView<const T>& mask_2, const TensorView<const T>& gates_without_top_1, const std::string& group,
-                          const std::string& experts, T eps, T E2) {
+T dense_second_place_loss(const TensorView<const T>& mask_2, const TensorView<const T>& gates_without_top_1,
+                          const std::string& group, const std::string& experts, T eps, T E2) {
   const Tensor<T> density_2 = mean(mask_2, group);
   const Tensor<T> normalized = gates_without_top_1 / (sum(gates_without_top_1, experts) + eps);
   const Tensor<T> density_2_proxy = mean(normalized, group);
@@ -84,12 +85,17 @@ void dense_policy_and_slots(const GatingProblem<T>& p, const Top2Options& opt, T
   const T C = static_cast<T>(p.C);
   // SECOND POLICY
   switch (opt.policy) {
-    case SecondPolicy::none: mask_2.fill(T(0)); break;
-    case SecondPolicy::threshold: mask_2 = mask_2 * cast<T>(greater(gate_2, static_cast<T>(opt.threshold))); break;
+    case SecondPolicy::none:
+      mask_2.fill(T(0));
+      break;
+    case SecondPolicy::threshold:
+      mask_2 = mask_2 * cast<T>(greater(gate_2, static_cast<T>(opt.threshold)));
+      break;
     case SecondPolicy::random:
       mask_2 = mask_2 * cast<T>(less(*p.uniform, gate_2 / static_cast<T>(std::max(opt.threshold, 1e-9))));
       break;
-    default: break;
+    default:
+      break;
   }
 
   // statistics before capacity
@@ -204,6 +210,7 @@ DenseRouterResult<T> route_dense(const TensorView<const T>& logits_in, const Top
 /// Top-2 gating, dense formulation: logits [<batch>, group, experts] ->
 /// dispatch and combine [<batch>, group, experts, expert_capacity], the
 /// balancing loss and statistics (see route_dense).
+/// Throws as top2_gating.
 template <class T>
 DenseRouterResult<T> top2_gating_dense(const TensorView<const T>& logits, const Top2Options& opt,
                                        const GatingInputs<T>& in = {}, const MoEDims& dims = {}) {

@@ -31,9 +31,9 @@
 #include <algorithm>
 #include <vector>
 
-#include "einmoe/routers/top2_options.hpp"
 #include "einmoe/routers/top2_gating.hpp"
 #include "einmoe/routers/top2_gating_dense.hpp"
+#include "einmoe/routers/top2_options.hpp"
 
 namespace einmoe {
 
@@ -75,10 +75,17 @@ void mtf_v1_token(const T* lg, T me, const Top2Options& opt, const Draws<T>& dra
   const T g2 = without[i2];
   bool use2 = geq2;
   switch (opt.policy) {
-    case SecondPolicy::none: use2 = false; break;
-    case SecondPolicy::threshold: use2 = use2 && g2 > static_cast<T>(opt.threshold); break;
-    case SecondPolicy::random: use2 = use2 && draws.uniform(t) < g2 / static_cast<T>(std::max(opt.threshold, 1e-9)); break;
-    default: break;
+    case SecondPolicy::none:
+      use2 = false;
+      break;
+    case SecondPolicy::threshold:
+      use2 = use2 && g2 > static_cast<T>(opt.threshold);
+      break;
+    case SecondPolicy::random:
+      use2 = use2 && draws.uniform(t) < g2 / static_cast<T>(std::max(opt.threshold, 1e-9));
+      break;
+    default:
+      break;
   }
   ch.index1[s] = i1, ch.index2[s] = i2;
   ch.gate1[s] = raw[i1], ch.gate2[s] = g2;
@@ -94,8 +101,7 @@ void mtf_v1_token(const T* lg, T me, const Top2Options& opt, const Draws<T>& dra
 template <class T>
 RouterResult<T> top2_gating_mtf_v1(const TensorView<const T>& logits, const Top2Options& opt,
                                    const OptionalView<T>& max_experts = std::nullopt,
-                                   const OptionalView<T>& uniform = std::nullopt,
-                                   const MoEDims& dims = {}) {
+                                   const OptionalView<T>& uniform = std::nullopt, const MoEDims& dims = {}) {
   RouterWorkspace<T> ws;
   detail::GatingProblem<T> p;
   detail::mtf_v1_problem(p, logits, opt, max_experts, uniform, dims, "top2_gating_mtf_v1", ws.logits_hold());
@@ -129,11 +135,11 @@ RouterResult<T> top2_gating_mtf_v1(const TensorView<const T>& logits, const Top2
 /// The same, written as the source writes it (the oracle): logits
 /// [<batch>, group, experts] -> dispatch and combine [<batch>, group,
 /// experts, expert_capacity], the loss, statistics.
+/// Throws as top2_gating_mtf_v1.
 template <class T>
 DenseRouterResult<T> top2_gating_mtf_v1_dense(const TensorView<const T>& logits_in, const Top2Options& opt,
                                               const OptionalView<T>& max_experts = std::nullopt,
-                                              const OptionalView<T>& uniform = std::nullopt,
-                                              const MoEDims& dims = {}) {
+                                              const OptionalView<T>& uniform = std::nullopt, const MoEDims& dims = {}) {
   detail::GatingProblem<T> p;
   Tensor<T> hold;
   detail::mtf_v1_problem(p, logits_in, opt, max_experts, uniform, dims, "top2_gating_mtf_v1_dense", hold);

@@ -31,15 +31,21 @@ enum class Normalize {
 
 inline const char* to_string(SecondPolicy p) {
   switch (p) {
-    case SecondPolicy::all: return "all";
-    case SecondPolicy::none: return "none";
-    case SecondPolicy::threshold: return "threshold";
-    case SecondPolicy::random: return "random";
-    default: return "sampling";
+    case SecondPolicy::all:
+      return "all";
+    case SecondPolicy::none:
+      return "none";
+    case SecondPolicy::threshold:
+      return "threshold";
+    case SecondPolicy::random:
+      return "random";
+    default:
+      return "sampling";
   }
 }
 inline SecondPolicy parse_second_policy(const std::string& s) {
-  for (auto p : {SecondPolicy::all, SecondPolicy::none, SecondPolicy::threshold, SecondPolicy::random, SecondPolicy::sampling})
+  for (auto p :
+       {SecondPolicy::all, SecondPolicy::none, SecondPolicy::threshold, SecondPolicy::random, SecondPolicy::sampling})
     if (s == to_string(p)) return p;
   detail::raise<value_error>("unknown second-expert policy \"", s, "\" (all, none, threshold, random, sampling)");
 }
@@ -54,10 +60,10 @@ struct Top2Options {
   /// int(S * cf / E)), 4), for the actual group size on every call.
   CapacitySpec capacity = CapacitySpec::factor(1.25, CapacityRule::mtf);
   SecondPolicy policy = SecondPolicy::all;
-  double threshold = 0.2;              ///< for policies threshold and random
+  double threshold = 0.2;  ///< for policies threshold and random
   Normalize normalize = Normalize::before;
-  bool second_place_loss = false;      ///< add Mesh TF's second-place balancing loss
-  std::uint64_t seed = 0;              ///< draws for random / sampling when none are given
+  bool second_place_loss = false;  ///< add Mesh TF's second-place balancing loss
+  std::uint64_t seed = 0;          ///< draws for random / sampling when none are given
   /// Which expert wins a tie for first or second place: the lowest index
   /// (lingvo, tf.argmax) or the highest (the Mesh TF code in the sources:
   /// mtf.top_1 before September 2019). Ties are real: a zero-initialised
@@ -73,7 +79,7 @@ namespace detail {
 template <class T>
 struct GatingProblem : RouterProblem<T> {
   std::optional<TensorView<const T>> importance, uniform, gumbel;  // [<batch>, group] / [.., experts]
-  Tensor<T> hold[3];                                                // transposed inputs, when needed
+  Tensor<T> hold[3];                                               // transposed inputs, when needed
 };
 
 /// x as `want` (the same dims in any order): shape_error naming `what` and

@@ -78,7 +78,9 @@ inline const char* to_string(Score s) { return s == Score::softmax ? "softmax" :
 inline const char* to_string(TopKNormalize n) {
   return n == TopKNormalize::none ? "none" : n == TopKNormalize::topk ? "topk" : "kept";
 }
-inline const char* to_string(Priority p) { return p == Priority::choice ? "choice" : p == Priority::bpr ? "bpr" : "token"; }
+inline const char* to_string(Priority p) {
+  return p == Priority::choice ? "choice" : p == Priority::bpr ? "bpr" : "token";
+}
 inline const char* to_string(GroupFill f) { return f == GroupFill::zero ? "zero" : "neg-inf"; }
 inline Score parse_score(const std::string& s) {
   for (auto v : {Score::softmax, Score::sigmoid})
@@ -104,14 +106,14 @@ inline GroupFill parse_group_fill(const std::string& s) {
 /// Options of the top-k router. Logits are [<batch dims>, group, experts]
 /// in any order (MoEDims names them; the batch dims are all the others).
 struct TopKOptions {
-  index_t k = 2;                                ///< choices per token, 1 <= k <= E
+  index_t k = 2;  ///< choices per token, 1 <= k <= E
   Score score = Score::softmax;
-  std::vector<double> bias;                     ///< [E] selection bias, or empty
-  index_t expert_groups = 1;                    ///< expert groups (1: no group limit; DeepSeek's n_group)
-  index_t topk_expert_groups = 1;               ///< eligible expert groups when expert_groups > 1 (topk_group)
-  GroupFill group_fill = GroupFill::zero;       ///< the score of experts in groups left out
+  std::vector<double> bias;                ///< [E] selection bias, or empty
+  index_t expert_groups = 1;               ///< expert groups (1: no group limit; DeepSeek's n_group)
+  index_t topk_expert_groups = 1;          ///< eligible expert groups when expert_groups > 1 (topk_group)
+  GroupFill group_fill = GroupFill::zero;  ///< the score of experts in groups left out
   TopKNormalize normalize = TopKNormalize::none;
-  double scale = 1.0;                           ///< multiplies every weight
+  double scale = 1.0;                                ///< multiplies every weight
   CapacitySpec capacity = CapacitySpec::dropless();  ///< C slots per expert per group (dropless: C = S)
   Priority priority = Priority::choice;
 };

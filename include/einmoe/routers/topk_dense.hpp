@@ -29,7 +29,8 @@ std::vector<index_t> dense_topk_select(const std::vector<T>& probs, index_t S, i
   std::vector<index_t> idx(uz(S * K));
   for (index_t t = 0; t < S; ++t) {
     std::vector<T> c(uz(E));
-    for (index_t e = 0; e < E; ++e) c[uz(e)] = probs[uz(t * E + e)] + (o.bias.empty() ? T(0) : static_cast<T>(o.bias[uz(e)]));
+    for (index_t e = 0; e < E; ++e)
+      c[uz(e)] = probs[uz(t * E + e)] + (o.bias.empty() ? T(0) : static_cast<T>(o.bias[uz(e)]));
     if (o.expert_groups > 1) {
       const index_t per = E / o.expert_groups;
       std::vector<T> gscore(uz(o.expert_groups));
@@ -40,7 +41,8 @@ std::vector<index_t> dense_topk_select(const std::vector<T>& probs, index_t S, i
       }
       std::vector<index_t> gorder(uz(o.expert_groups));
       std::iota(gorder.begin(), gorder.end(), index_t{0});
-      std::stable_sort(gorder.begin(), gorder.end(), [&](index_t a, index_t b) { return gscore[uz(a)] > gscore[uz(b)]; });
+      std::stable_sort(gorder.begin(), gorder.end(),
+                       [&](index_t a, index_t b) { return gscore[uz(a)] > gscore[uz(b)]; });
       std::vector<T> mask(uz(E), T(0));  // group_mask expanded to experts
       for (index_t j = 0; j < o.topk_expert_groups; ++j)
         for (index_t i = 0; i < per; ++i) mask[uz(gorder[uz(j)] * per + i)] = T(1);
@@ -83,8 +85,8 @@ void dense_topk_aux(const std::vector<T>& probs, const std::vector<index_t>& idx
 /// in priority order, expert_mask [rows, E] one-hot, priority =
 /// cumsum(mask) * mask - 1 -> [S, E].
 template <class T>
-std::vector<index_t> dense_topk_priority(const std::vector<T>& probs, const std::vector<index_t>& idx, index_t S, index_t E,
-                                         const TopKOptions& o) {
+std::vector<index_t> dense_topk_priority(const std::vector<T>& probs, const std::vector<index_t>& idx, index_t S,
+                                         index_t E, const TopKOptions& o) {
   const index_t K = o.k;
   std::vector<index_t> perm(uz(S));
   std::iota(perm.begin(), perm.end(), index_t{0});
@@ -177,8 +179,10 @@ DenseRouterResult<T> route_dense(const TensorView<const T>& logits, const TopKOp
 }
 
 /// Top-k routing, dense (see route_dense).
+/// Throws as topk_routing.
 template <class T>
-DenseRouterResult<T> topk_routing_dense(const TensorView<const T>& logits, const TopKOptions& o, const MoEDims& dims = {}) {
+DenseRouterResult<T> topk_routing_dense(const TensorView<const T>& logits, const TopKOptions& o,
+                                        const MoEDims& dims = {}) {
   return route_dense(logits, o, GatingInputs<T>{}, dims, RouteCall{});
 }
 

@@ -21,13 +21,13 @@
 
 #include <vector>
 
-#include "einmoe/routers/top2_options.hpp"
-#include "einmoe/routers/top2_gating.hpp"
-#include "einmoe/routers/top2_gating_dense.hpp"
 #include "einmoe/ops/cumsum.hpp"
 #include "einmoe/ops/elementwise.hpp"
 #include "einmoe/ops/index.hpp"
 #include "einmoe/ops/reduce.hpp"
+#include "einmoe/routers/top2_gating.hpp"
+#include "einmoe/routers/top2_gating_dense.hpp"
+#include "einmoe/routers/top2_options.hpp"
 
 namespace einmoe {
 
@@ -35,7 +35,8 @@ namespace einmoe {
 /// (k = 2) and statistics (no loss). Throws shape_error / value_error as
 /// top2_gating.
 template <class T>
-RouterResult<T> truncated_top2_gating(const TensorView<const T>& gates, const Top2Options& opt, const MoEDims& dims = {}) {
+RouterResult<T> truncated_top2_gating(const TensorView<const T>& gates, const Top2Options& opt,
+                                      const MoEDims& dims = {}) {
   RouterWorkspace<T> ws;
   detail::GatingProblem<T> p;
   detail::make_problem(p, gates, opt, GatingInputs<T>{}, dims, "truncated_top2_gating", ws.logits_hold());
@@ -108,8 +109,10 @@ RouterResult<T> truncated_top2_gating(const TensorView<const T>& gates, const To
 
 /// Truncated top-2 gating, written as Mesh TF writes it: gates [<batch>,
 /// group, experts] -> combine [<batch>, group, experts, capacity].
+/// Throws as truncated_top2_gating.
 template <class T>
-Tensor<T> truncated_top2_gating_dense(const TensorView<const T>& gates_in, const Top2Options& opt, const MoEDims& dims = {}) {
+Tensor<T> truncated_top2_gating_dense(const TensorView<const T>& gates_in, const Top2Options& opt,
+                                      const MoEDims& dims = {}) {
   detail::GatingProblem<T> p;
   Tensor<T> hold;
   detail::make_problem(p, gates_in, opt, GatingInputs<T>{}, dims, "truncated_top2_gating_dense", hold);

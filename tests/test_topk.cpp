@@ -1,58 +1,14 @@
-// The top-k and expert-choice routers: hand-worked cases, the fast plan
-// against the dense one-hot oracle, the losses, errors.
+// routers/topk.hpp and topk_dense.hpp: the top-k router's hand-worked
+// cases (Switch, DeepSpeed, Mixtral/Qwen, DeepSeek-V3), the fast plan against
+// the dense one-hot oracle, the losses, auxiliary-loss-free balancing, errors.
 #include <cmath>
 
 #include "check.hpp"
 #include "naive.hpp"
+#include "routing_checks.hpp"
 
 using namespace einmoe;
-
-namespace {
-
-Tensor<double> logits_of(index_t G, index_t S, index_t E, std::initializer_list<double> v) {
-  return Tensor<double>(Shape{{"batch", G}, {"group", S}, {"experts", E}}, v);
-}
-double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
-double softmax_of(std::initializer_list<double> row, std::size_t i) {
-  double s = 0;
-  for (double v : row) s += std::exp(v);
-  return std::exp(*(row.begin() + i)) / s;
-}
-
-/// Every (expert, slot, weight) of a token, from the plan.
-struct Choice {
-  std::int32_t expert, slot;
-  double weight;
-};
-std::vector<Choice> choices(const RoutingPlan<double>& p, index_t t) {
-  std::vector<Choice> out;
-  for (index_t j = 0; j < p.k; ++j) {
-    const auto i = static_cast<std::size_t>(t * p.k + j);
-    out.push_back({p.expert[i], p.slot[i], p.weight[i]});
-  }
-  return out;
-}
-
-void check_plan_matches_dense(const RoutingPlan<double>& plan, const DenseRouterResult<double>& d, double tol) {
-  const auto combine = plan.combine_tensor();
-  REQUIRE(combine.shape() == d.combine.shape());
-  for (index_t i = 0; i < combine.size(); ++i) REQUIRE(std::abs(combine[i] - d.combine[i]) <= tol);
-  // the plan's bookkeeping agrees with itself
-  const index_t G = plan.groups(), E = plan.experts.size, C = plan.stride;
-  REQUIRE(plan.stride == std::min(plan.capacity.size, plan.group.size * plan.k));
-  for (index_t g = 0; g < G; ++g)
-    for (index_t e = 0; e < E; ++e)
-      for (index_t c = 0; c < C; ++c) {
-        const index_t entry = plan.slot_entry[static_cast<std::size_t>((g * E + e) * C + c)];
-        REQUIRE((entry >= 0) == (c < plan.taken[static_cast<std::size_t>(g * E + e)]));
-        if (entry >= 0) {
-          REQUIRE(plan.expert[static_cast<std::size_t>(entry)] == e);
-          REQUIRE(plan.slot[static_cast<std::size_t>(entry)] == c);
-        }
-      }
-}
-
-}  // namespace
+using namespace routing_checks;
 
 TEST_CASE("topk router: Switch top-1 with capacity, choice and batch-prioritized order", "[routers][topk]") {
   // token 0 -> e0 (0.881), token 1 -> e0 (0.953), token 2 -> e1 (0.731); C = 1
@@ -80,7 +36,8 @@ TEST_CASE("topk router: Switch top-1 with capacity, choice and batch-prioritized
   const double m0 = (p00 + p10 + p20) / 3, m1 = 1 - m0;
   CHECK(r.aux_loss == Approx(4 * (frac0 * m0 + frac1 * m1) / 2).epsilon(1e-12));
   const auto lse = [](double a, double b) { return std::log(std::exp(a) + std::exp(b)); };
-  CHECK(r.z_loss == Approx((std::pow(lse(2, 0), 2) + std::pow(lse(3, 0), 2) + std::pow(lse(0, 1), 2)) / 3).epsilon(1e-12));
+  CHECK(r.z_loss ==
+        Approx((std::pow(lse(2, 0), 2) + std::pow(lse(3, 0), 2) + std::pow(lse(0, 1), 2)) / 3).epsilon(1e-12));
 }
 
 TEST_CASE("topk router: k = 2, choice vs token priority, normalizations", "[routers][topk]") {
@@ -202,7 +159,8 @@ TEST_CASE("topk router: the fast plan equals the dense oracle on random problems
   auto& g = naive::rng();
   for (int trial = 0; trial < 300; ++trial) {
     INFO("trial " << trial);
-    const index_t G = std::uniform_int_distribution<index_t>(1, 3)(g), S = std::uniform_int_distribution<index_t>(0, 12)(g);
+    const index_t G = std::uniform_int_distribution<index_t>(1, 3)(g),
+                  S = std::uniform_int_distribution<index_t>(0, 12)(g);
     const index_t groups = std::uniform_int_distribution<index_t>(1, 3)(g);
     const index_t E = groups * std::uniform_int_distribution<index_t>(groups > 1 ? 2 : 1, 4)(g);
     TopKOptions o;
@@ -283,44 +241,6 @@ TEST_CASE("topk router: bad options and logits are named", "[routers][topk][erro
   CHECK_THROWS_NAMING(topk_routing(rename(L, "experts", "exp"), o), shape_error, "experts");
 }
 
-TEST_CASE("expert-choice router: hand-worked, ties to the lower token, fast equals dense", "[routers][expert_choice]") {
-  // E = 2, S = 3, C = 2: scores for e0 = softmax rows
-  const auto L = logits_of(1, 3, 2, {1, 0, 1, 0, -1, 0});
-  ExpertChoiceOptions o;
-  o.capacity = CapacitySpec::fixed(2);
-  const auto r = expert_choice_routing(L, o);
-  // e0's scores: .731, .731, .269 -> tokens 0, 1 (tie: lower first); e1: .269, .269, .731 -> tokens 2, 0
-  const auto c0 = choices(r.plan, 0), c1 = choices(r.plan, 1), c2 = choices(r.plan, 2);
-  CHECK(c0[0].expert == 0);
-  CHECK(c0[0].slot == 0);
-  CHECK(c1[0].slot == 1);
-  CHECK(c2[0].expert == -1);
-  CHECK(c2[1].expert == 1);
-  CHECK(c2[1].slot == 0);
-  CHECK(c0[1].expert == 1);
-  CHECK(c0[1].slot == 1);
-  CHECK(c1[1].expert == -1);  // token 1 loses e1's tie to token 0
-  CHECK(c0[0].weight == Approx(softmax_of({1, 0}, 0)).epsilon(1e-14));
-  CHECK(r.aux_loss == 0);
-  CHECK(r.stats.tokens_per_expert == std::vector<index_t>{2, 2});
-  check_plan_matches_dense(r.plan, expert_choice_routing_dense(L, o), 1e-15);
-  auto& g = naive::rng();
-  for (int trial = 0; trial < 100; ++trial) {
-    const index_t G = std::uniform_int_distribution<index_t>(1, 3)(g), S = std::uniform_int_distribution<index_t>(1, 10)(g);
-    const index_t E = std::uniform_int_distribution<index_t>(1, 5)(g);
-    o.capacity = CapacitySpec::fixed(std::uniform_int_distribution<index_t>(1, S)(g));
-    auto Lr = naive::random_tensor<double>(Shape{{"batch", G}, {"group", S}, {"experts", E}}, -2, 2);
-    if (trial % 2 == 0)
-      for (auto& v : Lr) v = std::round(v);
-    const auto rr = expert_choice_routing(Lr, o);
-    const auto dd = expert_choice_routing_dense(Lr, o);
-    check_plan_matches_dense(rr.plan, dd, 1e-14);
-    CHECK(rr.z_loss == Approx(dd.z_loss).epsilon(1e-12));
-  }
-  o.capacity = CapacitySpec::fixed(4);
-  CHECK_THROWS_NAMING(expert_choice_routing(L, o), value_error, "capacity 4");
-}
-
 TEST_CASE("auxiliary-loss-free balancing moves the bias toward the mean load", "[routers][topk]") {
   std::vector<double> bias{0, 0, 0, 0};
   update_selection_bias(bias, {10, 2, 4, 4}, 0.001);  // mean 5
@@ -337,21 +257,9 @@ TEST_CASE("auxiliary-loss-free balancing moves the bias toward the mean load", "
   o.score = Score::sigmoid;
   o.bias.assign(4, 0.0);
   const auto first = topk_routing(skew, o).stats.tokens_per_expert;
-  for (int step = 0; step < 200; ++step) update_selection_bias(o.bias, topk_routing(skew, o).stats.tokens_per_expert, 0.01);
+  for (int step = 0; step < 200; ++step)
+    update_selection_bias(o.bias, topk_routing(skew, o).stats.tokens_per_expert, 0.01);
   const auto last = topk_routing(skew, o).stats.tokens_per_expert;
   CHECK(last[0] < first[0]);
   CHECK(*std::max_element(last.begin(), last.end()) < *std::max_element(first.begin(), first.end()));
-}
-
-TEST_CASE("capacity from a factor follows each system's rule", "[routers][capacity]") {
-  CHECK(flaxformer_capacity(1024, 16, 1.25) == 80);
-  CHECK(flaxformer_capacity(20, 8, 1.0) == 4);   // round(2.5) = 2 (half to even), then min 4
-  CHECK(flaxformer_capacity(28, 8, 1.0, 1) == 4);  // round(3.5) = 4
-  CHECK(flaxformer_capacity(20, 8, 1.0, 1) == 2);
-  CHECK(capacity_from_factor(CapacityRule::mtf, 1024, 16, 2, 1.25) == mtf_capacity(1024, 16, 1.25));
-  CHECK(capacity_from_factor(CapacityRule::lingvo, 1000, 16, 2, 1.0) == 64);  // int(62.5) -> 64
-  CHECK(capacity_from_factor(CapacityRule::deepspeed, 1024, 16, 2, 1.25) == 160);
-  CHECK(capacity_from_factor(CapacityRule::deepspeed, 10, 16, 1, 1.0, 4) == 4);
-  CHECK(capacity_from_factor(CapacityRule::flaxformer, 1024, 16, 2, 1.25) == 80);
-  CHECK_THROWS_AS(capacity_from_factor(CapacityRule::flaxformer, 1024, 16, 2, -1.0), value_error);
 }

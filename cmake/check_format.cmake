@@ -1,0 +1,26 @@
+# Fails unless every C++ source of einmoe is formatted as .clang-format says
+# (clang-format --dry-run --Werror), naming the files that are not.
+#   cmake -DCLANG_FORMAT=clang-format-14 -DSOURCE_DIR=<einmoe> -P check_format.cmake
+set(sources)
+foreach(dir include tools tests examples benchmarks fuzz)
+  file(GLOB_RECURSE found ${SOURCE_DIR}/${dir}/*.hpp ${SOURCE_DIR}/${dir}/*.cpp)
+  list(APPEND sources ${found})
+endforeach()
+list(LENGTH sources n)
+if(n EQUAL 0)
+  message(FATAL_ERROR "check_format: no sources under ${SOURCE_DIR}")
+endif()
+set(bad)
+foreach(f IN LISTS sources)
+  execute_process(COMMAND ${CLANG_FORMAT} --style=file --dry-run --Werror ${f}
+                  RESULT_VARIABLE rc OUTPUT_QUIET ERROR_QUIET)
+  if(NOT rc EQUAL 0)
+    file(RELATIVE_PATH rel ${SOURCE_DIR} ${f})
+    list(APPEND bad ${rel})
+  endif()
+endforeach()
+if(bad)
+  list(JOIN bad "\n  " listed)
+  message(FATAL_ERROR "not formatted (clang-format -i <file>, style in .clang-format):\n  ${listed}")
+endif()
+message(STATUS "check_format: ${n} files formatted")
