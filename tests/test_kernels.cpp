@@ -26,14 +26,10 @@ std::vector<float> random_floats(index_t n, double lo, double hi) {
 
 double act_ref(Activation a, double x) {
   switch (a) {
-    case Activation::relu:
-      return x < 0 ? 0.0 : x;
-    case Activation::gelu:
-      return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));
-    case Activation::gelu_tanh:
-      return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
-    default:
-      return x / (1.0 + std::exp(-x));
+    case Activation::relu: return x < 0 ? 0.0 : x;
+    case Activation::gelu: return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));
+    case Activation::gelu_tanh: return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
+    default: return x / (1.0 + std::exp(-x));
   }
 }
 

@@ -471,3 +471,26 @@ TEST_CASE("MoE layer: the default capacity follows the actual group size, groupe
   std::get<ExpertChoiceOptions>(o.router).capacity = CapacitySpec::factor(0, CapacityRule::expert_choice);
   CHECK_THROWS_NAMING(MoELayer<double>(w, o).forward(y), value_error, "capacity_factor");
 }
+
+TEST_CASE("MoE layer: movable, not copyable, and a moved layer computes the same", "[moe]") {
+  static_assert(std::is_move_constructible<MoELayer<float>>::value && std::is_move_assignable<MoELayer<float>>::value);
+  static_assert(!std::is_copy_constructible<MoELayer<float>>::value &&
+                !std::is_copy_assignable<MoELayer<float>>::value);
+  const MoEWeights<float> w = random_layer<float>(8, 12, 4);
+  const auto x = naive::random_tensor<float>(Shape{{"batch", 2}, {"group", 10}, {"model", 8}});
+  MoEOptions o;
+  o.router = TopKOptions{};
+  MoELayer<float> a(w, o);
+  const MoEResult<float> want = a.forward(x);
+  MoELayer<float> b(std::move(a));  // the laid-out weights and workspace move, nothing is laid out again
+  const MoEResult<float> got = b.forward(x);
+  CHECK(got.outputs.to_vector() == want.outputs.to_vector());
+  CHECK(got.aux_loss == want.aux_loss);
+  // move-assigned into a layer of other weights, and kept in a container
+  MoELayer<float> c(random_layer<float>(8, 12, 4), o);
+  c = std::move(b);
+  std::vector<MoELayer<float>> layers;
+  layers.push_back(std::move(c));
+  CHECK(layers[0].forward(x).outputs.to_vector() == want.outputs.to_vector());
+  CHECK(layers[0].calls() == 3);  // the call count moved with the layer
+}

@@ -40,12 +40,9 @@ MoEWeights<T> random_layer(index_t M, index_t H, index_t E, bool gated, index_t 
 
 double act(Activation a, double v) {
   switch (a) {
-    case Activation::relu:
-      return v > 0 ? v : 0;
-    case Activation::silu:
-      return v / (1 + std::exp(-v));
-    default:
-      return 0.5 * v * (1 + std::erf(v / std::sqrt(2.0)));  // gelu (tests below use relu/silu/gelu)
+    case Activation::relu: return v > 0 ? v : 0;
+    case Activation::silu: return v / (1 + std::exp(-v));
+    default: return 0.5 * v * (1 + std::erf(v / std::sqrt(2.0)));  // gelu (tests below use relu/silu/gelu)
   }
 }
 
@@ -171,14 +168,11 @@ TEMPLATE_TEST_CASE("MoE layer: topk and expert-choice routers, sparse equals den
       const index_t Hs = sw.wi.size_of("hidden");
       auto activate = [&](double v) {
         switch (o.activation) {
-          case Activation::relu:
-            return v > 0 ? v : 0.0;
-          case Activation::gelu:
-            return 0.5 * v * (1 + std::erf(v / std::sqrt(2.0)));
+          case Activation::relu: return v > 0 ? v : 0.0;
+          case Activation::gelu: return 0.5 * v * (1 + std::erf(v / std::sqrt(2.0)));
           case Activation::gelu_tanh:
             return 0.5 * v * (1 + std::tanh(std::sqrt(2.0 / 3.14159265358979323846) * (v + 0.044715 * v * v * v)));
-          default:
-            return v / (1 + std::exp(-v));
+          default: return v / (1 + std::exp(-v));
         }
       };
       for (index_t t = 0; t < G * S; ++t) {

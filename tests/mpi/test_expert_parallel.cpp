@@ -147,6 +147,28 @@ void doc_examples() {
   }
 }
 
+/// ExpertParallelMoE is movable (its workspace sits behind a pointer), not
+/// copyable, and a moved layer gives the same outputs and keeps its count.
+void movable() {
+  static_assert(std::is_move_constructible<ExpertParallelMoE<float>>::value &&
+                std::is_move_assignable<ExpertParallelMoE<float>>::value);
+  static_assert(!std::is_copy_constructible<ExpertParallelMoE<float>>::value);
+  const index_t M = 16, G = 2 * ranks;
+  const MoEWeights<float> weights = layer_weights<float>(M, 24, 4, false, false, 33);
+  MoEOptions opt;
+  opt.router = TopKOptions{};
+  const Tensor<float> x = Rng(9).normal<float>(Shape{{"batch", G}, {"group", 6}, {"model", M}});
+  const Tensor<float> mine = groups_of(x, 2 * rank, 2);
+  ExpertParallelMoE<float> a(MPI_COMM_WORLD, weights, opt);
+  const Tensor<float> want = a.forward(mine).outputs;
+  ExpertParallelMoE<float> b(std::move(a));
+  check(bitwise(b.forward(mine).outputs, want), "moved expert-parallel layer: same outputs");
+  std::vector<ExpertParallelMoE<float>> layers;
+  layers.push_back(std::move(b));
+  check(bitwise(layers[0].forward(mine).outputs, want), "expert-parallel layer in a vector: same outputs");
+  check(layers[0].calls() == 3, "moved expert-parallel layer: the call count moved with it");
+}
+
 /// The two-level transport alone, with nodes given by labels (round-robin
 /// placement makes node order differ from rank order): it delivers what
 /// MPI_Alltoallv delivers, in the same order, and brings rows back.
@@ -208,6 +230,7 @@ int main(int argc, char** argv) {
   MPI_Comm_size(MPI_COMM_WORLD, &ranks);
   try {
     doc_examples();
+    movable();
     const index_t M = 32, H = 40, G = 7, S = 60;
     for (index_t E : {8, 6}) {  // P = 4 splits 6 experts unevenly
       const std::string e = " E=" + std::to_string(E);

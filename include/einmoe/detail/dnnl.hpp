@@ -51,16 +51,11 @@ enum class Type : int { f32, bf16, u8, s8, s32 };
 inline dnnl::memory::data_type data_type(Type t) {
   using dt = dnnl::memory::data_type;
   switch (t) {
-    case Type::f32:
-      return dt::f32;
-    case Type::bf16:
-      return dt::bf16;
-    case Type::u8:
-      return dt::u8;
-    case Type::s8:
-      return dt::s8;
-    default:
-      return dt::s32;
+    case Type::f32: return dt::f32;
+    case Type::bf16: return dt::bf16;
+    case Type::u8: return dt::u8;
+    case Type::s8: return dt::s8;
+    default: return dt::s32;
   }
 }
 
@@ -102,14 +97,10 @@ struct Matmul {
 
 inline dnnl::algorithm eltwise_of(int act) {
   switch (act) {
-    case 0:
-      return dnnl::algorithm::eltwise_relu;  // Activation::relu
-    case 1:
-      return dnnl::algorithm::eltwise_gelu_erf;  // Activation::gelu
-    case 2:
-      return dnnl::algorithm::eltwise_gelu_tanh;  // Activation::gelu_tanh
-    default:
-      return dnnl::algorithm::eltwise_swish;  // Activation::silu (alpha 1)
+    case 0: return dnnl::algorithm::eltwise_relu;       // Activation::relu
+    case 1: return dnnl::algorithm::eltwise_gelu_erf;   // Activation::gelu
+    case 2: return dnnl::algorithm::eltwise_gelu_tanh;  // Activation::gelu_tanh
+    default: return dnnl::algorithm::eltwise_swish;     // Activation::silu (alpha 1)
   }
 }
 

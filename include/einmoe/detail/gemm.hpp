@@ -57,30 +57,14 @@ void gemm_batched(index_t batch, index_t m, index_t n, index_t k, const T* a, Ma
   constexpr int R = Eigen::RowMajor, C = Eigen::ColMajor;
   const int key = (la.row_major ? 4 : 0) | (lb.row_major ? 2 : 0) | (lc.row_major ? 1 : 0);
   switch (key) {
-    case 7:
-      gemm_batched_impl<T, R, R, R>(batch, m, n, k, a, b, c);
-      break;
-    case 6:
-      gemm_batched_impl<T, R, R, C>(batch, m, n, k, a, b, c);
-      break;
-    case 5:
-      gemm_batched_impl<T, R, C, R>(batch, m, n, k, a, b, c);
-      break;
-    case 4:
-      gemm_batched_impl<T, R, C, C>(batch, m, n, k, a, b, c);
-      break;
-    case 3:
-      gemm_batched_impl<T, C, R, R>(batch, m, n, k, a, b, c);
-      break;
-    case 2:
-      gemm_batched_impl<T, C, R, C>(batch, m, n, k, a, b, c);
-      break;
-    case 1:
-      gemm_batched_impl<T, C, C, R>(batch, m, n, k, a, b, c);
-      break;
-    default:
-      gemm_batched_impl<T, C, C, C>(batch, m, n, k, a, b, c);
-      break;
+    case 7: gemm_batched_impl<T, R, R, R>(batch, m, n, k, a, b, c); break;
+    case 6: gemm_batched_impl<T, R, R, C>(batch, m, n, k, a, b, c); break;
+    case 5: gemm_batched_impl<T, R, C, R>(batch, m, n, k, a, b, c); break;
+    case 4: gemm_batched_impl<T, R, C, C>(batch, m, n, k, a, b, c); break;
+    case 3: gemm_batched_impl<T, C, R, R>(batch, m, n, k, a, b, c); break;
+    case 2: gemm_batched_impl<T, C, R, C>(batch, m, n, k, a, b, c); break;
+    case 1: gemm_batched_impl<T, C, C, R>(batch, m, n, k, a, b, c); break;
+    default: gemm_batched_impl<T, C, C, C>(batch, m, n, k, a, b, c); break;
   }
 }
 

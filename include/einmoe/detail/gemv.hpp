@@ -126,14 +126,10 @@ template <Kind K>
 void run_kind(const void* x, index_t m, index_t ldx, index_t steps, const void* w, index_t panels, void* y,
               index_t ldy) {
   switch (m) {
-    case 1:
-      return kernel<K, 1>(x, ldx, steps, w, panels, y, ldy);
-    case 2:
-      return kernel<K, 2>(x, ldx, steps, w, panels, y, ldy);
-    case 3:
-      return kernel<K, 3>(x, ldx, steps, w, panels, y, ldy);
-    default:
-      return kernel<K, 4>(x, ldx, steps, w, panels, y, ldy);
+    case 1: return kernel<K, 1>(x, ldx, steps, w, panels, y, ldy);
+    case 2: return kernel<K, 2>(x, ldx, steps, w, panels, y, ldy);
+    case 3: return kernel<K, 3>(x, ldx, steps, w, panels, y, ldy);
+    default: return kernel<K, 4>(x, ldx, steps, w, panels, y, ldy);
   }
 }
 #endif
@@ -144,12 +140,9 @@ inline void run(Kind kind, const void* x, index_t m, index_t ldx, index_t steps,
                 index_t ldy) {
 #if defined(EINMOE_SIMD_X86)
   switch (kind) {
-    case Kind::f32:
-      return run_kind<Kind::f32>(x, m, ldx, steps, w, panels, y, ldy);
-    case Kind::bf16:
-      return run_kind<Kind::bf16>(x, m, ldx, steps, w, panels, y, ldy);
-    default:
-      return run_kind<Kind::u8>(x, m, ldx, steps, w, panels, y, ldy);
+    case Kind::f32: return run_kind<Kind::f32>(x, m, ldx, steps, w, panels, y, ldy);
+    case Kind::bf16: return run_kind<Kind::bf16>(x, m, ldx, steps, w, panels, y, ldy);
+    default: return run_kind<Kind::u8>(x, m, ldx, steps, w, panels, y, ldy);
   }
 #else
   (void)kind, (void)x, (void)m, (void)ldx, (void)steps, (void)w, (void)panels, (void)y, (void)ldy;

@@ -33,20 +33,13 @@ enum class ErrorKind : int { none, shape, value, resource, io, not_found, mpi, o
 
 [[noreturn]] inline void raise_kind(ErrorKind k, const std::string& text) {
   switch (k) {
-    case ErrorKind::shape:
-      raise<shape_error>(text);
-    case ErrorKind::value:
-      raise<value_error>(text);
-    case ErrorKind::resource:
-      raise<resource_error>(text);
-    case ErrorKind::not_found:
-      raise<not_found_error>(text);
-    case ErrorKind::io:
-      raise<io_error>(text);
-    case ErrorKind::mpi:
-      raise<mpi_error>(text);
-    default:
-      raise<error>(text);
+    case ErrorKind::shape: raise<shape_error>(text);
+    case ErrorKind::value: raise<value_error>(text);
+    case ErrorKind::resource: raise<resource_error>(text);
+    case ErrorKind::not_found: raise<not_found_error>(text);
+    case ErrorKind::io: raise<io_error>(text);
+    case ErrorKind::mpi: raise<mpi_error>(text);
+    default: raise<error>(text);
   }
 }
 

@@ -50,12 +50,9 @@ inline Isa isa() {
 
 inline const char* isa_name() {
   switch (isa()) {
-    case Isa::avx512_bf16:
-      return "avx512+bf16";
-    case Isa::avx512:
-      return "avx512";
-    default:
-      return "generic";
+    case Isa::avx512_bf16: return "avx512+bf16";
+    case Isa::avx512: return "avx512";
+    default: return "generic";
   }
 }
 
@@ -263,9 +260,7 @@ EINMOE_AVX512 inline void activate(Activation a, float* x, index_t n) {
         r = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ), _mm512_setzero_ps());
         break;
       }
-      case Activation::silu:
-        r = x_sigmoid(v, v);
-        break;
+      case Activation::silu: r = x_sigmoid(v, v); break;
       case Activation::gelu_tanh: {
         // 0.5 x (1 + tanh(y)) = x sigmoid(2y), y = sqrt(2/pi) (x + 0.044715 x^3)
         const __m512 x3 = _mm512_mul_ps(_mm512_mul_ps(v, v), v);
@@ -274,9 +269,7 @@ EINMOE_AVX512 inline void activate(Activation a, float* x, index_t n) {
         r = x_sigmoid(v, _mm512_add_ps(y, y));
         break;
       }
-      default:
-        r = gelu_erf(v);
-        break;
+      default: r = gelu_erf(v); break;
     }
     _mm512_mask_storeu_ps(x + i, m, r);
   }

@@ -43,16 +43,11 @@ enum class DType { float32, float64, int32, int64, boolean };
 
 inline const char* dtype_name(DType d) {
   switch (d) {
-    case DType::float32:
-      return "float32";
-    case DType::float64:
-      return "float64";
-    case DType::int32:
-      return "int32";
-    case DType::int64:
-      return "int64";
-    default:
-      return "bool";
+    case DType::float32: return "float32";
+    case DType::float64: return "float64";
+    case DType::int32: return "int32";
+    case DType::int64: return "int64";
+    default: return "bool";
   }
 }
 
@@ -90,13 +85,10 @@ static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "einmoe's .npy I/O assu
 inline std::size_t item_size(DType d) {
   switch (d) {
     case DType::float32:
-    case DType::int32:
-      return 4;
+    case DType::int32: return 4;
     case DType::float64:
-    case DType::int64:
-      return 8;
-    default:
-      return 1;
+    case DType::int64: return 8;
+    default: return 1;
   }
 }
 
@@ -429,21 +421,11 @@ template <class T>
 std::string npy_preamble(const TensorView<const T>& t) {
   std::string descr;
   switch (dtype_of<T>()) {
-    case DType::float32:
-      descr = "<f4";
-      break;
-    case DType::float64:
-      descr = "<f8";
-      break;
-    case DType::int32:
-      descr = "<i4";
-      break;
-    case DType::int64:
-      descr = "<i8";
-      break;
-    default:
-      descr = "|b1";
-      break;
+    case DType::float32: descr = "<f4"; break;
+    case DType::float64: descr = "<f8"; break;
+    case DType::int32: descr = "<i4"; break;
+    case DType::int64: descr = "<i8"; break;
+    default: descr = "|b1"; break;
   }
   std::string shape = "(";
   for (index_t i = 0; i < t.rank(); ++i)

@@ -19,14 +19,10 @@ enum class Activation { relu, gelu, gelu_tanh, silu };
 
 inline const char* to_string(Activation a) {
   switch (a) {
-    case Activation::relu:
-      return "relu";
-    case Activation::gelu:
-      return "gelu";
-    case Activation::gelu_tanh:
-      return "gelu_tanh";
-    default:
-      return "silu";
+    case Activation::relu: return "relu";
+    case Activation::gelu: return "gelu";
+    case Activation::gelu_tanh: return "gelu_tanh";
+    default: return "silu";
   }
 }
 inline Activation parse_activation(const std::string& s) {

@@ -45,12 +45,9 @@ enum class Backend {
 
 inline const char* to_string(Precision p) {
   switch (p) {
-    case Precision::fp32:
-      return "fp32";
-    case Precision::bf16:
-      return "bf16";
-    default:
-      return "int8";
+    case Precision::fp32: return "fp32";
+    case Precision::bf16: return "bf16";
+    default: return "int8";
   }
 }
 inline Precision parse_precision(const std::string& s) {
@@ -61,12 +58,9 @@ inline Precision parse_precision(const std::string& s) {
 
 inline const char* to_string(Backend b) {
   switch (b) {
-    case Backend::automatic:
-      return "automatic";
-    case Backend::dnnl:
-      return "dnnl";
-    default:
-      return "eigen";
+    case Backend::automatic: return "automatic";
+    case Backend::dnnl: return "dnnl";
+    default: return "eigen";
   }
 }
 inline Backend parse_backend(const std::string& s) {

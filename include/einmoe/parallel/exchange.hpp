@@ -48,12 +48,9 @@ enum class Exchange { rows, padded, hierarchical };
 
 inline const char* to_string(Exchange e) {
   switch (e) {
-    case Exchange::rows:
-      return "rows";
-    case Exchange::padded:
-      return "padded";
-    case Exchange::hierarchical:
-      return "hierarchical";
+    case Exchange::rows: return "rows";
+    case Exchange::padded: return "padded";
+    case Exchange::hierarchical: return "hierarchical";
   }
   return "?";
 }

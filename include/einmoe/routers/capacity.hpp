@@ -95,16 +95,11 @@ enum class CapacityRule {
 
 inline const char* to_string(CapacityRule r) {
   switch (r) {
-    case CapacityRule::mtf:
-      return "mtf";
-    case CapacityRule::lingvo:
-      return "lingvo";
-    case CapacityRule::deepspeed:
-      return "deepspeed";
-    case CapacityRule::flaxformer:
-      return "flaxformer";
-    default:
-      return "expert-choice";
+    case CapacityRule::mtf: return "mtf";
+    case CapacityRule::lingvo: return "lingvo";
+    case CapacityRule::deepspeed: return "deepspeed";
+    case CapacityRule::flaxformer: return "flaxformer";
+    default: return "expert-choice";
   }
 }
 
@@ -117,16 +112,11 @@ inline const char* to_string(CapacityRule r) {
 inline index_t capacity_from_factor(CapacityRule rule, index_t group_size, index_t experts, index_t k,
                                     double capacity_factor, index_t min_capacity = 0) {
   switch (rule) {
-    case CapacityRule::mtf:
-      return mtf_capacity(group_size, experts, capacity_factor);
-    case CapacityRule::lingvo:
-      return lingvo_capacity(group_size, experts, capacity_factor);
-    case CapacityRule::deepspeed:
-      return topk_capacity(group_size, experts, k, capacity_factor, min_capacity);
-    case CapacityRule::flaxformer:
-      return flaxformer_capacity(group_size, experts, capacity_factor);
-    default:
-      return expert_choice_capacity(group_size, experts, capacity_factor);
+    case CapacityRule::mtf: return mtf_capacity(group_size, experts, capacity_factor);
+    case CapacityRule::lingvo: return lingvo_capacity(group_size, experts, capacity_factor);
+    case CapacityRule::deepspeed: return topk_capacity(group_size, experts, k, capacity_factor, min_capacity);
+    case CapacityRule::flaxformer: return flaxformer_capacity(group_size, experts, capacity_factor);
+    default: return expert_choice_capacity(group_size, experts, capacity_factor);
   }
 }
 

@@ -85,6 +85,24 @@ Top2Sums<T> top2_sums(RouterWorkspace<T>& ws, index_t G, index_t E) {
           ws.group_values(4).data()};
 }
 
+/// What both top-2 gatings set up before their groups run: the plan reset
+/// for k = 2, the loss sums and slot counts in the workspace, the call's
+/// draws, and one thread scratch per thread.
+template <class T>
+struct Top2Run {
+  Top2Sums<T> sums;
+  GroupCounts counts;
+  Draws<T> draws;
+};
+template <class T>
+Top2Run<T> begin_top2(RouterResult<T>& r, const GatingProblem<T>& p, const Top2Options& opt, const RouteCall& call,
+                      RouterWorkspace<T>& ws) {
+  r.plan.reset(p.batch, p.group, p.experts, p.capacity, 2);
+  Top2Run<T> run{top2_sums(ws, p.G, p.E), group_counts(ws, p.G), top2_draws(p, opt, call)};
+  ws.prepare();
+  return run;
+}
+
 /// One group's two choices per token (thread scratch): the experts, their
 /// gates, and whether the token wants each.
 template <class T>
@@ -187,6 +205,20 @@ void finish_top2(RouterResult<T>& r, const Top2Sums<T>& L, index_t G, index_t S,
   finish_density(st, G * S);
 }
 
+/// Whether the second choice (wanted: `want`, gate g2) survives the second
+/// policy: none drops it, threshold keeps it above the threshold, random
+/// keeps it with probability g2 / threshold (token t's uniform draw); all
+/// and sampling keep it.
+template <class T>
+bool second_policy_keeps(const Top2Options& opt, bool want, T g2, const Draws<T>& draws, index_t t) {
+  switch (opt.policy) {
+    case SecondPolicy::none: return false;
+    case SecondPolicy::threshold: return want && g2 > static_cast<T>(opt.threshold);
+    case SecondPolicy::random: return want && draws.uniform(t) < g2 / static_cast<T>(std::max(opt.threshold, 1e-9));
+    default: return want;
+  }
+}
+
 /// One token of top-2 gating (steps 1-6 of the file comment): its choices
 /// into ch[s], its loss terms into the group's sums.
 template <class T>
@@ -228,20 +260,7 @@ void top2_token(const T* lg, T imp, const Top2Options& opt, const Draws<T>& draw
     for (index_t e = 0; e < E; ++e) proxy_2[e] += without[e] * inv;
     if (has2) mask_2[i2] += T(1);
   }
-  // second policy
-  switch (opt.policy) {
-    case SecondPolicy::none:
-      has2 = false;
-      break;
-    case SecondPolicy::threshold:
-      has2 = has2 && g2 > static_cast<T>(opt.threshold);
-      break;
-    case SecondPolicy::random:
-      has2 = has2 && draws.uniform(t) < g2 / static_cast<T>(std::max(opt.threshold, 1e-9));
-      break;
-    default:
-      break;
-  }
+  has2 = second_policy_keeps(opt, has2, g2, draws, t);
   ch.index1[s] = i1, ch.index2[s] = i2;
   ch.gate1[s] = g1, ch.gate2[s] = g2;
   ch.m1[s] = has1, ch.m2[s] = has2;
@@ -261,11 +280,7 @@ void route_into(RouterResult<T>& r, const TensorView<const T>& logits, const Top
   detail::GatingProblem<T> p;
   detail::make_problem(p, logits, opt, in, dims, "top2_gating", ws.logits_hold());
   const index_t G = p.G, S = p.S, E = p.E, C = p.C;
-  r.plan.reset(p.batch, p.group, p.experts, p.capacity, 2);
-  const detail::Top2Sums<T> sums = detail::top2_sums(ws, G, E);
-  const detail::GroupCounts gc = detail::group_counts(ws, G);
-  const detail::Draws<T> draws = detail::top2_draws(p, opt, call);
-  ws.prepare();
+  const detail::Top2Run<T> run = detail::begin_top2(r, p, opt, call, ws);
   detail::parallel_items(G, [&](index_t g) {
     auto& th = ws.thread();
     const detail::Top2Choices<T> ch = detail::top2_choices<T>(th, S);
@@ -276,17 +291,18 @@ void route_into(RouterResult<T>& r, const TensorView<const T>& logits, const Top
     for (index_t s = 0; s < S; ++s) {
       const index_t t = g * S + s;
       const T imp = p.importance ? (*p.importance)[t] : T(1);
-      detail::top2_token(p.logits.data() + t * E, imp, opt, draws, t, E, raw, without, noised, ch, s, sums.proxy_1 + ge,
-                         sums.mask_1 + ge, sums.proxy_2 + ge, sums.mask_2 + ge, sums.importance[g]);
+      detail::top2_token(p.logits.data() + t * E, imp, opt, run.draws, t, E, raw, without, noised, ch, s,
+                         run.sums.proxy_1 + ge, run.sums.mask_1 + ge, run.sums.proxy_2 + ge, run.sums.mask_2 + ge,
+                         run.sums.importance[g]);
     }
-    detail::assign_top2_slots(r.plan, g, S, E, C, ch, th, gc, [&](T& a, T& b) {
+    detail::assign_top2_slots(r.plan, g, S, E, C, ch, th, run.counts, [&](T& a, T& b) {
       if (opt.normalize == Normalize::after) {
         const T d = a + b;
         if (d > T(0)) a /= d, b /= d;
       }
     });
   });
-  detail::finish_top2(r, sums, G, S, E, opt.second_place_loss, opt.normalize == Normalize::after, gc);
+  detail::finish_top2(r, run.sums, G, S, E, opt.second_place_loss, opt.normalize == Normalize::after, run.counts);
 }
 
 /// Top-2 gating: logits [<batch>, group, experts] (+ the optional inputs of

@@ -85,17 +85,12 @@ void dense_policy_and_slots(const GatingProblem<T>& p, const Top2Options& opt, T
   const T C = static_cast<T>(p.C);
   // SECOND POLICY
   switch (opt.policy) {
-    case SecondPolicy::none:
-      mask_2.fill(T(0));
-      break;
-    case SecondPolicy::threshold:
-      mask_2 = mask_2 * cast<T>(greater(gate_2, static_cast<T>(opt.threshold)));
-      break;
+    case SecondPolicy::none: mask_2.fill(T(0)); break;
+    case SecondPolicy::threshold: mask_2 = mask_2 * cast<T>(greater(gate_2, static_cast<T>(opt.threshold))); break;
     case SecondPolicy::random:
       mask_2 = mask_2 * cast<T>(less(*p.uniform, gate_2 / static_cast<T>(std::max(opt.threshold, 1e-9))));
       break;
-    default:
-      break;
+    default: break;
   }
 
   // statistics before capacity

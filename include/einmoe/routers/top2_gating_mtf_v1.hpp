@@ -73,20 +73,7 @@ void mtf_v1_token(const T* lg, T me, const Top2Options& opt, const Draws<T>& dra
     if (geq2) L.mask_2[ge + i2] += T(1);
   }
   const T g2 = without[i2];
-  bool use2 = geq2;
-  switch (opt.policy) {
-    case SecondPolicy::none:
-      use2 = false;
-      break;
-    case SecondPolicy::threshold:
-      use2 = use2 && g2 > static_cast<T>(opt.threshold);
-      break;
-    case SecondPolicy::random:
-      use2 = use2 && draws.uniform(t) < g2 / static_cast<T>(std::max(opt.threshold, 1e-9));
-      break;
-    default:
-      break;
-  }
+  const bool use2 = second_policy_keeps(opt, geq2, g2, draws, t);
   ch.index1[s] = i1, ch.index2[s] = i2;
   ch.gate1[s] = raw[i1], ch.gate2[s] = g2;
   ch.m1[s] = geq1, ch.m2[s] = use2;
@@ -107,11 +94,7 @@ RouterResult<T> top2_gating_mtf_v1(const TensorView<const T>& logits, const Top2
   detail::mtf_v1_problem(p, logits, opt, max_experts, uniform, dims, "top2_gating_mtf_v1", ws.logits_hold());
   const index_t G = p.G, S = p.S, E = p.E, C = p.C;
   RouterResult<T> r;
-  r.plan.reset(p.batch, p.group, p.experts, p.capacity, 2);
-  const detail::Top2Sums<T> sums = detail::top2_sums(ws, G, E);
-  const detail::GroupCounts gc = detail::group_counts(ws, G);
-  const detail::Draws<T> draws = detail::top2_draws(p, opt, RouteCall{});
-  ws.prepare();
+  const detail::Top2Run<T> run = detail::begin_top2(r, p, opt, RouteCall{}, ws);
   detail::parallel_items(G, [&](index_t g) {
     auto& th = ws.thread();
     const detail::Top2Choices<T> ch = detail::top2_choices<T>(th, S);
@@ -120,15 +103,15 @@ RouterResult<T> top2_gating_mtf_v1(const TensorView<const T>& logits, const Top2
     for (index_t s = 0; s < S; ++s) {
       const index_t t = g * S + s;
       const T me = p.importance ? (*p.importance)[t] : T(2);
-      detail::mtf_v1_token(p.logits.data() + t * E, me, opt, draws, t, E, raw, without, ch, s, sums, g * E);
+      detail::mtf_v1_token(p.logits.data() + t * E, me, opt, run.draws, t, E, raw, without, ch, s, run.sums, g * E);
     }
-    detail::assign_top2_slots(r.plan, g, S, E, C, ch, th, gc, [&](T& a, T& b) {
+    detail::assign_top2_slots(r.plan, g, S, E, C, ch, th, run.counts, [&](T& a, T& b) {
       const T d = a + b + T(1e-9);  // after capacity, always (the source)
       a /= d, b /= d;
     });
   });
   // The loss has no density denominators (normalize-before's form).
-  detail::finish_top2(r, sums, G, S, E, opt.second_place_loss, false, gc);
+  detail::finish_top2(r, run.sums, G, S, E, opt.second_place_loss, false, run.counts);
   return r;
 }
 

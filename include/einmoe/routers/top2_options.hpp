@@ -31,16 +31,11 @@ enum class Normalize {
 
 inline const char* to_string(SecondPolicy p) {
   switch (p) {
-    case SecondPolicy::all:
-      return "all";
-    case SecondPolicy::none:
-      return "none";
-    case SecondPolicy::threshold:
-      return "threshold";
-    case SecondPolicy::random:
-      return "random";
-    default:
-      return "sampling";
+    case SecondPolicy::all: return "all";
+    case SecondPolicy::none: return "none";
+    case SecondPolicy::threshold: return "threshold";
+    case SecondPolicy::random: return "random";
+    default: return "sampling";
   }
 }
 inline SecondPolicy parse_second_policy(const std::string& s) {
