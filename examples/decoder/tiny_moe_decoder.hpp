@@ -22,12 +22,21 @@
 
 #include <cmath>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include <einmoe/einmoe.hpp>
 
 namespace tiny {
+
+/// Throws E with the arguments written one after the other.
+template <class E, class... A>
+[[noreturn]] void fail(const A&... a) {
+  std::ostringstream os;
+  (os << ... << a);
+  throw E(os.str());
+}
 
 using namespace einmoe;
 
@@ -54,7 +63,7 @@ class MoEDecoder {
     embedding_ = init(Shape{vocab(), model()}, 0.3);
     positions_ = init(Shape{Dim("length", c.max_length), model()}, 1.0);
     for (auto t : c.start_tokens)
-      if (t < 0 || t >= c.vocab) detail::raise<value_error>("tiny decoder: start token ", t, " is not in the vocab");
+      if (t < 0 || t >= c.vocab) fail<value_error>("tiny decoder: start token ", t, " is not in the vocab");
     for (index_t l = 0; l < c.layers; ++l) {
       Layer L;
       L.wq = init(Shape{model(), heads(), kvd()}, sm);
@@ -115,8 +124,7 @@ class MoEDecoder {
   /// ids [rows..., length] -> [rows..., vocab]; writes position `step` into the cache.
   Tensor<T> step_logits(index_t step, const TensorView<const std::int64_t>& ids, std::vector<Tensor<T>>& cache) {
     const Dim length = ids.shape()[ids.rank() - 1];
-    if (step >= c_.max_length)
-      detail::raise<value_error>("tiny decoder: step ", step, " is past max_length ", c_.max_length);
+    if (step >= c_.max_length) fail<value_error>("tiny decoder: step ", step, " is past max_length ", c_.max_length);
     const Shape rows = ids.shape().without({length.name});
     const index_t R = rows.num_elements(), L = length.size, M = c_.model;
     Tensor<T> x(rows.with(model()));
@@ -168,17 +176,16 @@ class MoEDecoder {
   std::int64_t start_token(index_t r, index_t R) const {
     const auto B = static_cast<index_t>(c_.start_tokens.size());
     if (B == 0) return -1;
-    if (R % B != 0) detail::raise<shape_error>("tiny decoder: ", R, " rows for ", B, " start tokens");
+    if (R % B != 0) fail<shape_error>("tiny decoder: ", R, " rows for ", B, " start tokens");
     return c_.start_tokens[static_cast<std::size_t>(r / (R / B))];
   }
 
   void add_input(T* dst, std::int64_t token, index_t position) const {
     const index_t M = c_.model;
-    if (position >= c_.max_length)
-      detail::raise<value_error>("tiny decoder: position ", position, " is past max_length");
+    if (position >= c_.max_length) fail<value_error>("tiny decoder: position ", position, " is past max_length");
     for (index_t m = 0; m < M; ++m) dst[m] = positions_[position * M + m];
     if (token >= 0) {
-      if (token >= c_.vocab) detail::raise<value_error>("tiny decoder: token ", token, " is not in the vocab");
+      if (token >= c_.vocab) fail<value_error>("tiny decoder: token ", token, " is not in the vocab");
       for (index_t m = 0; m < M; ++m) dst[m] += embedding_[token * M + m];
     }
   }

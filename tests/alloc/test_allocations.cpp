@@ -210,3 +210,45 @@ TEST_CASE("the counter counts: a vector, a shape of long names, a copied tensor"
           (void)v;
         }) == 0);
 }
+
+// Groups and expert blocks go to threads dynamically, so in a later call a
+// thread may take an item only another thread has taken before. prepare()
+// hands every thread what any thread grew to; forced here with two threads
+// that each run one part (the tests above cannot force which thread takes
+// what).
+TEST_CASE("per-thread buffers: after prepare every thread holds what one grew to", "[alloc]") {
+#if defined(_OPENMP)
+  set_num_threads(2);
+  RouterWorkspace<float> ws;
+  ws.prepare();
+  ws.thread().values(3, 1000);  // thread 0 only
+  ws.thread().indices(1, 500);
+  ws.prepare();
+  std::vector<detail::FfnScratch<float>> scratch;
+  detail::prepare_thread_scratch(scratch, 2);
+  detail::FfnScratch<float>::get(scratch[0].h, 700);
+  detail::prepare_thread_scratch(scratch, 2);
+  allocations = 0;
+  counting = true;
+#pragma omp parallel num_threads(2)
+  {
+    ws.thread().values(3, 1000);
+    ws.thread().indices(1, 500);
+    detail::FfnScratch<float>::get(scratch[static_cast<std::size_t>(omp_get_thread_num())].h, 700);
+  }
+  counting = false;
+  CHECK(allocations.load() == 0);
+  CHECK(scratch[1].h.size() == 700);
+  // without the second prepare, thread 1 would grow its own
+  RouterWorkspace<float> fresh;
+  fresh.prepare();
+  fresh.thread().values(3, 1000);
+  allocations = 0;
+  counting = true;
+#pragma omp parallel num_threads(2)
+  fresh.thread().values(3, 1000);
+  counting = false;
+  CHECK(allocations.load() >= 1);
+  set_num_threads(1);
+#endif
+}

@@ -31,12 +31,14 @@ struct CliError : std::runtime_error {
 /// `msg` on one printable line: control and non-ASCII bytes (from flag
 /// values, file names, library messages quoting file bytes) become \xNN.
 inline std::string one_line(const std::string& msg) {
-  return einmoe::detail::escape_bytes(msg, msg.size(), /*escape_backslash=*/false);
+  return einmoe::escape_bytes(msg, msg.size(), /*escape_backslash=*/false);
 }
 
 template <class... A>
-[[noreturn]] void fail(A&&... a) {
-  throw CliError(one_line(einmoe::detail::cat(std::forward<A>(a)...)));
+[[noreturn]] void fail(const A&... a) {
+  std::ostringstream os;
+  (os << ... << a);
+  throw CliError(one_line(os.str()));
 }
 
 /// A flag a subcommand accepts: "--capacity" (takes a value) or "--dense".

@@ -375,8 +375,8 @@ void add_plan(cli::Outputs& out, const RoutingPlan<T>& plan) {
   Tensor<std::int64_t> expert(gsk, uninitialized), slot(gsk, uninitialized);
   Tensor<T> weight(gsk, uninitialized);
   for (index_t i = 0; i < gsk.num_elements(); ++i) {
-    expert[i] = plan.expert[detail::uz(i)];
-    slot[i] = plan.slot[detail::uz(i)];
+    expert[i] = plan.expert[static_cast<std::size_t>(i)];
+    slot[i] = plan.slot[static_cast<std::size_t>(i)];
     weight[i] = plan.weight[detail::uz(i)];
   }
   out.add("expert.npy", expert);

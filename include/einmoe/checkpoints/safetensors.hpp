@@ -131,8 +131,7 @@ class SafetensorsFile {
     const auto& m = *map_;
     // (names and JSON come from the file: the message escapes their bytes)
     auto bad = [&](auto&&... why) {
-      detail::raise<io_error>(
-          detail::escape_bytes(detail::cat(path, ": not a valid safetensors file: ", why...), 1000));
+      detail::raise<io_error>(escape_bytes(detail::cat(path, ": not a valid safetensors file: ", why...), 1000));
     };
     if (m.size() < 8) bad("shorter than its 8-byte header length");
     std::uint64_t n = 0;

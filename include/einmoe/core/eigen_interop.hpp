@@ -63,9 +63,6 @@ inline std::pair<index_t, index_t> matrix_dims(const Shape& s, const Names& rows
   return {nr, nc};
 }
 
-template <class Derived>
-using eigen_direct = std::integral_constant<bool, (int(Derived::Flags) & Eigen::DirectAccessBit) != 0>;
-
 /// The shape of a contiguous Eigen matrix in its storage order.
 template <class Derived>
 Shape eigen_shape(const Eigen::DenseBase<Derived>& m, const std::string& rows, const std::string& cols) {
@@ -92,6 +89,11 @@ Shape eigen_vector_shape(const Eigen::DenseBase<Derived>& v, const std::string& 
 }
 }  // namespace detail
 
+/// Whether an Eigen expression's elements sit in addressable memory (a
+/// Matrix, a Map, a Block of one), so that borrow can view them.
+template <class Derived>
+inline constexpr bool has_direct_access_v = (int(Derived::Flags) & Eigen::DirectAccessBit) != 0;
+
 /// x as a row-major (prod rows) x (prod cols) matrix over x's memory:
 /// [rows..., cols...] -> Map (read-only for a const x).
 /// Throws shape_error unless rows and cols are x's dims, in its memory order.
@@ -115,7 +117,7 @@ ConstMatrixMap<T> as_matrix(const TensorView<const T>& x, const Names& rows, con
 /// row-major -> [rows, cols], column-major -> [cols, rows]. Writable when m
 /// has write access.
 /// Throws shape_error if m is not contiguous or rows == cols.
-template <class Derived, std::enable_if_t<detail::eigen_direct<Derived>::value, int> = 0>
+template <class Derived, std::enable_if_t<has_direct_access_v<Derived>, int> = 0>
 auto borrow(Eigen::DenseBase<Derived>& m, const std::string& rows, const std::string& cols) {
   Shape s = detail::eigen_shape(m, rows, cols);
   return borrow(m.derived().data(), std::move(s));
@@ -123,7 +125,7 @@ auto borrow(Eigen::DenseBase<Derived>& m, const std::string& rows, const std::st
 /// A read-only tensor over a const contiguous Eigen matrix (no copy), dims
 /// in storage order as above: [rows, cols] or [cols, rows].
 /// Throws shape_error if m is not contiguous or rows == cols.
-template <class Derived, std::enable_if_t<detail::eigen_direct<Derived>::value, int> = 0>
+template <class Derived, std::enable_if_t<has_direct_access_v<Derived>, int> = 0>
 TensorView<const typename Derived::Scalar> borrow(const Eigen::DenseBase<Derived>& m, const std::string& rows,
                                                   const std::string& cols) {
   Shape s = detail::eigen_shape(m, rows, cols);
@@ -132,14 +134,14 @@ TensorView<const typename Derived::Scalar> borrow(const Eigen::DenseBase<Derived
 }
 /// A rank-1 tensor [name] over an Eigen vector (no copy).
 /// Throws shape_error if v is not contiguous.
-template <class Derived, std::enable_if_t<detail::eigen_direct<Derived>::value, int> = 0>
+template <class Derived, std::enable_if_t<has_direct_access_v<Derived>, int> = 0>
 auto borrow(Eigen::DenseBase<Derived>& v, const std::string& name) {
   Shape s = detail::eigen_vector_shape(v, name);
   return borrow(v.derived().data(), std::move(s));
 }
 /// A read-only rank-1 tensor [name] over a const Eigen vector (no copy).
 /// Throws shape_error if v is not contiguous.
-template <class Derived, std::enable_if_t<detail::eigen_direct<Derived>::value, int> = 0>
+template <class Derived, std::enable_if_t<has_direct_access_v<Derived>, int> = 0>
 TensorView<const typename Derived::Scalar> borrow(const Eigen::DenseBase<Derived>& v, const std::string& name) {
   Shape s = detail::eigen_vector_shape(v, name);
   const typename Derived::Scalar* p = v.derived().data();

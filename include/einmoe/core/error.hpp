@@ -71,19 +71,12 @@ class mpi_error : public error {
   using error::error;
 };
 
-namespace detail {
-
-template <class... Args>
-std::string cat(Args&&... args) {
-  std::ostringstream os;
-  (os << ... << std::forward<Args>(args));
-  return os.str();
-}
-
 /// `s` with every byte outside printable ASCII written as \xNN, so a
-/// message quoting a file's bytes stays one readable line; at most max_len
-/// bytes of it, then "...". Backslashes are escaped too, unless `s` is a
-/// message whose quoted bytes are already escaped (escape_backslash false).
+/// message quoting a file's bytes (or a user's flag) stays one readable
+/// line; at most max_len bytes of it, then "...". Backslashes are escaped
+/// too, unless `s` is a message whose quoted bytes are already escaped
+/// (escape_backslash false): escape_bytes("a\nb") == "a\\x0ab". Never throws
+/// but std::bad_alloc.
 inline std::string escape_bytes(const std::string& s, std::size_t max_len = 80, bool escape_backslash = true) {
   static const char hex[] = "0123456789abcdef";
   std::string r;
@@ -99,6 +92,15 @@ inline std::string escape_bytes(const std::string& s, std::size_t max_len = 80, 
   }
   if (s.size() > max_len) r += "...";
   return r;
+}
+
+namespace detail {
+
+template <class... Args>
+std::string cat(Args&&... args) {
+  std::ostringstream os;
+  (os << ... << std::forward<Args>(args));
+  return os.str();
 }
 
 template <class E, class... Args>

@@ -8,6 +8,8 @@
 //   einmoe::set_num_threads(1);   // e.g. for a single-thread benchmark
 #pragma once
 
+#include <algorithm>
+#include <cstddef>
 #include <exception>
 
 #if defined(_OPENMP)
@@ -99,6 +101,18 @@ void parallel_items(index_t n, Body&& body) {
 #else
   for (index_t i = 0; i < n; ++i) body(i);
 #endif
+}
+
+/// Grows get(e) of every element e of `all` (a buffer: a vector) to the
+/// largest size any element's has; never shrinks. Per-thread buffers
+/// before a loop of parallel_items: what one thread grew to, every thread
+/// then has.
+template <class Elems, class Get>
+void equalize_buffers(Elems& all, Get get) {
+  std::size_t n = 0;
+  for (auto& e : all) n = std::max(n, get(e).size());
+  for (auto& e : all)
+    if (get(e).size() < n) get(e).resize(n);
 }
 
 /// The index of the calling thread within the current parallel region (0

@@ -2,12 +2,14 @@
 // aligned vectors that only grow, one set per thread.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <new>
 #include <vector>
 
 #include "einmoe/core/checked.hpp"
 #include "einmoe/core/dim.hpp"
+#include "einmoe/core/threads.hpp"
 
 namespace einmoe::detail {
 
@@ -59,7 +61,30 @@ struct FfnScratch {
     if (static_cast<index_t>(v.size()) < n) v.resize(uz(n));
     return v.data();
   }
+
+  /// Calls f(buffer) for every buffer, in a fixed order.
+  template <class F>
+  static void each_member(F&& f) {
+    f(&FfnScratch::h), f(&FfnScratch::u), f(&FfnScratch::xa), f(&FfnScratch::ya), f(&FfnScratch::xb);
+    f(&FfnScratch::hb), f(&FfnScratch::xq), f(&FfnScratch::hq), f(&FfnScratch::xs), f(&FfnScratch::hs);
+    f(&FfnScratch::acc), f(&FfnScratch::acc2), f(&FfnScratch::wf), f(&FfnScratch::wf2), f(&FfnScratch::wi);
+    f(&FfnScratch::xi), f(&FfnScratch::xp), f(&FfnScratch::hp), f(&FfnScratch::pad);
+  }
 };
+
+/// Makes `n` per-thread scratch sets and grows each buffer of each to the
+/// largest size that buffer has in any set. Call it before a parallel loop
+/// whose items are handed out dynamically: what one thread grew to in an
+/// earlier call, every thread then has, so a steady state allocates nothing
+/// whichever thread takes which item.
+template <class T>
+void prepare_thread_scratch(std::vector<FfnScratch<T>>& all, int n) {
+  if (static_cast<int>(all.size()) < n) all.resize(uz(n));
+  FfnScratch<T>::each_member([&](auto member) {
+    equalize_buffers(
+        all, [member](FfnScratch<T> & s) -> auto& { return s.*member; });
+  });
+}
 
 /// Hidden-layer dropout (training-mode parity with the sources): element j
 /// of row r is kept iff Rng::uniform_at(seed, first[r] + j) >= rate, and

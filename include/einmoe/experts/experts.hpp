@@ -230,6 +230,19 @@ struct ExpertBuffers {
   std::vector<DecodeCall> decode_calls;       // the split decode path (float, oneDNN)
   std::vector<FfnScratch<T>> decode_scratch;  // one per call
 };
+
+/// Grows every thread's buffers to the largest any thread has (see
+/// prepare_thread_scratch).
+template <class PerThread>
+void prepare_per_thread(std::vector<PerThread>& threads) {
+  equalize_buffers(
+      threads, [](PerThread & t) -> auto& { return t.x; });
+  decltype(PerThread::ffn)::each_member([&](auto member) {
+    equalize_buffers(
+        threads, [member](PerThread & t) -> auto& { return t.ffn.*member; });
+  });
+}
+
 /// Reaches the buffers of the workspaces (whose members are private).
 struct WorkspaceAccess {
   template <class W>
@@ -339,6 +352,7 @@ void run_expert_rows(const FfnKernel<T>& k, const ExpertOptions& o, ExpertBuffer
     }
   }
   if (static_cast<int>(ws.threads.size()) < nt) ws.threads.resize(uz(nt));
+  prepare_per_thread(ws.threads);
   parallel_items(static_cast<index_t>(ws.items.size()), [&](index_t i) {
     const auto& it = ws.items[uz(i)];
     auto& t = ws.threads[uz(thread_index())];

@@ -148,7 +148,10 @@ class SharedExpert {
     const index_t M = model_.size, block = k_.row_block();
     const index_t items = (tokens + block - 1) / block;
     const int nt = std::max(1, num_threads());
-    if (static_cast<int>(ws.threads.size()) < nt) ws.threads.resize(detail::uz(nt)), ws.y.resize(detail::uz(nt));
+    detail::prepare_thread_scratch(ws.threads, nt);
+    if (static_cast<int>(ws.y.size()) < nt) ws.y.resize(detail::uz(nt));
+    detail::equalize_buffers(
+        ws.y, [](detail::AlignedVector<T> & y) -> auto& { return y; });
     if constexpr (std::is_same<T, float>::value) {
       // A decode step's few tokens are one block: its projections are cut by
       // panels over the threads instead (the same bits as one thread).

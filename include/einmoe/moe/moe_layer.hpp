@@ -198,7 +198,7 @@ void router_logits_into(const MatrixBank<T>& router, const TensorView<const T>& 
   const index_t block = FfnKernel<T>::row_block_of(router.backend());
   const index_t per_group = S > 0 ? (S + block - 1) / block : 0;
   const index_t M = model.size, E = experts.size;
-  if (static_cast<int>(scratch.size()) < num_threads()) scratch.resize(uz(num_threads()));
+  prepare_thread_scratch(scratch, num_threads());
   const T* px = x.data();
   T* pl = logits.data();
   parallel_items(groups * per_group, [&](index_t i) {

@@ -108,16 +108,30 @@ class RouterWorkspace {
     std::vector<T> values_[6];
     std::vector<index_t> indices_[6];
     std::vector<char> flags_[4];
+    friend class RouterWorkspace;
   };
 
   /// The calling thread's buffers (inside a parallel loop started after
   /// prepare()).
   /// Never throws.
   Thread& thread() { return threads_[static_cast<std::size_t>(detail::thread_index())]; }
-  /// Makes one Thread per thread of the coming parallel loops.
+  /// Makes one Thread per thread of the coming parallel loops and grows each
+  /// of their buffers to the largest size that buffer has in any Thread:
+  /// groups are handed to threads dynamically, so a thread may meet a size
+  /// in this call that only another met before; with every thread holding
+  /// what any thread grew to, a steady state allocates nothing.
   /// Throws nothing but std::bad_alloc.
   void prepare() {
     if (static_cast<int>(threads_.size()) < num_threads()) threads_.resize(static_cast<std::size_t>(num_threads()));
+    for (std::size_t i = 0; i < 6; ++i) {
+      detail::equalize_buffers(
+          threads_, [i](Thread & t) -> auto& { return t.values_[i]; });
+      detail::equalize_buffers(
+          threads_, [i](Thread & t) -> auto& { return t.indices_[i]; });
+    }
+    for (std::size_t i = 0; i < 4; ++i)
+      detail::equalize_buffers(
+          threads_, [i](Thread & t) -> auto& { return t.flags_[i]; });
   }
   /// Buffers shared by all threads (each thread writes its groups' part).
   /// Never throws.
