@@ -79,11 +79,24 @@ class RatioReporter : public Base {
       ratio(time("BM_RoutingScaling/sparse/8192/" + t), time("BM_RoutingScaling/sparse/256/" + t),
             "routing per token, sparse, S=8192 / S=256", "<=", 1.5, true);
       ratio(time("BM_MoELayerDense/" + t), time("BM_MoELayer/0/" + t), "dense oracle time / fp32 layer", "", 0, false);
+      ratio(time("BM_MoEBackward/0/" + t + "/0"), time("BM_MoELayer/0/" + t),
+            "fp32 forward+backward time / forward time", "<=", 3.3, true);
+      ratio(counter("BM_MoEBackward/0/" + t + "/0", "GFLOP/s"), counter("BM_PeakFMA/" + t, "GFLOP/s"),
+            "fp32 forward+backward useful GFLOP/s / peak FMA", ">=", 0.8, t == "1");
+      ratio(time("BM_MoEBackward/0/" + t + "/0"), time("BM_MoEBackward/1/" + t + "/0"),
+            "bf16 forward+backward speed-up over fp32", ">=", 1.6, true);
+      ratio(time("BM_MoEBackward/0/" + t + "/1"), time("BM_MoEBackward/0/" + t + "/0"),
+            "recompute_hidden time / keeping the pre-activations", "", 0, false);
+      ratio(counter("BM_MoEBackward/0/" + t + "/1", "tape_bytes_per_token"),
+            counter("BM_MoEBackward/0/" + t + "/0", "tape_bytes_per_token"), "recompute_hidden tape bytes / keeping",
+            "", 0, false);
     }
     if (!all.empty() && all != "1") {
       std::fprintf(out_, "-- scaling\n");
       ratio(time("BM_MoELayer/0/1"), time("BM_MoELayer/0/" + all),
             ("fp32 layer " + all + " threads / 1 thread speed-up").c_str(), ">=", 1.8, true);
+      ratio(time("BM_MoEBackward/0/1/0"), time("BM_MoEBackward/0/" + all + "/0"),
+            ("fp32 forward+backward " + all + " threads / 1 thread speed-up").c_str(), ">=", 1.8, true);
     }
     std::fprintf(out_, "-- accuracy (reference layer, vs fp32)\n");
     ratio(counter("BM_PrecisionError/1/iterations:1", "rel_error"), 1.0, "bf16 max |delta| / max |y|", "<=", 1e-2,

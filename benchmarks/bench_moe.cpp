@@ -105,6 +105,39 @@ void BM_ExpertStage(benchmark::State& state) {
   state.SetLabel(kPrecision[precision]);
 }
 
+// A training step of the reference layer: forward_train and backward
+// (L = <outputs, dy> + 0.01 aux_loss), arguments precision (0 fp32, 1 bf16),
+// threads, recompute_hidden. Compare with BM_MoELayer/<precision>/<threads>
+// (the inference forward): the FLOPs are 3x. "GFLOP/s" counts the useful
+// FLOPs of forward and backward (12 per routed row, model and hidden unit).
+void BM_MoEBackward(benchmark::State& state) {
+  set_threads(state, 1);
+  auto& R = ReferenceLayers::get();
+  MoEOptions o = R.L.opt;
+  o.precision = static_cast<Precision>(state.range(0));
+  o.trainable = true;
+  o.recompute_hidden = state.range(2) != 0;
+  const MoELayer<float> layer(R.L.w, o);
+  const Tensor<float> dy = Rng(5).normal<float>(R.L.x.shape());
+  MoETape<float> tape;
+  MoEResult<float> out;
+  MoEGradients<float> g;
+  auto step = [&] {
+    layer.forward_train_into(out, R.L.x, tape);
+    layer.backward_into(g, tape, dy, {0.01, 0.0});
+  };
+  step();
+  for (auto _ : state) {
+    step();
+    benchmark::DoNotOptimize(g.experts.wi.data());
+  }
+  const index_t rows = routed_rows(out.stats);
+  state.counters["GFLOP/s"] = benchmark::Counter(
+      12.0 * double(rows) * double(R.r.M * R.r.H) * double(state.iterations()) / 1e9, benchmark::Counter::kIsRate);
+  state.counters["tape_bytes_per_token"] = double(tape.bytes()) / double(R.r.G * R.r.S);
+  state.SetLabel(std::string(kPrecision[state.range(0)]) + (o.recompute_hidden ? ", recompute" : ", keep"));
+}
+
 // The dense oracle (the sources' one-hot einsums), for comparison.
 void BM_MoELayerDense(benchmark::State& state) {
   set_threads(state);
@@ -294,6 +327,14 @@ void decode_args(benchmark::internal::Benchmark* b) {
       if (all_cores() > 1) b->Args({p, tokens, all_cores()});
     }
 }
+void backward_args(benchmark::internal::Benchmark* b) {
+  for (int p = 0; p < 2; ++p)
+    for (int recompute : {0, 1}) {
+      if (p == 1 && recompute) continue;
+      b->Args({p, 1, recompute});
+      if (all_cores() > 1) b->Args({p, all_cores(), recompute});
+    }
+}
 void scaling_args(benchmark::internal::Benchmark* b) {
   for (int t : {1, all_cores()}) {
     for (index_t s = 256; s <= 8192; s *= 2) b->Args({s, t});
@@ -308,6 +349,7 @@ BENCHMARK(BM_MoELayerPortable)->Apply(precision_args)->Unit(benchmark::kMillisec
 BENCHMARK(BM_ExpertStage)->Apply(precision_args)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_PrecisionError)->Arg(1)->Arg(2)->Iterations(1);
 BENCHMARK(BM_MoEDecode)->Apply(decode_args)->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_MoEBackward)->Apply(backward_args)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_MoELayerDense)->Apply(thread_args)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(BM_Top2Gating, sparse, false)->Apply(scaling_args)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(BM_Top2Gating, dense, true)->Apply(scaling_args)->Unit(benchmark::kMillisecond)->UseRealTime();

@@ -9,6 +9,12 @@ inputs and weights (numpy, fixed seed); the outputs must agree; both times
 (best of --repeat, same thread count) and their ratio are printed.
 
     /usr/bin/python3 benchmarks/compare_pytorch.py --einmoe build/release/tools/einmoe --threads 1
+    /usr/bin/python3 benchmarks/compare_pytorch.py --backward --threads 1   # forward + backward
+
+With --backward, PyTorch runs the layer as training code writes it
+(index-based dispatch: per expert its tokens gathered, two matmuls,
+index_add) under autograd, against `einmoe moe --grad-outputs`; the outputs
+and the gradients of x, wg, wi, wo must agree.
 
 Needs Debian's python3-torch and python3-numpy; says so and exits 2 when
 PyTorch is missing. Debian's PyTorch calls the system BLAS: with the
@@ -79,6 +85,44 @@ def torch_moe(x, wg, wi, wo, C):
     return torch.einsum("gsec,egcm->gsm", combine, y)
 
 
+def torch_moe_indexed(x, wg, wi, wo, C):
+    """The same layer the way a PyTorch training loop writes it (index-based
+    dispatch, as DeepSpeed's and Hugging Face's expert loops): the top-2
+    routing with capacity from integer ops, then per expert its kept tokens
+    gathered, two matmuls, weighted by their gates and index_add-ed back.
+    Differentiable in x, wg, wi, wo (autograd)."""
+    G, S, M = x.shape
+    E = wg.shape[1]
+    raw = torch.softmax(torch.einsum("gsm,me->gse", x, wg), dim=-1)
+    i1 = torch.argmax(raw, -1)
+    m1 = torch.nn.functional.one_hot(i1, E).to(x.dtype)
+    without = raw * (1.0 - m1)
+    i2 = torch.argmax(without, -1)
+    g1 = torch.gather(raw, -1, i1[..., None])[..., 0]
+    g2 = torch.gather(raw, -1, i2[..., None])[..., 0]
+    d = g1 + g2 + 1e-9
+    g1, g2 = g1 / d, g2 / d
+    with torch.no_grad():  # slots: first choices in token order, then second choices
+        m2 = torch.nn.functional.one_hot(i2, E).to(torch.int64)
+        m1i = m1.to(torch.int64)
+        p1 = (torch.cumsum(m1i, 1) - m1i).gather(-1, i1[..., None])[..., 0]
+        c1 = torch.clamp(m1i.sum(1, keepdim=True), max=C)
+        p2 = (torch.cumsum(m2, 1) - m2 + c1).gather(-1, i2[..., None])[..., 0]
+        keep1, keep2 = p1 < C, p2 < C
+    xf = x.reshape(G * S, M)
+    out = torch.zeros_like(xf)
+    idx = torch.cat([i1.reshape(-1), i2.reshape(-1)])
+    keep = torch.cat([keep1.reshape(-1), keep2.reshape(-1)])
+    gate = torch.cat([g1.reshape(-1), g2.reshape(-1)])
+    tok = torch.arange(G * S).repeat(2)
+    for e in range(E):
+        sel = torch.nonzero((idx == e) & keep)[:, 0]
+        t = tok[sel]
+        y = torch.relu(xf[t] @ wi[e]) @ wo[e]
+        out = out.index_add(0, t, y * gate[sel][:, None])
+    return out.reshape(G, S, M)
+
+
 def system_blas():
     """The BLAS library Debian's alternatives point libblas.so.3 at."""
     for path in ("/usr/lib/x86_64-linux-gnu/libblas.so.3", "/usr/lib/aarch64-linux-gnu/libblas.so.3"):
@@ -105,6 +149,42 @@ def openblas_core():
     return None
 
 
+def compare_backward(a, x, wg, wi, wo, dy, C, einmoe_ms, ours, ours_g):
+    """Forward + backward: PyTorch autograd of torch_moe_indexed (best of
+    --repeat) against einmoe's; outputs and every gradient must agree."""
+    torch.set_num_threads(a.threads)
+    leaves = [torch.from_numpy(v).requires_grad_() for v in (x, wg, wi, wo)]
+    tdy = torch.from_numpy(dy)
+    best = float("inf")
+    for r in range(a.repeat + 1):  # (the first is a warm-up)
+        for t in leaves:
+            t.grad = None
+        t0 = time.perf_counter()
+        out = torch_moe_indexed(*leaves, C)
+        (out * tdy).sum().backward()
+        ms = (time.perf_counter() - t0) * 1e3
+        if r > 0:
+            best = min(best, ms)
+    err = np.abs(ours - out.detach().numpy()).max() / max(1.0, np.abs(out.detach().numpy()).max())
+    for name, t in zip(("inputs", "wg", "wi", "wo"), leaves):
+        g = t.grad.numpy()
+        err = max(err, np.abs(ours_g[name] - g).max() / max(1e-30, np.abs(g).max()))
+    agree = err < 1e-3
+    print(f"layer: G={x.shape[0]} S={x.shape[1]} M={x.shape[2]} H={wi.shape[2]} E={wg.shape[1]} C={C}, top-2, relu, "
+          f"float32, {a.threads} thread(s), forward + backward")
+    blas = system_blas()
+    core = openblas_core()
+    if core:
+        blas += f" core {core}"
+    print(f"PyTorch {torch.__version__} autograd (index-based dispatch, {blas}): {best:9.2f} ms")
+    if "reference" in blas:
+        print("warning: PyTorch runs on the reference BLAS; install libopenblas0-pthread for a fair comparison")
+    print(f"einmoe (forward_train + backward):{' ' * (len(blas) + 19)}{einmoe_ms:9.2f} ms")
+    print(f"speedup: {best / einmoe_ms:.2f}x   outputs and gradients agree: {'yes' if agree else 'NO'} "
+          f"(max rel diff {err:.2e})")
+    sys.exit(0 if agree else 1)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--einmoe", default="build/release/tools/einmoe")
@@ -116,6 +196,9 @@ def main():
     ap.add_argument("--experts", type=int, default=16)
     ap.add_argument("--capacity-factor", type=float, default=1.25)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--backward", action="store_true",
+                    help="time forward + backward: einmoe moe --grad-outputs against PyTorch autograd of the "
+                         "index-based layer (torch_moe_indexed)")
     a = ap.parse_args()
     if not os.path.exists(a.einmoe):
         print(f"compare_pytorch: {a.einmoe} not found (build with: cmake --preset release && "
@@ -135,12 +218,21 @@ def main():
         cmd = [a.einmoe, "moe", "--inputs", f"{d}/x.npy", "--wg", f"{d}/wg.npy", "--wi", f"{d}/wi.npy",
                "--wo", f"{d}/wo.npy", "--capacity", str(C), "--threads", str(a.threads), "--repeat", str(a.repeat),
                "--out", f"{d}/out"]
+        if a.backward:
+            dy = rng.normal(size=x.shape).astype(np.float32)
+            np.save(os.path.join(d, "dy.npy"), dy)
+            cmd += ["--grad-outputs", f"{d}/dy.npy"]
         run = subprocess.run(cmd, capture_output=True, text=True)
         if run.returncode != 0:
             print("compare_pytorch: einmoe failed: " + run.stderr.strip(), file=sys.stderr)
             sys.exit(1)
         einmoe_ms = float(re.search(r"best of \d+: ([0-9.]+) ms", run.stdout).group(1))
         ours = np.load(f"{d}/out/outputs.npy")
+        if a.backward:
+            ours_g = {k: np.load(f"{d}/out/grad_{k}.npy") for k in ("inputs", "wg", "wi", "wo")}
+
+    if a.backward:
+        return compare_backward(a, x, wg, wi, wo, dy, C, einmoe_ms, ours, ours_g)
 
     torch.set_num_threads(a.threads)
     tx, twg, twi, two = (torch.from_numpy(v) for v in (x, wg, wi, wo))

@@ -24,7 +24,7 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-FILTER = ("BM_PeakFMA|BM_StreamRead|BM_MoELayer/|BM_MoELayerPortable/|BM_ExpertStage/|BM_PrecisionError|"
+FILTER = ("BM_PeakFMA|BM_StreamRead|BM_MoELayer/|BM_MoEBackward/|BM_MoELayerPortable/|BM_ExpertStage/|BM_PrecisionError|"
           "BM_MoEDecode/|BM_MoELayerDense/|BM_EinsumGemm|BM_EigenGemm|BM_RoutingScaling/(sparse|dense)/(256|8192)/")
 PRECISIONS = ("fp32", "bf16", "int8")
 
@@ -132,6 +132,17 @@ def main():
         out.append(f"| {t} | {ms(f'BM_MoELayerDense/{t}'):.0f} ms | {ms(f'BM_EigenGemm/{t}') / ms(f'BM_EinsumGemm/{t}'):.2f} | "
                    f"{r8k / r256:.2f} | {d8k / d256:.1f} |")
 
+    out += ["", "| threads | training step fp32 (forward + backward) | / forward | useful GFLOP/s | of peak | bf16 step "
+                "| recompute_hidden step | tape per token (kept / recompute) |", "|---|---|---|---|---|---|---|---|"]
+    for t in threads:
+        step, fwd = ms(f"BM_MoEBackward/0/{t}/0"), ms(f"BM_MoELayer/0/{t}")
+        g = counter(f"BM_MoEBackward/0/{t}/0", "GFLOP/s")
+        kept = counter(f"BM_MoEBackward/0/{t}/0", "tape_bytes_per_token")
+        rec = counter(f"BM_MoEBackward/0/{t}/1", "tape_bytes_per_token")
+        out.append(f"| {t} | {step:.1f} ms | {step / fwd:.2f} | {g:.0f} | {g / counter(f'BM_PeakFMA/{t}', 'GFLOP/s'):.2f} | "
+                   f"{ms(f'BM_MoEBackward/1/{t}/0'):.1f} ms | {ms(f'BM_MoEBackward/0/{t}/1'):.1f} ms | "
+                   f"{kept / 1024:.1f} / {rec / 1024:.1f} KiB |")
+
     # peak memory of one layer forward, reference configuration
     mem = {}
     with tempfile.TemporaryDirectory() as d:
@@ -151,8 +162,9 @@ def main():
             "The suite's targets, as it printed them:", "", "```", ratios, "```", ""]
 
     for script, extra in (("compare_ort.py", ["--threads"] + [str(t) for t in threads]),
-                          ("compare_pytorch.py", None)):
-        runs = [extra] if extra else [["--threads", str(t)] for t in threads]
+                          ("compare_pytorch.py", None), ("compare_pytorch.py", "--backward")):
+        runs = ([extra] if isinstance(extra, list) else
+                [["--threads", str(t)] + ([extra] if extra else []) for t in threads])
         for args in runs:
             cmp = subprocess.run([sys.executable, os.path.join(HERE, script), "--einmoe", cli] + args,
                                  capture_output=True, text=True)

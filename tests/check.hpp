@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 
 #include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <filesystem>
 #include <stdexcept>
@@ -45,3 +46,13 @@ struct TempDir {
   }
   std::string file(const std::string& name) const { return path + "/" + name; }
 };
+
+namespace check {
+/// Same shape and the same bits in every element (NaNs included).
+template <class A, class B>
+bool bitwise_equal(const A& a, const B& b) {
+  return a.shape() == b.shape() &&
+         (a.size() == 0 ||
+          std::memcmp(a.data(), b.data(), sizeof(*a.data()) * static_cast<std::size_t>(a.size())) == 0);
+}
+}  // namespace check

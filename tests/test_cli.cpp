@@ -628,6 +628,89 @@ TEST_CASE("einmoe route and moe --router reject bad flags with exit status 2 and
   CHECK(run(moe + " --router topk --k 1").status == 0);
 }
 
+TEST_CASE("einmoe moe --grad-outputs writes the library's gradients of every weight given", "[cli][backward]") {
+  const index_t G = 2, S = 6, M = 4, H = 5, E = 4;
+  Rng rng(31);
+  auto file = [&](const std::string& name, const Shape& s) {
+    const Tensor<double> t = rng.normal<double>(s);
+    save_npy(scratch(name + ".npy"), t);
+    return t;
+  };
+  const Tensor<double> x = file("gx", Shape{{"batch", G}, {"group", S}, {"model", M}});
+  const Tensor<double> dy = file("gdy", x.shape());
+  const Tensor<double> wg = file("gwg", Shape{{"model", M}, {"experts", E}});
+  const Tensor<double> wi = file("gwi", Shape{{"experts", E}, {"model", M}, {"hidden", H}});
+  const Tensor<double> wo = file("gwo", Shape{{"experts", E}, {"hidden", H}, {"model", M}});
+  const Tensor<double> wig = file("gwig", wi.shape());
+  const Tensor<double> bi = file("gbi", Shape{{"experts", E}, {"hidden", H}});
+  const Tensor<double> swi = file("gswi", Shape{{"model", M}, {"hidden", 3}});
+  const Tensor<double> swo = file("gswo", Shape{{"hidden", 3}, {"model", M}});
+  const Tensor<double> sg = file("gsg", Shape{{"model", M}});
+  MoEWeights<double> w;
+  w.wg = wg, w.experts.wi = wi, w.experts.wo = wo, w.experts.wi_gate = wig, w.experts.bi = bi;
+  w.shared = SharedExpertWeights<double>{swi, swo, std::nullopt, sg};
+  const std::string base = "moe --inputs " + scratch("gx.npy") + " --wg " + scratch("gwg.npy") + " --wi " +
+                           scratch("gwi.npy") + " --wo " + scratch("gwo.npy") + " --wi-gate " + scratch("gwig.npy") +
+                           " --bi " + scratch("gbi.npy") + " --shared-wi " + scratch("gswi.npy") + " --shared-wo " +
+                           scratch("gswo.npy") + " --shared-gate " + scratch("gsg.npy") + " --activation silu";
+  for (int r = 0; r < 2; ++r) {
+    MoEOptions o;
+    o.activation = Activation::silu;
+    o.trainable = true;
+    std::string args = base + " --grad-outputs " + scratch("gdy.npy") + " --aux-loss-coef 0.3";
+    if (r == 0) {
+      Top2Options t;
+      t.capacity = CapacitySpec::fixed(3);
+      o.router = t;
+      args += " --capacity 3";
+    } else {
+      o.router = TopKOptions{};
+      args += " --router topk --z-loss-coef 0.05 --threads 2";
+    }
+    const MoELayer<double> layer(w, o);
+    MoETape<double> tape;
+    const auto fwd = layer.forward_train(x, tape);
+    const auto g = layer.backward(tape, dy, {0.3, r == 0 ? 0.0 : 0.05});
+    const std::string out = fresh_dir("moe_grad");
+    const Result res = run(args + " --out " + out);
+    INFO(args << "\n" << res.err);
+    REQUIRE(res.status == 0);
+    auto same = [&](const std::string& f, const Tensor<double>& want) {
+      INFO(f);
+      const auto got = load_npy<double>(out + "/" + f, want.shape().names());
+      CHECK(check::bitwise_equal(got, want));
+    };
+    same("outputs.npy", fwd.outputs);
+    same("grad_inputs.npy", g.inputs);
+    same("grad_wg.npy", g.wg);
+    same("grad_wi.npy", g.experts.wi);
+    same("grad_wo.npy", g.experts.wo);
+    same("grad_wi_gate.npy", *g.experts.wi_gate);
+    same("grad_bi.npy", *g.experts.bi);
+    same("grad_shared_wi.npy", g.shared->wi);
+    same("grad_shared_wo.npy", g.shared->wo);
+    same("grad_shared_gate.npy", *g.shared->gate);
+    CHECK_FALSE(fs::exists(out + "/grad_bo.npy"));
+    CHECK_FALSE(fs::exists(out + "/grad_shared_wi_gate.npy"));
+  }
+  // rejected: nothing written
+  const std::string out = fresh_dir("moe_grad_bad");
+  const std::string ok = base + " --capacity 3 --out " + out;
+  expect_rejected(ok + " --aux-loss-coef 0.1", "--grad-outputs", out);
+  expect_rejected(ok + " --grad-outputs " + scratch("gdy.npy") + " --precision int8", "--grad-outputs", out);
+  expect_rejected(ok + " --grad-outputs " + scratch("gdy.npy") + " --dense", "--grad-outputs", out);
+  expect_rejected(ok + " --grad-outputs " + scratch("gdy.npy") + " --z-loss-coef inf", "--z-loss-coef", out);
+  expect_rejected(ok + " --grad-outputs " + scratch("gwg.npy"), "--grad-outputs", out);  // wrong rank
+  save_npy(scratch("gdy_short.npy"), Tensor<double>(Shape{{"batch", G}, {"group", S - 1}, {"model", M}}));
+  expect_rejected(ok + " --grad-outputs " + scratch("gdy_short.npy"), "--grad-outputs", out);
+  save_npy(scratch("gdy_f32.npy"), Tensor<float>(x.shape()));
+  expect_rejected(ok + " --grad-outputs " + scratch("gdy_f32.npy"), "--grad-outputs", out);
+  Tensor<double> bad = dy.copy();
+  bad[5] = std::nan("");
+  save_npy(scratch("gdy_nan.npy"), bad);
+  expect_rejected(ok + " --grad-outputs " + scratch("gdy_nan.npy"), "--grad-outputs", out);
+}
+
 #if defined(EINMOE_HAS_JSON)
 TEST_CASE("einmoe block runs a Hugging Face checkpoint's MoE block", "[cli][checkpoints]") {
   const fs::path root = fs::path(EINMOE_FIXTURES_DIR) / "checkpoints";
@@ -693,6 +776,75 @@ TEST_CASE("einmoe block runs a Hugging Face checkpoint's MoE block", "[cli][chec
 #endif
 
 #if defined(EINMOE_HAS_JSON)
+TEST_CASE("einmoe block --grad-outputs writes one gradient per checkpoint tensor of the block",
+          "[cli][checkpoints][backward]") {
+  const fs::path root = fs::path(EINMOE_FIXTURES_DIR) / "checkpoints";
+  int n = 0;
+  for (const auto& e : fs::directory_iterator(root)) {
+    const fs::path d = e.path();
+    std::map<std::string, std::string> c;
+    std::ifstream f(d / "case.txt");
+    std::string k, v;
+    while (f >> k >> v) c[k] = v;
+    INFO(d.filename().string());
+    const index_t layer = std::stoll(c.at("layer"));
+    const HfCheckpoint ck(d.string());
+    const Tensor<float> x = load_npy<float>((d / "x.npy").string(), {"tokens", "model"});
+    const Tensor<float> dy = cast<float>(Rng(8).normal<double>(x.shape()));
+    const std::string dyp = scratch("block_dy.npy");
+    save_npy(dyp, dy);
+    const std::string out = fresh_dir("block_grad");
+    const Result r =
+        run("block --model " + d.string() + " --layer " + c.at("layer") + " --inputs " + (d / "x.npy").string() +
+            " --grad-outputs " + dyp + " --aux-loss-coef 0.1 --z-loss-coef 0.01 --out " + out);
+    INFO(r.err);
+    REQUIRE(r.status == 0);
+    // the library's gradients of the same block
+    MoEOptions o = ck.moe_options(layer);
+    o.trainable = true;
+    const MoELayer<float> l = ck.bf16_experts(layer) ? MoELayer<float>(ck.moe_weights<bfloat16>(layer), o)
+                                                     : MoELayer<float>(ck.moe_weights<float>(layer), o);
+    MoETape<float> tape;
+    l.forward_train(x, tape);
+    const MoEGradients<float> g = l.backward(tape, dy, {0.1, 0.01});
+    CHECK(check::bitwise_equal(load_npy<float>(out + "/grad_inputs.npy", {"tokens", "model"}), g.inputs));
+    // exactly the block's checkpoint tensors, under their names and shapes
+    const SafetensorsFile grads(out + "/grads.safetensors");
+    const std::string prefix = ck.config().prefix(layer);
+    std::map<std::string, std::vector<index_t>> want;
+    for (const auto& file : fs::directory_iterator(d))
+      if (file.path().extension() == ".safetensors") {
+        const SafetensorsFile sf(file.path().string());
+        for (const auto& name : sf.names())
+          if (name.rfind(prefix, 0) == 0) want[name] = sf.entry(name).shape;
+      }
+    std::map<std::string, std::vector<index_t>> got;
+    for (const auto& name : grads.names()) {
+      got[name] = grads.entry(name).shape;
+      CHECK(grads.entry(name).dtype == "F32");
+    }
+    CHECK(got == want);
+    // expert 1's gate projection [H, M] is slice 1 of the stacked gradient
+    const bool mixtral = ck.config().model_type == "mixtral";
+    const auto g1 =
+        grads.tensor<float>(prefix + "experts.1." + (mixtral ? "w1" : "gate_proj") + ".weight", {"hidden", "model"});
+    const index_t H = g1.size_of("hidden"), M = g1.size_of("model");
+    for (index_t i = 0; i < H * M; ++i) CHECK(g1[i] == (*g.experts.wi_gate)[H * M + i]);
+    if (ck.config().selection_bias) {
+      const auto b = grads.tensor<float>(prefix + "gate.e_score_correction_bias", {"experts"});
+      for (float z : b) CHECK(z == 0.f);
+    }
+    const std::string bad = fresh_dir("block_grad_bad");
+    const std::string base = "block --model " + d.string() + " --layer " + c.at("layer") + " --inputs " +
+                             (d / "x.npy").string() + " --out " + bad;
+    expect_rejected(base + " --grad-outputs " + dyp + " --precision int8", "--grad-outputs", bad);
+    expect_rejected(base + " --z-loss-coef 0.1", "--grad-outputs", bad);
+    expect_rejected(base + " --grad-outputs " + (d / "router_logits.npy").string(), "--grad-outputs", bad);
+    ++n;
+  }
+  CHECK(n == 6);
+}
+
 TEST_CASE("einmoe block --group-fill picks DeepSeek-V3's fill of unchosen groups", "[cli][checkpoints]") {
   const fs::path root = fs::path(EINMOE_FIXTURES_DIR) / "checkpoints";
   const std::string d = (root / "deepseek_v3_bf16_sharded").string(),

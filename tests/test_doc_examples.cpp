@@ -11,6 +11,8 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <utility>
 #include <vector>
 
@@ -107,10 +109,32 @@ TEST_CASE("doc example: checkpoints/safetensors.hpp", "[doc_examples]") {
   REQUIRE(w32.shape() == w.shape());
   for (index_t i = 0; i < w.size(); ++i) CHECK(static_cast<float>(std::as_const(w)[i]) == w32[i]);
 }
+
+EINMOE_DOC_EXAMPLE_COVERED(checkpoints_safetensors_2)
+TEST_CASE("doc example: checkpoints/safetensors.hpp, writing", "[doc_examples]") {
+#define EINMOE_EXAMPLE_checkpoints_safetensors_2
+#include "doc_examples.inc"
+  for (index_t i = 0; i < g.size(); ++i) g[i] = static_cast<float>(i) * 0.5f;
+  std::ostringstream again;
+  write_safetensors(again, {{"model.layers.1.mlp.gate.weight", g}});
+  const TempDir d;
+  const std::string path = d.file("g.safetensors");
+  {
+    std::ofstream f(path, std::ios::binary);
+    f << again.str();
+  }
+  const SafetensorsFile f(path);
+  const auto back = f.tensor<float>("model.layers.1.mlp.gate.weight", {"experts", "model"});
+  CHECK(back.shape() == g.shape());
+  for (index_t i = 0; i < g.size(); ++i) CHECK(back[i] == g[i]);
+  CHECK(os.str().size() == again.str().size());
+  CHECK_THROWS_AS(write_safetensors(os, {{"a", g}, {"a", g}}), value_error);
+}
 #else
 // Without nlohmann/json the checkpoint headers are not part of einmoe.
 EINMOE_DOC_EXAMPLE_COVERED(checkpoints_hf_checkpoint_1)
 EINMOE_DOC_EXAMPLE_COVERED(checkpoints_safetensors_1)
+EINMOE_DOC_EXAMPLE_COVERED(checkpoints_safetensors_2)
 #endif
 
 EINMOE_DOC_EXAMPLE_COVERED(core_bfloat16_1)
@@ -364,6 +388,58 @@ TEST_CASE("doc example: moe/moe_layer.hpp", "[doc_examples]") {
   CHECK(y.shape() == x.shape());
   CHECK(aux > 0.0);
   CHECK(stats.tokens_per_expert.size() == 4);
+}
+
+EINMOE_DOC_EXAMPLE_COVERED(training_tape_1)
+TEST_CASE("doc example: training/tape.hpp", "[doc_examples]") {
+  MoEWeights<float> weights;
+  weights.wg = shared_view(values(Shape::parse("model:8,experts:4")));
+  weights.experts = small_experts(4, 8, 16, 2);
+  const Tensor<float> x = values(Shape::parse("batch:2,group:16,model:8"), 5);
+  const Tensor<float> dy = values(x.shape(), 6);
+#define EINMOE_EXAMPLE_training_tape_1
+#include "doc_examples.inc"
+  CHECK(out.outputs.shape() == x.shape());
+  CHECK(g.inputs.shape() == x.shape());
+  CHECK(g.wg.shape() == weights.wg.shape());
+  CHECK(g.experts.wi.shape() == weights.experts.wi.shape());
+  CHECK_FALSE(tape.ready());
+}
+
+EINMOE_DOC_EXAMPLE_COVERED(training_router_backward_1)
+TEST_CASE("doc example: training/router_backward.hpp", "[doc_examples]") {
+  const Tensor<double> logits = values<double>(Shape::parse("batch:2,group:6,experts:4"), 7);
+  TopKOptions o;
+  o.normalize = TopKNormalize::topk;
+#define EINMOE_EXAMPLE_training_router_backward_1
+#include "doc_examples.inc"
+  CHECK(dlogits.shape() == logits.shape());
+  double norm = 0;
+  for (double v : dlogits) norm += std::abs(v);
+  CHECK(norm > 0);
+}
+
+EINMOE_DOC_EXAMPLE_COVERED(docs_gradients_1)
+TEST_CASE("doc example: docs/gradients.md", "[doc_examples]") {
+  MoEWeights<float> weights;
+  weights.wg = shared_view(values(Shape::parse("model:8,experts:4")));
+  weights.experts = small_experts(4, 8, 16, 2);
+  const Tensor<float> x = values(Shape::parse("batch:2,group:16,model:8"), 5);
+  const Tensor<float> dy = values(x.shape(), 6);
+#define EINMOE_EXAMPLE_docs_gradients_1
+#include "doc_examples.inc"
+  CHECK(out.outputs.shape() == x.shape());
+  CHECK(g.experts.wo.shape() == weights.experts.wo.shape());
+  CHECK(out.z_loss > 0.f);
+}
+
+EINMOE_DOC_EXAMPLE_COVERED(routers_capacity_2)
+TEST_CASE("doc example: routers/capacity.hpp, CapacitySpec", "[doc_examples]") {
+#define EINMOE_EXAMPLE_routers_capacity_2
+#include "doc_examples.inc"
+  CHECK(c == 80);
+  CHECK(o.capacity.kind == CapacitySpec::Kind::factor);
+  CHECK(t.capacity.kind == CapacitySpec::Kind::dropless);
 }
 
 EINMOE_DOC_EXAMPLE_COVERED(moe_t2t_hierarchical_1)

@@ -21,6 +21,7 @@
 #include "einmoe/moe/hierarchical.hpp"
 #include "einmoe/moe/local_moe.hpp"
 #include "einmoe/moe/moe_layer.hpp"
+#include "einmoe/moe/moe_options.hpp"
 #include "einmoe/moe/moe_v0.hpp"
 #include "einmoe/moe/t2t_hierarchical.hpp"
 #include "einmoe/ops/cumsum.hpp"
@@ -46,6 +47,9 @@
 #include "einmoe/routers/topk.hpp"
 #include "einmoe/routers/topk_dense.hpp"
 #include "einmoe/routers/truncated_gating.hpp"
+#include "einmoe/training/moe_backward.hpp"
+#include "einmoe/training/router_backward.hpp"
+#include "einmoe/training/tape.hpp"
 // Hugging Face checkpoints need nlohmann/json (the CMake target defines
 // EINMOE_HAS_JSON when it found it).
 #if defined(EINMOE_HAS_JSON)

@@ -4,7 +4,9 @@
 // Examples are
 //  - in a header under include/einmoe/: a comment line "// Example:" followed
 //    by lines "//   code" (the block ends at the first line without that
-//    three-space prefix); id <folder>_<header>_<n>, e.g. ops_index_1;
+//    three-space prefix), or the same in a function's doc comment ("///
+//    Example:", "///   code"); id <folder>_<header>_<n> in file order, e.g.
+//    ops_index_1;
 //  - in README.md: every ```cpp block; id readme_<n>;
 //  - in docs/<name>.md: every ```cpp block; id docs_<name>_<n> (a '-' of the
 //    name as '_').
@@ -51,9 +53,11 @@ std::vector<std::string> read_lines(const fs::path& p) {
   return lines;
 }
 
-// "//   auto a = f(x);   // note" -> true: a statement at the examples'
-// indentation (prose tables indent their continuation lines further).
-bool looks_like_code(const std::string& line) {
+// "//   auto a = f(x);   // note" (or "///   ...") -> true: a statement at
+// the examples' indentation (prose tables indent their continuation lines
+// further).
+bool looks_like_code(std::string line) {
+  if (starts_with(line, "///")) line.erase(0, 1);
   if (!starts_with(line, "//   ") || line.size() < 6 || line[5] == ' ') return false;
   std::string body = line.substr(5);
   const auto comment = body.find("//");
@@ -74,13 +78,15 @@ void from_header(const fs::path& root, const fs::path& header, std::vector<Examp
   std::replace(stem.begin(), stem.end(), '/', '_');
   int n = 0;
   for (std::size_t i = 0; i < lines.size(); ++i) {
-    if (lines[i] == "// Example:") {
+    // a file comment's "// Example:" or a function's "/// Example:"
+    if (lines[i] == "// Example:" || lines[i] == "/// Example:") {
+      const std::string code = lines[i][2] == '/' ? "///   " : "//   ";
       Example e;
       e.id = stem + "_" + std::to_string(++n);
       e.file = header.string();
       e.line = static_cast<int>(i) + 2;
       std::size_t j = i + 1;
-      for (; j < lines.size() && starts_with(lines[j], "//   "); ++j) e.code.push_back(lines[j].substr(5));
+      for (; j < lines.size() && starts_with(lines[j], code); ++j) e.code.push_back(lines[j].substr(code.size()));
       if (e.code.empty())
         throw std::runtime_error(header.string() + ":" + std::to_string(i + 1) + ": an Example: block without code");
       out.push_back(e);

@@ -502,6 +502,81 @@ Tensor<T> gather_rows(const Tensor<T>& local, const Shape& whole) {
 }
 #endif
 
+/// --grad-outputs DY.npy (the outputs' shape and type, finite) and the
+/// flags that go with it, checked before anything runs; nullopt without it.
+template <class T>
+std::optional<Tensor<T>> grad_outputs_of(const Args& a, const Shape& outputs, MoEOptions& o) {
+  if (!a.has("--grad-outputs")) {
+    for (const char* f : {"--aux-loss-coef", "--z-loss-coef"})
+      if (a.has(f)) fail(f, ": needs --grad-outputs (the backward pass)");
+    return std::nullopt;
+  }
+  if (o.precision == Precision::int8)
+    fail("--grad-outputs: int8 expert weights are inference-only (--precision fp32 or bf16)");
+  if (o.precision == Precision::bf16 && !std::is_same<T, float>::value)
+    fail("--grad-outputs: --precision bf16 trains float32 inputs");
+  if (o.dense) fail("--grad-outputs: the dense oracle has no backward pass (drop --dense)");
+  if (a.has("--expert-parallel")) fail("--grad-outputs: not yet with --expert-parallel");
+  const std::string p = a.get("--grad-outputs");
+  Tensor<T> dy = cli::load_float<T>("--grad-outputs", p, {"batch", "group", "model"});
+  const DType want = std::is_same<T, float>::value ? DType::float32 : DType::float64;
+  if (read_npy_info(p).dtype != want)
+    fail("--grad-outputs ", p, ": dtype differs from --inputs' (", dtype_name(want), ")");
+  cli::expect_shape(dy, outputs, "--grad-outputs", p);
+  cli::expect_finite(dy, "--grad-outputs", p);
+  a.real("--aux-loss-coef", 0.0);  // (checked now: nothing runs with a bad flag)
+  a.real("--z-loss-coef", 0.0);
+  o.trainable = true;
+  return dy;
+}
+
+/// moe with --grad-outputs: forward_train and backward; writes the outputs,
+/// losses and the gradients of the inputs and of every weight given.
+template <class T>
+void train_moe(const Args& a, const MoEWeights<T>& w, const MoEOptions& o, const Tensor<T>& x,
+               const GatingInputs<T>& in, const Tensor<T>& dy) {
+  LossCoefficients c;
+  c.aux_loss = a.real("--aux-loss-coef", 0.0);
+  c.z_loss = a.real("--z-loss-coef", 0.0);
+  MoELayer<T> layer(w, o);  // (set_calls: every repetition draws what --seed gives)
+  MoETape<T> tape;
+  MoEResult<T> r;
+  MoEGradients<T> g;
+  double best = 0;
+  for (index_t rep = 0; rep < a.integer("--repeat", 1, 1); ++rep) {
+    layer.set_calls(0);  // every repetition draws what --seed gives
+    const auto t0 = std::chrono::steady_clock::now();
+    layer.forward_train_into(r, x, tape, in);
+    layer.backward_into(g, tape, dy, c);
+    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    best = rep == 0 ? ms : std::min(best, ms);
+  }
+  cli::Outputs out(a);
+  out.add("outputs.npy", r.outputs);
+  out.add("aux_loss.npy", Tensor<T>::scalar(r.aux_loss));
+  if (a.has("--router")) out.add("z_loss.npy", Tensor<T>::scalar(r.z_loss));
+  out.add("grad_inputs.npy", g.inputs);
+  out.add("grad_wg.npy", g.wg);
+  out.add("grad_wi.npy", g.experts.wi);
+  out.add("grad_wo.npy", g.experts.wo);
+  auto opt = [&](const char* name, const std::optional<Tensor<T>>& t) {
+    if (t) out.add(name, *t);
+  };
+  opt("grad_bi.npy", g.experts.bi);
+  opt("grad_bo.npy", g.experts.bo);
+  opt("grad_wi_gate.npy", g.experts.wi_gate);
+  if (g.shared) {
+    out.add("grad_shared_wi.npy", g.shared->wi);
+    out.add("grad_shared_wo.npy", g.shared->wo);
+    opt("grad_shared_wi_gate.npy", g.shared->wi_gate);
+    opt("grad_shared_gate.npy", g.shared->gate);
+  }
+  out.commit();
+  print_stats("moe (forward and backward)", r.stats, static_cast<double>(r.aux_loss));
+  std::printf("moe: forward and backward, best of %lld: %.3f ms (%d threads)\n",
+              static_cast<long long>(a.integer("--repeat", 1, 1)), best, num_threads());
+}
+
 template <class T>
 void run_moe(const Args& a) {
   const std::string xp = a.get("--inputs");
@@ -575,6 +650,7 @@ void run_moe(const Args& a) {
     fail("--precision ", a.get("--precision"), ": --dense computes in full precision (fp32)");
   const Shape tokens = x.shape().without({"model"});
   const auto in = a.has("--router") ? GatingInputs<T>{} : gate_inputs<T>(a, tokens, tokens.with(Dim("experts", E)));
+  const std::optional<Tensor<T>> dy = grad_outputs_of<T>(a, x.shape(), o);
   // --repeat N: run the layer N times and report the best time (the steady
   // state of a model: the layer reuses its workspace and the output buffer).
   const index_t reps = a.integer("--repeat", 1, 1);
@@ -617,6 +693,7 @@ void run_moe(const Args& a) {
     fail("--expert-parallel: this einmoe was built without MPI (libopenmpi-dev)");
 #endif
   }
+  if (dy) return train_moe(a, w, o, x, in, *dy);
   MoELayer<T> layer(std::move(w), o);
   MoEResult<T> r;
   double best = 0;
@@ -637,6 +714,27 @@ void run_moe(const Args& a) {
 }
 
 #if defined(EINMOE_HAS_JSON)
+/// block's --grad-outputs DY.npy ([T, M] as --inputs, finite) and the flags
+/// that go with it, checked before anything runs; nullopt without it.
+std::optional<Tensor<float>> block_grad_outputs(const Args& a, const Shape& inputs, MoEOptions& o) {
+  if (!a.has("--grad-outputs")) {
+    for (const char* f : {"--aux-loss-coef", "--z-loss-coef"})
+      if (a.has(f)) fail(f, ": needs --grad-outputs (the backward pass)");
+    return std::nullopt;
+  }
+  if (o.precision == Precision::int8)
+    fail("--grad-outputs: int8 expert weights are inference-only (--precision fp32 or bf16)");
+  if (a.has("--expert-parallel")) fail("--grad-outputs: not yet with --expert-parallel");
+  const std::string p = a.get("--grad-outputs");
+  Tensor<float> dy = cli::load_float<float>("--grad-outputs", p, {"tokens", "model"});
+  cli::expect_shape(dy, inputs, "--grad-outputs", p);
+  cli::expect_finite(dy, "--grad-outputs", p);
+  a.real("--aux-loss-coef", 0.0);
+  a.real("--z-loss-coef", 0.0);
+  o.trainable = true;
+  return dy;
+}
+
 void run_block(const Args& a) {
   const std::string dir = a.get("--model");
   const index_t layer = a.integer("--layer", 0, 0);
@@ -683,6 +781,7 @@ void run_block(const Args& a) {
       fail("--group-fill: unknown group fill \"", a.get("--group-fill"), "\" (zero, neg-inf)");
     }
   }
+  const std::optional<Tensor<float>> dy = block_grad_outputs(a, x.shape(), o);
   if (a.has("--expert-parallel")) {
 #if defined(EINMOE_HAS_MPI)
     // Each rank: the same checkpoint, its block of experts, its contiguous
@@ -725,12 +824,24 @@ void run_block(const Args& a) {
   } catch (const einmoe::error& e) {
     fail("--model ", dir, ": ", e.what());
   }
-  const auto r = l->forward(x);
+  MoETape<float> tape;
+  const auto r = dy ? l->forward_train(x, tape) : l->forward(x);
   Tensor<float> logits = l->router_logits(reshape(x, Shape{{"group", x.size_of("tokens")}, {"model", M}}));
   logits.set_shape(Shape{{"tokens", x.size_of("tokens")}, {"experts", ck->config().experts}});
   cli::Outputs out(a);
   out.add("outputs.npy", r.outputs);
   out.add("router_logits.npy", logits);
+  if (dy) {
+    const LossCoefficients c{a.real("--aux-loss-coef", 0.0), a.real("--z-loss-coef", 0.0)};
+    const MoEGradients<float> g = l->backward(tape, *dy, c);
+    out.add("grad_inputs.npy", g.inputs);
+    std::vector<std::pair<std::string, TensorView<const float>>> views;
+    const auto grads = ck->block_gradients(layer, g);
+    for (const auto& [name, t] : grads) views.emplace_back(name, t);
+    std::ostringstream bytes;
+    write_safetensors(bytes, views);
+    out.add_text("grads.safetensors", bytes.str());
+  }
   out.commit();
   std::printf("block: %s layer %lld, %lld tokens, %s experts; tokens per expert:", ck->config().model_type.c_str(),
               static_cast<long long>(layer), static_cast<long long>(x.size_of("tokens")), to_string(p));
@@ -957,7 +1068,8 @@ int run(const std::vector<std::string>& argv) {
   } else if (cmd == "moe") {
     auto flags = gate_flags();
     for (const char* f : {"--inputs", "--wg", "--wi", "--wo", "--bi", "--bo", "--activation", "--precision", "--repeat",
-                          "--wi-gate", "--shared-wi", "--shared-wo", "--shared-wi-gate", "--shared-gate", "--router"})
+                          "--wi-gate", "--shared-wi", "--shared-wo", "--shared-wi-gate", "--shared-gate", "--router",
+                          "--grad-outputs", "--aux-loss-coef", "--z-loss-coef"})
       flags.push_back({f, true});
     flags.push_back({"--expert-parallel", false});
     flags.push_back({"--exchange", true});
@@ -979,12 +1091,18 @@ int run(const std::vector<std::string>& argv) {
           "  --shared-wi-gate SWIG.npy  [M,Hs]: the shared expert gated\n"
           "  --shared-gate SG.npy     [M]: shared output scaled by sigmoid(x . SG)\n"
           "  --repeat N               run N times, report the best time (default 1)\n"
+          "  --grad-outputs DY.npy    [G,S,M], the inputs' type: also run the backward pass of\n"
+          "                           L = <outputs, DY> + A * aux_loss + Z * z_loss (precision fp32 or bf16)\n"
+          "  --aux-loss-coef A, --z-loss-coef Z   the losses' coefficients in L (default 0)\n"
           "  --expert-parallel        under mpirun: each rank keeps its block of experts and its share of\n"
           "                           the groups; rank 0 writes the outputs (the single-process ones)\n"
           "%s"
           "top-2 gating (without --router):\n%s"
           "today's routers:\n%s%s"
-          "writes DIR/outputs.npy [G,S,M], DIR/aux_loss.npy (0-d) and, with --router, DIR/z_loss.npy (0-d)\n",
+          "writes DIR/outputs.npy [G,S,M], DIR/aux_loss.npy (0-d) and, with --router, DIR/z_loss.npy (0-d);\n"
+          "with --grad-outputs also DIR/grad_inputs.npy, grad_wg.npy, grad_wi.npy, grad_wo.npy and, for each\n"
+          "optional weight given, grad_bi.npy, grad_bo.npy, grad_wi_gate.npy, grad_shared_wi.npy,\n"
+          "grad_shared_wo.npy, grad_shared_wi_gate.npy, grad_shared_gate.npy (each its weight's shape)\n",
           kExchangeFlags, kGateFlags, kRouterFlags, kCommonFlags);
       return 0;
     }
@@ -993,17 +1111,11 @@ int run(const std::vector<std::string>& argv) {
     by_dtype(
         a, "--inputs", [&] { run_moe<float>(a); }, [&] { run_moe<double>(a); });
   } else if (cmd == "block") {
-    const std::vector<Flag> flags{{"--model", true},
-                                  {"--layer", true},
-                                  {"--inputs", true},
-                                  {"--precision", true},
-                                  {"--threads", true},
-                                  {"--out", true},
-                                  {"--expert-parallel", false},
-                                  {"--exchange", true},
-                                  {"--ranks-per-node", true},
-                                  {"--group-fill", true},
-                                  {"--help", false}};
+    const std::vector<Flag> flags{
+        {"--model", true},          {"--layer", true},      {"--inputs", true},           {"--precision", true},
+        {"--threads", true},        {"--out", true},        {"--expert-parallel", false}, {"--exchange", true},
+        {"--ranks-per-node", true}, {"--group-fill", true}, {"--grad-outputs", true},     {"--aux-loss-coef", true},
+        {"--z-loss-coef", true},    {"--help", false}};
     if (help) {
       std::printf(
           "usage: einmoe block --model DIR --layer N --inputs X.npy [--precision P] --out OUT\n"
@@ -1019,8 +1131,14 @@ int run(const std::vector<std::string>& argv) {
           "  --threads N              threads (default: all cores)\n"
           "  --expert-parallel        under mpirun: each rank keeps its block of experts and its share of\n"
           "                           the tokens; rank 0 writes the outputs\n"
+          "  --grad-outputs DY.npy    [T,M]: also run the backward pass of L = <outputs, DY> + A * aux_loss\n"
+          "                           + Z * z_loss (--precision fp32 or bf16)\n"
+          "  --aux-loss-coef A, --z-loss-coef Z   the losses' coefficients in L (default 0)\n"
           "%s"
-          "  --out OUT                writes OUT/outputs.npy [T,M] and OUT/router_logits.npy [T,E] (float32)\n",
+          "  --out OUT                writes OUT/outputs.npy [T,M] and OUT/router_logits.npy [T,E] (float32);\n"
+          "                           with --grad-outputs also OUT/grad_inputs.npy [T,M] and\n"
+          "                           OUT/grads.safetensors (F32, one gradient per checkpoint tensor of the\n"
+          "                           block, under its name and in its shape)\n",
           kExchangeFlags);
       return 0;
     }

@@ -55,6 +55,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -348,6 +349,63 @@ class HfCheckpoint {
     o.backend = backend;
     o.max_group_size = std::numeric_limits<index_t>::max();  // dropless: groups only bound the router's blocks
     return o;
+  }
+
+  /// The gradients of the checkpoint's tensors of layer `layer`'s MoE
+  /// block, from `g`, the gradients of the layer built from moe_weights()
+  /// (MoELayer::backward): one (name, gradient) per checkpoint tensor of
+  /// the block, under its checkpoint name and in its stored shape (the
+  /// stacked expert gradients split per expert); DeepSeek-V3's
+  /// e_score_correction_bias gets zeros (it only selects experts).
+  /// Throws value_error as moe_weights, shape_error if g does not match
+  /// the block's sizes.
+  std::vector<std::pair<std::string, Tensor<float>>> block_gradients(index_t layer,
+                                                                     const MoEGradients<float>& g) const {
+    check_layer(layer);
+    const HfMoEConfig& c = config_;
+    const std::string p = c.prefix(layer);
+    const bool mixtral = c.model_type == "mixtral";
+    const index_t M = c.hidden_size, E = c.experts, H = c.expert_hidden, Hs = c.shared_hidden;
+    const char* op = "block_gradients";
+    auto expect = [&](const TensorView<const float>& t, const Shape& want, const char* what) {
+      if (t.shape() != want)
+        detail::raise<shape_error>(op, ": the gradient of ", what, " is ", t.shape(), ", the block's is ", want);
+    };
+    std::vector<std::pair<std::string, Tensor<float>>> out;
+    expect(g.wg, Shape{{"experts", E}, {"model", M}}, "wg");
+    out.emplace_back(p + "gate.weight", g.wg.copy());
+    if (c.selection_bias) out.emplace_back(p + "gate.e_score_correction_bias", Tensor<float>(Shape{{"experts", E}}));
+    if (!g.experts.wi_gate) detail::raise<shape_error>(op, ": no gradient of wi_gate (the block's experts are gated)");
+    const std::pair<const char*, const Tensor<float>*> projs[] = {{mixtral ? "w1" : "gate_proj", &*g.experts.wi_gate},
+                                                                  {mixtral ? "w3" : "up_proj", &g.experts.wi},
+                                                                  {mixtral ? "w2" : "down_proj", &g.experts.wo}};
+    for (const auto& [proj, t] : projs) {
+      const bool down = t == &g.experts.wo;
+      const Shape one = down ? Shape{{"model", M}, {"hidden", H}} : Shape{{"hidden", H}, {"model", M}};
+      expect(*t, Shape{{"experts", E}}.with(one[0]).with(one[1]), proj);
+      for (index_t e = 0; e < E; ++e) {
+        Tensor<float> slice_e(one, uninitialized);
+        std::copy(t->data() + e * H * M, t->data() + (e + 1) * H * M, slice_e.data());
+        out.emplace_back(p + "experts." + std::to_string(e) + "." + proj + ".weight", std::move(slice_e));
+      }
+    }
+    if (Hs > 0) {
+      if (!g.shared || !g.shared->wi_gate) detail::raise<shape_error>(op, ": no gradients of the shared expert");
+      const std::string sp = p + (c.model_type == "deepseek_v3" ? "shared_experts." : "shared_expert.");
+      expect(*g.shared->wi_gate, Shape{{"hidden", Hs}, {"model", M}}, "shared wi_gate");
+      expect(g.shared->wi, Shape{{"hidden", Hs}, {"model", M}}, "shared wi");
+      expect(g.shared->wo, Shape{{"model", M}, {"hidden", Hs}}, "shared wo");
+      out.emplace_back(sp + "gate_proj.weight", g.shared->wi_gate->copy());
+      out.emplace_back(sp + "up_proj.weight", g.shared->wi.copy());
+      out.emplace_back(sp + "down_proj.weight", g.shared->wo.copy());
+      if (c.shared_gate) {
+        if (!g.shared->gate) detail::raise<shape_error>(op, ": no gradient of the shared expert's gate");
+        expect(*g.shared->gate, Shape{{"model", M}}, "shared gate");
+        out.emplace_back(p + "shared_expert_gate.weight",
+                         reshape(g.shared->gate->copy(), Shape{{"one", 1}, {"model", M}}));
+      }
+    }
+    return out;
   }
 
   /// Whether layer i's expert weights are stored as BF16.

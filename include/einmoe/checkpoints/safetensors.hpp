@@ -1,5 +1,5 @@
 // einmoe/checkpoints/safetensors.hpp - reading .safetensors files, memory-
-// mapped, with every header field validated.
+// mapped, with every header field validated; writing F32 ones.
 //
 // Example:
 //   SafetensorsFile f(path);                     // e.g. "model.safetensors", stored in BF16
@@ -32,7 +32,9 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <ostream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -286,5 +288,47 @@ class SafetensorsFile {
   std::size_t data_offset_ = 0;
   std::map<std::string, SafetensorsEntry> entries_;
 };
+
+/// Writes `tensors` (name, float values) as a .safetensors file to `os`:
+/// dtype F32, each tensor's shape as its dims' sizes in order, the data in
+/// the given order, the header padded with spaces to a multiple of 8 bytes.
+/// Throws value_error for an empty or repeated name or "__metadata__",
+/// io_error if the stream fails.
+///
+/// Example:
+///   Tensor<float> g(Shape{{"experts", 4}, {"model", 8}});
+///   std::ostringstream os;
+///   write_safetensors(os, {{"model.layers.1.mlp.gate.weight", g}});   // os.str(): the file's bytes
+inline void write_safetensors(std::ostream& os,
+                              const std::vector<std::pair<std::string, TensorView<const float>>>& tensors) {
+  nlohmann::json header = nlohmann::json::object();
+  std::size_t at = 0;
+  for (const auto& [name, t] : tensors) {
+    if (name.empty() || name == "__metadata__" || header.contains(name))
+      detail::raise<value_error>("write_safetensors: tensor name \"", name, "\" is empty, reserved or repeated");
+    std::vector<index_t> shape;
+    for (const auto& d : t.shape()) shape.push_back(d.size);
+    const std::size_t bytes = detail::uz(detail::mul_size(t.size(), index_t{4}, "write_safetensors: ", name));
+    header[name] = {{"dtype", "F32"}, {"shape", shape}, {"data_offsets", {at, at + bytes}}};
+    at += bytes;
+  }
+  std::string h = header.dump();
+  h.append((8 - h.size() % 8) % 8, ' ');
+  unsigned char len[8];
+  for (int i = 0; i < 8; ++i)
+    len[i] = static_cast<unsigned char>((static_cast<std::uint64_t>(h.size()) >> (8 * i)) & 0xffu);
+  os.write(reinterpret_cast<const char*>(len), 8);
+  os.write(h.data(), static_cast<std::streamsize>(h.size()));
+  for (const auto& [name, t] : tensors) {
+    for (index_t i = 0; i < t.size(); ++i) {  // (little-endian, whatever the host)
+      std::uint32_t u;
+      std::memcpy(&u, t.data() + i, 4);
+      unsigned char b[4] = {static_cast<unsigned char>(u), static_cast<unsigned char>(u >> 8),
+                            static_cast<unsigned char>(u >> 16), static_cast<unsigned char>(u >> 24)};
+      os.write(reinterpret_cast<const char*>(b), 4);
+    }
+  }
+  if (!os) detail::raise<io_error>("write_safetensors: the stream failed");
+}
 
 }  // namespace einmoe

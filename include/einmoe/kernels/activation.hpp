@@ -6,6 +6,7 @@
 //   silu       x * sigmoid(x)                                  (HF "silu", "swish")
 #pragma once
 
+#include <cmath>
 #include <string>
 
 #include "einmoe/core/dim.hpp"
@@ -48,6 +49,39 @@ void apply_activation(Activation a, T* x, index_t n) {
     default:
       for (index_t i = 0; i < n; ++i) x[i] = scalar::silu(x[i]);
       break;
+  }
+}
+
+/// act'(x): relu's derivative is 0 at 0 (as PyTorch's), gelu's is
+/// Phi(x) + x phi(x), gelu_tanh's the derivative of its tanh form, silu's
+/// sigmoid(x) (1 + x (1 - sigmoid(x))).
+template <class T>
+T activation_grad(Activation a, T v) {
+  switch (a) {
+    case Activation::relu: return v > T(0) ? T(1) : T(0);
+    case Activation::gelu: {
+      const T cdf = T(0.5) * (T(1) + std::erf(v * T(0.70710678118654752440)));
+      return cdf + v * T(0.39894228040143267794) * std::exp(T(-0.5) * v * v);
+    }
+    case Activation::gelu_tanh: {
+      const T c = T(0.79788456080286535588), th = std::tanh(c * (v + T(0.044715) * v * v * v));
+      return T(0.5) * (T(1) + th) + T(0.5) * v * (T(1) - th * th) * c * (T(1) + T(3) * T(0.044715) * v * v);
+    }
+    default: {
+      const T sg = scalar::sigmoid(v);
+      return sg * (T(1) + v * (T(1) - sg));
+    }
+  }
+}
+
+/// act(x) for one value.
+template <class T>
+T activation_value(Activation a, T v) {
+  switch (a) {
+    case Activation::relu: return scalar::relu(v);
+    case Activation::gelu: return scalar::gelu(v);
+    case Activation::gelu_tanh: return scalar::gelu_tanh(v);
+    default: return scalar::silu(v);
   }
 }
 }  // namespace detail

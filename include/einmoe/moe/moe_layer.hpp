@@ -63,54 +63,14 @@
 #include "einmoe/experts/shared_expert.hpp"
 #include "einmoe/kernels/ffn.hpp"
 #include "einmoe/kernels/matrix_bank.hpp"
+#include "einmoe/moe/moe_options.hpp"
 #include "einmoe/routers/capacity.hpp"
 #include "einmoe/routers/route.hpp"
+#include "einmoe/training/moe_backward.hpp"
 
 namespace einmoe {
 
-/// An MoE layer's weights, as read-only views (the layer lays them out once
-/// and keeps nothing of them, so they may be freed after it is built). T is
-/// float, double or bfloat16 (checkpoints).
-template <class T>
-struct MoEWeights {
-  TensorView<const T> wg;  ///< router weights [model, experts]
-  ExpertWeights<T> experts;
-  std::optional<SharedExpertWeights<T>> shared;  ///< added to every token's output
-};
-
-/// What an MoE layer computes (see the file comment).
-struct MoEOptions {
-  RouterOptions router = Top2Options{};  ///< the router and its options (routers/route.hpp)
-  MoEDims dims;                          ///< every dim name the layer and its router use
-  Activation activation = Activation::relu;
-  Precision precision = Precision::fp32;  ///< of the expert weights (kernels/precision.hpp)
-  Backend backend = Backend::automatic;   ///< oneDNN or Eigen (kernels/precision.hpp)
-  bool dense = false;                     ///< run the dense oracle instead of the sparse fast path
-  double dropout = 0.0;                   ///< hidden-layer dropout rate (training-mode parity)
-  std::uint64_t dropout_seed = 0;
-  index_t max_group_size = 1024;  ///< for inputs without a group dim
-};
-
-template <class T>
-struct MoEResult {
-  Tensor<T> outputs;  ///< inputs' shape
-  T aux_loss = T(0);  ///< the router's balancing loss (0 for expert_choice)
-  T z_loss = T(0);    ///< mean logsumexp(logits)^2 (routers topk and expert_choice; 0 for top2)
-  RoutingStats stats;
-};
-
 namespace detail {
-
-inline ExpertOptions expert_options(const MoEOptions& o) {
-  ExpertOptions e;
-  e.dims = o.dims;
-  e.activation = o.activation;
-  e.dropout = o.dropout;
-  e.dropout_seed = o.dropout_seed;
-  e.precision = o.precision;
-  e.backend = o.backend;
-  return e;
-}
 
 /// The inputs as x [<batch>, group, model], the order the logits and the
 /// experts work in: a view of the caller's tensor (relabelled when the
@@ -337,6 +297,45 @@ class MoELayer {
     }
   }
 
+  /// A training forward pass: as forward, and keeps in `tape` what
+  /// backward needs (training/tape.hpp). The experts run on the layer's
+  /// kept weights in its own type (Eigen kernels), so the outputs equal
+  /// forward's up to rounding (exactly, for double layers). Counts as a
+  /// forward call (its draws are call n's). Throws value_error if the layer
+  /// was built without MoEOptions::trainable, else as forward_into.
+  MoEResult<T> forward_train(const TensorView<const T>& inputs, MoETape<T>& tape,
+                             const GatingInputs<T>& extras = {}) const {
+    MoEResult<T> out;
+    forward_train_into(out, inputs, tape, extras);
+    return out;
+  }
+  /// forward_train into `out`, reusing its buffers. Throws as forward_train.
+  void forward_train_into(MoEResult<T>& out, const TensorView<const T>& inputs, MoETape<T>& tape,
+                          const GatingInputs<T>& extras = {}) const;
+
+  /// The backward pass of the forward_train pass held by `tape`: the
+  /// gradients of L = <outputs, grad_outputs> + c.aux_loss * aux_loss +
+  /// c.z_loss * z_loss with respect to the inputs and every weight, each in
+  /// the shape (dims and order) of what it is the gradient of. grad_outputs
+  /// has the outputs' shape. Bitwise the same on any number of threads.
+  /// The tape is used up. Throws value_error for a tape that holds no
+  /// unused pass of this layer, non-finite grad_outputs or coefficients,
+  /// shape_error for grad_outputs of another shape; a rejected call leaves
+  /// the tape as it was.
+  MoEGradients<T> backward(MoETape<T>& tape, const TensorView<const T>& grad_outputs,
+                           const LossCoefficients& c = {}) const {
+    MoEGradients<T> g;
+    backward_into(g, tape, grad_outputs, c);
+    return g;
+  }
+  /// backward into `g`: Accumulate::add adds the weight gradients to g's
+  /// (which must hold the weights' shapes, as a previous backward_into
+  /// left them) for gradient accumulation; g.inputs is always overwritten.
+  /// Throws as backward, and shape_error when adding to gradients of other
+  /// shapes.
+  void backward_into(MoEGradients<T>& g, MoETape<T>& tape, const TensorView<const T>& grad_outputs,
+                     const LossCoefficients& c = {}, Accumulate acc = Accumulate::overwrite) const;
+
   /// Forward calls made so far: the next call draws from
   /// Rng::call_seed(seed, calls()).
   /// Never throws.
@@ -409,6 +408,12 @@ class MoELayer {
     }
     check_router_options(opt_.router, router_.experts.size, op);
     check_dims_agree(w.experts.wi.dim(opt_.dims.experts), w.experts.wi.dim(opt_.dims.model), op);
+    if (opt_.trainable) {
+      if (opt_.precision == Precision::int8)
+        detail::raise<value_error>(op, ": int8 expert weights are inference-only (trainable needs fp32 or bf16)");
+      if (opt_.dense) detail::raise<value_error>(op, ": the dense oracle has no backward pass (trainable)");
+      train_ = std::make_shared<const detail::TrainWeights<T>>(w, opt_);
+    }
   }
 
   void check_dims_agree(const Dim& we, const Dim& wm, const char* op) const {
@@ -459,13 +464,139 @@ class MoELayer {
     out.stats = std::move(d.stats);
   }
 
+  void check_backward(const MoETape<T>& tape, const TensorView<const T>& dy, const LossCoefficients& c,
+                      const char* op) const;
+
   MoEOptions opt_;
+  std::shared_ptr<const detail::TrainWeights<T>> train_;
   detail::RouterBank<T> router_;
   PackedExperts<T> experts_;
   SharedExpert<T> shared_;
   std::shared_ptr<const detail::OwnedWeights<T>> dense_;
   std::unique_ptr<State> state_;
 };
+
+template <class T>
+void MoELayer<T>::forward_train_into(MoEResult<T>& out, const TensorView<const T>& inputs, MoETape<T>& tape,
+                                     const GatingInputs<T>& extras) const {
+  if (!train_) detail::raise<value_error>("MoELayer::forward_train: the layer was built without MoEOptions::trainable");
+  const std::uint64_t call = state_->calls.fetch_add(1);
+  detail::RouteStage<T> st;
+  router_.route(st, inputs, extras, opt_, RouteCall{call, 0});
+  auto& d = tape.d_;
+  d.ready = false;
+  d.layer = state_.get();
+  d.inputs = inputs.shape();
+  d.x = st.in.x.copy();
+  d.logits = std::move(st.logits);
+  d.routed = std::move(st.routed);
+  d.importance.reset();
+  const GatingInputs<T>& ex = detail::regroup_extras(extras, st.in, router_.experts, st.extras, st.extra_hold);
+  if (ex.importance) {
+    Tensor<T> hold;
+    const Shape tokens = d.logits.shape().without_dim(opt_.dims.experts);
+    d.importance = detail::in_order(*ex.importance, tokens, hold).copy();
+  }
+  d.dropout = opt_.dropout;
+  d.dropout_seed = Rng::call_seed(opt_.dropout_seed, call);
+  d.recompute = opt_.recompute_hidden;
+  out.outputs.resize(d.x.shape());
+  detail::train_forward_experts(d, *train_, out.outputs.data());
+  detail::train_forward_shared(d, *train_, out.outputs.data());
+  out.aux_loss = d.routed.aux_loss;
+  out.z_loss = d.routed.z_loss;
+  out.stats = d.routed.stats;
+  detail::ungroup_outputs(out.outputs, st.in, inputs.shape());
+  d.ready = true;
+}
+
+template <class T>
+void MoELayer<T>::check_backward(const MoETape<T>& tape, const TensorView<const T>& dy, const LossCoefficients& c,
+                                 const char* op) const {
+  const auto& d = tape.d_;
+  if (!train_) detail::raise<value_error>(op, ": the layer was built without MoEOptions::trainable");
+  if (!d.ready)
+    detail::raise<value_error>(op, d.layer ? ": the tape's forward pass was used by a backward pass already"
+                                           : ": the tape holds no forward_train pass");
+  if (d.layer != state_.get()) detail::raise<value_error>(op, ": the tape was written by another layer");
+  if (dy.shape() != d.inputs)
+    detail::raise<shape_error>(op, ": grad_outputs ", dy.shape(), " do not match the outputs ", d.inputs);
+  for (index_t i = 0; i < dy.size(); ++i)
+    if (!std::isfinite(dy[i])) detail::raise<value_error>(op, ": grad_outputs contain ", dy[i], " (element ", i, ")");
+  if (!std::isfinite(c.aux_loss) || !std::isfinite(c.z_loss))
+    detail::raise<value_error>(op, ": loss coefficients ", c.aux_loss, ", ", c.z_loss, " are not finite");
+}
+
+namespace detail {
+/// A canonical gradient (values in `kept`'s canonical order) into `out` in
+/// the weight's own shape: assigned, or added (shape_error unless out has
+/// that shape).
+template <class T>
+void put_gradient(Tensor<T>& out, const AlignedVector<T>& values, const KeptWeight<T>& kept, Accumulate acc,
+                  const char* what) {
+  Tensor<T> g(kept.w.shape(), uninitialized);
+  std::copy(values.begin(), values.end(), g.data());
+  if (g.shape() != kept.shape) g = transpose(std::move(g), kept.shape);
+  if (acc == Accumulate::overwrite) {
+    out = std::move(g);
+    return;
+  }
+  if (out.shape() != g.shape())
+    raise<shape_error>("MoELayer::backward_into: adding the gradient of ", what, " ", g.shape(), " to ", out.shape());
+  for (index_t i = 0; i < g.size(); ++i) out[i] += g[i];
+}
+template <class T>
+void put_gradient(std::optional<Tensor<T>>& out, const AlignedVector<T>& values,
+                  const std::optional<KeptWeight<T>>& kept, Accumulate acc, const char* what) {
+  if (!kept) {
+    out.reset();
+    return;
+  }
+  if (!out) {
+    if (acc == Accumulate::add) raise<shape_error>("MoELayer::backward_into: no gradient of ", what, " to add to");
+    out.emplace();
+  }
+  put_gradient(*out, values, *kept, acc, what);
+}
+}  // namespace detail
+
+template <class T>
+void MoELayer<T>::backward_into(MoEGradients<T>& g, MoETape<T>& tape, const TensorView<const T>& grad_outputs,
+                                const LossCoefficients& c, Accumulate acc) const {
+  check_backward(tape, grad_outputs, c, "MoELayer::backward");
+  if (acc == Accumulate::add && g.wg.shape() != train_->wg.shape)
+    detail::raise<shape_error>("MoELayer::backward_into: adding to gradients of wg ", g.wg.shape(), ", not ",
+                               train_->wg.shape);
+  detail::GroupedInputs<T> gy;
+  detail::group_inputs(gy, grad_outputs, opt_);
+  detail::CanonicalGrads<T> cg;
+  detail::moe_backward(tape.d_, *train_, opt_.router, gy.x.data(), c, cg);
+  tape.d_.ready = false;
+  const detail::TrainWeights<T>& w = *train_;
+  g.inputs.resize(tape.d_.x.shape());
+  std::copy(cg.dx.begin(), cg.dx.end(), g.inputs.data());
+  detail::ungroup_outputs(g.inputs, gy, grad_outputs.shape());
+  detail::put_gradient(g.wg, cg.wg, w.wg, acc, "wg");
+  detail::put_gradient(g.experts.wi, cg.wi, w.wi, acc, "wi");
+  detail::put_gradient(g.experts.wo, cg.wo, w.wo, acc, "wo");
+  detail::put_gradient(g.experts.wi_gate, cg.wi_gate, w.wi_gate, acc, "wi_gate");
+  detail::put_gradient(g.experts.bi, cg.bi, w.bi, acc, "bi");
+  detail::put_gradient(g.experts.bi_gate, cg.bi_gate, w.bi_gate, acc, "bi_gate");
+  detail::put_gradient(g.experts.bo, cg.bo, w.bo, acc, "bo");
+  if (!w.s_wi) {
+    g.shared.reset();
+    return;
+  }
+  if (!g.shared) {
+    if (acc == Accumulate::add)
+      detail::raise<shape_error>("MoELayer::backward_into: no shared expert gradients to add to");
+    g.shared.emplace();
+  }
+  detail::put_gradient(g.shared->wi, cg.s_wi, *w.s_wi, acc, "shared wi");
+  detail::put_gradient(g.shared->wo, cg.s_wo, *w.s_wo, acc, "shared wo");
+  detail::put_gradient(g.shared->wi_gate, cg.s_wi_gate, w.s_wi_gate, acc, "shared wi_gate");
+  detail::put_gradient(g.shared->gate, cg.s_gate, w.s_gate, acc, "shared gate");
+}
 
 /// One MoE feed-forward layer forward pass (lays the weights out for this
 /// call; keep an MoELayer for repeated calls): inputs [<batch>, group,

@@ -64,6 +64,7 @@ void route_into(RouterResult<T>& r, const TensorView<const T>& logits, const Exp
   const auto p = detail::expert_choice_problem(logits, o, dims, op, ws.logits_hold());
   const index_t G = p.G, S = p.S, E = p.E, C = p.C;
   r.plan.reset(p.batch, p.group, p.experts, p.capacity, E);
+  r.choice.clear();
   const detail::GroupCounts gc = detail::group_counts(ws, G);
   ws.prepare();
   detail::parallel_items(G, [&](index_t g) {

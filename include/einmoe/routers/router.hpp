@@ -51,6 +51,11 @@ struct RouterResult {
   T z_loss = T(0);    ///< mean over tokens of logsumexp(logits)^2 (0 for top-2, which has none)
   RoutingStats stats;
   LossParts<T> parts;  ///< the losses in per-group pieces (route.hpp's finish_losses finishes them)
+  /// [tokens * k] each choice's expert before capacity and the second
+  /// policy drop it (top-2: the first and second expert; top-k: the k in
+  /// rank order; empty for expert choice, whose plan holds every choice):
+  /// what the backward pass differentiates the renormalizations through.
+  std::vector<std::int32_t> choice;
 };
 
 /// What a router's dense oracle returns: the sources' one-hot tensors.

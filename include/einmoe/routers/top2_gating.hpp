@@ -281,6 +281,7 @@ void route_into(RouterResult<T>& r, const TensorView<const T>& logits, const Top
   detail::make_problem(p, logits, opt, in, dims, "top2_gating", ws.logits_hold());
   const index_t G = p.G, S = p.S, E = p.E, C = p.C;
   const detail::Top2Run<T> run = detail::begin_top2(r, p, opt, call, ws);
+  r.choice.resize(r.plan.expert.size());
   detail::parallel_items(G, [&](index_t g) {
     auto& th = ws.thread();
     const detail::Top2Choices<T> ch = detail::top2_choices<T>(th, S);
@@ -294,6 +295,8 @@ void route_into(RouterResult<T>& r, const TensorView<const T>& logits, const Top
       detail::top2_token(p.logits.data() + t * E, imp, opt, run.draws, t, E, raw, without, noised, ch, s,
                          run.sums.proxy_1 + ge, run.sums.mask_1 + ge, run.sums.proxy_2 + ge, run.sums.mask_2 + ge,
                          run.sums.importance[g]);
+      r.choice[detail::uz(t * 2)] = static_cast<std::int32_t>(ch.index1[s]);
+      r.choice[detail::uz(t * 2 + 1)] = static_cast<std::int32_t>(ch.index2[s]);
     }
     detail::assign_top2_slots(r.plan, g, S, E, C, ch, th, run.counts, [&](T& a, T& b) {
       if (opt.normalize == Normalize::after) {

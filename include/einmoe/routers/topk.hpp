@@ -318,6 +318,7 @@ void route_into(RouterResult<T>& r, const TensorView<const T>& logits, const Top
   const detail::GroupCounts gc = detail::group_counts(ws, G);
   std::vector<index_t>& first = ws.group_counts(4);
   first.assign(detail::uz(G * E), 0);
+  r.choice.resize(r.plan.expert.size());
   ws.prepare();
   detail::parallel_items(G, [&](index_t g) {
     auto& th = ws.thread();
@@ -327,6 +328,7 @@ void route_into(RouterResult<T>& r, const TensorView<const T>& logits, const Top
     aux_part[detail::uz(g)] = detail::topk_scores_and_choices(p.logits.data() + g * S * E, S, E, o, th, s, w, chosen);
     detail::topk_place(r.plan, g, S, E, C, o, s, w, chosen, th.indices(1, S), gc);
     for (index_t t = 0; t < S; ++t) first[detail::uz(g * E + chosen[t * K])] += 1;
+    for (index_t i = 0; i < S * K; ++i) r.choice[detail::uz(g * S * K + i)] = static_cast<std::int32_t>(chosen[i]);
   });
   r.parts.aux.assign(aux_part.begin(), aux_part.end());
   r.parts.aux2.clear();
