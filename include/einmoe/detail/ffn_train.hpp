@@ -5,7 +5,7 @@
 // Weights are plain row-major matrices in the layer's type T (the layer's
 // own copy, see training/tape.hpp): wi, wi_gate [E][model, hidden], wo
 // [E][hidden, model], bi, bi_gate [E][hidden], bo [E][model]. Every product
-// is one single-threaded Eigen GEMM whose sizes depend only on the routing
+// is one single-threaded GEMM (gemm_rm) whose sizes depend only on the routing
 // (an expert's rows, a fixed block of them), never on the thread count, so
 // the results are bitwise the same on any number of threads. Every buffer
 // a product writes is 64-byte aligned (Eigen's small products peel by the
@@ -23,6 +23,10 @@
 #include "einmoe/detail/ffn_scratch.hpp"
 #include "einmoe/kernels/activation.hpp"
 
+#if defined(EINMOE_HAS_DNNL)
+#include <oneapi/dnnl/dnnl.h>
+#endif
+
 namespace einmoe::detail {
 
 template <class T>
@@ -31,6 +35,40 @@ template <class T>
 using ConstRows = Eigen::Map<const RowMajor<T>>;
 template <class T>
 using Rows = Eigen::Map<RowMajor<T>>;
+
+/// C [m, n] = op(A) op(B) (add: C += it), row-major, op(A) [m, k] and op(B)
+/// [k, n] (ta / tb: A / B stored transposed), single-threaded (callers run
+/// it under SingleThread or in parallel_items). oneDNN's sgemm for float when
+/// `dnnl`, else Eigen; either way the bits depend only on the sizes.
+template <class T>
+void gemm_rm(bool ta, bool tb, index_t m, index_t n, index_t k, const T* A, const T* B, bool add, T* C, bool dnnl) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {
+    if (!add) std::fill(C, C + m * n, T(0));
+    return;
+  }
+#if defined(EINMOE_HAS_DNNL)
+  if constexpr (std::is_same<T, float>::value) {
+    if (dnnl) {
+      const dnnl_status_t st =
+          dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', m, n, k, 1.f, A, ta ? m : k, B, tb ? k : n, add ? 1.f : 0.f, C, n);
+      if (st != dnnl_success) raise<value_error>("gemm_rm: oneDNN's sgemm failed (status ", int(st), ")");
+      return;
+    }
+  }
+#endif
+  (void)dnnl;
+  const ConstRows<T> a(A, ta ? k : m, ta ? m : k), b(B, tb ? n : k, tb ? k : n);
+  Rows<T> c(C, m, n);
+  auto go = [&](const auto& x, const auto& y) {
+    if (add) c.noalias() += x * y;
+    else c.noalias() = x * y;
+  };
+  if (ta && tb) go(a.transpose(), b.transpose());
+  else if (ta) go(a.transpose(), b);
+  else if (tb) go(a, b.transpose());
+  else go(a, b);
+}
 
 /// An FFN bank in plain row-major layout (pointers into the layer's copy).
 template <class T>
@@ -43,11 +81,12 @@ struct PlainFfn {
   /// GEMM input is rounded to bf16 (the rows by the caller); accumulation,
   /// biases and gradients stay fp32.
   bool bf16 = false;
+  bool dnnl = false;  ///< products on oneDNN's sgemm (float), else Eigen
 
   bool gated() const { return wi_gate != nullptr; }
-  ConstRows<T> up(index_t e) const { return ConstRows<T>(wi + e * M * H, M, H); }
-  ConstRows<T> gate(index_t e) const { return ConstRows<T>(wi_gate + e * M * H, M, H); }
-  ConstRows<T> down(index_t e) const { return ConstRows<T>(wo + e * H * M, H, M); }
+  const T* up(index_t e) const { return wi + e * M * H; }         // [M, H]
+  const T* gate(index_t e) const { return wi_gate + e * M * H; }  // [M, H]
+  const T* down(index_t e) const { return wo + e * H * M; }       // [H, M]
 };
 
 /// The gradients of one FFN bank, in the same layout (null: not wanted).
@@ -76,11 +115,10 @@ void add_column_sums(const T* a, index_t m, index_t n, T* out) {
 template <class T>
 void hidden_of(const PlainFfn<T>& f, const T* pre_u, const T* pre_g, index_t m, T* a, const HiddenDropout* drop) {
   const index_t n = m * f.H;
-  if (f.gated()) {
-    for (index_t i = 0; i < n; ++i) a[i] = activation_value(f.activation, pre_g[i]) * pre_u[i];
-  } else {
-    for (index_t i = 0; i < n; ++i) a[i] = activation_value(f.activation, pre_u[i]);
-  }
+  std::copy(f.gated() ? pre_g : pre_u, (f.gated() ? pre_g : pre_u) + n, a);
+  apply_activation(f.activation, a, n);  // (the inference kernels' function)
+  if (f.gated())
+    for (index_t i = 0; i < n; ++i) a[i] *= pre_u[i];
   dropout_rows(a, m, f.H, drop);
 }
 
@@ -105,11 +143,10 @@ template <class T>
 void ffn_pre_rows(const PlainFfn<T>& f, index_t e, const T* x, index_t m, T* pre_u, T* pre_g) {
   if (m == 0) return;
   const index_t M = f.M, H = f.H;
-  const ConstRows<T> X(x, m, M);
-  Rows<T>(pre_u, m, H).noalias() = X * f.up(e);
+  gemm_rm(false, false, m, H, M, x, f.up(e), false, pre_u, f.dnnl);
   add_row_bias(pre_u, m, H, f.bi ? f.bi + e * H : nullptr);
   if (f.gated()) {
-    Rows<T>(pre_g, m, H).noalias() = X * f.gate(e);
+    gemm_rm(false, false, m, H, M, x, f.gate(e), false, pre_g, f.dnnl);
     add_row_bias(pre_g, m, H, f.bi_gate ? f.bi_gate + e * H : nullptr);
   }
 }
@@ -125,7 +162,7 @@ void ffn_train_rows(const PlainFfn<T>& f, index_t e, const T* x, index_t m, T* p
   ffn_pre_rows(f, e, x, m, pre_u, pre_g);
   hidden_of(f, pre_u, pre_g, m, a, drop);
   if (f.bf16) round_inputs(a, m * H, s);
-  Rows<T>(y, m, M).noalias() = ConstRows<T>(a, m, H) * f.down(e);
+  gemm_rm(false, false, m, M, H, a, f.down(e), false, y, f.dnnl);
   add_row_bias(y, m, M, f.bo ? f.bo + e * M : nullptr);
 }
 
@@ -150,22 +187,26 @@ void ffn_backward_rows(const PlainFfn<T>& f, index_t e, const T* x, const T* dy,
     round_inputs(r, m * M, s);
     dyg = r;
   }
-  const ConstRows<T> X(x, m, M), DY(dyg, m, M);
   // y = a wo + bo
-  Rows<T>(g.wo + e * H * M, H, M).noalias() += ConstRows<T>(a, m, H).transpose() * DY;
+  gemm_rm(true, false, H, M, m, a, dyg, true, g.wo + e * H * M, f.dnnl);
   if (g.bo) add_column_sums(dy, m, M, g.bo + e * M);
-  Rows<T>(da, m, H).noalias() = DY * f.down(e).transpose();
+  gemm_rm(false, true, m, H, M, dyg, f.down(e), false, da, f.dnnl);
   dropout_rows(da, m, H, drop);  // the same mask and scale: a linear map
   // a = act(pre_g) * pre_u, or act(pre_u)
   T* du = FfnScratch<T>::get(s.du, m * H);
   T* dg = f.gated() ? FfnScratch<T>::get(s.dg, m * H) : nullptr;
-  for (index_t i = 0; i < m * H; ++i) {
-    if (f.gated()) {
-      du[i] = da[i] * activation_value(f.activation, pre_g[i]);
-      dg[i] = da[i] * pre_u[i] * activation_grad(f.activation, pre_g[i]);
-    } else {
-      du[i] = da[i] * activation_grad(f.activation, pre_u[i]);
+  const index_t n = m * H;
+  if (f.gated()) {  // du = da act(g), dg = da u act'(g)
+    activation_grad_into(f.activation, pre_g, dg, n);
+    std::copy(pre_g, pre_g + n, du);
+    apply_activation(f.activation, du, n);
+    for (index_t i = 0; i < n; ++i) {
+      dg[i] *= da[i] * pre_u[i];
+      du[i] *= da[i];
     }
+  } else {  // du = da act'(u)
+    activation_grad_into(f.activation, pre_u, du, n);
+    for (index_t i = 0; i < n; ++i) du[i] *= da[i];
   }
   if (g.bi) add_column_sums(du, m, H, g.bi + e * H);
   if (g.bi_gate && f.gated()) add_column_sums(dg, m, H, g.bi_gate + e * H);
@@ -173,14 +214,11 @@ void ffn_backward_rows(const PlainFfn<T>& f, index_t e, const T* x, const T* dy,
     round_inputs(du, m * H, s);
     if (dg) round_inputs(dg, m * H, s);
   }
-  const ConstRows<T> DU(du, m, H);
-  Rows<T>(g.wi + e * M * H, M, H).noalias() += X.transpose() * DU;
-  Rows<T> DX(dx, m, M);
-  DX.noalias() = DU * f.up(e).transpose();
+  gemm_rm(true, false, M, H, m, x, du, true, g.wi + e * M * H, f.dnnl);
+  gemm_rm(false, true, m, M, H, du, f.up(e), false, dx, f.dnnl);
   if (f.gated()) {
-    const ConstRows<T> DG(dg, m, H);
-    Rows<T>(g.wi_gate + e * M * H, M, H).noalias() += X.transpose() * DG;
-    DX.noalias() += DG * f.gate(e).transpose();
+    gemm_rm(true, false, M, H, m, x, dg, true, g.wi_gate + e * M * H, f.dnnl);
+    gemm_rm(false, true, m, M, H, dg, f.gate(e), true, dx, f.dnnl);
   }
 }
 

@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <string>
+#include <type_traits>
 
 #include "einmoe/core/dim.hpp"
 #include "einmoe/core/error.hpp"
@@ -74,16 +75,21 @@ T activation_grad(Activation a, T v) {
   }
 }
 
-/// act(x) for one value.
+/// y[i] = act'(x[i]) for i < n (one loop per activation, so that each
+/// vectorizes).
 template <class T>
-T activation_value(Activation a, T v) {
+void activation_grad_into(Activation a, const T* x, T* y, index_t n) {
+  auto each = [&](auto act) {
+    for (index_t i = 0; i < n; ++i) y[i] = activation_grad(decltype(act)::value, x[i]);
+  };
   switch (a) {
-    case Activation::relu: return scalar::relu(v);
-    case Activation::gelu: return scalar::gelu(v);
-    case Activation::gelu_tanh: return scalar::gelu_tanh(v);
-    default: return scalar::silu(v);
+    case Activation::relu: return each(std::integral_constant<Activation, Activation::relu>{});
+    case Activation::gelu: return each(std::integral_constant<Activation, Activation::gelu>{});
+    case Activation::gelu_tanh: return each(std::integral_constant<Activation, Activation::gelu_tanh>{});
+    default: return each(std::integral_constant<Activation, Activation::silu>{});
   }
 }
+
 }  // namespace detail
 
 }  // namespace einmoe

@@ -299,7 +299,7 @@ class MoELayer {
 
   /// A training forward pass: as forward, and keeps in `tape` what
   /// backward needs (training/tape.hpp). The experts run on the layer's
-  /// kept weights in its own type (Eigen kernels), so the outputs equal
+  /// kept weights in its own type (plain GEMMs), so the outputs equal
   /// forward's up to rounding (exactly, for double layers). Counts as a
   /// forward call (its draws are call n's). Throws value_error if the layer
   /// was built without MoEOptions::trainable, else as forward_into.

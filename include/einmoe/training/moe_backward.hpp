@@ -35,6 +35,14 @@ struct CanonicalGrads {
   AlignedVector<T> dx, wg, wi, wo, wi_gate, bi, bi_gate, bo, s_wi, s_wo, s_wi_gate, s_gate;
 };
 
+/// body(t0, t1) for fixed blocks of tokens [t0, t1), spread over the
+/// threads (work that is independent per token).
+template <class Body>
+void for_token_blocks(index_t n, Body&& body) {
+  constexpr index_t block = 256;
+  parallel_items((n + block - 1) / block, [&](index_t i) { body(i * block, std::min(n, (i + 1) * block)); });
+}
+
 template <class T>
 T dot_row(const T* a, const T* b, index_t n) {
   T s = T(0);
@@ -164,10 +172,12 @@ void experts_backward(const TapeData<T>& tp, const TrainWeights<T>& w, const T* 
   const auto& rows = tp.rows;
   const index_t M = f.M, H = f.H, E = f.E, K = plan.k, N = plan.tokens();
   dweight.assign(uz(N * K), T(0));
-  for (index_t entry = 0; entry < N * K; ++entry) {
-    const index_t r = rows.entry_row[uz(entry)];
-    if (r >= 0) dweight[uz(entry)] = dot_row(dy + (entry / K) * M, rows.y.data() + r * M, M);
-  }
+  for_token_blocks(N, [&](index_t t0, index_t t1) {
+    for (index_t entry = t0 * K; entry < t1 * K; ++entry) {
+      const index_t r = rows.entry_row[uz(entry)];
+      if (r >= 0) dweight[uz(entry)] = dot_row(dy + (entry / K) * M, rows.y.data() + r * M, M);
+    }
+  });
   const PlainFfnGrads<T> pg = ffn_grads(f, w.bi.has_value(), w.bi_gate.has_value(), w.bo.has_value(), g.wi, g.wo,
                                         g.wi_gate, g.bi, g.bi_gate, g.bo);
   const index_t R = rows.offset[uz(E)];
@@ -203,12 +213,14 @@ void experts_backward(const TapeData<T>& tp, const TrainWeights<T>& w, const T* 
     }
     ffn_backward_rows(f, e, xb, db, m, pu, pgate, tp.dropout > 0.0 ? &drop : nullptr, pg, dxr.data() + r0 * M, s);
   });
-  for (index_t t = 0; t < N; ++t)
-    for (index_t j = 0; j < K; ++j) {
-      const index_t r = rows.entry_row[uz(t * K + j)];
-      if (r < 0) continue;
-      for (index_t i = 0; i < M; ++i) g.dx[uz(t * M + i)] += dxr[uz(r * M + i)];
-    }
+  for_token_blocks(N, [&](index_t t0, index_t t1) {
+    for (index_t t = t0; t < t1; ++t)
+      for (index_t j = 0; j < K; ++j) {
+        const index_t r = rows.entry_row[uz(t * K + j)];
+        if (r < 0) continue;
+        for (index_t i = 0; i < M; ++i) g.dx[uz(t * M + i)] += dxr[uz(r * M + i)];
+      }
+  });
 }
 
 /// Step 4: the shared expert's gradients; adds its input gradient into dx.
@@ -268,10 +280,9 @@ void moe_backward(const TapeData<T>& tp, const TrainWeights<T>& w, const RouterO
   g.wg.assign(uz(M * E), T(0));
   {
     [[maybe_unused]] SingleThread one;
-    const ConstRows<T> X(tp.x.data(), N, M), DL(dl.data(), N, E);
-    Rows<T>(g.wg.data(), M, E).noalias() = X.transpose() * DL;
-    Rows<T> DX(g.dx.data(), N, M);
-    DX.noalias() += DL * ConstRows<T>(w.wg.data(), M, E).transpose();
+    const bool dnnl = w.experts().dnnl;
+    gemm_rm(true, false, M, E, N, tp.x.data(), dl.data(), false, g.wg.data(), dnnl);
+    gemm_rm(false, true, N, M, E, dl.data(), w.wg.data(), true, g.dx.data(), dnnl);
   }
   shared_backward(tp, w, dy, g);
 }

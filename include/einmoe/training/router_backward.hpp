@@ -113,10 +113,10 @@ Tensor<T> route_backward(const TensorView<const T>& logits, const RouterResult<T
   const index_t G = plan.groups(), S = plan.group.size, E = plan.experts.size, K = plan.k, N = G * S;
   detail::check_backward_sizes(logits, r, dweight, true, "route_backward (topk)");
   Tensor<T> dl(logits.shape());
-  std::vector<T> s(uz(E)), ds(uz(E)), w(uz(K)), dw(uz(K)), frac(uz(E));
   const T aux_scale = static_cast<T>(c.aux_loss) * static_cast<T>(E) / static_cast<T>(std::max<index_t>(G, 1));
   const T z_over_n = N > 0 ? static_cast<T>(c.z_loss) / static_cast<T>(N) : T(0);
-  for (index_t g = 0; g < G; ++g) {
+  detail::parallel_items(G, [&](index_t g) {  // (groups are independent)
+    std::vector<T> s(uz(E)), ds(uz(E)), w(uz(K)), dw(uz(K)), frac(uz(E));
     std::fill(frac.begin(), frac.end(), T(0));  // tokens choosing e: a constant of the loss
     for (index_t t = g * S; t < (g + 1) * S; ++t)
       for (index_t j = 0; j < K; ++j) frac[uz(r.choice[uz(t * K + j)])] += T(1);
@@ -158,7 +158,7 @@ Tensor<T> route_backward(const TensorView<const T>& logits, const RouterResult<T
       detail::topk_scores_backward_add(s.data(), ds.data(), E, o.score, d);
       detail::z_loss_backward_add(l, E, z_over_n, s.data(), d);
     }
-  }
+  });
   return dl;
 }
 
@@ -172,16 +172,16 @@ Tensor<T> route_backward(const TensorView<const T>& logits, const RouterResult<T
   const index_t E = plan.experts.size, N = plan.tokens();
   detail::check_backward_sizes(logits, r, dweight, false, "route_backward (expert-choice)");
   Tensor<T> dl(logits.shape());
-  std::vector<T> s(uz(E)), ds(uz(E));
   const T z_over_n = N > 0 ? static_cast<T>(c.z_loss) / static_cast<T>(N) : T(0);
-  for (index_t t = 0; t < N; ++t) {
+  detail::parallel_items(N, [&](index_t t) {  // (tokens are independent)
+    std::vector<T> s(uz(E)), ds(uz(E));
     const T* l = logits.data() + t * E;
     T* d = dl.data() + t * E;
     detail::score_row(l, E, Score::softmax, s.data());
     for (index_t e = 0; e < E; ++e) ds[uz(e)] = plan.expert[uz(t * E + e)] >= 0 ? dweight[uz(t * E + e)] : T(0);
     detail::softmax_backward_add(s.data(), ds.data(), E, d);
     detail::z_loss_backward_add(l, E, z_over_n, s.data(), d);
-  }
+  });
   return dl;
 }
 
@@ -200,12 +200,12 @@ Tensor<T> route_backward(const TensorView<const T>& logits, const RouterResult<T
   const index_t G = plan.groups(), S = plan.group.size, E = plan.experts.size;
   detail::check_backward_sizes(logits, r, dweight, true, "route_backward (top2)");
   Tensor<T> dl(logits.shape());
-  std::vector<T> raw(uz(E)), draw(uz(E)), m1(uz(E)), m2(uz(E));
   const T eps = T(1e-9);
   const T aux_scale = static_cast<T>(c.aux_loss) * static_cast<T>(E) / static_cast<T>(std::max<index_t>(G, 1));
   const bool after = o.normalize == Normalize::after;
   auto imp = [&](index_t t) { return in.importance ? (*in.importance)[t] : T(1); };
-  for (index_t g = 0; g < G; ++g) {
+  detail::parallel_items(G, [&](index_t g) {  // (groups are independent)
+    std::vector<T> raw(uz(E)), draw(uz(E)), m1(uz(E)), m2(uz(E));
     // the loss's constants: first-choice and (pre-policy) second-choice counts, the importance mean
     std::fill(m1.begin(), m1.end(), T(0));
     std::fill(m2.begin(), m2.end(), T(0));
@@ -254,7 +254,7 @@ Tensor<T> route_backward(const TensorView<const T>& logits, const RouterResult<T
       }
       detail::softmax_backward_add(raw.data(), draw.data(), E, dl.data() + t * E);
     }
-  }
+  });
   return dl;
 }
 

@@ -101,6 +101,7 @@ struct TrainWeights {
   Activation activation = Activation::relu;
   index_t s_hidden = 0;
   bool bf16 = false;  // the expert matrices hold bf16 values (PlainFfn::bf16)
+  bool dnnl = false;  // products on oneDNN (PlainFfn::dnnl)
 
   template <class S>
   TrainWeights(const MoEWeights<S>& w, const MoEOptions& o) : activation(o.activation) {
@@ -124,6 +125,9 @@ struct TrainWeights {
       s_hidden = s_wi->w.shape()[1].size;
     }
     if (o.precision == Precision::bf16) round_matrices();
+#if defined(EINMOE_HAS_DNNL)
+    dnnl = std::is_same<T, float>::value && o.backend != Backend::eigen;
+#endif
   }
 
   /// bf16 precision: the expert and shared expert matrices rounded to bf16
@@ -153,11 +157,12 @@ struct TrainWeights {
 
   PlainFfn<T> experts() const {
     auto p = [](const std::optional<KeptWeight<T>>& k) { return k ? k->data() : nullptr; };
-    return {E(), M(), H(), activation, wi.data(), wo.data(), p(wi_gate), p(bi), p(bi_gate), p(bo), bf16};
+    return {E(), M(), H(), activation, wi.data(), wo.data(), p(wi_gate), p(bi), p(bi_gate), p(bo), bf16, dnnl};
   }
   PlainFfn<T> shared() const {
     auto p = [](const std::optional<KeptWeight<T>>& k) { return k ? k->data() : nullptr; };
-    return {1, M(), s_hidden, activation, s_wi->data(), s_wo->data(), p(s_wi_gate), nullptr, nullptr, nullptr, bf16};
+    return {1,       M(),     s_hidden, activation, s_wi->data(), s_wo->data(), p(s_wi_gate),
+            nullptr, nullptr, nullptr,  bf16,       dnnl};
   }
 };
 
