@@ -29,13 +29,6 @@
 
 namespace einmoe::detail {
 
-template <class T>
-using RowMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-template <class T>
-using ConstRows = Eigen::Map<const RowMajor<T>>;
-template <class T>
-using Rows = Eigen::Map<RowMajor<T>>;
-
 /// C [m, n] = op(A) op(B) (add: C += it), row-major, op(A) [m, k] and op(B)
 /// [k, n] (ta / tb: A / B stored transposed), single-threaded (callers run
 /// it under SingleThread or in parallel_items). oneDNN's sgemm for float when
@@ -58,8 +51,8 @@ void gemm_rm(bool ta, bool tb, index_t m, index_t n, index_t k, const T* A, cons
   }
 #endif
   (void)dnnl;
-  const ConstRows<T> a(A, ta ? k : m, ta ? m : k), b(B, tb ? n : k, tb ? k : n);
-  Rows<T> c(C, m, n);
+  const CMapR<T> a(A, ta ? k : m, ta ? m : k), b(B, tb ? n : k, tb ? k : n);
+  MMapR<T> c(C, m, n);
   auto go = [&](const auto& x, const auto& y) {
     if (add) c.noalias() += x * y;
     else c.noalias() = x * y;
@@ -94,13 +87,6 @@ template <class T>
 struct PlainFfnGrads {
   T *wi = nullptr, *wo = nullptr, *wi_gate = nullptr, *bi = nullptr, *bi_gate = nullptr, *bo = nullptr;
 };
-
-template <class T>
-void add_row_bias(T* y, index_t m, index_t n, const T* b) {
-  if (!b) return;
-  for (index_t r = 0; r < m; ++r)
-    for (index_t j = 0; j < n; ++j) y[r * n + j] += b[j];
-}
 
 /// out[j] += sum over rows r of a[r, j], rows in order (a plain loop: an
 /// Eigen reduction's order depends on where the buffers sit).
@@ -144,10 +130,10 @@ void ffn_pre_rows(const PlainFfn<T>& f, index_t e, const T* x, index_t m, T* pre
   if (m == 0) return;
   const index_t M = f.M, H = f.H;
   gemm_rm(false, false, m, H, M, x, f.up(e), false, pre_u, f.dnnl);
-  add_row_bias(pre_u, m, H, f.bi ? f.bi + e * H : nullptr);
+  add_bias_rows(pre_u, m, H, f.bi ? f.bi + e * H : nullptr);
   if (f.gated()) {
     gemm_rm(false, false, m, H, M, x, f.gate(e), false, pre_g, f.dnnl);
-    add_row_bias(pre_g, m, H, f.bi_gate ? f.bi_gate + e * H : nullptr);
+    add_bias_rows(pre_g, m, H, f.bi_gate ? f.bi_gate + e * H : nullptr);
   }
 }
 
@@ -163,7 +149,7 @@ void ffn_train_rows(const PlainFfn<T>& f, index_t e, const T* x, index_t m, T* p
   hidden_of(f, pre_u, pre_g, m, a, drop);
   if (f.bf16) round_inputs(a, m * H, s);
   gemm_rm(false, false, m, M, H, a, f.down(e), false, y, f.dnnl);
-  add_row_bias(y, m, M, f.bo ? f.bo + e * M : nullptr);
+  add_bias_rows(y, m, M, f.bo ? f.bo + e * M : nullptr);
 }
 
 /// The backward pass of expert e over its m rows (single-threaded): x [m,
