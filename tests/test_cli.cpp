@@ -712,15 +712,24 @@ TEST_CASE("einmoe moe --grad-outputs writes the library's gradients of every wei
 }
 
 #if defined(EINMOE_HAS_JSON)
-TEST_CASE("einmoe block runs a Hugging Face checkpoint's MoE block", "[cli][checkpoints]") {
-  const fs::path root = fs::path(EINMOE_FIXTURES_DIR) / "checkpoints";
-  int n = 0;
-  for (const auto& e : fs::directory_iterator(root)) {
-    const fs::path d = e.path();
+namespace {
+/// The checkpoint fixtures: each directory and its case.txt (key value per line).
+std::vector<std::pair<fs::path, std::map<std::string, std::string>>> checkpoint_cases() {
+  std::vector<std::pair<fs::path, std::map<std::string, std::string>>> out;
+  for (const auto& e : fs::directory_iterator(fs::path(EINMOE_FIXTURES_DIR) / "checkpoints")) {
     std::map<std::string, std::string> c;
-    std::ifstream f(d / "case.txt");
+    std::ifstream f(e.path() / "case.txt");
     std::string k, v;
     while (f >> k >> v) c[k] = v;
+    out.emplace_back(e.path(), std::move(c));
+  }
+  return out;
+}
+}  // namespace
+
+TEST_CASE("einmoe block runs a Hugging Face checkpoint's MoE block", "[cli][checkpoints]") {
+  int n = 0;
+  for (const auto& [d, c] : checkpoint_cases()) {
     INFO(d.filename().string());
     const std::string out = fresh_dir("block");
     const Result r = run("block --model " + d.string() + " --layer " + c.at("layer") + " --inputs " +
@@ -754,7 +763,7 @@ TEST_CASE("einmoe block runs a Hugging Face checkpoint's MoE block", "[cli][chec
   const std::string bad = fresh_dir("block_bad2");
   const std::string wide = scratch("wide.npy");
   save_npy(wide, Tensor<float>(Shape{{"t", 2}, {"m", 3}}, 1.f));
-  const fs::path d = root / "mixtral_f32";
+  const fs::path root = fs::path(EINMOE_FIXTURES_DIR) / "checkpoints", d = root / "mixtral_f32";
   expect_rejected("block --model " + d.string() + " --layer 0 --inputs " + wide + " --out " + bad, "hidden_size", bad);
   expect_rejected("block --model " + scratch("nomodel") + " --layer 0 --inputs " + wide + " --out " + bad, "--model",
                   bad);
@@ -778,14 +787,8 @@ TEST_CASE("einmoe block runs a Hugging Face checkpoint's MoE block", "[cli][chec
 #if defined(EINMOE_HAS_JSON)
 TEST_CASE("einmoe block --grad-outputs writes one gradient per checkpoint tensor of the block",
           "[cli][checkpoints][backward]") {
-  const fs::path root = fs::path(EINMOE_FIXTURES_DIR) / "checkpoints";
   int n = 0;
-  for (const auto& e : fs::directory_iterator(root)) {
-    const fs::path d = e.path();
-    std::map<std::string, std::string> c;
-    std::ifstream f(d / "case.txt");
-    std::string k, v;
-    while (f >> k >> v) c[k] = v;
+  for (const auto& [d, c] : checkpoint_cases()) {
     INFO(d.filename().string());
     const index_t layer = std::stoll(c.at("layer"));
     const HfCheckpoint ck(d.string());

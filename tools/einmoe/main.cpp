@@ -502,21 +502,33 @@ Tensor<T> gather_rows(const Tensor<T>& local, const Shape& whole) {
 }
 #endif
 
-/// --grad-outputs DY.npy (the outputs' shape and type, finite) and the
-/// flags that go with it, checked before anything runs; nullopt without it.
-template <class T>
-std::optional<Tensor<T>> grad_outputs_of(const Args& a, const Shape& outputs, MoEOptions& o) {
+/// Whether moe / block run the backward pass (--grad-outputs), with the
+/// flags that go with it checked before anything runs (--aux-loss-coef and
+/// --z-loss-coef need it; int8 and --expert-parallel cannot); makes `o`
+/// trainable when so.
+bool wants_backward(const Args& a, MoEOptions& o) {
   if (!a.has("--grad-outputs")) {
     for (const char* f : {"--aux-loss-coef", "--z-loss-coef"})
       if (a.has(f)) fail(f, ": needs --grad-outputs (the backward pass)");
-    return std::nullopt;
+    return false;
   }
   if (o.precision == Precision::int8)
     fail("--grad-outputs: int8 expert weights are inference-only (--precision fp32 or bf16)");
+  if (a.has("--expert-parallel")) fail("--grad-outputs: not yet with --expert-parallel");
+  a.real("--aux-loss-coef", 0.0);
+  a.real("--z-loss-coef", 0.0);
+  o.trainable = true;
+  return true;
+}
+
+/// moe's --grad-outputs DY.npy (the outputs' shape and type, finite),
+/// checked before anything runs; nullopt without it.
+template <class T>
+std::optional<Tensor<T>> grad_outputs_of(const Args& a, const Shape& outputs, MoEOptions& o) {
+  if (!wants_backward(a, o)) return std::nullopt;
   if (o.precision == Precision::bf16 && !std::is_same<T, float>::value)
     fail("--grad-outputs: --precision bf16 trains float32 inputs");
   if (o.dense) fail("--grad-outputs: the dense oracle has no backward pass (drop --dense)");
-  if (a.has("--expert-parallel")) fail("--grad-outputs: not yet with --expert-parallel");
   const std::string p = a.get("--grad-outputs");
   Tensor<T> dy = cli::load_float<T>("--grad-outputs", p, {"batch", "group", "model"});
   const DType want = std::is_same<T, float>::value ? DType::float32 : DType::float64;
@@ -524,9 +536,6 @@ std::optional<Tensor<T>> grad_outputs_of(const Args& a, const Shape& outputs, Mo
     fail("--grad-outputs ", p, ": dtype differs from --inputs' (", dtype_name(want), ")");
   cli::expect_shape(dy, outputs, "--grad-outputs", p);
   cli::expect_finite(dy, "--grad-outputs", p);
-  a.real("--aux-loss-coef", 0.0);  // (checked now: nothing runs with a bad flag)
-  a.real("--z-loss-coef", 0.0);
-  o.trainable = true;
   return dy;
 }
 
@@ -714,24 +723,14 @@ void run_moe(const Args& a) {
 }
 
 #if defined(EINMOE_HAS_JSON)
-/// block's --grad-outputs DY.npy ([T, M] as --inputs, finite) and the flags
-/// that go with it, checked before anything runs; nullopt without it.
+/// block's --grad-outputs DY.npy ([T, M] as --inputs, finite), checked
+/// before anything runs; nullopt without it.
 std::optional<Tensor<float>> block_grad_outputs(const Args& a, const Shape& inputs, MoEOptions& o) {
-  if (!a.has("--grad-outputs")) {
-    for (const char* f : {"--aux-loss-coef", "--z-loss-coef"})
-      if (a.has(f)) fail(f, ": needs --grad-outputs (the backward pass)");
-    return std::nullopt;
-  }
-  if (o.precision == Precision::int8)
-    fail("--grad-outputs: int8 expert weights are inference-only (--precision fp32 or bf16)");
-  if (a.has("--expert-parallel")) fail("--grad-outputs: not yet with --expert-parallel");
+  if (!wants_backward(a, o)) return std::nullopt;
   const std::string p = a.get("--grad-outputs");
   Tensor<float> dy = cli::load_float<float>("--grad-outputs", p, {"tokens", "model"});
   cli::expect_shape(dy, inputs, "--grad-outputs", p);
   cli::expect_finite(dy, "--grad-outputs", p);
-  a.real("--aux-loss-coef", 0.0);
-  a.real("--z-loss-coef", 0.0);
-  o.trainable = true;
   return dy;
 }
 
